@@ -1,0 +1,35 @@
+"""Errors a user can cause or meet; the CLI maps each class to one line and an exit status."""
+
+
+class FedActorsError(Exception):
+    """Base class. `exit_code` is what the CLI exits with; the message is the one line it prints."""
+
+    exit_code = 2
+
+
+class ConfigError(FedActorsError):
+    """A flag or configuration value is out of range or inconsistent."""
+
+
+class DataError(FedActorsError):
+    """The data set is missing, unreadable or not what it claims to be."""
+
+
+class ClusterError(FedActorsError):
+    """Ray cannot be started or reached, or cannot give the resources asked for."""
+
+
+class CheckpointError(FedActorsError):
+    """A checkpoint is corrupt, foreign, of another format version or another configuration."""
+
+
+class StoreUnavailable(FedActorsError):
+    """The checkpoint store could not be reached (or stayed down past the retry budget)."""
+
+    exit_code = 3
+
+
+class RoundFailed(FedActorsError):
+    """A round could not be completed with the updates the configuration requires."""
+
+    exit_code = 1
