@@ -1,0 +1,120 @@
+"""RunConfig: one frozen dataclass holding a run's resolved settings, validated on construction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+from fedactors.errors import ConfigError
+
+MNIST_TRAIN_SIZE = 60_000
+PARTITIONS = ("iid", "noniid")
+
+# Fields that change what a run computes. Two runs agreeing on these produce the same weights
+# round for round; the others (how many rounds, where, with how many hosts) do not.
+EXPERIMENT_FIELDS = ("clients", "frac", "epochs", "batch_size", "lr", "partition", "seed")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know. `batch_size=None` means B = inf (full batch)."""
+
+    clients: int = 100
+    frac: float = 0.1
+    rounds: int = 200
+    epochs: int = 5
+    batch_size: int | None = 10
+    lr: float = 0.1
+    partition: str = "noniid"
+    seed: int = 0
+    eval_every: int = 1
+    target: float = 0.99
+    hosts: int | None = None
+    address: str | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("--clients", self.clients)
+        _positive_int("--rounds", self.rounds)
+        _positive_int("--epochs", self.epochs)
+        _positive_int("--eval-every", self.eval_every)
+        if self.batch_size is not None:
+            _positive_int("--batch-size", self.batch_size)
+        if self.hosts is not None:
+            _positive_int("--hosts", self.hosts)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if not (_is_real(self.frac) and 0.0 < self.frac <= 1.0):
+            raise ConfigError(f"--frac must be in (0, 1], got {self.frac!r}")
+        if not (_is_real(self.lr) and self.lr > 0.0):
+            raise ConfigError(f"--lr must be a positive finite number, got {self.lr!r}")
+        if not (_is_real(self.target) and 0.0 < self.target <= 1.0):
+            raise ConfigError(f"--target must be an accuracy in (0, 1], got {self.target!r}")
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
+        if self.partition == "iid" and MNIST_TRAIN_SIZE % self.clients:
+            raise ConfigError(
+                f"--clients {self.clients} does not divide the {MNIST_TRAIN_SIZE} training images "
+                "evenly (iid gives every client the same number)"
+            )
+        if self.partition == "noniid" and MNIST_TRAIN_SIZE % (2 * self.clients):
+            raise ConfigError(
+                f"--clients {self.clients}: noniid cuts {MNIST_TRAIN_SIZE} images into 2 x clients "
+                f"shards, and {2 * self.clients} does not divide {MNIST_TRAIN_SIZE}"
+            )
+
+    @property
+    def clients_per_round(self) -> int:
+        """m = max(round(C * K), 1), rounding halves up (not Python's banker's rounding)."""
+        return max(int(math.floor(self.frac * self.clients + 0.5)), 1)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: B = inf is written as the string "inf"."""
+        d = asdict(self)
+        d["batch_size"] = "inf" if self.batch_size is None else self.batch_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """Inverse of to_dict; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        d = dict(d)
+        if d.get("batch_size") == "inf":
+            d["batch_size"] = None
+        return cls(**d)
+
+    def experiment(self) -> dict:
+        """The fields that define what is computed (see EXPERIMENT_FIELDS)."""
+        full = self.to_dict()
+        return {k: full[k] for k in EXPERIMENT_FIELDS}
+
+    def fingerprint(self) -> str:
+        """sha256 over the experiment-defining fields, model and data set."""
+        ident = {"model": "cnn-mnist-1663370", **self.experiment()}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def parse_batch_size(text: str) -> int | None:
+    """'inf' (any case) -> None (full batch); else a positive integer."""
+    if text.strip().lower() in ("inf", "infinity", "full"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--batch-size must be a positive integer or 'inf', got {text!r}") from None
+    _positive_int("--batch-size", value)
+    return value
+
+
+def _positive_int(flag: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,134 @@
+"""MNIST, normalised once at load time, and the paper's IID and pathological non-IID partitions.
+
+The files are torchvision's layout, `DATA_DIR/MNIST/raw/*-ubyte`. When they are absent,
+torchvision's `datasets.MNIST(download=True)` fetches them; reading is a direct parse of the
+IDX files into NumPy (the same bytes torchvision reads, checked in tests), so a run needs
+neither torch nor PIL in the process that loads the data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedactors.errors import ConfigError, DataError
+from fedactors.seeding import Purpose, generator
+
+MEAN, STD = 0.1307, 0.3081
+ENV_VAR = "FEDACTORS_DATA"
+FILES = {
+    "train_images": ("train-images-idx3-ubyte", 2051, (60_000, 28, 28)),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, (60_000,)),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, (10_000, 28, 28)),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, (10_000,)),
+}
+
+
+@dataclass(frozen=True)
+class Mnist:
+    """Images as float32 (N, 1, 28, 28), normalised; labels as int64 (N,)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def resolve_data_dir(flag: str | None) -> Path:
+    """--data-dir, else $FEDACTORS_DATA, else the per-user cache directory."""
+    if flag:
+        return Path(flag).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("fedactors")) / "data"
+
+
+def load_mnist(data_dir: Path, *, download: bool = True) -> Mnist:
+    """Read (downloading first if absent and allowed) and normalise MNIST from `data_dir`."""
+    raw = data_dir / "MNIST" / "raw"
+    missing = [name for name, *_ in FILES.values() if not (raw / name).is_file()]
+    if missing and download:
+        _download(data_dir)
+        missing = [name for name, *_ in FILES.values() if not (raw / name).is_file()]
+    if missing:
+        raise DataError(
+            f"MNIST not found: {raw} lacks {', '.join(missing)}; pass --data-dir or set "
+            f"{ENV_VAR} to a directory holding MNIST/raw/*-ubyte"
+        )
+    arrays = {key: read_idx(raw / name, magic, shape) for key, (name, magic, shape) in FILES.items()}
+    return Mnist(
+        train_images=normalise(arrays["train_images"]),
+        train_labels=arrays["train_labels"].astype(np.int64),
+        test_images=normalise(arrays["test_images"]),
+        test_labels=arrays["test_labels"].astype(np.int64),
+    )
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28): scaled to [0, 1], then (x - mean) / std."""
+    out = images.astype(np.float32)[:, None, :, :]
+    out *= np.float32(1.0 / 255.0)
+    out -= np.float32(MEAN)
+    out /= np.float32(STD)
+    return out
+
+
+def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> np.ndarray:
+    """An uncompressed big-endian IDX file of unsigned bytes, checked against its expected header."""
+    blob = path.read_bytes()
+    header_len = 4 * (1 + len(shape))
+    header = np.frombuffer(blob[:header_len], dtype=">u4") if len(blob) >= header_len else None
+    if header is None or header[0] != magic or tuple(int(d) for d in header[1:]) != shape:
+        raise DataError(f"{path} is not the MNIST file it is named after (bad IDX header)")
+    body = np.frombuffer(blob, dtype=np.uint8, offset=header_len)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated or padded: {body.size} bytes of data, expected {int(np.prod(shape))}")
+    return body.reshape(shape)
+
+
+def _download(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        from torchvision import datasets
+
+        for train in (True, False):
+            datasets.MNIST(root=str(data_dir), train=train, download=True)
+    except Exception as exc:  # offline, unwritable, mirror down: all mean the same to the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"MNIST not found in {data_dir / 'MNIST' / 'raw'} and the download failed ({reason}); "
+            f"copy the four *-ubyte files there, or pass --data-dir / set {ENV_VAR}"
+        ) from None
+
+
+def partition(labels: np.ndarray, num_clients: int, scheme: str, seed: int) -> list[np.ndarray]:
+    """Client k's training indices, as the paper defines IID and pathological non-IID splits."""
+    if scheme == "iid":
+        return partition_iid(len(labels), num_clients, seed)
+    if scheme == "noniid":
+        return partition_noniid(labels, num_clients, seed)
+    raise ConfigError(f"unknown partition {scheme!r}")
+
+
+def partition_iid(num_examples: int, num_clients: int, seed: int) -> list[np.ndarray]:
+    """Shuffle all indices (seeded) and deal num_examples / num_clients to each client."""
+    if num_examples % num_clients:
+        raise ConfigError(f"{num_clients} clients do not divide {num_examples} examples evenly")
+    order = generator(Purpose.PARTITION, seed).permutation(num_examples)
+    return [np.sort(chunk) for chunk in np.split(order, num_clients)]
+
+
+def partition_noniid(labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+    """Sort by label (stable), cut into 2K equal shards, give each client 2 shards at random."""
+    num_shards = 2 * num_clients
+    if len(labels) % num_shards:
+        raise ConfigError(f"{num_shards} shards do not divide {len(labels)} examples evenly")
+    by_label = np.argsort(labels, kind="stable")
+    shards = np.split(by_label, num_shards)
+    order = generator(Purpose.PARTITION, seed).permutation(num_shards)
+    return [np.sort(np.concatenate([shards[order[2 * k]], shards[order[2 * k + 1]]])) for k in range(num_clients)]

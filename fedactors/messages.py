@@ -1,0 +1,62 @@
+"""What crosses process boundaries: plain dataclasses with NumPy payloads, importable without torch.
+
+Ray serialises the arrays inside these out of band, so a receiver reads them zero-copy (and
+read-only) from the object store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client's result for one round."""
+
+    client_id: int
+    round: int
+    weights: np.ndarray  # flat float32, the client's model after local training
+    num_examples: int
+    train_loss: float  # mean minibatch loss over the client's last epoch
+    train_seconds: float
+    host: int = -1  # index of the host that trained it, for reporting
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A client whose training did not come back, and why."""
+
+    client_id: int
+    host: int
+    error: str
+
+
+@dataclass(frozen=True)
+class EvalPart:
+    """Evaluation of the global model on a slice of the test set."""
+
+    loss_sum: float
+    correct: int
+    count: int
+    seconds: float
+
+
+@dataclass
+class RoundStats:
+    """What one round cost and achieved; one line of metrics.jsonl once evaluated."""
+
+    round: int
+    clients: list[int]
+    num_updates: int
+    round_seconds: float
+    train_seconds: float  # the slowest host's training time this round
+    wait_seconds: float  # from dispatch until the last update arrived
+    aggregate_seconds: float
+    train_loss: float = 0.0  # example-weighted mean of the clients' last-epoch losses
+    eval_seconds: float = 0.0
+    accuracy: float | None = None
+    loss: float | None = None
+    retried: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)

@@ -1,0 +1,38 @@
+"""The only source of randomness: a NumPy generator per (purpose, seed, round, client).
+
+Every random draw in a run comes from `generator(...)` keyed by what it is for, never from a
+process-global RNG or from execution order. So the same seed gives the same run whichever
+host trains which client, in whatever order results arrive, and whether or not the run was
+stopped and resumed: resuming needs no saved RNG state, only the round number.
+"""
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Purpose(IntEnum):
+    """Separate streams, so that adding a draw for one purpose never shifts another."""
+
+    PARTITION = 1
+    SAMPLE = 2
+    SHUFFLE = 3
+    INIT = 4
+
+
+def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:
+    """A fresh generator whose stream depends only on its four keys."""
+    if seed < 0 or round_idx < 0 or client_id < 0:
+        raise ValueError(f"seed, round and client id must be >= 0, got {seed}, {round_idx}, {client_id}")
+    return np.random.default_rng(np.random.SeedSequence([int(purpose), seed, round_idx, client_id]))
+
+
+def sample_clients(seed: int, round_idx: int, num_clients: int, num_sampled: int) -> np.ndarray:
+    """Round `round_idx`'s clients: `num_sampled` of `num_clients`, uniform without replacement, sorted."""
+    rng = generator(Purpose.SAMPLE, seed, round_idx)
+    return np.sort(rng.choice(num_clients, size=num_sampled, replace=False))
+
+
+def torch_seed(seed: int) -> int:
+    """A 63-bit seed for torch's model initialisation, derived from the run seed."""
+    return int(generator(Purpose.INIT, seed).integers(2**63 - 1))

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+
+from fedactors.config import RunConfig, parse_batch_size
+from fedactors.errors import ConfigError
+
+
+def test_defaults_are_the_papers_canonical_setup():
+    cfg = RunConfig()
+    assert (cfg.clients, cfg.frac, cfg.epochs, cfg.batch_size, cfg.partition) == (100, 0.1, 5, 10, "noniid")
+    assert cfg.clients_per_round == 10
+
+
+@pytest.mark.parametrize(
+    ("frac", "clients", "m"),
+    [(0.1, 100, 10), (1.0, 10, 10), (0.001, 100, 1), (0.05, 10, 1), (0.25, 10, 3), (0.15, 10, 2)],
+)
+def test_clients_per_round_rounds_halves_up_and_is_at_least_one(frac, clients, m):
+    assert RunConfig(frac=frac, clients=clients, partition="iid").clients_per_round == m
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"frac": 0.0}, r"--frac must be in \(0, 1\]"),
+        ({"frac": 1.5}, r"--frac must be in \(0, 1\]"),
+        ({"frac": math.nan}, r"--frac"),
+        ({"clients": 0}, r"--clients must be a positive integer"),
+        ({"rounds": -1}, r"--rounds must be a positive integer"),
+        ({"epochs": 0}, r"--epochs must be a positive integer"),
+        ({"batch_size": 0}, r"--batch-size must be a positive integer"),
+        ({"lr": 0.0}, r"--lr must be a positive"),
+        ({"lr": math.inf}, r"--lr must be a positive"),
+        ({"target": 1.2}, r"--target"),
+        ({"seed": -3}, r"--seed"),
+        ({"hosts": 0}, r"--hosts must be a positive integer"),
+        ({"eval_every": 0}, r"--eval-every"),
+        ({"partition": "dirichlet"}, r"--partition must be one of iid, noniid"),
+        ({"clients": 7, "partition": "iid"}, r"--clients 7 does not divide the 60000"),
+        ({"clients": 7, "partition": "noniid"}, r"14 does not divide 60000"),
+    ],
+)
+def test_out_of_range_values_name_the_flag(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**kwargs)
+
+
+def test_noniid_accepts_k_whose_shards_divide_evenly():
+    assert RunConfig(clients=300, partition="noniid").clients == 300  # 600 shards of 100
+
+
+@pytest.mark.parametrize(("text", "value"), [("10", 10), ("inf", None), ("INF", None), ("full", None)])
+def test_parse_batch_size(text, value):
+    assert parse_batch_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "ten", "1.5"])
+def test_parse_batch_size_rejects(text):
+    with pytest.raises(ConfigError, match="--batch-size"):
+        parse_batch_size(text)
+
+
+def test_dict_round_trip_and_fingerprint():
+    cfg = RunConfig(batch_size=None, rounds=3, hosts=2)
+    d = cfg.to_dict()
+    assert d["batch_size"] == "inf"
+    assert RunConfig.from_dict(d) == cfg
+    # rounds, hosts, address, data dir do not change what is computed; lr, seed, B do.
+    assert cfg.fingerprint() == RunConfig(batch_size=None, rounds=50, hosts=1, address="auto").fingerprint()
+    assert cfg.fingerprint() != RunConfig(batch_size=None, rounds=3, seed=1).fingerprint()
+    assert cfg.fingerprint() != RunConfig(batch_size=50, rounds=3).fingerprint()
+    assert cfg.fingerprint() != RunConfig(batch_size=None, lr=0.05).fingerprint()
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown configuration keys: momentum"):
+        RunConfig.from_dict({"momentum": 0.9})
