@@ -1,0 +1,119 @@
+"""Local training: `local_update` for one client, and `ClientHost`, which serves many clients.
+
+A ClientHost holds read-only views of the normalised training and test sets (on a Ray node
+these map the object store's one shared copy) and the partition, so it can train any client
+it is given; it has no Ray dependency and runs and is tested as a plain object.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from fedactors.config import RunConfig
+from fedactors.messages import EvalPart, Update
+from fedactors.model import FlatModel
+from fedactors.seeding import Purpose, generator, torch_seed
+
+
+def local_update(
+    model: FlatModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int | None,
+    lr: float,
+    rng: np.random.Generator,
+) -> float:
+    """E epochs of minibatch SGD, reshuffled each epoch by `rng`; returns the last epoch's mean loss."""
+    n = len(images)
+    step = n if batch_size is None else batch_size
+    last_epoch_loss = 0.0
+    for _ in range(epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        x_epoch, y_epoch = images[order], labels[order]
+        losses = [
+            model.sgd_step(x_epoch[start : start + step], y_epoch[start : start + step], lr)
+            for start in range(0, n, step)
+        ]
+        last_epoch_loss = float(np.mean(losses))
+    return last_epoch_loss
+
+
+class ClientHost:
+    """Trains whichever clients it is handed, from data it holds for the whole run."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        train_images: np.ndarray,
+        train_labels: np.ndarray,
+        client_indices: list[np.ndarray],
+        test_images: np.ndarray,
+        test_labels: np.ndarray,
+        *,
+        threads: int = 1,
+        device: str = "cpu",
+        host_id: int = 0,
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.config = config
+        self.host_id = host_id
+        self.device = torch.device(device)
+        self.train_images = train_images
+        self.train_labels = train_labels
+        self.client_indices = client_indices
+        self.test_images = test_images
+        self.test_labels = test_labels
+        self.model = FlatModel(device=self.device)
+        self._test_slices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def initial_weights(self) -> np.ndarray:
+        """The run's round-0 global weights: torch's default init, seeded from the run seed."""
+        return FlatModel(init_seed=torch_seed(self.config.seed)).get_weights()
+
+    def num_examples(self) -> list[int]:
+        return [len(ix) for ix in self.client_indices]
+
+    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int) -> Update:
+        """Client `client_id`'s update in round `round_idx`, starting from `global_weights`."""
+        start = time.perf_counter()
+        idx = self.client_indices[client_id]
+        # Fancy indexing copies: the tensors are private and writable, the shared arrays untouched.
+        images = torch.from_numpy(self.train_images[idx]).to(self.device)
+        labels = torch.from_numpy(self.train_labels[idx]).to(self.device)
+        self.model.set_weights(global_weights)
+        cfg = self.config
+        loss = local_update(
+            self.model,
+            images,
+            labels,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            rng=generator(Purpose.SHUFFLE, cfg.seed, round_idx, client_id),
+        )
+        return Update(
+            client_id=client_id,
+            round=round_idx,
+            weights=self.model.get_weights(),  # a copy: the model's buffer is reused next call
+            num_examples=len(idx),
+            train_loss=loss,
+            train_seconds=time.perf_counter() - start,
+            host=self.host_id,
+        )
+
+    def evaluate(self, weights: np.ndarray, start: int, stop: int) -> EvalPart:
+        """Loss sum and correct count of `weights` on test examples [start, stop)."""
+        t0 = time.perf_counter()
+        self.model.set_weights(weights)
+        if (start, stop) not in self._test_slices:  # a host evaluates the same slice every round
+            self._test_slices[(start, stop)] = (
+                torch.from_numpy(np.array(self.test_images[start:stop])).to(self.device),
+                torch.from_numpy(np.array(self.test_labels[start:stop])).to(self.device),
+            )
+        loss_sum, correct = self.model.evaluate(*self._test_slices[(start, stop)])
+        return EvalPart(loss_sum=loss_sum, correct=correct, count=stop - start, seconds=time.perf_counter() - t0)

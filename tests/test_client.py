@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from fedactors.client import ClientHost, local_update
+from fedactors.config import RunConfig
+from fedactors.data import partition
+from fedactors.model import CNN, FlatModel
+
+
+def _host(mnist, config, **kw):
+    parts = partition(mnist.train_labels, config.clients, config.partition, config.seed)
+    return ClientHost(config, mnist.train_images, mnist.train_labels, parts, mnist.test_images, mnist.test_labels, **kw)
+
+
+def test_local_update_is_minibatch_sgd_reshuffled_every_epoch(mnist):
+    x = torch.from_numpy(mnist.train_images[:100].copy())
+    y = torch.from_numpy(mnist.train_labels[:100].copy())
+    model = FlatModel(init_seed=0)
+    ref = CNN()
+    ref.load_state_dict(model.module.state_dict())
+
+    local_update(model, x, y, epochs=2, batch_size=30, lr=0.1, rng=np.random.default_rng(9))
+
+    # The oracle: torch's own SGD over the same permutations, batches of 30 with a short last one.
+    rng = np.random.default_rng(9)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(2):
+        order = torch.from_numpy(rng.permutation(100))
+        for start in range(0, 100, 30):
+            idx = order[start : start + 30]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+    expected = torch.cat([p.detach().flatten() for p in ref.parameters()]).numpy()
+    np.testing.assert_allclose(model.get_weights(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_full_batch_is_one_step_per_epoch(mnist):
+    x = torch.from_numpy(mnist.train_images[:64].copy())
+    y = torch.from_numpy(mnist.train_labels[:64].copy())
+    a, b = FlatModel(init_seed=3), FlatModel(init_seed=3)
+    local_update(a, x, y, epochs=3, batch_size=None, lr=0.1, rng=np.random.default_rng(0))
+    for _ in range(3):  # order does not matter for a full-batch gradient, up to float rounding
+        b.sgd_step(x, y, lr=0.1)
+    np.testing.assert_allclose(a.get_weights(), b.get_weights(), rtol=1e-4, atol=1e-6)
+
+
+def test_host_trains_any_client_deterministically(mnist):
+    cfg = RunConfig(clients=100, partition="noniid", epochs=1, batch_size=50, seed=4)
+    host = _host(mnist, cfg)
+    w0 = host.initial_weights()
+    u = host.train(w0, client_id=17, round_idx=3)
+    assert u.client_id == 17 and u.round == 3 and u.num_examples == 600
+    assert u.weights.dtype == np.float32 and u.weights.shape == w0.shape
+    assert np.isfinite(u.train_loss) and u.train_seconds > 0
+    again = _host(mnist, cfg, host_id=1).train(w0, client_id=17, round_idx=3)
+    np.testing.assert_array_equal(u.weights, again.weights)  # another host, same bytes
+    other_round = host.train(w0, client_id=17, round_idx=4)
+    assert not np.array_equal(u.weights, other_round.weights)  # reshuffled by round
+    # Updates are copies: training another client does not change a returned update.
+    snapshot = u.weights.copy()
+    host.train(w0, client_id=18, round_idx=3)
+    np.testing.assert_array_equal(u.weights, snapshot)
+
+
+def test_host_accepts_read_only_global_weights_and_data(mnist):
+    cfg = RunConfig(clients=100, partition="iid", epochs=1, batch_size=100)
+    ro = [a.view() for a in (mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels)]
+    for a in ro:
+        a.setflags(write=False)
+    parts = partition(mnist.train_labels, 100, "iid", 0)
+    host = ClientHost(cfg, ro[0], ro[1], parts, ro[2], ro[3])
+    w0 = host.initial_weights()
+    w0.setflags(write=False)
+    u = host.train(w0, 0, 1)
+    part = host.evaluate(u.weights, 0, 500)
+    assert part.count == 500 and 0 <= part.correct <= 500
+
+
+def test_evaluate_slices_add_up(mnist):
+    cfg = RunConfig(clients=10, partition="iid", epochs=1, batch_size=50)
+    host = _host(mnist, cfg)
+    w = host.train(host.initial_weights(), 0, 1).weights
+    whole = host.evaluate(w, 0, 2000)
+    halves = [host.evaluate(w, 0, 1000), host.evaluate(w, 1000, 2000)]
+    assert whole.correct == sum(h.correct for h in halves)
+    assert whole.loss_sum == pytest.approx(sum(h.loss_sum for h in halves), rel=1e-5)
+    assert whole.correct / whole.count > 0.7  # one epoch on 6000 images already learns
