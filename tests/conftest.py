@@ -63,6 +63,8 @@ class RedisServer:
         import redis
         from fedactors.embedded_redis import find_redis_server
 
+        if self.proc is not None:
+            attempts = 1  # a restart must come back on the same port
         for _ in range(attempts):
             with open(self.data_dir / "redis.log", "ab") as log:
                 self.proc = subprocess.Popen(

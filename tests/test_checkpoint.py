@@ -383,3 +383,14 @@ def test_embedded_server_orphaned_by_its_starter_is_reused_and_adopted(tmp_path)
             os.killpg(orphan, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_embedded_data_dir_too_long_for_a_socket_path_still_works(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with EmbeddedRedis(deep) as server, RedisStore(server.url) as store:
+        assert not server.socket_path.startswith(str(deep))  # moved to a short private dir
+        store.save(make_ckpt(1), keep=1)
+        assert same(store.latest("run-a")[0], make_ckpt(1))
+        socket_dir = os.path.dirname(server.socket_path)
+    assert not os.path.exists(socket_dir)
+    assert (deep / "appendonly.aof").exists()
