@@ -1,0 +1,75 @@
+"""fedactors.aggregate: fedavg (native) against fedavg_reference (NumPy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedactors.aggregate import fedavg, fedavg_reference
+
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def make_updates(k: int, n: int) -> tuple[list[np.ndarray], list[int]]:
+    rng = np.random.default_rng(n + k)
+    buffers = [rng.standard_normal(n, dtype=np.float32) for _ in range(k)]
+    counts = [int(c) for c in rng.integers(1, 1200, size=k)]
+    return buffers, counts
+
+
+@pytest.mark.parametrize("n", [1, 7, 1_663_370])
+@pytest.mark.parametrize("k", [1, 50])
+def test_fedavg_matches_reference(k: int, n: int) -> None:
+    # Prepare
+    buffers, counts = make_updates(k, n)
+    for b in buffers:
+        b.flags.writeable = False  # as Ray's object store hands them over
+    # Execute
+    one = fedavg(buffers, counts, threads=1)
+    two = fedavg(buffers, counts, threads=2)
+    want = fedavg_reference(buffers, counts)
+    # Assert
+    assert one.tobytes() == two.tobytes()
+    assert one.dtype == np.float32 and one.shape == (n,)
+    # (k + 2) float32 roundings of the weighted sum of magnitudes bound the error.
+    scale = sum((c / sum(counts)) * np.abs(b.astype(np.float64)) for b, c in zip(buffers, counts))
+    np.testing.assert_array_less(np.abs(one.astype(np.float64) - want), (k + 2) * F32_EPS * scale + 1e-30)
+
+
+def test_fedavg_weights_by_example_count() -> None:
+    a = np.zeros(3, dtype=np.float32)
+    b = np.full(3, 4.0, dtype=np.float32)
+    # 100 examples at 0 and 300 at 4: the average is 3, not the unweighted 2.
+    assert fedavg([a, b], [100, 300]).tolist() == [3.0, 3.0, 3.0]
+    assert fedavg_reference([a, b], [100, 300]).tolist() == [3.0, 3.0, 3.0]
+
+
+def test_fedavg_accepts_float_counts_and_writes_out() -> None:
+    buffers, _ = make_updates(3, 1001)
+    out = np.empty(1001, dtype=np.float32)
+    got = fedavg(buffers, [0.5, 1.5, 2.0], out=out)
+    assert got is out
+    np.testing.assert_allclose(out, fedavg_reference(buffers, [0.5, 1.5, 2.0]), rtol=0, atol=1e-6)
+
+
+def test_fedavg_reference_returns_float32_accumulated_in_float64() -> None:
+    big = np.full(2, 2.0**24, dtype=np.float32)
+    one = np.ones(2, dtype=np.float32)
+    got = fedavg_reference([big, one, one], [1, 1, 1])
+    assert got.dtype == np.float32
+    assert got.tolist() == [np.float32((2.0**24 + 2) / 3)] * 2
+
+
+@pytest.mark.parametrize(
+    ("buffers", "counts", "message"),
+    [
+        ([np.ones(4), np.ones(4)], [1, 1], "buffer 0 has dtype float64"),
+        ([np.ones(4, np.float32), np.ones(5, np.float32)], [1, 1], "buffer 1 has length 5"),
+        ([np.ones(4, np.float32)], [1, 2], "got 2 weights for 1 buffers"),
+        ([np.ones(4, np.float32)] * 2, [0, 0], "all weights are zero"),
+        ([np.ones(4, np.float32)] * 2, [3, -3], "weight 1 is -3"),
+    ],
+)
+def test_fedavg_rejects_bad_input(buffers: list, counts: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fedavg(buffers, counts)
