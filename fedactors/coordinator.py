@@ -1,0 +1,237 @@
+"""The round loop: sample, dispatch, gather, retry, aggregate, evaluate, emit one event per round.
+
+`Coordinator` is a plain object over a `HostPool`, so its logic runs in-process (`LocalPool`)
+as well as on Ray (`RayPool` over ClientHost actors, driven from `CoordinatorActor`).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from fedactors import aggregate
+from fedactors.config import RunConfig
+from fedactors.errors import RoundFailed
+from fedactors.messages import EvalPart, Failure, RoundStats, Update
+from fedactors.seeding import sample_clients
+
+if TYPE_CHECKING:
+    import ray.actor
+
+    from fedactors.client import ClientHost
+
+MAX_ATTEMPTS = 3  # per client and round: the first try plus two retries on other hosts
+
+
+class HostPool(Protocol):
+    """Where clients train. Results come back as they finish, failures as data."""
+
+    def initial_weights(self) -> np.ndarray: ...
+
+    def num_examples(self) -> list[int]: ...
+
+    def train(self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int]) -> Iterator[Update | Failure]: ...
+
+    def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]: ...
+
+
+def balance(client_ids: Sequence[int], num_examples: Sequence[int], hosts: Sequence[int]) -> dict[int, list[int]]:
+    """Longest-processing-time assignment of clients to hosts: biggest first, to the least loaded."""
+    load = {h: 0 for h in hosts}
+    plan: dict[int, list[int]] = {h: [] for h in hosts}
+    for cid in sorted(client_ids, key=lambda c: (-num_examples[c], c)):
+        host = min(hosts, key=lambda h: (load[h], h))
+        plan[host].append(cid)
+        load[host] += num_examples[cid]
+    return plan
+
+
+def eval_slices(num_test: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) slices of the test set, one per evaluating host."""
+    edges = np.linspace(0, num_test, parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+class LocalPool:
+    """ClientHosts in this process, run one after another: for tests and debugging."""
+
+    def __init__(self, hosts: Sequence[ClientHost]) -> None:
+        self.hosts = list(hosts)
+
+    def initial_weights(self) -> np.ndarray:
+        return self.hosts[0].initial_weights()
+
+    def num_examples(self) -> list[int]:
+        return self.hosts[0].num_examples()
+
+    def train(self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int]) -> Iterator[Update | Failure]:
+        plan = balance(client_ids, self.num_examples(), range(len(self.hosts)))
+        for h, cids in plan.items():
+            for cid in cids:
+                try:
+                    yield self.hosts[h].train(global_weights, cid, round_idx)
+                except Exception as exc:  # a failure is data: the coordinator decides what it means
+                    yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}")
+
+    def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
+        slices = eval_slices(num_test, len(self.hosts))
+        return [self.hosts[i].evaluate(weights, a, b) for i, (a, b) in enumerate(slices)]
+
+
+class RayPool:
+    """ClientHost actors: one put of the global weights per round, results taken as they finish."""
+
+    def __init__(self, actors: Sequence[ray.actor.ActorHandle]) -> None:
+        import ray
+
+        self._ray = ray
+        self.actors = list(actors)
+        self.alive = list(range(len(self.actors)))
+        self._num_examples: list[int] | None = None
+
+    def initial_weights(self) -> np.ndarray:
+        return self._ray.get(self.actors[self.alive[0]].initial_weights.remote())
+
+    def num_examples(self) -> list[int]:
+        if self._num_examples is None:
+            self._num_examples = self._ray.get(self.actors[self.alive[0]].num_examples.remote())
+        return self._num_examples
+
+    def train(self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int]) -> Iterator[Update | Failure]:
+        ray = self._ray
+        if not self.alive:
+            for cid in client_ids:
+                yield Failure(client_id=cid, host=-1, error="no client host is alive")
+            return
+        weights_ref = ray.put(global_weights)
+        plan = balance(client_ids, self.num_examples(), self.alive)
+        pending = {
+            self.actors[h].train.remote(weights_ref, cid, round_idx): (cid, h) for h, cids in plan.items() for cid in cids
+        }
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cid, host = pending.pop(done[0])
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayActorError as exc:
+                if host in self.alive:
+                    self.alive.remove(host)
+                yield Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}")
+            except ray.exceptions.RayTaskError as exc:
+                yield Failure(client_id=cid, host=host, error=_first_line(exc))
+
+    def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
+        ray = self._ray
+        weights_ref = ray.put(weights)
+        slices = eval_slices(num_test, len(self.alive))
+        refs = [self.actors[h].evaluate.remote(weights_ref, a, b) for h, (a, b) in zip(self.alive, slices)]
+        return ray.get(refs)
+
+
+class Coordinator:
+    """Runs rounds start_round+1 .. config.rounds from `weights`, yielding an event per round."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        pool: HostPool,
+        *,
+        num_test: int = 10_000,
+        start_round: int = 0,
+        weights: np.ndarray | None = None,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.num_test = num_test
+        self.round = start_round
+        self.weights = pool.initial_weights() if weights is None else weights
+
+    def run(self) -> Iterator[dict]:
+        """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}."""
+        cfg = self.config
+        while self.round < cfg.rounds:
+            stats = self.run_round(self.round + 1)
+            self.round = stats.round
+            yield {"type": "round", **vars(stats)}
+        yield {"type": "done", "round": self.round, "weights": self.weights}
+
+    def run_round(self, round_idx: int) -> RoundStats:
+        """One round: every sampled client's update (retrying failures), averaged, then evaluated."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
+        updates: dict[int, Update] = {}
+        failures: list[Failure] = []
+        retried: list[int] = []
+        todo = sampled
+        for attempt in range(MAX_ATTEMPTS):
+            failed_now = []
+            for result in self.pool.train(self.weights, round_idx, todo):
+                if isinstance(result, Failure):
+                    failures.append(result)
+                    failed_now.append(result.client_id)
+                else:
+                    updates[result.client_id] = result
+            if not failed_now:
+                break
+            retried.extend(failed_now)
+            todo = failed_now
+        wait_seconds = time.perf_counter() - t0
+        missing = [c for c in sampled if c not in updates]
+        if missing:
+            last = failures[-1].error if failures else "unknown"
+            raise RoundFailed(
+                f"round {round_idx}: clients {missing} failed {MAX_ATTEMPTS} times (last error: {last})"
+            )
+        t1 = time.perf_counter()
+        ordered = [updates[c] for c in sampled]  # fixed client order: same bytes whatever arrived first
+        self.weights = aggregate.fedavg([u.weights for u in ordered], [u.num_examples for u in ordered])
+        aggregate_seconds = time.perf_counter() - t1
+        per_host: dict[int, float] = {}
+        for u in ordered:
+            per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds
+        stats = RoundStats(
+            round=round_idx,
+            clients=sampled,
+            num_updates=len(ordered),
+            round_seconds=0.0,
+            train_seconds=max(per_host.values()),
+            wait_seconds=wait_seconds,
+            aggregate_seconds=aggregate_seconds,
+            train_loss=float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered])),
+            retried=retried,
+            failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
+        )
+        if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds:
+            t2 = time.perf_counter()
+            parts = self.pool.evaluate(self.weights, self.num_test)
+            count = sum(p.count for p in parts)
+            stats.accuracy = sum(p.correct for p in parts) / count
+            stats.loss = sum(p.loss_sum for p in parts) / count
+            stats.eval_seconds = time.perf_counter() - t2
+        stats.round_seconds = time.perf_counter() - t0
+        return stats
+
+
+class CoordinatorActor:
+    """The Ray actor around Coordinator; `run` is a generator, so events stream to the caller."""
+
+    def __init__(self, config: RunConfig, host_actors: list, num_test: int) -> None:
+        self.coordinator = Coordinator(config, RayPool(host_actors), num_test=num_test)
+
+    def run(self) -> Iterator[dict]:
+        try:
+            yield from self.coordinator.run()
+        except Exception as exc:
+            # Ray would wrap the error in a RayTaskError carrying a remote traceback; the caller
+            # wants the error itself, so send it as an event.
+            yield {"type": "error", "error": exc, "traceback": traceback.format_exc()}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

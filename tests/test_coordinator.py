@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from fedactors.client import ClientHost
+from fedactors.config import RunConfig
+from fedactors.coordinator import Coordinator, LocalPool, balance, eval_slices
+from fedactors.data import partition
+from fedactors.errors import RoundFailed
+
+
+def test_balance_spreads_equal_clients_evenly_and_is_deterministic():
+    plan = balance([3, 1, 4, 9, 5], [600] * 10, [0, 1])
+    assert sorted(len(v) for v in plan.values()) == [2, 3]
+    assert sorted(c for v in plan.values() for c in v) == [1, 3, 4, 5, 9]
+    assert plan == balance([3, 1, 4, 9, 5], [600] * 10, [0, 1])
+
+
+def test_balance_puts_big_clients_apart():
+    sizes = [1000, 1000, 10, 10, 10, 10]
+    plan = balance(range(6), sizes, [0, 1])
+    loads = [sum(sizes[c] for c in plan[h]) for h in (0, 1)]
+    assert loads == [1020, 1020]
+
+
+def test_eval_slices_cover_the_test_set():
+    for parts in (1, 2, 3, 7):
+        s = eval_slices(10_000, parts)
+        assert s[0][0] == 0 and s[-1][1] == 10_000 and len(s) == parts
+        assert all(a[1] == b[0] for a, b in zip(s, s[1:]))
+
+
+def _pool(mnist, cfg, hosts, cls=ClientHost):
+    parts = partition(mnist.train_labels, cfg.clients, cfg.partition, cfg.seed)
+    args = (mnist.train_images, mnist.train_labels, parts, mnist.test_images, mnist.test_labels)
+    return LocalPool([cls(cfg, *args, host_id=i) for i in range(hosts)])
+
+
+CFG = RunConfig(clients=100, frac=0.03, rounds=2, epochs=1, batch_size=50, partition="iid", seed=1, eval_every=2)
+
+
+def _run(coordinator):
+    events = list(coordinator.run())
+    return [e for e in events if e["type"] == "round"], events[-1]
+
+
+def test_rounds_learn_and_do_not_depend_on_host_count(mnist):
+    rounds1, done1 = _run(Coordinator(CFG, _pool(mnist, CFG, 1), num_test=2000))
+    rounds3, done3 = _run(Coordinator(CFG, _pool(mnist, CFG, 3), num_test=2000))
+    assert done1["type"] == "done" and done1["round"] == 2
+    np.testing.assert_array_equal(done1["weights"], done3["weights"])
+    assert [r["clients"] for r in rounds1] == [r["clients"] for r in rounds3]
+    assert len(rounds1[0]["clients"]) == 3
+    # eval_every=2: round 1 is not evaluated, round 2 (and the last) is.
+    assert rounds1[0]["accuracy"] is None and rounds1[1]["accuracy"] > 0.5
+    assert rounds1[1]["accuracy"] == rounds3[1]["accuracy"]
+    assert all(r["num_updates"] == 3 and r["round_seconds"] >= r["train_seconds"] > 0 for r in rounds1)
+
+
+class FlakyHost(ClientHost):
+    """Fails the first training call it gets, then behaves."""
+
+    failed = False
+
+    def train(self, global_weights, client_id, round_idx):
+        if not FlakyHost.failed:
+            FlakyHost.failed = True
+            raise RuntimeError("injected fault")
+        return super().train(global_weights, client_id, round_idx)
+
+
+class BrokenHost(ClientHost):
+    def train(self, global_weights, client_id, round_idx):
+        raise RuntimeError("always broken")
+
+
+def test_a_failed_client_is_retried_and_the_round_is_unchanged(mnist):
+    cfg = RunConfig(**{**CFG.to_dict(), "rounds": 1, "batch_size": 50})
+    _, clean = _run(Coordinator(cfg, _pool(mnist, cfg, 2), num_test=500))
+    FlakyHost.failed = False
+    rounds, flaky = _run(Coordinator(cfg, _pool(mnist, cfg, 2, FlakyHost), num_test=500))
+    np.testing.assert_array_equal(clean["weights"], flaky["weights"])
+    assert len(rounds[0]["retried"]) == 1 and "injected fault" in rounds[0]["failures"][0]
+
+
+def test_a_client_that_keeps_failing_fails_the_round_loudly(mnist):
+    coordinator = Coordinator(CFG, _pool(mnist, CFG, 1, BrokenHost), num_test=500)
+    with pytest.raises(RoundFailed, match=r"round 1: clients \[.*\] failed 3 times .*always broken"):
+        list(coordinator.run())
