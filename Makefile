@@ -1,0 +1,37 @@
+# Two entry points (see README): `make demo` and `make test`. Both build the venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The project's MNIST copy sits in ../shared/mnist on our machines; elsewhere fedactors
+# downloads MNIST into its cache directory (or $FEDACTORS_DATA) on first use.
+SHARED_MNIST := $(abspath ../shared/mnist)
+ifeq ($(origin FEDACTORS_DATA), undefined)
+ifneq ($(wildcard $(SHARED_MNIST)/MNIST/raw),)
+export FEDACTORS_DATA := $(SHARED_MNIST)
+endif
+endif
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+# Build tools first so the package can build without isolation (no second download of them);
+# the editable install rebuilds nothing at import time: re-run `make setup` after changing csrc/.
+$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
+	$(BIN)/python -m pip install --quiet --no-build-isolation --editable ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/fedactors run --clients 100 --frac 0.1 --rounds 3 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/aggregate.py
+
+clean:
+	rm -rf $(VENV) build runs

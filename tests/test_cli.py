@@ -1,0 +1,72 @@
+"""The command line: flags, one-line errors with exit status 2, refusing to overwrite a run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from fedactors.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_help_lists_every_run_flag(runner):
+    result = runner.invoke(cli, ["run", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--clients", "--frac", "--rounds", "--epochs", "--batch-size", "--lr", "--partition", "--seed",
+                 "--hosts", "--address", "--data-dir", "--eval-every", "--target", "--out"):
+        assert flag in result.output
+
+
+def _fedactors(*args, env=None, cwd=None):
+    """The installed console script, as a user runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "fedactors")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frac", "1.5"], "--frac must be in (0, 1], got 1.5"),
+        (["--clients", "7"], "--clients 7: noniid cuts 60000 images into 2 x clients shards"),
+        (["--clients", "7", "--partition", "iid"], "--clients 7 does not divide the 60000"),
+        (["--batch-size", "zero"], "--batch-size must be a positive integer or 'inf'"),
+        (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["--lr", "-0.1"], "--lr must be a positive finite number"),
+        (["--partition", "dirichlet"], "Invalid value for '--partition'"),
+        (["--clients", "many"], "Invalid value for '--clients'"),
+        (["--bogus"], "No such option '--bogus'"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(args, message, tmp_path):
+    result = _fedactors("run", *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedactors: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing is created for a refused command
+
+
+def test_unusable_data_dir_is_one_clear_line(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = _fedactors("run", "--data-dir", str(not_a_dir), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MNIST not found in" in lines[0] and "--data-dir" in lines[0], result.stderr
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"precious": True}))
+    result = _fedactors("run", "--out", str(out))
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr
+    assert json.loads((out / "run.json").read_text()) == {"precious": True}
