@@ -34,12 +34,16 @@ class RunConfig:
     hosts: int | None = None
     address: str | None = None
     data_dir: str | None = None
+    checkpoint_every: int = 1
+    keep: int = 2
 
     def __post_init__(self) -> None:
         _positive_int("--clients", self.clients)
         _positive_int("--rounds", self.rounds)
         _positive_int("--epochs", self.epochs)
         _positive_int("--eval-every", self.eval_every)
+        _positive_int("--checkpoint-every", self.checkpoint_every)
+        _positive_int("--keep", self.keep)
         if self.batch_size is not None:
             _positive_int("--batch-size", self.batch_size)
         if self.hosts is not None:

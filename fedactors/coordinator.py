@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from fedactors import aggregate
+from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, RoundStats, Update
@@ -133,7 +134,12 @@ class RayPool:
 
 
 class Coordinator:
-    """Runs rounds start_round+1 .. config.rounds from `weights`, yielding an event per round."""
+    """Runs rounds start_round+1 .. config.rounds from `weights`, yielding an event per round.
+
+    With a `store`, the state after every `config.checkpoint_every`-th round (and the last)
+    is saved under `run_id` before that round's event is emitted: an event a caller has seen
+    is never ahead of what a resume can recover. `history` is the metric rows so far.
+    """
 
     def __init__(
         self,
@@ -143,12 +149,20 @@ class Coordinator:
         num_test: int = 10_000,
         start_round: int = 0,
         weights: np.ndarray | None = None,
+        history: list[dict] | None = None,
+        store: RedisStore | None = None,
+        run_id: str | None = None,
     ) -> None:
+        if store is not None and run_id is None:
+            raise ValueError("a checkpoint store needs a run id")
         self.config = config
         self.pool = pool
         self.num_test = num_test
         self.round = start_round
         self.weights = pool.initial_weights() if weights is None else weights
+        self.history = list(history or [])
+        self.store = store
+        self.run_id = run_id
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}."""
@@ -156,8 +170,27 @@ class Coordinator:
         while self.round < cfg.rounds:
             stats = self.run_round(self.round + 1)
             self.round = stats.round
+            if stats.accuracy is not None:
+                self.history.append(stats.metrics_row())
+            if self.store is not None and (self.round % cfg.checkpoint_every == 0 or self.round == cfg.rounds):
+                t0 = time.perf_counter()
+                self.save_checkpoint()
+                stats.checkpoint_seconds = time.perf_counter() - t0
             yield {"type": "round", **vars(stats)}
         yield {"type": "done", "round": self.round, "weights": self.weights}
+
+    def save_checkpoint(self) -> None:  # only called when self.store is set
+        """Store the state after self.round; raises StoreUnavailable if the store stays down."""
+        cfg = self.config
+        ckpt = Checkpoint(
+            run_id=self.run_id,
+            round=self.round,
+            weights=self.weights,
+            fingerprint=cfg.fingerprint(),
+            config=cfg.to_dict(),
+            history=self.history,
+        )
+        self.store.save(ckpt, keep=cfg.keep)
 
     def run_round(self, round_idx: int) -> RoundStats:
         """One round: every sampled client's update (retrying failures), averaged, then evaluated."""
@@ -218,10 +251,30 @@ class Coordinator:
 
 
 class CoordinatorActor:
-    """The Ray actor around Coordinator; `run` is a generator, so events stream to the caller."""
+    """The Ray actor around Coordinator; `run` is a generator, so events stream to the caller.
 
-    def __init__(self, config: RunConfig, host_actors: list, num_test: int) -> None:
-        self.coordinator = Coordinator(config, RayPool(host_actors), num_test=num_test)
+    It opens its own connection to the checkpoint store (`store_url`): a Redis client cannot
+    travel between processes, a URL can.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        host_actors: list,
+        num_test: int,
+        *,
+        run_id: str,
+        store_url: str | None = None,
+        store_retry_seconds: float = 30.0,
+        start_round: int = 0,
+        weights: np.ndarray | None = None,
+        history: list[dict] | None = None,
+    ) -> None:
+        store = RedisStore(store_url, retry_seconds=store_retry_seconds) if store_url else None
+        self.coordinator = Coordinator(
+            config, RayPool(host_actors), num_test=num_test, start_round=start_round,
+            weights=weights, history=history, store=store, run_id=run_id,
+        )
 
     def run(self) -> Iterator[dict]:
         try:

@@ -11,16 +11,31 @@ import logging
 import time
 from collections.abc import Callable
 
+from fedactors.checkpoint import Checkpoint
 from fedactors.config import RunConfig
 from fedactors.data import load_mnist, partition, resolve_data_dir
-from fedactors.errors import ClusterError, FedActorsError
+from fedactors.errors import ClusterError, ConfigError, FedActorsError
 
 EventHandler = Callable[[dict], None]
 
 
-def run(config: RunConfig, on_event: EventHandler) -> dict:
-    """Run `config` to its last round, calling `on_event` for every event; returns the "done" event."""
+def run(
+    config: RunConfig,
+    on_event: EventHandler,
+    *,
+    run_id: str,
+    store_url: str | None = None,
+    store_retry_seconds: float = 30.0,
+    resume: Checkpoint | None = None,
+) -> dict:
+    """Run `config` to its last round, calling `on_event` for every event; returns the "done" event.
+
+    With `store_url` every round is checkpointed there under `run_id`; with `resume` the run
+    continues after that checkpoint's round from its weights and history.
+    """
     t_start = time.perf_counter()
+    if store_url and store_url.startswith("unix://") and (config.address or "").startswith("ray://"):
+        raise ConfigError("the embedded checkpoint store is local to this machine; with a ray:// address pass --redis URL")
     data = load_mnist(resolve_data_dir(config.data_dir))
     client_indices = partition(data.train_labels, config.clients, config.partition, config.seed)
 
@@ -43,7 +58,16 @@ def run(config: RunConfig, on_event: EventHandler) -> dict:
             for i in range(num_hosts)
         ]
         on_event({"type": "start", "hosts": num_hosts, "clients_per_round": config.clients_per_round})
-        coordinator = ray.remote(CoordinatorActor).options(num_cpus=0).remote(config, hosts, num_test)
+        coordinator = (
+            ray.remote(CoordinatorActor)
+            .options(num_cpus=0, scheduling_strategy=_near_store(store_url))
+            .remote(
+                config, hosts, num_test, run_id=run_id, store_url=store_url, store_retry_seconds=store_retry_seconds,
+                start_round=resume.round if resume else 0,
+                weights=ray.put(resume.weights) if resume else None,
+                history=resume.history if resume else None,
+            )
+        )
         done: dict = {}
         for ref in coordinator.run.remote():
             event = ray.get(ref)
@@ -71,8 +95,21 @@ def pool_size(config: RunConfig, resources: dict) -> int:
     return max(1, min(cpus, config.clients))
 
 
+def _near_store(store_url: str | None) -> object:
+    """Where the coordinator may run: anywhere, except that a unix-socket store pins it to this node."""
+    if not (store_url and store_url.startswith("unix://")):
+        return "DEFAULT"
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def _start_ray(address: str | None) -> None:
     import ray
+
+    # Ray warns on every local start that token authentication is on; it is, and that is right.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
     try:
         if address is None:

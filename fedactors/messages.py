@@ -6,9 +6,16 @@ read-only) from the object store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+
+# One line of metrics.jsonl, and one entry of a checkpoint's history.
+METRIC_KEYS = (
+    "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
+    "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "failures",
+)
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,9 @@ class RoundStats:
     loss: float | None = None
     retried: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
+
+    def metrics_row(self) -> dict:
+        """The JSON object metrics.jsonl holds for this round."""
+        d = asdict(self)
+        return {k: d[k] for k in METRIC_KEYS}

@@ -14,11 +14,7 @@ import numpy as np
 
 from fedactors.config import RunConfig
 from fedactors.errors import ConfigError
-
-METRIC_KEYS = (
-    "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
-    "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "failures",
-)
+from fedactors.messages import METRIC_KEYS
 
 
 class RunDirectory:
@@ -30,15 +26,28 @@ class RunDirectory:
         self.run_path = path / "run.json"
         self.weights_path = path / "weights.npy"
 
-    def create(self) -> None:
-        """Make the directory; an existing run there is an error, never overwritten."""
+    def check_fresh(self) -> None:
+        """An existing run in the directory is an error: it is never overwritten."""
         if any(p.exists() for p in (self.metrics_path, self.run_path, self.weights_path)):
-            raise ConfigError(f"--out {self.path} already holds a run; choose another directory")
+            raise ConfigError(f"--out {self.path} already holds a run; choose another directory, or --resume it")
+
+    def create(self) -> None:
+        """Make the directory for a new run (after check_fresh)."""
+        self.check_fresh()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.metrics_path.touch()
         except OSError as exc:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
+
+    def reopen(self, history: list[dict]) -> None:
+        """For a resumed run: metrics.jsonl becomes exactly the checkpoint's history."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
+        rows = ({k: row[k] for k in METRIC_KEYS if k in row} for row in history)
+        _atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def append_metrics(self, event: dict) -> None:
         """Append one evaluated round (the keys of METRIC_KEYS present in `event`)."""

@@ -1,0 +1,165 @@
+"""Kill a run at any moment, resume it, get the same bytes: proved with SIGKILL of the whole tree.
+
+Each run here is real: MNIST, a local Ray cluster, Redis (embedded or a server of the test's).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXE = os.path.join(os.path.dirname(sys.executable), "fedactors")
+ROUNDS = 5
+# Small rounds (5 clients of 600 images, one epoch) so that 5 of them take seconds.
+ARGS = ["--clients", "100", "--frac", "0.05", "--partition", "iid", "--epochs", "1", "--batch-size", "50",
+        "--seed", "2", "--hosts", "2"]
+
+
+def fedactors(*args, timeout=600):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def accuracies(out):
+    return [json.loads(line)["accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def rows(out):
+    return len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").exists() else 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = fedactors("run", *ARGS, "--rounds", str(ROUNDS), "--run-id", "ref", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(accuracies(out)) == ROUNDS
+    return out
+
+
+def start_and_kill_mid_round(out, *extra, after_rows=2):
+    """Start a run, wait until `after_rows` rounds are written, SIGKILL every process of its tree mid-round."""
+    log = open(out.parent / f"{out.name}.log", "w")
+    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while rows(out) < after_rows:
+        assert proc.poll() is None, (out.parent / f"{out.name}.log").read_text()
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the next round: its clients are training now
+    tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    log.close()
+    gone, alive = psutil.wait_procs([p for p in tree[1:] if isinstance(p, psutil.Process)], timeout=10)
+    assert not alive, f"processes survived SIGKILL: {alive}"
+    assert rows(out) < ROUNDS, "the run finished before it was killed; the test proves nothing"
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert not (out / "weights.npy").exists()
+    return len(tree)
+
+
+def assert_same_as_reference(out, reference):
+    assert (out / "weights.npy").read_bytes() == (reference / "weights.npy").read_bytes()
+    assert accuracies(out) == accuracies(reference)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == ROUNDS
+
+
+def test_sigkill_mid_round_then_resume_is_bit_exact_embedded_store(reference, tmp_path):
+    out = tmp_path / "run"
+    killed = start_and_kill_mid_round(out, "--run-id", "victim")
+    assert killed > 5  # the CLI, Ray's processes, its workers and the embedded redis-server
+    result = fedactors("run", "--resume", "victim", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "resuming run victim after round" in result.stdout
+    assert_same_as_reference(out, reference)
+
+
+def test_sigkill_mid_round_then_resume_is_bit_exact_redis_url(reference, tmp_path, make_redis_server):
+    server = make_redis_server()
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "victim", "--redis", server.url, after_rows=3)
+    # The output directory can even be lost: with --redis the store has everything.
+    for f in out.iterdir():
+        f.unlink()
+    result = fedactors("run", "--resume", "victim", "--redis", server.url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert_same_as_reference(out, reference)
+
+
+def test_resume_of_a_finished_run_does_no_work(reference):
+    before = (reference / "weights.npy").read_bytes()
+    result = fedactors("run", "--resume", "ref", "--out", str(reference))
+    assert result.returncode == 0
+    assert "already finished: 5 of 5 rounds are done" in result.stdout
+    assert "client hosts" not in result.stdout  # no Ray, no training
+    assert (reference / "weights.npy").read_bytes() == before
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "0.2"), ("--seed", "3"), ("--batch-size", "inf"), ("--partition", "noniid")])
+def test_resume_refuses_flags_that_change_the_experiment(reference, flag, value):
+    result = fedactors("run", "--resume", "ref", "--out", str(reference), flag, value)
+    assert result.returncode == 2
+    assert f"{flag} {value} differs from run ref's" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_redis_down_mid_run_stops_with_exit_3_and_the_safe_round_intact(reference, tmp_path, make_redis_server):
+    server = make_redis_server()
+    out = tmp_path / "run"
+    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), "--run-id", "r",
+                             "--redis", server.url, "--store-retry-seconds", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while rows(out) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.stop()
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 3, stderr
+    lines = stderr.strip().splitlines()
+    assert "unreachable" in lines[-1] and "is the last checkpoint safely stored" in lines[-1], stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    # Back up: the last good checkpoint is there, and the run finishes exactly as if nothing happened.
+    server.start()
+    result = fedactors("run", "--resume", "r", "--redis", server.url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert_same_as_reference(out, reference)
+
+
+def test_wrong_password_and_unreachable_store_fail_at_start(tmp_path, make_redis_server):
+    server = make_redis_server("--requirepass", "s3cret")
+    url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+    result = fedactors("run", *ARGS, "--rounds", "1", "--redis", url, "--out", str(tmp_path / "a"), timeout=60)
+    assert result.returncode == 2
+    assert "refused the password" in result.stderr and "wrong" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    server.kill()
+    result = fedactors("run", *ARGS, "--rounds", "1", "--redis", server.url, "--out", str(tmp_path / "b"), timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_runs_list_show_rm(reference, tmp_path):
+    runs_dir = str(reference.parent)
+    listed = fedactors("runs", "list", "--runs-dir", runs_dir)
+    assert listed.returncode == 0 and "ref" in listed.stdout and "finished" in listed.stdout
+    shown = fedactors("runs", "show", "ref", "--runs-dir", runs_dir)
+    info = json.loads(shown.stdout)
+    assert info["latest_round"] == ROUNDS and info["rounds_kept"] == [ROUNDS - 1, ROUNDS]  # --keep 2
+    assert info["best_accuracy"] == max(accuracies(reference))
+    refused = subprocess.run([EXE, "runs", "rm", "ref", "--runs-dir", runs_dir], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    missing = fedactors("runs", "show", "nope", "--runs-dir", runs_dir)
+    assert missing.returncode == 2 and "no run nope" in missing.stderr
