@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include "kernels.hpp"
+#include "robust.hpp"
 
 namespace py = pybind11;
 
@@ -75,6 +76,19 @@ bool overlaps(const void* a, const void* b, std::size_t bytes) {
     return bytes > 0 && x < y + bytes && y < x + bytes;
 }
 
+// "auto" or one of available_isas(); anything else, or an ISA this CPU lacks, is a ValueError.
+fedactors::Isa parse_isa(const std::string& name) {
+    for (auto isa : {fedactors::Isa::automatic, fedactors::Isa::baseline, fedactors::Isa::avx2,
+                     fedactors::Isa::avx512}) {
+        if (name != fedactors::isa_name(isa)) continue;
+        if (!fedactors::isa_supported(isa))
+            fail("isa '", name, "' is not supported by this CPU or build; available: ",
+                 py::str(py::cast(fedactors::available_isas())).cast<std::string>());
+        return isa;
+    }
+    fail("isa is '", name, "', expected 'auto', 'baseline', 'avx2' or 'avx512'");
+}
+
 std::vector<const float*> pointers(const std::vector<py::array>& arrays) {
     std::vector<const float*> in;
     in.reserve(arrays.size());
@@ -83,8 +97,24 @@ std::vector<const float*> pointers(const std::vector<py::array>& arrays) {
     return in;
 }
 
+// `out` checked (float32, 1-D, C-contiguous, writeable, the inputs' length, aliasing none of
+// them), or a new array if it is None.
+py::array output(const py::object& out, const std::vector<py::array>& arrays) {
+    const auto n = static_cast<std::size_t>(arrays[0].shape(0));
+    if (out.is_none()) return py::array_t<float>(static_cast<py::ssize_t>(n));
+    auto result = check_vector(out, "out");
+    if (!result.writeable()) fail("out is read-only, expected a writeable array");
+    if (static_cast<std::size_t>(result.shape(0)) != n)
+        fail("out has length ", result.shape(0), ", expected ", n, " (the buffers' length)");
+    for (std::size_t j = 0; j < arrays.size(); ++j)
+        if (overlaps(result.data(), arrays[j].data(), n * sizeof(float)))
+            fail("out overlaps buffer ", j, "; the output must not alias an input");
+    return result;
+}
+
 py::array weighted_average(const py::sequence& buffers, const std::vector<double>& weights,
-                           const py::object& out, int threads, const std::string& accumulate) {
+                           const py::object& out, int threads, const std::string& accumulate,
+                           const std::string& isa_name) {
     const auto arrays = check_buffers(buffers);
     const std::size_t k = arrays.size();
     const auto n = static_cast<std::size_t>(arrays[0].shape(0));
@@ -93,34 +123,61 @@ py::array weighted_average(const py::sequence& buffers, const std::vector<double
     if (accumulate == "float32") acc = fedactors::Accumulate::float32;
     else if (accumulate == "float64") acc = fedactors::Accumulate::float64;
     else fail("accumulate is '", accumulate, "', expected 'float32' or 'float64'");
+    const auto isa = parse_isa(isa_name);
 
-    py::array result;
-    if (out.is_none()) {
-        result = py::array_t<float>(static_cast<py::ssize_t>(n));
-    } else {
-        result = check_vector(out, "out");
-        if (!result.writeable()) fail("out is read-only, expected a writeable array");
-        if (static_cast<std::size_t>(result.shape(0)) != n)
-            fail("out has length ", result.shape(0), ", expected ", n, " (the buffers' length)");
-        for (std::size_t j = 0; j < k; ++j)
-            if (overlaps(result.data(), arrays[j].data(), n * sizeof(float)))
-                fail("out overlaps buffer ", j, "; the output must not alias an input");
-    }
+    auto result = output(out, arrays);
     const auto in = pointers(arrays);
     auto* dst = static_cast<float*>(result.mutable_data());
     {
         py::gil_scoped_release nogil;
-        fedactors::weighted_average(in.data(), weights.data(), k, n, dst, threads, acc);
+        fedactors::weighted_average(in.data(), weights.data(), k, n, dst, threads, acc, isa);
     }
     return result;
 }
 
-double stream_read(const py::sequence& buffers, int threads) {
+py::array median(const py::sequence& buffers, const py::object& out, int threads,
+                 const std::string& isa_name) {
     const auto arrays = check_buffers(buffers);
+    const auto isa = parse_isa(isa_name);
+    auto result = output(out, arrays);
+    const auto in = pointers(arrays);
+    const auto n = static_cast<std::size_t>(arrays[0].shape(0));
+    auto* dst = static_cast<float*>(result.mutable_data());
+    {
+        py::gil_scoped_release nogil;
+        fedactors::median(in.data(), in.size(), n, dst, threads, isa);
+    }
+    return result;
+}
+
+py::array trimmed_mean(const py::sequence& buffers, double trim_fraction, const py::object& out,
+                       int threads, const std::string& isa_name) {
+    const auto arrays = check_buffers(buffers);
+    // Written so that NaN fails too.
+    if (!(trim_fraction >= 0.0 && trim_fraction < 0.5))
+        fail("trim_fraction is ", trim_fraction, ", expected a number in [0, 0.5)");
+    const auto isa = parse_isa(isa_name);
+    auto result = output(out, arrays);
+    const auto in = pointers(arrays);
+    const std::size_t k = in.size();
+    const auto n = static_cast<std::size_t>(arrays[0].shape(0));
+    // floor(beta * k) in double, as scipy.stats.trim_mean's int(proportiontocut * nobs).
+    const auto trim = static_cast<std::size_t>(trim_fraction * static_cast<double>(k));
+    auto* dst = static_cast<float*>(result.mutable_data());
+    {
+        py::gil_scoped_release nogil;
+        fedactors::trimmed_mean(in.data(), k, n, trim, dst, threads, isa);
+    }
+    return result;
+}
+
+double stream_read(const py::sequence& buffers, int threads, const std::string& isa_name) {
+    const auto arrays = check_buffers(buffers);
+    const auto isa = parse_isa(isa_name);
     const auto in = pointers(arrays);
     const auto n = static_cast<std::size_t>(arrays[0].shape(0));
     py::gil_scoped_release nogil;
-    return fedactors::stream_read(in.data(), in.size(), n, threads);
+    return fedactors::stream_read(in.data(), in.size(), n, threads, isa);
 }
 
 }  // namespace
@@ -129,7 +186,7 @@ PYBIND11_MODULE(_kernels, m) {
     m.doc() = "Native aggregation kernels for fedactors (C++17, OpenMP).";
     m.def("weighted_average", &weighted_average, py::arg("buffers"), py::arg("weights"),
           py::kw_only(), py::arg("out") = py::none(), py::arg("threads") = 0,
-          py::arg("accumulate") = "float32",
+          py::arg("accumulate") = "float32", py::arg("isa") = "auto",
           R"doc(Return sum_j (weights[j] / sum(weights)) * buffers[j] as a float32 array.
 
 buffers: non-empty sequence of float32, 1-D, C-contiguous arrays of equal length (read-only
@@ -137,15 +194,46 @@ is fine; nothing is copied or converted). weights: one finite weight >= 0 per bu
 zero. out: optional float32, 1-D, C-contiguous, writeable array of the same length that
 overlaps no buffer; written in place and returned. threads <= 0 uses OpenMP's default.
 accumulate: 'float32' (default) or 'float64' running sums. Clients are summed in the given
-order, so the result is the same bytes at any thread count. The GIL is released while the
-kernel runs. Raises ValueError naming the offending argument.)doc");
+order, so the result is the same bytes at any thread count. isa: 'auto' (the widest vectors
+this CPU has) or one of available_isas(), for testing and benchmarks; every variant returns
+the same bytes (no FMA contraction). The GIL is released while the kernel runs. Raises
+ValueError naming the offending argument.)doc");
+    m.def("median", &median, py::arg("buffers"), py::kw_only(), py::arg("out") = py::none(),
+          py::arg("threads") = 0, py::arg("isa") = "auto",
+          R"doc(Return the coordinate-wise median of buffers as a float32 array.
+
+The middle value of each coordinate, or for an even count the float32 (a + b) / 2 of the two
+middle values, as np.median(np.stack(buffers), axis=0) computes it (bit for bit, up to the
+sign of a zero median). NaN semantics: a coordinate where any buffer holds NaN is NaN (as
+np.median; not nanmedian). buffers, out, threads and isa as for weighted_average; same bytes at
+any thread count and isa. The GIL is released while the kernel runs.)doc");
+    m.def("trimmed_mean", &trimmed_mean, py::arg("buffers"), py::arg("trim_fraction"),
+          py::kw_only(), py::arg("out") = py::none(), py::arg("threads") = 0,
+          py::arg("isa") = "auto",
+          R"doc(Return the coordinate-wise beta-trimmed mean of buffers as a float32 array.
+
+With k buffers and g = floor(trim_fraction * k), each coordinate drops its g smallest and g
+largest values and averages the other k - 2g (as scipy.stats.trim_mean): summed in ascending
+order in float32, then divided by k - 2g: np.sort(stack, axis=0)[g:k-g] summed row by row,
+bit for bit up to the sign of a zero result. If g == 0 it is the plain mean, rows summed in
+client order.
+trim_fraction must be in [0, 0.5). NaN semantics: a coordinate where any buffer holds NaN is
+NaN, even if the NaN would have been trimmed. buffers, out, threads and isa as for
+weighted_average; same bytes at any thread count and isa. The GIL is released while the kernel
+runs.)doc");
     m.def("stream_read", &stream_read, py::arg("buffers"), py::kw_only(),
-          py::arg("threads") = 0,
+          py::arg("threads") = 0, py::arg("isa") = "auto",
           R"doc(Return the float64 sum of every element of buffers, reading each byte once.
 
 A streaming-bandwidth reference for benchmarks: same inputs, blocking and threads as
 weighted_average, no output. The summation order depends on the thread count. Validates
-buffers as weighted_average does.)doc");
+buffers and isa as weighted_average does.)doc");
+    m.def("available_isas", &fedactors::available_isas,
+          R"doc(Return the instruction-set variants this CPU and build can run, narrowest first.
+
+'baseline' is the build's target (SSE2 on x86-64, or whatever FEDACTORS_NATIVE chose); 'avx2'
+and 'avx512' are extra variants of the hot loops compiled in by GCC and Clang on x86. isa='auto'
+picks the last.)doc");
     m.def("openmp_max_threads", &omp_get_max_threads,
           "Return omp_get_max_threads(): the thread count used when threads <= 0.");
 }

@@ -9,6 +9,8 @@
 
 #include <omp.h>
 
+#include "isa.hpp"
+
 namespace fedactors {
 
 // 512 floats = 2 KiB per input: the output block (and the 4 KiB float64 accumulator) stays in
@@ -27,7 +29,7 @@ inline int resolve_threads(int threads) { return threads > 0 ? threads : omp_get
 
 // o[0:len] = sum_j float(w[j] / total) * in[j][lo:lo+len], clients in order, rounding to float
 // after each term.
-inline void block_f32(const float* const* in, const double* w, double total, std::size_t k,
+FEDACTORS_INLINE void block_f32_body(const float* const* in, const double* w, double total, std::size_t k,
                       std::size_t lo, std::size_t len, float* __restrict o) {
     const float* __restrict x = in[0] + lo;
     const float a0 = static_cast<float>(w[0] / total);
@@ -50,7 +52,7 @@ inline void block_f32(const float* const* in, const double* w, double total, std
 }
 
 // As block_f32 but the running sum is a double in `acc` (kBlock long), rounded to float once.
-inline void block_f64(const float* const* in, const double* w, double total, std::size_t k,
+FEDACTORS_INLINE void block_f64_body(const float* const* in, const double* w, double total, std::size_t k,
                       std::size_t lo, std::size_t len, double* __restrict acc,
                       float* __restrict o) {
     const float* __restrict x = in[0] + lo;
@@ -72,6 +74,39 @@ inline void block_f64(const float* const* in, const double* w, double total, std
     for (std::size_t i = 0; i < len; ++i) o[i] = static_cast<float>(acc[i]);
 }
 
+FEDACTORS_MULTIVERSIONED(void, block_f32, block_f32_body,
+                         (const float* const* in, const double* w, double total, std::size_t k,
+                          std::size_t lo, std::size_t len, float* __restrict o),
+                         (in, w, total, k, lo, len, o))
+FEDACTORS_MULTIVERSIONED(void, block_f64, block_f64_body,
+                         (const float* const* in, const double* w, double total, std::size_t k,
+                          std::size_t lo, std::size_t len, double* __restrict acc,
+                          float* __restrict o),
+                         (in, w, total, k, lo, len, acc, o))
+
+// The float64 sum of in[j][lo:lo+len] over j, every float read once.
+FEDACTORS_INLINE double block_read_body(const float* const* in, std::size_t k, std::size_t lo,
+                                        std::size_t len) {
+    // 32 independent partial sums let the loop vectorise without -ffast-math and hide the
+    // add latency; with 8 the read is compute-bound at one thread.
+    constexpr int kLanes = 32;
+    float part[kLanes] = {};
+    for (std::size_t j = 0; j < k; ++j) {
+        const float* __restrict x = in[j] + lo;
+        std::size_t i = 0;
+        for (; i + kLanes <= len; i += kLanes)
+            for (int l = 0; l < kLanes; ++l) part[l] += x[i + l];
+        for (; i < len; ++i) part[0] += x[i];
+    }
+    double total = 0.0;
+    for (float p : part) total += p;
+    return total;
+}
+
+FEDACTORS_MULTIVERSIONED(double, block_read, block_read_body,
+                         (const float* const* in, std::size_t k, std::size_t lo, std::size_t len),
+                         (in, k, lo, len))
+
 }  // namespace detail
 
 // out[i] = sum_j (w[j] / sum(w)) * in[j][i], j = 0..k-1 in order.
@@ -79,21 +114,25 @@ inline void block_f64(const float* const* in, const double* w, double total, std
 // sum; in[j] and out hold n floats each and out overlaps no input. threads <= 0: OpenMP default.
 // No heap allocation. The weights are normalised in double; `acc` picks float32 accumulation
 // (one rounding per client, the default) or float64 (one rounding per element, same traffic).
+// `isa` picks the compiled variant (isa.hpp); all give the same bytes. It must be supported.
 inline void weighted_average(const float* const* in, const double* w, std::size_t k,
                              std::size_t n, float* out, int threads,
-                             Accumulate acc = Accumulate::float32) {
+                             Accumulate acc = Accumulate::float32, Isa isa = Isa::automatic) {
+    isa = resolve_isa(isa);
     double total = 0.0;
     for (std::size_t j = 0; j < k; ++j) total += w[j];
     const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
     const int nt = detail::resolve_threads(threads);
     if (acc == Accumulate::float32) {
+        const auto block = detail::block_f32(isa);
 #pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
         for (std::ptrdiff_t b = 0; b < blocks; ++b) {
             const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
             const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
-            detail::block_f32(in, w, total, k, lo, len, out + lo);
+            block(in, w, total, k, lo, len, out + lo);
         }
     } else {
+        const auto block = detail::block_f64(isa);
 #pragma omp parallel num_threads(nt) if (blocks > 1)
         {
             alignas(64) double buf[kBlock];  // per thread, on its stack
@@ -101,34 +140,25 @@ inline void weighted_average(const float* const* in, const double* w, std::size_
             for (std::ptrdiff_t b = 0; b < blocks; ++b) {
                 const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
                 const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
-                detail::block_f64(in, w, total, k, lo, len, buf, out + lo);
+                block(in, w, total, k, lo, len, buf, out + lo);
             }
         }
     }
 }
 
 // Sum of every float of the k inputs, each read once, in float64. A streaming-read floor for
-// benchmarks: same bytes and blocking as weighted_average, no output stream.
-inline double stream_read(const float* const* in, std::size_t k, std::size_t n, int threads) {
+// benchmarks: same bytes, blocking and instruction-set variants as weighted_average, no output.
+inline double stream_read(const float* const* in, std::size_t k, std::size_t n, int threads,
+                          Isa isa = Isa::automatic) {
     const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
     const int nt = detail::resolve_threads(threads);
+    const auto block = detail::block_read(resolve_isa(isa));
     double total = 0.0;
 #pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1) reduction(+ : total)
     for (std::ptrdiff_t b = 0; b < blocks; ++b) {
         const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
         const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
-        // 32 independent partial sums let the loop vectorise without -ffast-math and hide the
-        // add latency; with 8 the read is compute-bound at one thread.
-        constexpr int kLanes = 32;
-        float part[kLanes] = {};
-        for (std::size_t j = 0; j < k; ++j) {
-            const float* __restrict x = in[j] + lo;
-            std::size_t i = 0;
-            for (; i + kLanes <= len; i += kLanes)
-                for (int l = 0; l < kLanes; ++l) part[l] += x[i + l];
-            for (; i < len; ++i) part[0] += x[i];
-        }
-        for (float p : part) total += p;
+        total += block(in, k, lo, len);
     }
     return total;
 }

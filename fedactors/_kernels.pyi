@@ -6,6 +6,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+Isa = Literal["auto", "baseline", "avx2", "avx512"]
+
 def weighted_average(
     buffers: Sequence[npt.NDArray[np.float32]],
     weights: Sequence[float],
@@ -13,11 +15,44 @@ def weighted_average(
     out: npt.NDArray[np.float32] | None = None,
     threads: int = 0,
     accumulate: Literal["float32", "float64"] = "float32",
+    isa: Isa = "auto",
 ) -> npt.NDArray[np.float32]:
-    """Return sum_j (weights[j] / sum(weights)) * buffers[j]; same bytes at any thread count."""
+    """Return sum_j (weights[j] / sum(weights)) * buffers[j]; same bytes at any thread count and isa."""
 
-def stream_read(buffers: Sequence[npt.NDArray[np.float32]], *, threads: int = 0) -> float:
+def median(
+    buffers: Sequence[npt.NDArray[np.float32]],
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> npt.NDArray[np.float32]:
+    """Return the coordinate-wise median: np.median(np.stack(buffers), axis=0), bit for bit but for -0.0.
+
+    Even count: float32 (a + b) / 2 of the two middle values. A coordinate where any buffer is
+    NaN is NaN (like np.median, not nanmedian). Same bytes at any thread count and isa.
+    """
+
+def trimmed_mean(
+    buffers: Sequence[npt.NDArray[np.float32]],
+    trim_fraction: float,
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> npt.NDArray[np.float32]:
+    """Return the coordinate-wise mean after dropping the g = floor(trim_fraction * k) smallest and largest.
+
+    trim_fraction in [0, 0.5). Kept values summed in ascending order in float32, then divided
+    by k - 2g (aggregate.trimmed_mean_reference, bit for bit but for -0.0); g == 0 is the plain
+    mean, rows summed in client order. A coordinate where any buffer is NaN is NaN, even if the
+    NaN would have been trimmed. Same bytes at any thread count and isa.
+    """
+
+def stream_read(buffers: Sequence[npt.NDArray[np.float32]], *, threads: int = 0, isa: Isa = "auto") -> float:
     """Return the float64 sum of every element of buffers, reading each byte once."""
+
+def available_isas() -> list[str]:
+    """Return the instruction-set variants this CPU and build can run, narrowest first."""
 
 def openmp_max_threads() -> int:
     """Return omp_get_max_threads(): the thread count used when threads <= 0."""

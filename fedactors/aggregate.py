@@ -1,4 +1,8 @@
-"""FedAvg over flat float32 weight buffers: the native kernel and its NumPy oracle. No Ray here."""
+"""Aggregation over flat float32 weight buffers: native kernels and their NumPy oracles. No Ray here.
+
+fedavg is FedAvg's weighted mean; median and trimmed_mean are the coordinate-wise robust
+aggregators (Yin et al. 2018). Each has a *_reference in NumPy that the tests hold it to.
+"""
 
 from __future__ import annotations
 
@@ -34,3 +38,55 @@ def fedavg_reference(buffers: Sequence[np.ndarray], num_examples: Sequence[int |
     for buffer, n in zip(buffers, num_examples, strict=True):
         acc += (float(n) / total) * np.asarray(buffer, dtype=np.float64)
     return acc.astype(np.float32)
+
+
+def median(buffers: Sequence[np.ndarray], *, out: np.ndarray | None = None, threads: int = 0) -> np.ndarray:
+    """Return the coordinate-wise median in float32: median_reference's bytes (a zero's sign aside).
+
+    Even count: (a + b) / 2 of the two middle values in float32, as np.median. A coordinate
+    where any buffer holds NaN is NaN. Buffers, out and threads as for fedavg.
+    """
+    return _kernels.median(buffers, out=out, threads=threads)
+
+
+def median_reference(buffers: Sequence[np.ndarray]) -> np.ndarray:
+    """Return np.median(np.stack(buffers), axis=0)."""
+    return np.median(np.stack(buffers), axis=0)
+
+
+def trimmed_mean(
+    buffers: Sequence[np.ndarray],
+    trim_fraction: float,
+    *,
+    out: np.ndarray | None = None,
+    threads: int = 0,
+) -> np.ndarray:
+    """Return the coordinate-wise beta-trimmed mean in float32: trimmed_mean_reference's bytes.
+
+    (A zero result may differ in sign: equal values tie, and NumPy orders ties its own way.)
+
+    With k buffers and g = floor(trim_fraction * k) (as scipy.stats.trim_mean), each coordinate
+    drops its g smallest and g largest values and averages the rest; g == 0 is the plain mean.
+    trim_fraction must be in [0, 0.5). A coordinate where any buffer holds NaN is NaN, even if
+    the NaN would have been trimmed. Buffers, out and threads as for fedavg.
+    """
+    return _kernels.trimmed_mean(buffers, trim_fraction, out=out, threads=threads)
+
+
+def trimmed_mean_reference(buffers: Sequence[np.ndarray], trim_fraction: float) -> np.ndarray:
+    """Return the trimmed mean by sorting in NumPy, rows summed one at a time in float32.
+
+    Kept values are summed in ascending order (client order if g == 0), then divided by their
+    count; NaN wherever any buffer is NaN. The loop pins the order: np.mean(axis=0) sums rows
+    in order too, but pairwise when the rows are a single element long.
+    """
+    stack = np.stack(buffers)
+    k = len(stack)
+    g = int(trim_fraction * k)
+    rows = stack if g == 0 else np.sort(stack, axis=0)[g : k - g]
+    total = rows[0].copy()
+    for row in rows[1:]:
+        total += row
+    result = total / np.float32(len(rows))
+    result[np.isnan(stack).any(axis=0)] = np.nan
+    return result

@@ -1,11 +1,18 @@
-"""fedactors.aggregate: fedavg (native) against fedavg_reference (NumPy)."""
+"""fedactors.aggregate: each native aggregator against its NumPy reference."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fedactors.aggregate import fedavg, fedavg_reference
+from fedactors.aggregate import (
+    fedavg,
+    fedavg_reference,
+    median,
+    median_reference,
+    trimmed_mean,
+    trimmed_mean_reference,
+)
 
 F32_EPS = float(np.finfo(np.float32).eps)
 
@@ -73,3 +80,52 @@ def test_fedavg_reference_returns_float32_accumulated_in_float64() -> None:
 def test_fedavg_rejects_bad_input(buffers: list, counts: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fedavg(buffers, counts)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1_663_370])
+@pytest.mark.parametrize("k", [1, 2, 10])
+def test_median_matches_reference(k: int, n: int) -> None:
+    buffers, _ = make_updates(k, n)
+    for b in buffers:
+        b.flags.writeable = False
+    one = median(buffers, threads=1)
+    assert one.tobytes() == median(buffers, threads=2).tobytes() == median_reference(buffers).tobytes()
+
+
+@pytest.mark.parametrize("trim_fraction", [0.0, 0.05, 0.1, 0.3])
+@pytest.mark.parametrize("k", [1, 2, 10, 50])
+def test_trimmed_mean_matches_reference(k: int, trim_fraction: float) -> None:
+    buffers, _ = make_updates(k, 10_001)
+    one = trimmed_mean(buffers, trim_fraction, threads=1)
+    two = trimmed_mean(buffers, trim_fraction, threads=2)
+    assert one.tobytes() == two.tobytes() == trimmed_mean_reference(buffers, trim_fraction).tobytes()
+
+
+def test_median_and_trimmed_mean_ignore_an_outlier() -> None:
+    honest = [np.full(3, v, dtype=np.float32) for v in (0.9, 1.0, 1.1, 1.0)]
+    attacker = np.full(3, 1e6, dtype=np.float32)
+    assert median([*honest, attacker]).tolist() == [1.0] * 3
+    assert trimmed_mean([*honest, attacker], 0.2).tolist() == pytest.approx([1.0333333] * 3)
+
+
+def test_references_give_nan_where_any_buffer_is_nan() -> None:
+    a = np.array([1, np.nan, 3], dtype=np.float32)
+    b = np.array([np.nan, 2, 3], dtype=np.float32)
+    c = np.array([1, 2, 3], dtype=np.float32)
+    assert np.isnan(median_reference([a, b, c])).tolist() == [True, True, False]
+    assert np.isnan(trimmed_mean_reference([a, b, c, c, c], 0.2)).tolist() == [True, True, False]
+    assert np.isnan(median([a, b, c])).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: median([np.ones(4), np.ones(4)]), "buffer 0 has dtype float64"),
+        (lambda: median([]), "buffers is empty"),
+        (lambda: trimmed_mean([np.ones(4, np.float32), np.ones(5, np.float32)], 0.1), "buffer 1 has length 5"),
+        (lambda: trimmed_mean([np.ones(4, np.float32)] * 4, 0.5), r"trim_fraction is 0.5, expected a number in \[0, 0.5\)"),
+    ],
+)
+def test_robust_aggregators_reject_bad_input(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()

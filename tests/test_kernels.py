@@ -1,4 +1,4 @@
-"""fedactors._kernels against a NumPy oracle; its argument checks; its GIL release; its stub."""
+"""fedactors._kernels against NumPy oracles; its ISA variants; its argument checks; its GIL release; its stub."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 
 import fedactors
 from fedactors import _kernels
-from fedactors.aggregate import fedavg_reference
+from fedactors.aggregate import fedavg_reference, median_reference, trimmed_mean_reference
 
 LENGTHS = [1, 7, 1_663_370]
 F32_EPS = float(np.finfo(np.float32).eps)
+ISAS = _kernels.available_isas()
 
 
 def make_buffers(k: int, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -120,6 +121,10 @@ def test_bad_buffers_raise_value_error_naming_them(buffers: list, message: str) 
         _kernels.weighted_average(buffers, [1] * len(buffers))
     with pytest.raises(ValueError, match=message):
         _kernels.stream_read(buffers)
+    with pytest.raises(ValueError, match=message):
+        _kernels.median(buffers)
+    with pytest.raises(ValueError, match=message):
+        _kernels.trimmed_mean(buffers, 0.1)
 
 
 def test_misaligned_buffer_is_rejected() -> None:
@@ -170,6 +175,10 @@ def read_only(a: np.ndarray) -> np.ndarray:
 def test_bad_out_raises_value_error(out: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _kernels.weighted_average([good(), good()], [1, 1], out=out)
+    with pytest.raises(ValueError, match=message):
+        _kernels.median([good(), good()], out=out)
+    with pytest.raises(ValueError, match=message):
+        _kernels.trimmed_mean([good(), good()], 0.1, out=out)
 
 
 def test_out_aliasing_an_input_is_rejected() -> None:
@@ -178,6 +187,10 @@ def test_out_aliasing_an_input_is_rejected() -> None:
         _kernels.weighted_average([a, b[:16]], [1, 1], out=b[4:])  # partial overlap
     with pytest.raises(ValueError, match="out overlaps buffer 0"):
         _kernels.weighted_average([a, a.copy()], [1, 1], out=a)
+    with pytest.raises(ValueError, match="out overlaps buffer 1"):
+        _kernels.median([a, b[:16]], out=b[4:])
+    with pytest.raises(ValueError, match="out overlaps buffer 0"):
+        _kernels.trimmed_mean([a, a.copy()], 0.2, out=a)
 
 
 def test_validation_happens_before_any_write() -> None:
@@ -185,6 +198,203 @@ def test_validation_happens_before_any_write() -> None:
     with pytest.raises(ValueError):
         _kernels.weighted_average([good(), good().astype(np.float64)], [1, 1], out=out)
     assert np.all(out == 5)
+
+
+# --- Instruction-set variants ---------------------------------------------------------------
+
+
+def test_available_isas_start_with_the_baseline() -> None:
+    assert ISAS[0] == "baseline"
+    assert set(ISAS) <= {"baseline", "avx2", "avx512"}
+
+
+@pytest.mark.parametrize("accumulate", ["float32", "float64"])
+@pytest.mark.parametrize("k", [1, 2, 3, 10, 50])
+def test_every_isa_gives_the_same_bytes_as_the_baseline(k: int, accumulate: str) -> None:
+    """No FMA contraction: the wider variants do the same float operations in the same order."""
+    buffers = make_buffers(k, 100_003)
+    weights = unequal_counts(k)
+    want = _kernels.weighted_average(buffers, weights, isa="baseline", threads=1, accumulate=accumulate)
+    for isa in ISAS:
+        for threads in (1, 2):
+            got = _kernels.weighted_average(buffers, weights, isa=isa, threads=threads, accumulate=accumulate)
+            assert got.tobytes() == want.tobytes(), (isa, threads)
+    assert_close_to_reference(want, buffers, weights)
+
+
+def test_float32_accumulation_matches_numpy_float32_order_bit_for_bit() -> None:
+    """((o + a1*x1) + a2*x2)... with float32 weights: what a NumPy float32 loop computes."""
+    buffers = make_buffers(10, 10_007)
+    weights = unequal_counts(10)
+    total = float(sum(weights))
+    w32 = [np.float32(w / total) for w in weights]
+    want = w32[0] * buffers[0]
+    for b, w in zip(buffers[1:], w32[1:]):
+        want = want + w * b
+    for isa in ISAS:
+        assert _kernels.weighted_average(buffers, weights, isa=isa).tobytes() == want.tobytes(), isa
+
+
+def test_stream_read_is_the_same_for_every_isa() -> None:
+    buffers = make_buffers(3, 100_003)
+    assert len({_kernels.stream_read(buffers, threads=1, isa=isa) for isa in ISAS}) == 1
+
+
+def test_unknown_isa_is_rejected() -> None:
+    for call in (
+        lambda: _kernels.weighted_average([good()], [1], isa="sse9"),
+        lambda: _kernels.stream_read([good()], isa="sse9"),
+        lambda: _kernels.median([good()], isa="sse9"),
+        lambda: _kernels.trimmed_mean([good()], 0.1, isa="sse9"),
+    ):
+        with pytest.raises(ValueError, match="isa is 'sse9', expected 'auto', 'baseline', 'avx2' or 'avx512'"):
+            call()
+
+
+@pytest.mark.skipif(len(ISAS) == 3, reason="this CPU runs every variant")
+def test_unsupported_isa_is_rejected() -> None:
+    missing = next(isa for isa in ("avx2", "avx512") if isa not in ISAS)
+    with pytest.raises(ValueError, match=f"isa '{missing}' is not supported by this CPU"):
+        _kernels.weighted_average([good()], [1], isa=missing)
+
+
+# --- Median and trimmed mean ------------------------------------------------------------------
+
+
+def assert_same_bytes_everywhere(run, want: np.ndarray) -> None:
+    """run(isa, threads) gives want's bytes for every ISA variant at 1 and 2 threads."""
+    for isa in ISAS:
+        for threads in (1, 2):
+            got = run(isa, threads)
+            assert got.dtype == np.float32 and got.shape == want.shape
+            assert got.tobytes() == want.tobytes(), (isa, threads)
+
+
+# k <= 16 runs the network in registers; 17, 33 and 50 the scratch path.
+@pytest.mark.parametrize("n", [1, 7, 1000])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 9, 10, 16, 17, 33, 50])
+def test_median_matches_np_median_bit_for_bit(k: int, n: int) -> None:
+    buffers = make_buffers(k, n, seed=k)
+    want = median_reference(buffers)
+    assert_same_bytes_everywhere(lambda isa, t: _kernels.median(buffers, isa=isa, threads=t), want)
+
+
+@pytest.mark.parametrize("k", [10, 50])
+def test_median_of_full_length_buffers(k: int) -> None:
+    buffers = make_buffers(k, 1_663_370)
+    want = median_reference(buffers)
+    assert_same_bytes_everywhere(lambda isa, t: _kernels.median(buffers, isa=isa, threads=t), want)
+
+
+@pytest.mark.parametrize("trim_fraction", [0.0, 0.05, 0.1, 0.2, 0.3, 0.49])
+@pytest.mark.parametrize("n", [1, 7, 1000])
+@pytest.mark.parametrize("k", [1, 2, 3, 10, 16, 17, 50])
+def test_trimmed_mean_matches_sorted_reference_bit_for_bit(k: int, n: int, trim_fraction: float) -> None:
+    buffers = make_buffers(k, n, seed=k + n)
+    want = trimmed_mean_reference(buffers, trim_fraction)
+    assert_same_bytes_everywhere(
+        lambda isa, t: _kernels.trimmed_mean(buffers, trim_fraction, isa=isa, threads=t), want
+    )
+
+
+@pytest.mark.parametrize("k", [10, 50])
+def test_trimmed_mean_of_full_length_buffers(k: int) -> None:
+    buffers = make_buffers(k, 1_663_370)
+    want = trimmed_mean_reference(buffers, 0.1)
+    assert_same_bytes_everywhere(lambda isa, t: _kernels.trimmed_mean(buffers, 0.1, isa=isa, threads=t), want)
+
+
+def test_trim_fraction_that_rounds_to_zero_is_the_plain_mean() -> None:
+    buffers = make_buffers(10, 1001)
+    plain = np.mean(np.stack(buffers), axis=0)  # rows summed in client order, then / 10
+    for trim_fraction in (0.0, 0.05, 0.099):  # floor(beta * 10) == 0
+        assert _kernels.trimmed_mean(buffers, trim_fraction).tobytes() == plain.tobytes()
+    assert _kernels.trimmed_mean(buffers, 0.1).tobytes() != plain.tobytes()  # g == 1 trims
+
+
+def test_trimmed_mean_drops_floor_of_beta_k_from_each_end() -> None:
+    # Coordinate values 0..9 in scrambled client order; 1000 and -1000 are outliers.
+    rows = [3, 7, 1, 9, 0, 5, 2, 8, 6, 4]
+    buffers = [np.array([v, 1000 if v == 9 else (-1000 if v == 0 else v)], dtype=np.float32) for v in rows]
+    assert _kernels.trimmed_mean(buffers, 0.1).tolist() == [4.5, 4.5]  # drops 0 and 9 / -1000 and 1000
+    assert _kernels.trimmed_mean(buffers, 0.25).tolist() == [4.5, 4.5]  # floor(2.5) = 2 each end
+    assert _kernels.median(buffers).tolist() == [4.5, 4.5]
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 10, 11, 16, 17, 50])
+def test_ties_and_signed_zeros(k: int) -> None:
+    """Equal values are interchangeable; only which zero (-0.0 or +0.0) comes back may differ from
+    NumPy, whose partition order among equal elements is its own. Our bytes are still fixed."""
+    rng = np.random.default_rng(k)
+    buffers = [rng.integers(-2, 3, size=4099).astype(np.float32) for _ in range(k)]
+    buffers[0][::5] = -0.0
+    runs = [lambda isa, t: _kernels.median(buffers, isa=isa, threads=t)]
+    wants = [median_reference(buffers)]
+    for trim_fraction in (0.0, 0.2, 0.4):
+        runs.append(lambda isa, t, f=trim_fraction: _kernels.trimmed_mean(buffers, f, isa=isa, threads=t))
+        wants.append(trimmed_mean_reference(buffers, trim_fraction))
+    for run, want in zip(runs, wants):
+        ours = run("baseline", 1)
+        assert np.array_equal(ours, want)  # -0.0 == +0.0
+        nonzero = want != 0
+        assert ours[nonzero].tobytes() == want[nonzero].tobytes()
+        assert_same_bytes_everywhere(run, ours)
+
+
+@pytest.mark.parametrize("k", list(range(1, 17)))
+def test_networks_sort_every_zero_one_input(k: int) -> None:
+    """0-1 principle: a comparator network sorts everything iff it sorts all 2**k 0-1 inputs."""
+    codes = np.arange(2**k, dtype=np.uint32)
+    buffers = [((codes >> j) & 1).astype(np.float32) for j in range(k)]
+    assert np.array_equal(_kernels.median(buffers), median_reference(buffers))
+    for trim_fraction in (0.1, 0.2, 0.3, 0.4):
+        want = trimmed_mean_reference(buffers, trim_fraction)
+        assert _kernels.trimmed_mean(buffers, trim_fraction).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 10, 17, 50])
+def test_any_nan_makes_the_coordinate_nan(k: int) -> None:
+    buffers = make_buffers(k, 1000, seed=k)
+    buffers[k // 2][3] = np.nan
+    buffers[0][500:520] = np.nan
+    buffers[-1][999] = np.nan
+    nan_at = np.isnan(np.stack(buffers)).any(axis=0)
+    for isa in ISAS:
+        for trim_fraction in (0.0, 0.2, 0.4):  # NaN even where it would sort into the trimmed end
+            got = _kernels.trimmed_mean(buffers, trim_fraction, isa=isa)
+            assert np.array_equal(np.isnan(got), nan_at), (isa, trim_fraction)
+            np.testing.assert_array_equal(got, trimmed_mean_reference(buffers, trim_fraction))
+        got = _kernels.median(buffers, isa=isa)
+        assert np.array_equal(np.isnan(got), nan_at), isa
+        np.testing.assert_array_equal(got, median_reference(buffers))  # equal_nan by default
+
+
+def test_infinities_sort_to_the_ends() -> None:
+    buffers = make_buffers(5, 3)
+    buffers[0][:] = np.inf
+    buffers[1][:] = -np.inf
+    assert np.array_equal(_kernels.median(buffers), median_reference(buffers))
+    assert np.isfinite(_kernels.trimmed_mean(buffers, 0.2)).all()
+    assert _kernels.trimmed_mean(buffers, 0.2).tobytes() == trimmed_mean_reference(buffers, 0.2).tobytes()
+
+
+@pytest.mark.parametrize("trim_fraction", [0.5, 0.7, -0.1, float("nan"), float("inf")])
+def test_trim_fraction_outside_the_range_is_rejected(trim_fraction: float) -> None:
+    with pytest.raises(ValueError, match=r"trim_fraction is .*, expected a number in \[0, 0.5\)"):
+        _kernels.trimmed_mean([good()] * 4, trim_fraction)
+
+
+def test_robust_out_is_written_in_place_and_returned() -> None:
+    buffers = make_buffers(5, 4099)
+    for run in (lambda out: _kernels.median(buffers, out=out), lambda out: _kernels.trimmed_mean(buffers, 0.2, out=out)):
+        out = np.full(4099, np.nan, dtype=np.float32)
+        assert run(out) is out
+        assert out.tobytes() == run(None).tobytes()
+
+
+def test_robust_inputs_may_be_read_only() -> None:
+    buffers = [read_only(b) for b in make_buffers(4, 513)]
+    assert np.array_equal(_kernels.median(buffers), median_reference(buffers))
 
 
 @pytest.mark.parametrize("n", LENGTHS)
