@@ -44,6 +44,10 @@ redis_option = click.option(
 @click.option("--partition", type=click.Choice(PARTITIONS), default=D.partition, show_default=True, help="iid: 60000/K shuffled images each; noniid: 2 label-sorted shards each.")
 @click.option("--seed", type=int, default=D.seed, show_default=True, help="Seeds partition, initial model, sampling and shuffling.")
 @click.option("--hosts", type=int, default=None, help="Client host actors (one CPU and one torch thread each). Default: one per CPU in the cluster.")
+@click.option("--cpus-per-host", "cpus_per_host", type=float, default=D.cpus_per_host, show_default=True, help="Ray CPUs per client host; a CPU host runs that many torch threads (at least 1).")
+@click.option("--gpus-per-host", "gpus_per_host", type=float, default=D.gpus_per_host, show_default=True, help="Ray GPUs per client host; fractions share a GPU (0.1: up to 10 hosts per GPU). Hosts with a GPU train on it.")
+@click.option("--min-fit-fraction", "min_fit_fraction", type=float, default=D.min_fit_fraction, show_default=True, help="Accept a round once this fraction of the sampled clients returned, instead of retraining failed ones.")
+@click.option("--round-timeout", "round_timeout", type=float, default=None, help="Seconds a round's training may take; clients still training then count as failed (their host is restarted).")
 @click.option("--address", default=None, help="Attach to an existing Ray cluster ('auto', HOST:PORT or ray://HOST:PORT) instead of starting a local one.")
 @click.option("--data-dir", "data_dir", default=None, help="MNIST directory (torchvision layout). Default: $FEDACTORS_DATA, else the per-user cache; downloaded when absent.")
 @click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the 10,000 test images every N rounds (and after the last).")
@@ -74,10 +78,12 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
 
 
 def _new_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float) -> None:
+    from fedactors.experiment import check_reachable
     from fedactors.outputs import RunDirectory
 
     run_dir = RunDirectory(out)
     run_dir.check_fresh()
+    check_reachable(config.address)  # before anything is created
     with _open_store(redis_url, out, retry) as (store, url):
         if store.info(run_id) is not None:
             raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
@@ -170,17 +176,30 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
 
     def on_event(event: dict) -> None:
         if event["type"] == "start":
-            info["hosts"] = event["hosts"]
-            echo.line(f"{event['hosts']} client hosts starting; {event['clients_per_round']} clients per round")
+            hosts = event["hosts"]
+            info["hosts"] = len(hosts)
+            info["host_info"] = [{**h, "clients_trained": 0} for h in hosts]
+            info["device_fallbacks"] = sum(1 for h in hosts if h["fallback"])
+            nodes = len({h.get("node_id") for h in hosts})
+            echo.line(f"{len(hosts)} client hosts on {nodes} node{'s' * (nodes > 1)}; {event['clients_per_round']} clients per round")
+            for h in hosts:
+                if h["fallback"]:
+                    echo.line(f"warning: host {h['host']}: {h['fallback']}")
+            run_dir.write_run(config, info)
         elif event["type"] == "round":
             info["failures"] += len(event["failures"])
             info["retried"] += len(event["retried"])
+            info["dropped"] = info.get("dropped", 0) + len(event["dropped"])
+            for host in event["hosts"].values():
+                if 0 <= host < len(info.get("host_info", [])):
+                    info["host_info"][host]["clients_trained"] += 1
             if "startup_seconds" in event:
                 info["startup_seconds"] = round(event["startup_seconds"], 3)
             if event["accuracy"] is not None:
                 history.append(event)
                 run_dir.append_metrics(event)
             echo.round(event)
+            run_dir.write_run(config, info)
 
     def stop(status: str) -> None:
         info.update(status=status, wall_seconds=round(time.perf_counter() - started, 3), **summarise(history, config.target))
@@ -230,6 +249,9 @@ class _Progress:
     def round(self, ev: dict) -> None:
         acc = "" if ev["accuracy"] is None else f"  acc {ev['accuracy']:.4f}  loss {ev['loss']:.4f}"
         extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
+        extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
+        for failure in ev["failures"]:
+            click.echo(f"  failed: {failure}")
         ckpt = "" if ev.get("checkpoint_seconds") is None else f", checkpoint {ev['checkpoint_seconds']:.2f}"
         click.echo(
             f"round {ev['round']:>{self.width}}/{self.rounds}{acc}  train_loss {ev['train_loss']:.4f}  "

@@ -7,6 +7,8 @@ it is given; it has no Ray dependency and runs and is tested as a plain object.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -43,6 +45,21 @@ def local_update(
     return last_epoch_loss
 
 
+def choose_device(gpus: float, cuda_available: bool) -> tuple[str, str | None]:
+    """("cuda" or "cpu", why a requested GPU is not used, or None).
+
+    A host given a GPU share whose torch cannot use CUDA (a CPU-only build, no driver, or a
+    cluster declaring logical GPUs it does not have) trains on the CPU instead of failing: the
+    arithmetic is the same and the run completes, and the reason is reported with the run.
+    """
+    if gpus <= 0:
+        return "cpu", None
+    if cuda_available:
+        return "cuda", None  # Ray sets CUDA_VISIBLE_DEVICES, so the assigned GPU is cuda:0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "cpu", f"assigned GPU {visible or '?'} but torch cannot use CUDA here; training on the CPU"
+
+
 class ClientHost:
     """Trains whichever clients it is handed, from data it holds for the whole run."""
 
@@ -56,12 +73,14 @@ class ClientHost:
         test_labels: np.ndarray,
         *,
         threads: int = 1,
-        device: str = "cpu",
+        gpus: float = 0.0,
         host_id: int = 0,
     ) -> None:
         torch.set_num_threads(threads)
         self.config = config
         self.host_id = host_id
+        self.threads = threads
+        device, self.fallback = choose_device(gpus, torch.cuda.is_available())
         self.device = torch.device(device)
         self.train_images = train_images
         self.train_labels = train_labels
@@ -70,6 +89,21 @@ class ClientHost:
         self.test_labels = test_labels
         self.model = FlatModel(device=self.device)
         self._test_slices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def describe(self) -> dict:
+        """Who and where this host is: for placement reports and fault injection in tests."""
+        info = {
+            "host": self.host_id, "pid": os.getpid(), "device": str(self.device), "threads": self.threads,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "fallback": self.fallback,
+        }
+        if "ray" in sys.modules:  # running as a Ray actor: say which node and accelerators
+            import ray
+
+            if ray.is_initialized():
+                ctx = ray.get_runtime_context()
+                info["node_id"] = ctx.get_node_id()
+                info["gpu_ids"] = ctx.get_accelerator_ids().get("GPU", [])
+        return info
 
     def initial_weights(self) -> np.ndarray:
         """The run's round-0 global weights: torch's default init, seeded from the run seed."""

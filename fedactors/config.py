@@ -36,6 +36,10 @@ class RunConfig:
     data_dir: str | None = None
     checkpoint_every: int = 1
     keep: int = 2
+    cpus_per_host: float = 1.0
+    gpus_per_host: float = 0.0
+    min_fit_fraction: float = 1.0
+    round_timeout: float | None = None  # seconds; None waits as long as training takes
 
     def __post_init__(self) -> None:
         _positive_int("--clients", self.clients)
@@ -56,6 +60,16 @@ class RunConfig:
             raise ConfigError(f"--lr must be a positive finite number, got {self.lr!r}")
         if not (_is_real(self.target) and 0.0 < self.target <= 1.0):
             raise ConfigError(f"--target must be an accuracy in (0, 1], got {self.target!r}")
+        if not (_is_real(self.cpus_per_host) and self.cpus_per_host > 0):
+            raise ConfigError(f"--cpus-per-host must be positive, got {self.cpus_per_host!r}")
+        if not (_is_real(self.gpus_per_host) and self.gpus_per_host >= 0):
+            raise ConfigError(f"--gpus-per-host must be >= 0, got {self.gpus_per_host!r}")
+        if self.gpus_per_host > 1 and self.gpus_per_host != int(self.gpus_per_host):
+            raise ConfigError(f"--gpus-per-host above 1 must be a whole number, got {self.gpus_per_host!r}")
+        if not (_is_real(self.min_fit_fraction) and 0.0 < self.min_fit_fraction <= 1.0):
+            raise ConfigError(f"--min-fit-fraction must be in (0, 1], got {self.min_fit_fraction!r}")
+        if self.round_timeout is not None and not (_is_real(self.round_timeout) and self.round_timeout > 0):
+            raise ConfigError(f"--round-timeout must be a positive number of seconds, got {self.round_timeout!r}")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.partition == "iid" and MNIST_TRAIN_SIZE % self.clients:
@@ -73,6 +87,16 @@ class RunConfig:
     def clients_per_round(self) -> int:
         """m = max(round(C * K), 1), rounding halves up (not Python's banker's rounding)."""
         return max(int(math.floor(self.frac * self.clients + 0.5)), 1)
+
+    @property
+    def min_updates(self) -> int:
+        """Fewest updates a round may be averaged from: ceil(min_fit_fraction * m)."""
+        return max(1, math.ceil(self.min_fit_fraction * self.clients_per_round - 1e-9))
+
+    @property
+    def threads_per_host(self) -> int:
+        """Torch threads of a CPU host: its whole-CPU share, at least one."""
+        return max(1, int(self.cpus_per_host + 1e-9))
 
     def to_dict(self) -> dict:
         """JSON-ready: B = inf is written as the string "inf"."""

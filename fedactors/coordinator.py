@@ -35,7 +35,9 @@ class HostPool(Protocol):
 
     def num_examples(self) -> list[int]: ...
 
-    def train(self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int]) -> Iterator[Update | Failure]: ...
+    def train(
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
+    ) -> Iterator[Update | Failure]: ...
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]: ...
 
@@ -69,7 +71,10 @@ class LocalPool:
     def num_examples(self) -> list[int]:
         return self.hosts[0].num_examples()
 
-    def train(self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int]) -> Iterator[Update | Failure]:
+    def train(
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
+    ) -> Iterator[Update | Failure]:
+        """Trains in turn; `timeout` is not enforced in-process."""
         plan = balance(client_ids, self.num_examples(), range(len(self.hosts)))
         for h, cids in plan.items():
             for cid in cids:
@@ -84,7 +89,15 @@ class LocalPool:
 
 
 class RayPool:
-    """ClientHost actors: one put of the global weights per round, results taken as they finish."""
+    """ClientHost actors: one put of the global weights per round, results taken as they finish.
+
+    A host whose process dies is dropped from the round (its clients come back as failures
+    for the coordinator to retry elsewhere); Ray restarts the actor, and it rejoins the pool
+    once it answers again. A host still training when `timeout` runs out is killed, so the
+    straggler cannot hold its queue, and restarted the same way.
+    """
+
+    REVIVE_WAIT_SECONDS = 120.0  # when every host is down, how long to wait for one to restart
 
     def __init__(self, actors: Sequence[ray.actor.ActorHandle]) -> None:
         import ray
@@ -92,6 +105,7 @@ class RayPool:
         self._ray = ray
         self.actors = list(actors)
         self.alive = list(range(len(self.actors)))
+        self.reviving: dict[int, ray.ObjectRef] = {}
         self._num_examples: list[int] | None = None
 
     def initial_weights(self) -> np.ndarray:
@@ -102,8 +116,35 @@ class RayPool:
             self._num_examples = self._ray.get(self.actors[self.alive[0]].num_examples.remote())
         return self._num_examples
 
-    def train(self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int]) -> Iterator[Update | Failure]:
+    def _lost(self, host: int) -> None:
+        """Take `host` out of the pool and watch for Ray restarting it."""
+        if host in self.alive:
+            self.alive.remove(host)
+            self.reviving[host] = self.actors[host].describe.remote()
+
+    def _revive(self, wait_seconds: float = 0.0) -> None:
+        """Hosts that answer again rejoin; ones Ray gave up on leave for good."""
         ray = self._ray
+        if not self.reviving:
+            return
+        ready, _ = ray.wait(list(self.reviving.values()), num_returns=1 if wait_seconds else len(self.reviving),
+                            timeout=wait_seconds)
+        for host, ref in list(self.reviving.items()):
+            if ref in ready:
+                del self.reviving[host]
+                try:
+                    ray.get(ref)
+                    self.alive = sorted([*self.alive, host])
+                except ray.exceptions.RayError:
+                    pass  # out of restarts: permanently gone
+
+    def train(
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
+    ) -> Iterator[Update | Failure]:
+        ray = self._ray
+        self._revive()
+        if not self.alive:
+            self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
         if not self.alive:
             for cid in client_ids:
                 yield Failure(client_id=cid, host=-1, error="no client host is alive")
@@ -113,14 +154,22 @@ class RayPool:
         pending = {
             self.actors[h].train.remote(weights_ref, cid, round_idx): (cid, h) for h, cids in plan.items() for cid in cids
         }
+        deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
+            if not done:  # out of time: every host still busy is a straggler
+                for cid, host in pending.values():
+                    yield Failure(client_id=cid, host=host, error=f"timed out after {timeout:g} s")
+                for host in sorted({h for _, h in pending.values()}):
+                    ray.kill(self.actors[host], no_restart=False)
+                    self._lost(host)
+                return
             cid, host = pending.pop(done[0])
             try:
                 yield ray.get(done[0])
             except ray.exceptions.RayActorError as exc:
-                if host in self.alive:
-                    self.alive.remove(host)
+                self._lost(host)
                 yield Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}")
             except ray.exceptions.RayTaskError as exc:
                 yield Failure(client_id=cid, host=host, error=_first_line(exc))
@@ -128,9 +177,21 @@ class RayPool:
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
         ray = self._ray
         weights_ref = ray.put(weights)
-        slices = eval_slices(num_test, len(self.alive))
-        refs = [self.actors[h].evaluate.remote(weights_ref, a, b) for h, (a, b) in zip(self.alive, slices)]
-        return ray.get(refs)
+        for _ in range(MAX_ATTEMPTS):
+            hosts = list(self.alive)
+            slices = eval_slices(num_test, len(hosts))
+            refs = [self.actors[h].evaluate.remote(weights_ref, a, b) for h, (a, b) in zip(hosts, slices)]
+            try:
+                return ray.get(refs)
+            except ray.exceptions.RayActorError:
+                for h, ref in zip(hosts, refs):  # find who died, then evaluate again on the rest
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        self._lost(h)
+                if not self.alive:
+                    self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
+        raise RoundFailed(f"evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
 
 
 class Coordinator:
@@ -201,27 +262,29 @@ class Coordinator:
         failures: list[Failure] = []
         retried: list[int] = []
         todo = sampled
-        for attempt in range(MAX_ATTEMPTS):
+        for _attempt in range(MAX_ATTEMPTS):
             failed_now = []
-            for result in self.pool.train(self.weights, round_idx, todo):
+            for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout):
                 if isinstance(result, Failure):
                     failures.append(result)
                     failed_now.append(result.client_id)
                 else:
                     updates[result.client_id] = result
-            if not failed_now:
+            # Enough updates (all of them unless --min-fit-fraction allows fewer): no retry.
+            if len(updates) >= cfg.min_updates:
                 break
             retried.extend(failed_now)
             todo = failed_now
         wait_seconds = time.perf_counter() - t0
-        missing = [c for c in sampled if c not in updates]
-        if missing:
-            last = failures[-1].error if failures else "unknown"
+        dropped = [c for c in sampled if c not in updates]
+        if len(updates) < cfg.min_updates:
+            reasons = "; ".join(dict.fromkeys(f.error for f in failures)) or "unknown"
             raise RoundFailed(
-                f"round {round_idx}: clients {missing} failed {MAX_ATTEMPTS} times (last error: {last})"
+                f"round {round_idx}: clients {dropped} failed {MAX_ATTEMPTS} times, leaving {len(updates)} of "
+                f"{len(sampled)} updates where {cfg.min_updates} are required (errors: {reasons})"
             )
         t1 = time.perf_counter()
-        ordered = [updates[c] for c in sampled]  # fixed client order: same bytes whatever arrived first
+        ordered = [updates[c] for c in sampled if c in updates]  # sampled order: same bytes whatever arrived first
         self.weights = aggregate.fedavg([u.weights for u in ordered], [u.num_examples for u in ordered])
         aggregate_seconds = time.perf_counter() - t1
         per_host: dict[int, float] = {}
@@ -237,6 +300,8 @@ class Coordinator:
             aggregate_seconds=aggregate_seconds,
             train_loss=float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered])),
             retried=retried,
+            dropped=dropped,
+            hosts={u.client_id: u.host for u in ordered},
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
         )
         if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds:

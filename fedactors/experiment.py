@@ -17,6 +17,8 @@ from fedactors.data import load_mnist, partition, resolve_data_dir
 from fedactors.errors import ClusterError, ConfigError, FedActorsError
 
 EventHandler = Callable[[dict], None]
+HOST_RESTARTS = 3
+PLACEMENT_TIMEOUT_SECONDS = 180.0
 
 
 def run(
@@ -46,18 +48,34 @@ def run(
 
     _start_ray(config.address)
     try:
-        num_hosts = pool_size(config, ray.cluster_resources())
+        num_hosts = pool_size(config, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         train_images, train_labels = ray.put(data.train_images), ray.put(data.train_labels)
         test_images, test_labels = ray.put(data.test_images), ray.put(data.test_labels)
         indices = ray.put(client_indices)
         num_test = len(data.test_labels)
         del data  # the object store holds the only copy from here on
-        host_cls = ray.remote(ClientHost).options(num_cpus=1, scheduling_strategy="SPREAD")
+        host_cls = ray.remote(ClientHost).options(
+            num_cpus=config.cpus_per_host,
+            num_gpus=config.gpus_per_host,
+            scheduling_strategy="SPREAD",
+            max_restarts=HOST_RESTARTS,  # a killed host comes back (and rejoins the pool)
+            max_task_retries=0,  # ...but the coordinator, not Ray, decides who retrains its clients
+        )
         hosts = [
-            host_cls.remote(config, train_images, train_labels, indices, test_images, test_labels, threads=1, host_id=i)
+            host_cls.remote(
+                config, train_images, train_labels, indices, test_images, test_labels,
+                threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i,
+            )
             for i in range(num_hosts)
         ]
-        on_event({"type": "start", "hosts": num_hosts, "clients_per_round": config.clients_per_round})
+        try:
+            described = ray.get([h.describe.remote() for h in hosts], timeout=PLACEMENT_TIMEOUT_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(
+                f"{num_hosts} client hosts could not all be placed within {PLACEMENT_TIMEOUT_SECONDS:g} s: "
+                "the cluster's resources are taken by other work; try fewer --hosts"
+            ) from None
+        on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         coordinator = (
             ray.remote(CoordinatorActor)
             .options(num_cpus=0, scheduling_strategy=_near_store(store_url))
@@ -83,16 +101,37 @@ def run(
         ray.shutdown()
 
 
-def pool_size(config: RunConfig, resources: dict) -> int:
-    """--hosts if given (checked against the cluster's CPUs), else one host per CPU, at most K."""
-    cpus = int(resources.get("CPU", 0))
+def pool_size(config: RunConfig, nodes: list[dict]) -> int:
+    """--hosts if the cluster can hold that many, else as many as its nodes' CPUs (and GPUs) allow, at most K.
+
+    `nodes` are the alive nodes' resource dicts; a host cannot span nodes, so each node is counted alone.
+    """
+    def room(res: dict) -> int:
+        fit = _fits(res.get("CPU", 0.0), config.cpus_per_host)
+        if config.gpus_per_host > 0:
+            fit = min(fit, _fits(res.get("GPU", 0.0), config.gpus_per_host))
+        return fit
+
+    fit = sum(room(res) for res in nodes)
+    cpus, gpus = sum(r.get("CPU", 0.0) for r in nodes), sum(r.get("GPU", 0.0) for r in nodes)
     if config.hosts is not None:
-        if config.hosts > cpus:
-            raise ClusterError(f"--hosts {config.hosts} needs {config.hosts} CPUs, but the Ray cluster has {cpus}")
+        if config.hosts > fit:
+            need = f"{config.hosts * config.cpus_per_host:g} CPUs"
+            have = f"{cpus:g} CPUs"
+            if config.gpus_per_host > 0:
+                need += f" and {config.hosts * config.gpus_per_host:g} GPUs"
+                have += f" and {gpus:g} GPUs"
+            raise ClusterError(f"--hosts {config.hosts} needs {need}, but the Ray cluster has {have} (room for {fit} hosts)")
         return config.hosts
-    if cpus < 1:
-        raise ClusterError("the Ray cluster has no CPU to place a client host on")
-    return max(1, min(cpus, config.clients))
+    if fit < 1:
+        what = f"{config.cpus_per_host:g} CPU" + (f" and {config.gpus_per_host:g} GPU" if config.gpus_per_host else "")
+        raise ClusterError(f"the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs) has no room for one host of {what}")
+    return min(fit, config.clients)
+
+
+def _fits(available: float, per_host: float) -> int:
+    """How many shares of `per_host` fit in `available`; 1e-9 absorbs 0.7 / 0.1 = 6.999..."""
+    return int(available / per_host + 1e-9)
 
 
 def _near_store(store_url: str | None) -> object:
@@ -111,6 +150,7 @@ def _start_ray(address: str | None) -> None:
     # Ray warns on every local start that token authentication is on; it is, and that is right.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
+    check_reachable(address)
     try:
         if address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
@@ -122,3 +162,20 @@ def _start_ray(address: str | None) -> None:
         where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
         raise ClusterError(f"could not start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
+
+def check_reachable(address: str | None) -> None:
+    """Fail in seconds, not minutes, when nothing listens at HOST:PORT (Ray itself retries for long)."""
+    import socket
+
+    if address is None:
+        return
+    hostport = address.removeprefix("ray://")
+    if hostport == "auto" or ":" not in hostport:
+        return  # Ray resolves "auto" itself, and fails fast when there is no cluster
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ClusterError(f"could not start or reach the Ray cluster at {address}: {reason}") from None

@@ -14,7 +14,7 @@ import numpy as np
 # One line of metrics.jsonl, and one entry of a checkpoint's history.
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
-    "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "failures",
+    "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "failures",
 )
 
 
@@ -65,8 +65,10 @@ class RoundStats:
     eval_seconds: float = 0.0
     accuracy: float | None = None
     loss: float | None = None
-    retried: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # clients trained again after a failure
+    dropped: list[int] = field(default_factory=list)  # clients left out (only under --min-fit-fraction)
     failures: list[str] = field(default_factory=list)
+    hosts: dict[int, int] = field(default_factory=dict)  # client id -> host that trained it
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
 
     def metrics_row(self) -> dict:

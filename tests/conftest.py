@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+EXE = os.path.join(os.path.dirname(sys.executable), "fedactors")  # the installed console script
+ROUNDS = 5
+# Small real rounds (5 clients of 600 images, one epoch) so that a whole run takes seconds.
+ARGS = ["--clients", "100", "--frac", "0.05", "--partition", "iid", "--epochs", "1", "--batch-size", "50",
+        "--seed", "2", "--hosts", "2"]
+
+
+def fedactors(*args, timeout=600):
+    """Run the CLI as a user does."""
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def accuracies(out: Path) -> list[float]:
+    return [json.loads(line)["accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def rows(out: Path) -> int:
+    """Rounds written to metrics.jsonl so far."""
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def assert_same_as_reference(out: Path, reference: Path) -> None:
+    assert (out / "weights.npy").read_bytes() == (reference / "weights.npy").read_bytes()
+    assert accuracies(out) == accuracies(reference)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == ROUNDS
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, mnist_dir) -> Path:
+    """An uninterrupted local run of ARGS for ROUNDS rounds: what every disturbed run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = fedactors("run", *ARGS, "--rounds", str(ROUNDS), "--run-id", "ref", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(accuracies(out)) == ROUNDS
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +58,7 @@ def mnist_dir() -> Path:
     raw = path / "MNIST" / "raw"
     if not (raw / "train-images-idx3-ubyte").is_file():
         pytest.fail(f"MNIST not found at {raw}: set FEDACTORS_DATA to a directory holding MNIST/raw/*-ubyte")
+    os.environ["FEDACTORS_DATA"] = str(path)  # for the CLI subprocesses the tests start
     return path
 
 

@@ -87,3 +87,12 @@ def test_evaluate_slices_add_up(mnist):
     assert whole.correct == sum(h.correct for h in halves)
     assert whole.loss_sum == pytest.approx(sum(h.loss_sum for h in halves), rel=1e-5)
     assert whole.correct / whole.count > 0.7  # one epoch on 6000 images already learns
+
+
+def test_device_choice_falls_back_to_cpu_with_a_reason():
+    from fedactors.client import choose_device
+
+    assert choose_device(0.0, cuda_available=True) == ("cpu", None)
+    assert choose_device(0.5, cuda_available=True) == ("cuda", None)
+    device, why = choose_device(0.1, cuda_available=False)
+    assert device == "cpu" and "torch cannot use CUDA" in why

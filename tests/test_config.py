@@ -37,6 +37,13 @@ def test_clients_per_round_rounds_halves_up_and_is_at_least_one(frac, clients, m
         ({"hosts": 0}, r"--hosts must be a positive integer"),
         ({"eval_every": 0}, r"--eval-every"),
         ({"partition": "dirichlet"}, r"--partition must be one of iid, noniid"),
+        ({"cpus_per_host": 0}, r"--cpus-per-host must be positive"),
+        ({"gpus_per_host": -0.1}, r"--gpus-per-host must be >= 0"),
+        ({"gpus_per_host": 1.5}, r"--gpus-per-host above 1 must be a whole number"),
+        ({"min_fit_fraction": 0.0}, r"--min-fit-fraction must be in \(0, 1\]"),
+        ({"round_timeout": 0}, r"--round-timeout must be a positive"),
+        ({"checkpoint_every": 0}, r"--checkpoint-every must be a positive integer"),
+        ({"keep": 0}, r"--keep must be a positive integer"),
         ({"clients": 7, "partition": "iid"}, r"--clients 7 does not divide the 60000"),
         ({"clients": 7, "partition": "noniid"}, r"14 does not divide 60000"),
     ],
@@ -76,3 +83,13 @@ def test_dict_round_trip_and_fingerprint():
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown configuration keys: momentum"):
         RunConfig.from_dict({"momentum": 0.9})
+
+
+@pytest.mark.parametrize(("frac", "min_fit", "expected"), [(0.1, 1.0, 10), (0.1, 0.8, 8), (0.1, 0.75, 8), (0.05, 0.8, 4), (0.01, 0.1, 1)])
+def test_min_updates(frac, min_fit, expected):
+    assert RunConfig(frac=frac, min_fit_fraction=min_fit).min_updates == expected
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(0.1, 1), (1, 1), (1.5, 1), (2, 2), (4.0, 4)])
+def test_threads_per_host_is_the_whole_cpu_share(cpus, threads):
+    assert RunConfig(cpus_per_host=cpus).threads_per_host == threads

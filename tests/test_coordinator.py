@@ -84,5 +84,23 @@ def test_a_failed_client_is_retried_and_the_round_is_unchanged(mnist):
 
 def test_a_client_that_keeps_failing_fails_the_round_loudly(mnist):
     coordinator = Coordinator(CFG, _pool(mnist, CFG, 1, BrokenHost), num_test=500)
-    with pytest.raises(RoundFailed, match=r"round 1: clients \[.*\] failed 3 times .*always broken"):
+    with pytest.raises(RoundFailed, match=r"round 1: clients \[.*\] failed 3 times, leaving 0 of 3 updates where 3 are required .*always broken"):
         list(coordinator.run())
+
+
+def test_min_fit_fraction_accepts_fewer_updates_without_retrying(mnist):
+    cfg = RunConfig(**{**CFG.to_dict(), "rounds": 1, "batch_size": 50, "min_fit_fraction": 0.5})
+    parts = partition(mnist.train_labels, cfg.clients, cfg.partition, cfg.seed)
+    args = (mnist.train_images, mnist.train_labels, parts, mnist.test_images, mnist.test_labels)
+    pool = LocalPool([ClientHost(cfg, *args, host_id=0), BrokenHost(cfg, *args, host_id=1)])
+    rounds, done = _run(Coordinator(cfg, pool, num_test=500))
+    r = rounds[0]
+    assert r["num_updates"] == 2 and len(r["dropped"]) == 1 and r["retried"] == []
+    assert set(r["hosts"].values()) == {0}
+    # The average is over the two clients that returned, nothing else.
+    from fedactors.aggregate import fedavg_reference
+
+    w0 = pool.initial_weights()
+    kept = [c for c in r["clients"] if c not in r["dropped"]]
+    expected = fedavg_reference([pool.hosts[0].train(w0, c, 1).weights for c in kept], [600, 600])
+    np.testing.assert_allclose(done["weights"], expected, rtol=1e-6, atol=1e-7)

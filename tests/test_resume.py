@@ -15,33 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-EXE = os.path.join(os.path.dirname(sys.executable), "fedactors")
-ROUNDS = 5
-# Small rounds (5 clients of 600 images, one epoch) so that 5 of them take seconds.
-ARGS = ["--clients", "100", "--frac", "0.05", "--partition", "iid", "--epochs", "1", "--batch-size", "50",
-        "--seed", "2", "--hosts", "2"]
-
-
-def fedactors(*args, timeout=600):
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def accuracies(out):
-    return [json.loads(line)["accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def rows(out):
-    return len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").exists() else 0
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = fedactors("run", *ARGS, "--rounds", str(ROUNDS), "--run-id", "ref", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert len(accuracies(out)) == ROUNDS
-    return out
+from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rows
 
 
 def start_and_kill_mid_round(out, *extra, after_rows=2):
@@ -71,13 +45,6 @@ def start_and_kill_mid_round(out, *extra, after_rows=2):
     return len(tree)
 
 
-def assert_same_as_reference(out, reference):
-    assert (out / "weights.npy").read_bytes() == (reference / "weights.npy").read_bytes()
-    assert accuracies(out) == accuracies(reference)
-    run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "finished" and run["rounds_completed"] == ROUNDS
-
-
 def test_sigkill_mid_round_then_resume_is_bit_exact_embedded_store(reference, tmp_path):
     out = tmp_path / "run"
     killed = start_and_kill_mid_round(out, "--run-id", "victim")
@@ -96,6 +63,24 @@ def test_sigkill_mid_round_then_resume_is_bit_exact_redis_url(reference, tmp_pat
     for f in out.iterdir():
         f.unlink()
     result = fedactors("run", "--resume", "victim", "--redis", server.url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert_same_as_reference(out, reference)
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), "--run-id", "c"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while rows(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"continue with: fedactors run --resume c --out {out}" in stdout
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert "Traceback" not in stderr
+    result = fedactors("run", "--resume", "c", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert_same_as_reference(out, reference)
 

@@ -1,0 +1,310 @@
+"""What runs achieved: rounds to a target accuracy, per-run summaries, tables (and the paper's Table 2).
+
+Pure: reads run directories (metrics.jsonl, run.json), returns values and strings; prints nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedactors.errors import ConfigError, DataError
+
+# McMahan et al. 2017, Table 2, CNN on MNIST, C = 0.1: communication rounds to reach 99% test
+# accuracy. Key (E, B, partition), B = None meaning B = inf (full batch). E=1, B=inf is FedSGD.
+PAPER_TABLE2: dict[tuple[int, int | None, str], int] = {
+    (1, None, "iid"): 626, (1, None, "noniid"): 483,
+    (5, None, "iid"): 179, (5, None, "noniid"): 1000,
+    (1, 50, "iid"): 65, (1, 50, "noniid"): 600,
+    (20, None, "iid"): 234, (20, None, "noniid"): 672,
+    (1, 10, "iid"): 34, (1, 10, "noniid"): 350,
+    (5, 50, "iid"): 29, (5, 50, "noniid"): 334,
+    (20, 50, "iid"): 32, (20, 50, "noniid"): 426,
+    (5, 10, "iid"): 20, (5, 10, "noniid"): 229,
+    (20, 10, "iid"): 18, (20, 10, "noniid"): 173,
+}
+PAPER_TABLE2_FRAC = 0.1
+PAPER_TABLE2_CLIENTS = 100
+PAPER_TABLE2_TARGET = 0.99
+
+
+def paper_table2_grid() -> list[tuple[int, int | None, str]]:
+    """The cells (E, B, partition) of Table 2, in the paper's row order, IID before non-IID per row."""
+    return list(PAPER_TABLE2)
+
+
+def _curve(history: list[dict]) -> list[tuple[int, float]]:
+    """(round, accuracy) of the evaluated rows, by round; rows without a finite accuracy are skipped."""
+    points = [
+        (int(row["round"]), float(row["accuracy"]))
+        for row in history
+        if row.get("accuracy") is not None and math.isfinite(row["accuracy"])
+    ]
+    return sorted(points, key=lambda p: p[0])
+
+
+def rounds_to_target(history: list[dict], target: float) -> int | None:
+    """The first evaluated round whose test accuracy is >= target; None if none is."""
+    return next((r for r, acc in _curve(history) if acc >= target), None)
+
+
+def rounds_to_target_interpolated(history: list[dict], target: float) -> float | None:
+    """Fractional rounds to reach `target` on the monotone curve, as McMahan et al. 2017 report them.
+
+    The curve is the running maximum of test accuracy over the evaluated rounds r_1 < r_2 < ...
+    (best accuracy so far, non-decreasing): M_i = max(acc_1, ..., acc_i). If M_1 >= target the
+    answer is r_1. Otherwise let i be the first index with M_i >= target (the same round as the
+    first crossing of the raw curve); then M_{i-1} < target <= M_i and the answer is the linear
+    interpolation r_{i-1} + (target - M_{i-1}) / (M_i - M_{i-1}) * (r_i - r_{i-1}), which lies in
+    (r_{i-1}, r_i]. Because the lower end is the best accuracy so far, not the value of round
+    r_{i-1}, a dip just before the crossing does not pull the answer later. None if never reached.
+    """
+    previous: tuple[int, float] | None = None  # (round, running max) at the last evaluated point
+    best = -math.inf
+    for r, acc in _curve(history):
+        best = max(best, acc)
+        if best >= target:
+            if previous is None:
+                return float(r)
+            r0, m0 = previous
+            return r0 + (target - m0) / (best - m0) * (r - r0)
+        previous = (r, best)
+    return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run directory, summarised. Accuracies are fractions in [0, 1]; None where not known yet."""
+
+    path: Path
+    run_id: str | None
+    status: str
+    label: str
+    config: dict  # run.json's "config", as written (batch_size is an int or "inf")
+    clients: int
+    frac: float
+    epochs: int
+    batch_size: int | None  # None: B = inf
+    partition: str
+    lr: float
+    target: float
+    rounds: tuple[int, ...]  # the evaluated rounds, increasing
+    accuracies: tuple[float, ...]  # test accuracy after each of `rounds`
+    best_accuracy: float | None
+    best_round: int | None
+    rounds_to_target: int | None
+    rounds_to_target_interpolated: float | None
+    evaluated_rounds: int
+    wall_seconds: float | None  # None until the run has stopped
+    median_round_seconds: float | None
+
+    def history(self) -> list[dict]:
+        return [{"round": r, "accuracy": a} for r, a in zip(self.rounds, self.accuracies)]
+
+    def reached(self, target: float) -> tuple[int | None, float | None]:
+        """(first round >= target, interpolated rounds) for another target than the configured one."""
+        h = self.history()
+        return rounds_to_target(h, target), rounds_to_target_interpolated(h, target)
+
+
+def config_label(config: dict) -> str:
+    """E.g. "noniid E=5 B=10 C=0.1 lr=0.1"; K is added when it is not the paper's 100."""
+    label = (
+        f"{config.get('partition', '?')} E={config.get('epochs', '?')} B={config.get('batch_size', '?')} "
+        f"C={_num(config.get('frac', '?'))} lr={_num(config.get('lr', '?'))}"
+    )
+    clients = config.get("clients", PAPER_TABLE2_CLIENTS)
+    return label if clients == PAPER_TABLE2_CLIENTS else f"{label} K={clients}"
+
+
+def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
+    """Summarise the run in directory `path`; `target` defaults to the run's configured one.
+
+    ConfigError if `path` is not a run directory (says which file is missing), DataError if its
+    files are not what `fedactors run` writes.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a run directory: {'not a directory' if path.exists() else 'it does not exist'}")
+    missing = [name for name in ("run.json", "metrics.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(f"{path} is not a run directory: no {' and no '.join(missing)}")
+    info = _read_run_json(path / "run.json")
+    config = info["config"]
+    try:
+        batch = config["batch_size"]
+        summary_config = dict(
+            clients=int(config["clients"]), frac=float(config["frac"]), epochs=int(config["epochs"]),
+            batch_size=None if batch == "inf" else int(batch), partition=str(config["partition"]),
+            lr=float(config["lr"]),
+        )
+        configured_target = float(config["target"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path / 'run.json'}: configuration lacks or garbles {exc}") from None
+    target = configured_target if target is None else target
+    history = _read_metrics_rows(path / "metrics.jsonl")
+    curve = _curve(history)
+    best = max(curve, key=lambda p: (p[1], -p[0])) if curve else None  # earliest round of the best
+    round_seconds = [float(row["round_seconds"]) for row in history if row.get("round_seconds") is not None]
+    wall = info.get("wall_seconds")
+    return RunSummary(
+        path=path,
+        run_id=info.get("run_id"),
+        status=str(info.get("status", "unknown")),
+        label=config_label(config),
+        config=dict(config),
+        target=target,
+        **summary_config,
+        rounds=tuple(r for r, _ in curve),
+        accuracies=tuple(a for _, a in curve),
+        best_accuracy=best[1] if best else None,
+        best_round=best[0] if best else None,
+        rounds_to_target=rounds_to_target(history, target),
+        rounds_to_target_interpolated=rounds_to_target_interpolated(history, target),
+        evaluated_rounds=len(curve),
+        wall_seconds=float(wall) if wall is not None else None,
+        median_round_seconds=statistics.median(round_seconds) if round_seconds else None,
+    )
+
+
+def _read_run_json(file: Path) -> dict:
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{file} cannot be read as JSON: {exc}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise DataError(f"{file} has no \"config\" object; it was not written by fedactors run")
+    return info
+
+
+def _read_metrics_rows(file: Path) -> list[dict]:
+    """The rows of metrics.jsonl, naming the line of anything malformed.
+
+    A final line without its newline that does not parse is a row being appended right now (a
+    run in progress, or one killed mid-write): it is left out rather than reported as corrupt.
+    """
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file} cannot be read: {exc}") from None
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # no newline after it: still being written
+                break
+            raise DataError(f"{file}:{number} is not valid JSON: {exc}") from None
+        if not _is_metrics_row(row):
+            raise DataError(f"{file}:{number} is not a metrics row (needs an integer \"round\" and a numeric \"accuracy\")")
+        rows.append(row)
+    return rows
+
+
+def _is_metrics_row(row: object) -> bool:
+    if not isinstance(row, dict) or isinstance(row.get("round"), bool) or not isinstance(row.get("round"), int):
+        return False
+    acc = row.get("accuracy", "missing")
+    return acc is None or (isinstance(acc, (int, float)) and not isinstance(acc, bool))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
+    """One row per run: configuration, status, best accuracy, rounds to its target, time."""
+    headers = ["run", "configuration", "status", "evaluated", "best acc (round)", "target",
+               "rounds to target", "interpolated", "wall s", "median s/round"]
+    align = "lllrrrrrrr"
+    rows = []
+    for s in summaries:
+        rows.append([
+            s.path.name or str(s.path), s.label, s.status, str(s.evaluated_rounds),
+            "-" if s.best_accuracy is None else f"{s.best_accuracy:.4f} ({s.best_round})",
+            _num(s.target),
+            "not reached" if s.rounds_to_target is None else str(s.rounds_to_target),
+            "-" if s.rounds_to_target_interpolated is None else f"{s.rounds_to_target_interpolated:.1f}",
+            "-" if s.wall_seconds is None else f"{s.wall_seconds:.1f}",
+            "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
+        ])
+    return _render(headers, rows, align, markdown)
+
+
+def match_table2_cell(summaries: list[RunSummary], cell: tuple[int, int | None, str]) -> RunSummary | None:
+    """The run shown for a Table 2 cell: K=100, C=0.1 and the cell's E, B and partition.
+
+    The paper reports each cell at its best learning rate, so among several matching runs (an lr
+    grid, or seeds) the one reaching 99% in the fewest interpolated rounds is taken; if none
+    reaches it, the one with the highest best accuracy. None when no run matches.
+    """
+    epochs, batch, partition = cell
+    matches = [
+        s for s in summaries
+        if (s.epochs, s.batch_size, s.partition) == (epochs, batch, partition)
+        and s.clients == PAPER_TABLE2_CLIENTS and math.isclose(s.frac, PAPER_TABLE2_FRAC)
+    ]
+    if not matches:
+        return None
+
+    def key(s: RunSummary) -> tuple:
+        interp = s.reached(PAPER_TABLE2_TARGET)[1]
+        return (interp is None, interp if interp is not None else 0.0, -(s.best_accuracy or 0.0))
+
+    return min(matches, key=key)
+
+
+def format_table2(summaries: list[RunSummary], *, markdown: bool = False) -> str:
+    """Our rounds to 99% beside the paper's Table 2 (CNN, C=0.1), with the ratio ours / paper.
+
+    The ratio uses the interpolated rounds, as the paper's numbers are. Cells without a matching
+    run say "no run"; runs that never reached 99% say "not reached (best X)".
+    """
+    headers = ["partition", "E", "B", "paper", "ours (first)", "ours (interp.)", "ratio", "lr", "run"]
+    align = "lrrrrrrrl"
+    rows = []
+    for cell in paper_table2_grid():
+        epochs, batch, partition = cell
+        paper = PAPER_TABLE2[cell]
+        row = [partition, str(epochs), "inf" if batch is None else str(batch), str(paper)]
+        s = match_table2_cell(summaries, cell)
+        if s is None:
+            row += ["no run", "-", "-", "-", "-"]
+        else:
+            first, interp = s.reached(PAPER_TABLE2_TARGET)
+            if first is None:
+                best = "-" if s.best_accuracy is None else f"{s.best_accuracy:.4f}"
+                row += [f"not reached (best {best})", "-", "-"]
+            else:
+                row += [str(first), f"{interp:.1f}", f"{interp / paper:.2f}x"]
+            row += [_num(s.lr), s.path.name or str(s.path)]
+        rows.append(row)
+    return _render(headers, rows, align, markdown)
+
+
+def _render(headers: list[str], rows: list[list[str]], align: str, markdown: bool) -> str:
+    """Aligned plain text (two spaces between columns), or a GitHub Markdown table."""
+    if markdown:
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        rule = "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"
+        return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
+
+
+def _num(value: object) -> str:
+    """A float without trailing noise: 0.1 -> "0.1", 1.0 -> "1"."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
