@@ -1,0 +1,91 @@
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedactors.errors import ConfigError, DataError
+from fedactors.plot import legend_labels, plot_runs, y_limits
+from fedactors.report import load_run
+
+CONFIG = {
+    "clients": 100, "frac": 0.1, "rounds": 50, "epochs": 5, "batch_size": 10, "lr": 0.1, "partition": "noniid",
+    "seed": 0, "eval_every": 1, "target": 0.99, "hosts": None, "address": None, "data_dir": None,
+    "checkpoint_every": 1, "keep": 2,
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(path: Path, accuracies, **config) -> Path:
+    """A run directory as `fedactors run` writes it, by hand."""
+    path.mkdir(parents=True)
+    with (path / "metrics.jsonl").open("w") as f:
+        for r, acc in enumerate(accuracies, start=1):
+            f.write(json.dumps({"round": r, "accuracy": acc, "round_seconds": 2.0}) + "\n")
+    info = {"config": {**CONFIG, **config}, "run_id": path.name, "status": "finished", "wall_seconds": 9.0}
+    (path / "run.json").write_text(json.dumps(info))
+    np.save(path / "weights.npy", np.zeros(4, np.float32))
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"  # the first chunk: length (4 bytes), type, then width and height
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    rng = np.random.default_rng(1)
+    iid = np.minimum(0.999, 0.9 + 0.1 * (1 - np.exp(-np.arange(30) / 6)) + rng.normal(0, 0.002, 30))
+    noniid = np.minimum(0.999, 0.7 + 0.29 * (1 - np.exp(-np.arange(30) / 10)))
+    return [make_run(tmp_path / "iid", iid.tolist(), partition="iid"), make_run(tmp_path / "noniid", noniid.tolist())]
+
+
+def test_writes_an_800x500_png_with_both_curves(tmp_path, two_runs):
+    out = plot_runs(two_runs, tmp_path / "acc.png", title="MNIST CNN")
+    assert out == tmp_path / "acc.png"
+    assert png_size(out) == (800, 500)
+    # Both lines were drawn: pixels of matplotlib's first two colours (C0 blue, C1 orange) are there.
+    import matplotlib.image
+
+    rgb = (matplotlib.image.imread(str(out))[..., :3] * 255).round().astype(int)
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+        assert (np.abs(rgb - colour).sum(axis=-1) < 30).sum() > 200
+
+
+def test_y_axis_is_zoomed_keeps_the_target_and_stops_at_one(tmp_path, two_runs):
+    runs = [load_run(d) for d in two_runs]
+    low, high = y_limits(runs, [0.99])
+    late = [a for s in runs for a in s.accuracies[5:]]  # the first 20% (5 at most) of 30 points skipped
+    assert min(late) - 0.05 < low < min(late)
+    assert low > min(a for s in runs for a in s.accuracies)  # the first rounds fall below the axis
+    assert 0.99 < high <= 1.0
+    # A target below every curve stays visible.
+    low, _ = y_limits(runs, [0.5])
+    assert low < 0.5
+    assert y_limits(runs, [1.0])[1] == 1.0
+
+
+def test_legend_tells_apart_runs_with_the_same_configuration(tmp_path):
+    a = load_run(make_run(tmp_path / "seed0", [0.9, 0.95]))
+    b = load_run(make_run(tmp_path / "seed1", [0.9, 0.96], seed=1))
+    c = load_run(make_run(tmp_path / "iid", [0.9, 0.96], partition="iid"))
+    assert legend_labels([a, b, c]) == [
+        "noniid E=5 B=10 C=0.1 lr=0.1 (seed0)", "noniid E=5 B=10 C=0.1 lr=0.1 (seed1)", "iid E=5 B=10 C=0.1 lr=0.1",
+    ]
+
+
+def test_bad_outputs_and_empty_runs_are_clear_errors(tmp_path, two_runs):
+    with pytest.raises(ConfigError, match=r"name the file \*\.png"):
+        plot_runs(two_runs, tmp_path / "acc.pdf")
+    with pytest.raises(ConfigError, match=r"directory .*missing does not exist"):
+        plot_runs(two_runs, tmp_path / "missing" / "acc.png")
+    with pytest.raises(ConfigError, match=r"not a run directory"):
+        plot_runs([tmp_path], tmp_path / "acc.png")
+    empty = make_run(tmp_path / "empty", [])
+    with pytest.raises(DataError, match=r"no evaluated rounds in .*empty"):
+        plot_runs([empty], tmp_path / "acc.png")
+    assert not (tmp_path / "acc.png").exists()
