@@ -8,6 +8,7 @@ cluster start-up; it is then put into the object store once, and every host maps
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -127,6 +128,22 @@ def pool_size(config: RunConfig, nodes: list[dict]) -> int:
         what = f"{config.cpus_per_host:g} CPU" + (f" and {config.gpus_per_host:g} GPU" if config.gpus_per_host else "")
         raise ClusterError(f"the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs) has no room for one host of {what}")
     return min(fit, config.clients)
+
+
+def plan_hosts(config: RunConfig) -> tuple[int, str]:
+    """(pool size, where the figure comes from) without starting Ray: for --dry-run."""
+    if config.address is None:
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return pool_size(config, [{"CPU": cpus}]), f"a local Ray instance would have {cpus:g} CPUs"
+    import ray
+
+    check_reachable(config.address)
+    _start_ray(config.address)
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    finally:
+        ray.shutdown()
+    return pool_size(config, nodes), f"the cluster at {config.address} has {len(nodes)} nodes"
 
 
 def _fits(available: float, per_host: float) -> int:

@@ -70,3 +70,29 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     assert result.returncode == 2
     assert "already holds a run" in result.stderr
     assert json.loads((out / "run.json").read_text()) == {"precious": True}
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    out = tmp_path / "out"
+    result = _fedactors("run", "--dry-run", "--json", "--clients", "10", "--partition", "iid", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["event"] == "dry_run" and plan["hosts"] >= 1 and plan["clients_per_round"] == 1
+    assert plan["config"]["clients"] == 10 and plan["threads_per_host"] == 1
+    assert not out.exists()
+
+
+def test_config_file_sets_defaults_that_flags_override(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('clients = 10\npartition = "iid"\nbatch-size = "inf"\nepochs = 3\n')
+    result = _fedactors("run", "--config", str(cfg), "--epochs", "2", "--dry-run", "--json")
+    plan = json.loads(result.stdout)["config"]
+    assert (plan["clients"], plan["partition"], plan["batch_size"], plan["epochs"]) == (10, "iid", "inf", 2)
+    cfg.write_text("clientz = 10\n")
+    result = _fedactors("run", "--config", str(cfg), "--dry-run")
+    assert result.returncode == 2 and "unknown setting 'clientz'" in result.stderr
+    cfg.write_text("clients = \n")
+    result = _fedactors("run", "--config", str(cfg), "--dry-run")
+    assert result.returncode == 2 and "is not valid TOML" in result.stderr
+    result = _fedactors("run", "--config", str(cfg), "--config", str(tmp_path / "missing.toml"), "--dry-run")
+    assert result.returncode == 2 and "No such file" in result.stderr

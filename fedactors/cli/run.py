@@ -1,9 +1,11 @@
-"""The `fedactors` command. Flags become a RunConfig; errors become one line and an exit status."""
+"""`fedactors run`: a new run, or --resume one, with its checkpoint store and output directory."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+
 import secrets
 import sys
 import time
@@ -13,19 +15,14 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from fedactors import __version__
+from fedactors.cli import cli
+from fedactors.cli.progress import Renderer, make_renderer
 from fedactors.config import EXPERIMENT_FIELDS, PARTITIONS, RunConfig, parse_batch_size
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fedactors")
-def cli() -> None:
-    """Federated learning on Ray: FedAvg on MNIST as in McMahan et al. 2017."""
-
-
 D = RunConfig()  # defaults, shown in --help
 STORE_DIR = "checkpoints"  # the embedded Redis keeps its files in OUT/checkpoints
+CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
 
 redis_option = click.option(
     "--redis", "redis_url", default=None, metavar="URL",
@@ -34,7 +31,33 @@ redis_option = click.option(
 )
 
 
+def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
+    """--config FILE: a TOML table of run settings, used as defaults that flags override."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path} is not valid TOML: {exc}") from None
+    table = table.get("run", table)  # a sweep file's [run] table works too
+    table = {k.replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(table) - CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown setting {unknown[0]!r} (settings are the run flags, e.g. clients, frac, batch_size)")
+    if "batch_size" in table:
+        table["batch_size"] = str(table["batch_size"])
+    ctx.default_map = {**(ctx.default_map or {}), **table}
+    return path
+
+
 @cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True, expose_value=False,
+              callback=load_config_file, help="TOML file of settings (keys as the flags: clients, frac, batch_size, ...); flags override it.")
 @click.option("--clients", type=int, default=D.clients, show_default=True, help="Number of clients K.")
 @click.option("--frac", type=float, default=D.frac, show_default=True, help="Fraction C of clients sampled each round, in (0, 1].")
 @click.option("--rounds", type=int, default=D.rounds, show_default=True, help="Communication rounds to run (on --resume: the new total).")
@@ -43,7 +66,7 @@ redis_option = click.option(
 @click.option("--lr", type=float, default=D.lr, show_default=True, help="Client SGD learning rate (no momentum, no weight decay).")
 @click.option("--partition", type=click.Choice(PARTITIONS), default=D.partition, show_default=True, help="iid: 60000/K shuffled images each; noniid: 2 label-sorted shards each.")
 @click.option("--seed", type=int, default=D.seed, show_default=True, help="Seeds partition, initial model, sampling and shuffling.")
-@click.option("--hosts", type=int, default=None, help="Client host actors (one CPU and one torch thread each). Default: one per CPU in the cluster.")
+@click.option("--hosts", type=int, default=None, help="Client host actors. Default: as many as the cluster's CPUs (and GPUs) allow.")
 @click.option("--cpus-per-host", "cpus_per_host", type=float, default=D.cpus_per_host, show_default=True, help="Ray CPUs per client host; a CPU host runs that many torch threads (at least 1).")
 @click.option("--gpus-per-host", "gpus_per_host", type=float, default=D.gpus_per_host, show_default=True, help="Ray GPUs per client host; fractions share a GPU (0.1: up to 10 hosts per GPU). Hosts with a GPU train on it.")
 @click.option("--min-fit-fraction", "min_fit_fraction", type=float, default=D.min_fit_fraction, show_default=True, help="Accept a round once this fraction of the sampled clients returned, instead of retraining failed ones.")
@@ -59,25 +82,35 @@ redis_option = click.option(
 @click.option("--checkpoint-every", "checkpoint_every", type=int, default=D.checkpoint_every, show_default=True, help="Checkpoint after every N rounds (and after the last).")
 @click.option("--keep", type=int, default=D.keep, show_default=True, help="Checkpoints kept per run (the newest N rounds).")
 @click.option("--store-retry-seconds", "store_retry_seconds", type=float, default=30.0, show_default=True, help="How long to retry an unreachable store mid-run before stopping (exit 3).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only warnings and the closing summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event (header, start, round, summary) on stdout.")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Print the resolved configuration and the planned resources, and start nothing.")
 def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | None, resume: str | None,
-        store_retry_seconds: float, **flags: object) -> None:
-    """Run FedAvg on MNIST (or --resume a run), printing one line per round."""
+        store_retry_seconds: float, quiet: bool, as_json: bool, dry_run: bool, **flags: object) -> None:
+    """Run FedAvg on MNIST (or --resume a run): a live progress bar in a terminal, a line per round elsewhere."""
     from fedactors.checkpoint import check_run_id
 
     flags["batch_size"] = parse_batch_size(batch_size)
     if resume and run_id:
         raise ConfigError("--resume names the run to continue; drop --run-id")
+    if quiet and as_json:
+        raise ConfigError("--quiet and --json exclude each other")
     if not store_retry_seconds > 0:
         raise ConfigError(f"--store-retry-seconds must be positive, got {store_retry_seconds}")
     run_id = check_run_id(resume or run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2))
     out = out if out is not None else Path("runs") / run_id
+    mode = "json" if as_json else "quiet" if quiet else "auto"
     if resume:
-        _resume(run_id, out, redis_url, store_retry_seconds, flags)
-    else:
-        _new_run(RunConfig(**flags), run_id, out, redis_url, store_retry_seconds)  # type: ignore[arg-type]
+        _resume(run_id, out, redis_url, store_retry_seconds, flags, mode, dry_run)
+        return
+    config = RunConfig(**flags)  # type: ignore[arg-type]
+    if dry_run:
+        _dry_run(config, run_id, out, redis_url, mode)
+        return
+    _new_run(config, run_id, out, redis_url, store_retry_seconds, mode)
 
 
-def _new_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float) -> None:
+def _new_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float, mode: str) -> None:
     from fedactors.experiment import check_reachable
     from fedactors.outputs import RunDirectory
 
@@ -88,11 +121,11 @@ def _new_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, r
         if store.info(run_id) is not None:
             raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
         run_dir.create()
-        _drive(config, run_id, run_dir, url, retry, resume=None)
+        _drive(config, run_id, run_dir, url, retry, None, make_renderer(mode, config))
         store.mark_finished(run_id)
 
 
-def _resume(run_id: str, out: Path, redis_url: str | None, retry: float, flags: dict) -> None:
+def _resume(run_id: str, out: Path, redis_url: str | None, retry: float, flags: dict, mode: str, dry_run: bool) -> None:
     from fedactors.outputs import RunDirectory
 
     if redis_url is None and not (out / STORE_DIR).is_dir():
@@ -106,15 +139,18 @@ def _resume(run_id: str, out: Path, redis_url: str | None, retry: float, flags: 
         if ckpt is None:
             raise CheckpointError(f"run {run_id} has no valid checkpoint in the store at {store.url}")
         config = _resumed_config(ckpt.config, ckpt.fingerprint, flags, run_id)
+        if dry_run:
+            _dry_run(config, run_id, out, redis_url, mode, resume_round=ckpt.round)
+            return
+        renderer = make_renderer(mode, config)
         run_dir = RunDirectory(out)
         run_dir.reopen(ckpt.history)
         if ckpt.round >= config.rounds:
-            _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, {"run_id": run_id}, time.perf_counter())
+            renderer.already_finished(run_id, ckpt.round)
+            _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, {"run_id": run_id}, time.perf_counter(), renderer)
             store.mark_finished(run_id)
-            click.echo(f"run {run_id} already finished: {ckpt.round} of {config.rounds} rounds are done; nothing to do")
             return
-        click.echo(f"resuming run {run_id} after round {ckpt.round}")
-        _drive(config, run_id, run_dir, url, retry, resume=ckpt)
+        _drive(config, run_id, run_dir, url, retry, ckpt, renderer)
         store.mark_finished(run_id)
 
 
@@ -124,7 +160,8 @@ def _resumed_config(stored: dict, fingerprint: str, flags: dict, run_id: str) ->
     if config.fingerprint() != fingerprint:
         raise CheckpointError(f"checkpoint of run {run_id} does not match its own configuration (fingerprint differs)")
     ctx = click.get_current_context()
-    given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    chosen = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.DEFAULT_MAP)
+    given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) in chosen}
     stored_dict = config.to_dict()
     for name in EXPERIMENT_FIELDS:
         if name in given and given[name] != getattr(config, name):
@@ -140,6 +177,32 @@ def _show(value: object) -> str:
     return "inf" if value is None else str(value)
 
 
+def _dry_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, mode: str, resume_round: int | None = None) -> None:
+    """The resolved configuration and the resources the run would take; nothing is started or written."""
+    from fedactors.checkpoint import mask_url
+    from fedactors.experiment import plan_hosts
+
+    hosts, source = plan_hosts(config)
+    plan = {
+        "run_id": run_id, "out": str(out), "resume_after_round": resume_round,
+        "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
+        "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,
+        "gpus_per_host": config.gpus_per_host, "threads_per_host": config.threads_per_host,
+        "clients_per_round": config.clients_per_round, "rounds": config.rounds,
+        "fingerprint": config.fingerprint(), "config": config.to_dict(),
+    }
+    if mode == "json":
+        click.echo(json.dumps({"event": "dry_run", **plan}))
+        return
+    click.echo(json.dumps(config.to_dict(), indent=2))
+    click.echo(
+        f"would run {run_id}: {hosts} client hosts ({source}), each {config.cpus_per_host:g} CPU"
+        f"{f' and {config.gpus_per_host:g} GPU' if config.gpus_per_host else ''} with {config.threads_per_host} torch "
+        f"thread{'s' * (config.threads_per_host > 1)}; {config.clients_per_round} clients per round; rounds "
+        f"{(resume_round or 0) + 1}..{config.rounds}; checkpoints in {plan['store']}; outputs in {out}"
+    )
+
+
 @contextlib.contextmanager
 def _open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tuple]:
     """The checkpoint store, checked: a given URL, or the embedded server under OUT."""
@@ -153,7 +216,7 @@ def _open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tupl
         yield store, url
 
 
-def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float, resume) -> None:
+def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float, resume, out: Renderer) -> None:
     """Run (or continue) the experiment, writing the run directory as events arrive."""
     from fedactors import experiment
     from fedactors.outputs import summarise
@@ -163,16 +226,12 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
         "run_id": run_id, "status": "running",
         "failures": sum(len(r.get("failures", [])) for r in history),
         "retried": sum(len(r.get("retried", [])) for r in history),
+        "dropped": sum(len(r.get("dropped", [])) for r in history),
         "resumed_from_round": resume.round if resume else None,
     }
     run_dir.write_run(config, info)
     started = time.perf_counter()
-    echo = _Progress(config)
-    echo.line(
-        f"fedactors run {run_id}: K={config.clients} C={config.frac} (m={config.clients_per_round}) "
-        f"E={config.epochs} B={_show(config.batch_size)} lr={config.lr} {config.partition}, "
-        f"{config.rounds} rounds -> {run_dir.path}"
-    )
+    out.header(run_id, str(run_dir.path), resume.round if resume else None)
 
     def on_event(event: dict) -> None:
         if event["type"] == "start":
@@ -180,16 +239,11 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
             info["hosts"] = len(hosts)
             info["host_info"] = [{**h, "clients_trained": 0} for h in hosts]
             info["device_fallbacks"] = sum(1 for h in hosts if h["fallback"])
-            nodes = len({h.get("node_id") for h in hosts})
-            echo.line(f"{len(hosts)} client hosts on {nodes} node{'s' * (nodes > 1)}; {event['clients_per_round']} clients per round")
-            for h in hosts:
-                if h["fallback"]:
-                    echo.line(f"warning: host {h['host']}: {h['fallback']}")
-            run_dir.write_run(config, info)
+            out.start(hosts, event["clients_per_round"], resume.round if resume else 0)
         elif event["type"] == "round":
             info["failures"] += len(event["failures"])
             info["retried"] += len(event["retried"])
-            info["dropped"] = info.get("dropped", 0) + len(event["dropped"])
+            info["dropped"] += len(event["dropped"])
             for host in event["hosts"].values():
                 if 0 <= host < len(info.get("host_info", [])):
                     info["host_info"][host]["clients_trained"] += 1
@@ -198,10 +252,11 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
             if event["accuracy"] is not None:
                 history.append(event)
                 run_dir.append_metrics(event)
-            echo.round(event)
-            run_dir.write_run(config, info)
+            out.round(event)
+        run_dir.write_run(config, info)
 
     def stop(status: str) -> None:
+        out.close()
         info.update(status=status, wall_seconds=round(time.perf_counter() - started, 3), **summarise(history, config.target))
         run_dir.write_run(config, info)
 
@@ -209,165 +264,26 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
         done = experiment.run(config, on_event, run_id=run_id, store_url=store_url, store_retry_seconds=retry, resume=resume)
     except KeyboardInterrupt:
         stop("interrupted")
-        echo.line(f"interrupted; continue with: fedactors run --resume {run_id} --out {run_dir.path}")
+        out.interrupted(f"fedactors run --resume {run_id} --out {run_dir.path}")
         sys.exit(130)
     except FedActorsError:
         stop("failed")
         raise
-    _finish(config, run_dir, done["weights"], done["round"], history, info, started)
+    out.close()
+    _finish(config, run_dir, done["weights"], done["round"], history, info, started, out)
 
 
-def _finish(config: RunConfig, run_dir, weights, round_done: int, history: list[dict], info: dict, started: float) -> None:
-    """Write weights.npy and the finished run.json, and print the summary."""
+def _finish(config: RunConfig, run_dir, weights, round_done: int, history: list[dict], info: dict, started: float,
+            out: Renderer) -> None:
+    """Write weights.npy and the finished run.json, and show the summary."""
     from fedactors.outputs import summarise
 
     run_dir.write_weights(weights)
     summary = summarise(history, config.target)
-    info = {**info, "status": "finished", "rounds_completed": round_done,
-            "wall_seconds": round(time.perf_counter() - started, 3), **summary}
-    run_dir.write_run(config, info)
-    if summary["best_accuracy"] is None:
-        return
-    reached = summary["rounds_to_target"]
-    click.echo(
-        f"best accuracy {summary['best_accuracy']:.4f} at round {summary['best_round']}; "
-        f"target {config.target}: {'reached at round ' + str(reached) if reached else 'not reached'}; "
-        f"{info['wall_seconds']:.1f} s in all"
-    )
+    wall = round(time.perf_counter() - started, 3)
+    run_dir.write_run(config, {**info, "status": "finished", "rounds_completed": round_done, "wall_seconds": wall, **summary})
+    out.summary(summary, wall)
 
 
-class _Progress:
-    """One line per round: readable in a terminal and in a CI log alike."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.rounds = config.rounds
-        self.width = len(str(config.rounds))
-
-    def line(self, text: str) -> None:
-        click.echo(text)
-
-    def round(self, ev: dict) -> None:
-        acc = "" if ev["accuracy"] is None else f"  acc {ev['accuracy']:.4f}  loss {ev['loss']:.4f}"
-        extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
-        extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
-        for failure in ev["failures"]:
-            click.echo(f"  failed: {failure}")
-        ckpt = "" if ev.get("checkpoint_seconds") is None else f", checkpoint {ev['checkpoint_seconds']:.2f}"
-        click.echo(
-            f"round {ev['round']:>{self.width}}/{self.rounds}{acc}  train_loss {ev['train_loss']:.4f}  "
-            f"{ev['round_seconds']:.2f} s (train {ev['train_seconds']:.2f}, eval {ev['eval_seconds']:.2f}{ckpt}){extra}"
-        )
 
 
-@cli.group()
-def runs() -> None:
-    """List, show and remove checkpointed runs."""
-
-
-runs_dir_option = click.option(
-    "--runs-dir", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-    show_default=True, help="Where run directories are (for the embedded store, used when --redis is not given).",
-)
-
-
-def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) -> Iterator[tuple]:
-    """(store, where) for --redis, or for the embedded store of each run directory under runs_dir."""
-    if redis_url:
-        with _open_store(redis_url, runs_dir, 30.0) as (store, _):
-            yield store, store.url
-        return
-    # A run's directory is runs/RUN_ID unless it was given --out: look there first, then everywhere.
-    dirs = sorted(p.parent for p in runs_dir.glob(f"*/{STORE_DIR}"))
-    if run_id and runs_dir / run_id in dirs:
-        dirs.remove(runs_dir / run_id)
-        dirs.insert(0, runs_dir / run_id)
-    for d in dirs:
-        with _open_store(None, d, 30.0) as (store, _):
-            yield store, str(d)
-
-
-@runs.command("list")
-@redis_option
-@runs_dir_option
-def runs_list(redis_url: str | None, runs_dir: Path) -> None:
-    """One line per run: id, status, newest round, configuration."""
-    rows = [info for store, _ in _stores(redis_url, runs_dir) for info in store.runs()]
-    if not rows:
-        click.echo("no runs")
-        return
-    click.echo(f"{'run id':<28} {'status':<9} {'round':>6}  configuration")
-    for info in rows:
-        c = info.config
-        click.echo(
-            f"{info.run_id:<28} {info.status:<9} {str(info.latest_round):>6}  "
-            f"{c.get('partition')} K={c.get('clients')} C={c.get('frac')} E={c.get('epochs')} "
-            f"B={c.get('batch_size')} lr={c.get('lr')} seed={c.get('seed')} rounds={c.get('rounds')}"
-        )
-
-
-@runs.command("show")
-@click.argument("run_id")
-@redis_option
-@runs_dir_option
-def runs_show(run_id: str, redis_url: str | None, runs_dir: Path) -> None:
-    """Everything the store knows of RUN_ID."""
-    import json
-
-    from fedactors.checkpoint import mask_url
-
-    for store, where in _stores(redis_url, runs_dir, run_id):
-        info = store.info(run_id)
-        if info is not None:
-            ckpt, skipped = store.latest(run_id)
-            best = max((r["accuracy"] for r in ckpt.history), default=None) if ckpt else None
-            click.echo(json.dumps({
-                "run_id": run_id, "store": where, "status": info.status, "latest_round": info.latest_round,
-                "rounds_kept": list(info.rounds), "corrupt_rounds": [b.round for b in skipped],
-                "best_accuracy": best, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created)),
-                "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.updated)),
-                "fingerprint": info.fingerprint, "config": info.config,
-            }, indent=2))
-            return
-    raise ConfigError(f"no run {run_id} in {'the store at ' + mask_url(redis_url) if redis_url else runs_dir}")
-
-
-@runs.command("rm")
-@click.argument("run_id")
-@redis_option
-@runs_dir_option
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def runs_rm(run_id: str, redis_url: str | None, runs_dir: Path, yes: bool) -> None:
-    """Delete RUN_ID's checkpoints from the store (its output files stay)."""
-    from fedactors.checkpoint import mask_url
-
-    for store, where in _stores(redis_url, runs_dir, run_id):
-        if store.info(run_id) is not None:
-            if not yes:
-                if not sys.stdin.isatty():
-                    raise ConfigError(f"refusing to delete run {run_id} without confirmation; pass --yes")
-                click.confirm(f"delete every checkpoint of run {run_id} from {where}?", abort=True)
-            store.delete(run_id)
-            click.echo(f"deleted run {run_id}'s checkpoints from {where}")
-            return
-    raise ConfigError(f"no run {run_id} in {'the store at ' + mask_url(redis_url) if redis_url else runs_dir}")
-
-
-def main() -> None:
-    """Console entry point: user errors are one line on stderr and exit status 2 (3 for a store outage)."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("fedactors: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        click.echo(f"fedactors: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except FedActorsError as exc:
-        click.echo(f"fedactors: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    main()

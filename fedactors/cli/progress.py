@@ -1,0 +1,190 @@
+"""What `fedactors run` shows while it runs: a live bar in a terminal, plain lines elsewhere.
+
+Four renderers share one small interface, chosen by `make_renderer`: `rich` (a terminal),
+`plain` (stdout is a file or pipe: one line per round, so CI logs stay readable), `quiet`
+(only the summary) and `json` (one JSON object per event on stdout, for scripts).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from fedactors.config import RunConfig
+from fedactors.messages import METRIC_KEYS
+
+
+def make_renderer(mode: str, config: RunConfig) -> Renderer:
+    """mode: auto (rich on a terminal, else plain), plain, quiet or json."""
+    if mode == "json":
+        return JsonRenderer(config)
+    if mode == "quiet":
+        return QuietRenderer(config)
+    if mode == "auto" and sys.stdout.isatty():
+        return RichRenderer(config)
+    return Renderer(config)
+
+
+def _bs(config: RunConfig) -> str:
+    return "inf" if config.batch_size is None else str(config.batch_size)
+
+
+class Renderer:
+    """Plain text, one line per round."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.width = len(str(config.rounds))
+        self.best: float | None = None
+
+    def echo(self, text: str) -> None:
+        click.echo(text)
+
+    def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
+        c = self.config
+        if resumed_from is not None:
+            self.echo(f"resuming run {run_id} after round {resumed_from}")
+        self.echo(
+            f"fedactors run {run_id}: K={c.clients} C={c.frac} (m={c.clients_per_round}) E={c.epochs} "
+            f"B={_bs(c)} lr={c.lr} {c.partition}, {c.rounds} rounds -> {out}"
+        )
+
+    def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
+        nodes = len({h.get("node_id") for h in hosts})
+        self.echo(f"{len(hosts)} client hosts on {nodes} node{'s' * (nodes > 1)}; {clients_per_round} clients per round")
+        for h in hosts:
+            if h["fallback"]:
+                self.warning(f"host {h['host']}: {h['fallback']}")
+
+    def warning(self, text: str) -> None:
+        self.echo(f"warning: {text}")
+
+    def round(self, ev: dict) -> None:
+        if ev["accuracy"] is not None:
+            self.best = ev["accuracy"] if self.best is None else max(self.best, ev["accuracy"])
+        for failure in ev["failures"]:
+            self.echo(f"  failed: {failure}")
+        self.echo(self.round_text(ev))
+
+    def round_text(self, ev: dict) -> str:
+        acc = "" if ev["accuracy"] is None else f"  acc {ev['accuracy']:.4f}  loss {ev['loss']:.4f}"
+        extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
+        extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
+        ckpt = "" if ev.get("checkpoint_seconds") is None else f", checkpoint {ev['checkpoint_seconds']:.2f}"
+        return (
+            f"round {ev['round']:>{self.width}}/{self.config.rounds}{acc}  train_loss {ev['train_loss']:.4f}  "
+            f"{ev['round_seconds']:.2f} s (train {ev['train_seconds']:.2f}, eval {ev['eval_seconds']:.2f}{ckpt}){extra}"
+        )
+
+    def summary(self, summary: dict, wall_seconds: float) -> None:
+        if summary["best_accuracy"] is None:
+            return
+        reached = summary["rounds_to_target"]
+        self.echo(
+            f"best accuracy {summary['best_accuracy']:.4f} at round {summary['best_round']}; "
+            f"target {self.config.target}: {'reached at round ' + str(reached) if reached else 'not reached'}; "
+            f"{wall_seconds:.1f} s in all"
+        )
+
+    def already_finished(self, run_id: str, rounds_done: int) -> None:
+        self.echo(f"run {run_id} already finished: {rounds_done} of {self.config.rounds} rounds are done; nothing to do")
+
+    def interrupted(self, resume_command: str) -> None:
+        self.echo(f"interrupted; continue with: {resume_command}")
+
+    def close(self) -> None:
+        pass
+
+
+class QuietRenderer(Renderer):
+    """Nothing but warnings (on stderr) and the closing summary."""
+
+    def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
+        pass
+
+    def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
+        for h in hosts:
+            if h["fallback"]:
+                self.warning(f"host {h['host']}: {h['fallback']}")
+
+    def warning(self, text: str) -> None:
+        click.echo(f"warning: {text}", err=True)
+
+    def round(self, ev: dict) -> None:
+        pass
+
+
+class JsonRenderer(Renderer):
+    """One JSON object per line on stdout: {"event": ..., ...}."""
+
+    def emit(self, event: str, **fields: object) -> None:
+        click.echo(json.dumps({"event": event, **fields}))
+
+    def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
+        self.emit("header", run_id=run_id, out=out, resumed_from=resumed_from, config=self.config.to_dict())
+
+    def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
+        self.emit("start", hosts=hosts, clients_per_round=clients_per_round)
+        for h in hosts:
+            if h["fallback"]:
+                self.warning(f"host {h['host']}: {h['fallback']}")
+
+    def warning(self, text: str) -> None:
+        self.emit("warning", message=text)
+
+    def round(self, ev: dict) -> None:
+        row = {k: ev[k] for k in METRIC_KEYS}
+        self.emit("round", **row, checkpoint_seconds=ev.get("checkpoint_seconds"))
+
+    def summary(self, summary: dict, wall_seconds: float) -> None:
+        self.emit("summary", **summary, wall_seconds=wall_seconds)
+
+    def already_finished(self, run_id: str, rounds_done: int) -> None:
+        self.emit("already_finished", run_id=run_id, rounds_completed=rounds_done)
+
+    def interrupted(self, resume_command: str) -> None:
+        self.emit("interrupted", resume_command=resume_command)
+
+
+class RichRenderer(Renderer):
+    """A live bar over rounds with ETA, latest and best accuracy; events print above it."""
+
+    def __init__(self, config: RunConfig, console: object | None = None) -> None:
+        super().__init__(config)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = console if console is not None else Console()
+        self.progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=self.console,
+            transient=False,
+        )
+        self.task = None
+
+    def echo(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
+        super().start(hosts, clients_per_round, first_round)
+        self.task = self.progress.add_task("rounds", total=self.config.rounds, completed=first_round, status="starting hosts")
+        self.progress.start()
+
+    def round(self, ev: dict) -> None:
+        super().round(ev)  # the line goes above the bar, so the history stays on screen
+        if self.task is not None:
+            status = f"acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}" if ev["accuracy"] is not None else ""
+            if self.best is not None:
+                status += f"  best {self.best:.4f}"
+            self.progress.update(self.task, completed=ev["round"], status=status)
+
+    def close(self) -> None:
+        self.progress.stop()

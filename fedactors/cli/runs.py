@@ -1,0 +1,109 @@
+"""`fedactors runs list|show|rm`: the runs a checkpoint store knows."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from fedactors.cli import cli
+from fedactors.cli.run import STORE_DIR, _open_store, redis_option
+from fedactors.errors import ConfigError
+
+
+@cli.group()
+def runs() -> None:
+    """List, show and remove checkpointed runs."""
+
+
+runs_dir_option = click.option(
+    "--runs-dir", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+    show_default=True, help="Where run directories are (for the embedded store, used when --redis is not given).",
+)
+
+
+def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) -> Iterator[tuple]:
+    """(store, where) for --redis, or for the embedded store of each run directory under runs_dir."""
+    if redis_url:
+        with _open_store(redis_url, runs_dir, 30.0) as (store, _):
+            yield store, store.url
+        return
+    # A run's directory is runs/RUN_ID unless it was given --out: look there first, then everywhere.
+    dirs = sorted(p.parent for p in runs_dir.glob(f"*/{STORE_DIR}"))
+    if run_id and runs_dir / run_id in dirs:
+        dirs.remove(runs_dir / run_id)
+        dirs.insert(0, runs_dir / run_id)
+    for d in dirs:
+        with _open_store(None, d, 30.0) as (store, _):
+            yield store, str(d)
+
+
+@runs.command("list")
+@redis_option
+@runs_dir_option
+def runs_list(redis_url: str | None, runs_dir: Path) -> None:
+    """One line per run: id, status, newest round, configuration."""
+    rows = [info for store, _ in _stores(redis_url, runs_dir) for info in store.runs()]
+    if not rows:
+        click.echo("no runs")
+        return
+    click.echo(f"{'run id':<28} {'status':<9} {'round':>6}  configuration")
+    for info in rows:
+        c = info.config
+        click.echo(
+            f"{info.run_id:<28} {info.status:<9} {str(info.latest_round):>6}  "
+            f"{c.get('partition')} K={c.get('clients')} C={c.get('frac')} E={c.get('epochs')} "
+            f"B={c.get('batch_size')} lr={c.get('lr')} seed={c.get('seed')} rounds={c.get('rounds')}"
+        )
+
+
+@runs.command("show")
+@click.argument("run_id")
+@redis_option
+@runs_dir_option
+def runs_show(run_id: str, redis_url: str | None, runs_dir: Path) -> None:
+    """Everything the store knows of RUN_ID."""
+    import json
+
+    from fedactors.checkpoint import mask_url
+
+    for store, where in _stores(redis_url, runs_dir, run_id):
+        info = store.info(run_id)
+        if info is not None:
+            ckpt, skipped = store.latest(run_id)
+            best = max((r["accuracy"] for r in ckpt.history), default=None) if ckpt else None
+            click.echo(json.dumps({
+                "run_id": run_id, "store": where, "status": info.status, "latest_round": info.latest_round,
+                "rounds_kept": list(info.rounds), "corrupt_rounds": [b.round for b in skipped],
+                "best_accuracy": best, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created)),
+                "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.updated)),
+                "fingerprint": info.fingerprint, "config": info.config,
+            }, indent=2))
+            return
+    raise ConfigError(f"no run {run_id} in {'the store at ' + mask_url(redis_url) if redis_url else runs_dir}")
+
+
+@runs.command("rm")
+@click.argument("run_id")
+@redis_option
+@runs_dir_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def runs_rm(run_id: str, redis_url: str | None, runs_dir: Path, yes: bool) -> None:
+    """Delete RUN_ID's checkpoints from the store (its output files stay)."""
+    from fedactors.checkpoint import mask_url
+
+    for store, where in _stores(redis_url, runs_dir, run_id):
+        if store.info(run_id) is not None:
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise ConfigError(f"refusing to delete run {run_id} without confirmation; pass --yes")
+                click.confirm(f"delete every checkpoint of run {run_id} from {where}?", abort=True)
+            store.delete(run_id)
+            click.echo(f"deleted run {run_id}'s checkpoints from {where}")
+            return
+    raise ConfigError(f"no run {run_id} in {'the store at ' + mask_url(redis_url) if redis_url else runs_dir}")
+
+
