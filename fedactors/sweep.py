@@ -1,0 +1,212 @@
+"""Planning a grid of runs over E, B, C and partition: which cells, where each writes, which are done.
+
+Pure: no Ray here. Whoever runs the sweep runs each cell's RunConfig into `root / cell.name`
+and skips the cells `cell_is_complete` says are finished, so an interrupted sweep continues.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
+    import tomli as tomllib
+
+from fedactors.config import PARTITIONS, RunConfig
+from fedactors.errors import ConfigError
+from fedactors.report import PAPER_TABLE2_FRAC, paper_table2_grid
+
+GRID_KEYS = ("epochs", "batch_sizes", "fracs", "partitions")
+# RunConfig fields each cell sets; a [run] table may not set them too.
+CELL_FIELDS = ("epochs", "batch_size", "frac", "partition")
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One point of the grid. `batch_size=None` means B = inf (full batch)."""
+
+    epochs: int
+    batch_size: int | None
+    frac: float
+    partition: str
+
+    @property
+    def name(self) -> str:
+        """The cell's run-directory name, e.g. "noniid-E5-B10-C0.1" or "iid-E1-Binf-C0.1"."""
+        batch = "inf" if self.batch_size is None else self.batch_size
+        return f"{self.partition}-E{self.epochs}-B{batch}-C{self.frac:g}"
+
+    def run_config(self, run: dict | None = None) -> RunConfig:
+        """The cell's RunConfig: `run` (RunConfig keys, as in a sweep file's [run] table) plus the cell."""
+        settings = {**(run or {}), "epochs": self.epochs, "batch_size": self.batch_size,
+                    "frac": self.frac, "partition": self.partition}
+        return RunConfig.from_dict(settings)
+
+
+def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list) -> list[SweepCell]:
+    """Every combination, partition-major then C, B, E (each in the order given).
+
+    B may be a positive int, None, "inf" or float("inf") (all of the last three mean full batch).
+    ConfigError for an empty list, a value of the wrong type or range, or two cells that would
+    share a run directory.
+    """
+    epochs = [_positive_int("epochs", e) for e in _nonempty("epochs", epochs)]
+    batch_sizes = [_batch_size(b) for b in _nonempty("batch_sizes", batch_sizes)]
+    fracs = [_frac(c) for c in _nonempty("fracs", fracs)]
+    partitions = [_partition(p) for p in _nonempty("partitions", partitions)]
+    cells = [SweepCell(e, b, c, p) for p, c, b, e in itertools.product(partitions, fracs, batch_sizes, epochs)]
+    seen: set[str] = set()
+    for cell in cells:
+        if cell.name in seen:
+            raise ConfigError(f"sweep lists cell {cell.name} twice (a repeated value in the grid)")
+        seen.add(cell.name)
+    return cells
+
+
+def paper_table2_cells() -> list[SweepCell]:
+    """The 18 cells of McMahan et al. 2017's Table 2 (CNN): C = 0.1, IID and non-IID."""
+    return [SweepCell(e, b, PAPER_TABLE2_FRAC, p) for e, b, p in paper_table2_grid()]
+
+
+def load_sweep_toml(path: str | Path) -> dict:
+    """Read and validate a sweep file; returns {"epochs", "batch_sizes", "fracs", "partitions", "run"}.
+
+    The file holds the four grid lists and an optional [run] table of RunConfig keys shared by all
+    cells (clients, rounds, lr, seed, target, ...), e.g.
+
+        epochs = [1, 5, 20]
+        batch_sizes = [10, 50, "inf"]
+        fracs = [0.1]
+        partitions = ["iid", "noniid"]
+        [run]
+        rounds = 500
+        lr = 0.1
+
+    In the result B = inf is None. ConfigError naming the file and the bad key; every cell's
+    RunConfig is built once, so a value RunConfig refuses is reported here, before any run starts.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"sweep file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(doc) - {*GRID_KEYS, "run"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected {', '.join(GRID_KEYS)} and a [run] table)")
+    missing = [k for k in GRID_KEYS if k not in doc]
+    if missing:
+        raise ConfigError(f"{path}: missing key {missing[0]!r} (a list)")
+    run = doc.get("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: 'run' must be a table ([run]), got {type(run).__name__}")
+    _check_run_table(path, run)
+    try:
+        cells = plan_sweep(doc["epochs"], doc["batch_sizes"], doc["fracs"], doc["partitions"])
+        for cell in cells:
+            cell.run_config(run)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return {
+        "epochs": list(dict.fromkeys(c.epochs for c in cells)),
+        "batch_sizes": list(dict.fromkeys(c.batch_size for c in cells)),
+        "fracs": list(dict.fromkeys(c.frac for c in cells)),
+        "partitions": list(dict.fromkeys(c.partition for c in cells)),
+        "run": dict(run),
+    }
+
+
+def cell_is_complete(run_dir: str | Path, expected: RunConfig | None = None) -> bool:
+    """True if `run_dir` holds a finished run: run.json with status "finished", and weights.npy.
+
+    With `expected`, a finished run of another experiment or round count there is a ConfigError
+    (skipping it would report the wrong run under this cell's name).
+    """
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(info, dict) or info.get("status") != "finished" or not (run_dir / "weights.npy").is_file():
+        return False
+    if expected is not None:
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        if info.get("fingerprint") != expected.fingerprint() or config.get("rounds") != expected.rounds:
+            raise ConfigError(
+                f"{run_dir} holds a finished run of another configuration; move it away or choose another sweep directory"
+            )
+    return True
+
+
+def _check_run_table(path: Path, run: dict) -> None:
+    """Keys must be RunConfig fields not set per cell; values of the field's type."""
+    types = {f.name: f.type for f in fields(RunConfig)}
+    for key, value in run.items():
+        if key in CELL_FIELDS:
+            raise ConfigError(f"{path}: run.{key} is set by each cell; use the grid list {_grid_key(key)!r} instead")
+        if key not in types:
+            raise ConfigError(f"{path}: unknown key run.{key!r}")
+        accepted = _accepted_types(str(types[key]))
+        if accepted and (isinstance(value, bool) != (bool in accepted) or not isinstance(value, accepted)):
+            names = " or ".join(t.__name__ for t in accepted if t is not int or float not in accepted)
+            raise ConfigError(f"{path}: run.{key} must be {names}, got {value!r}")
+
+
+def _accepted_types(annotation: str) -> tuple[type, ...]:
+    """Python types a TOML value may have for a RunConfig annotation like "int | None"; () = unchecked."""
+    by_name = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    accepted: tuple[type, ...] = ()
+    for part in annotation.split("|"):
+        part = part.strip()
+        if part == "None":
+            continue  # TOML has no null; leaving the key out gives RunConfig's default
+        if part not in by_name:
+            return ()
+        accepted += by_name[part]
+    return accepted
+
+
+def _grid_key(field: str) -> str:
+    return dict(zip(CELL_FIELDS, ("epochs", "batch_sizes", "fracs", "partitions")))[field]
+
+
+def _nonempty(key: str, values: object) -> list:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{key} must be a non-empty list, got {values!r}")
+    return values
+
+
+def _positive_int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must hold positive integers, got {value!r}")
+    return value
+
+
+def _batch_size(value: object) -> int | None:
+    if value is None or value == "inf" or (isinstance(value, float) and math.isinf(value) and value > 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"batch_sizes must hold positive integers or \"inf\", got {value!r}")
+    return value
+
+
+def _frac(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < value <= 1.0):
+        raise ConfigError(f"fracs must hold numbers in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _partition(value: object) -> str:
+    if value not in PARTITIONS:
+        raise ConfigError(f"partitions must hold {' or '.join(PARTITIONS)}, got {value!r}")
+    return value

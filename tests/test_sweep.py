@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pytest
+
+from fedactors.config import RunConfig
+from fedactors.errors import ConfigError
+from fedactors.report import PAPER_TABLE2
+from fedactors.sweep import SweepCell, cell_is_complete, load_sweep_toml, paper_table2_cells, plan_sweep
+
+
+def test_plan_is_the_full_grid_in_a_fixed_order():
+    cells = plan_sweep([1, 5], [10, "inf"], [0.1, 1.0], ["iid", "noniid"])
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert [c.name for c in cells[:5]] == [
+        "iid-E1-B10-C0.1", "iid-E5-B10-C0.1", "iid-E1-Binf-C0.1", "iid-E5-Binf-C0.1", "iid-E1-B10-C1",
+    ]
+    assert cells[-1] == SweepCell(epochs=5, batch_size=None, frac=1.0, partition="noniid")
+    assert len({c.name for c in cells}) == len(cells)
+    # The three spellings of B = inf mean the same cell.
+    assert plan_sweep([1], [None], [0.1], ["iid"]) == plan_sweep([1], [float("inf")], [0.1], ["iid"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([], [10], [0.1], ["iid"]), r"epochs must be a non-empty list"),
+        (([0], [10], [0.1], ["iid"]), r"epochs must hold positive integers, got 0"),
+        (([True], [10], [0.1], ["iid"]), r"epochs must hold positive integers, got True"),
+        (([1], [-10], [0.1], ["iid"]), r"batch_sizes must hold positive integers or \"inf\", got -10"),
+        (([1], ["full"], [0.1], ["iid"]), r"batch_sizes .* got 'full'"),
+        (([1], [10], [0.0], ["iid"]), r"fracs must hold numbers in \(0, 1\], got 0.0"),
+        (([1], [10], [1.5], ["iid"]), r"fracs .* got 1.5"),
+        (([1], [10], [0.1], ["dirichlet"]), r"partitions must hold iid or noniid, got 'dirichlet'"),
+        (([1, 1], [10], [0.1], ["iid"]), r"cell iid-E1-B10-C0.1 twice"),
+        (([1], [None, "inf"], [0.1], ["iid"]), r"cell iid-E1-Binf-C0.1 twice"),
+    ],
+)
+def test_plan_rejects_bad_grids(args, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_sweep(*args)
+
+
+def test_paper_table2_cells_are_the_18_settings_at_c_0_1():
+    cells = paper_table2_cells()
+    assert len(cells) == 18 and all(c.frac == 0.1 for c in cells)
+    assert {(c.epochs, c.batch_size, c.partition) for c in cells} == set(PAPER_TABLE2)
+    assert cells[0].name == "iid-E1-Binf-C0.1" and cells[1].name == "noniid-E1-Binf-C0.1"
+
+
+def test_a_cell_makes_its_run_config():
+    cfg = SweepCell(20, None, 0.1, "iid").run_config({"rounds": 700, "lr": 0.05, "seed": 3})
+    assert cfg == RunConfig(rounds=700, lr=0.05, seed=3, epochs=20, batch_size=None, frac=0.1, partition="iid")
+
+
+SWEEP = """\
+epochs = [1, 5, 20]
+batch_sizes = [10, 50, "inf"]
+fracs = [0.1]
+partitions = ["iid", "noniid"]
+
+[run]
+rounds = 500
+lr = 0.1
+target = 0.99
+data_dir = "/data/mnist"
+"""
+
+
+def test_load_sweep_toml(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP)
+    sweep = load_sweep_toml(path)
+    assert sweep == {
+        "epochs": [1, 5, 20], "batch_sizes": [10, 50, None], "fracs": [0.1], "partitions": ["iid", "noniid"],
+        "run": {"rounds": 500, "lr": 0.1, "target": 0.99, "data_dir": "/data/mnist"},
+    }
+    cells = plan_sweep(sweep["epochs"], sweep["batch_sizes"], sweep["fracs"], sweep["partitions"])
+    assert len(cells) == 18 and cells[0].run_config(sweep["run"]).rounds == 500
+    # An int where RunConfig has a float is fine (TOML writes 1 for 1.0).
+    path.write_text(SWEEP.replace("lr = 0.1", "lr = 1"))
+    assert load_sweep_toml(path)["run"]["lr"] == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("fracs = [0.1]", "fracs = [0.1]\nfrac = 0.1"), r"unknown key 'frac'"),
+        (("fracs = [0.1]\n", ""), r"missing key 'fracs'"),
+        (("fracs = [0.1]", "fracs = 0.1"), r"fracs must be a non-empty list, got 0.1"),
+        (("batch_sizes = [10, 50, \"inf\"]", "batch_sizes = [10, 50, inf]"), None),  # TOML's inf is fine
+        (("[run]", "run = 3\n[other]"), r"unknown key 'other'"),
+        (("rounds = 500", "round = 500"), r"unknown key run.'round'"),
+        (("rounds = 500", "epochs = 5"), r"run.epochs is set by each cell; use the grid list 'epochs'"),
+        (("rounds = 500", "batch_size = 10"), r"run.batch_size is set by each cell; use .*'batch_sizes'"),
+        (("rounds = 500", "rounds = \"ten\""), r"run.rounds must be int, got 'ten'"),
+        (("rounds = 500", "rounds = 5.0"), r"run.rounds must be int, got 5.0"),
+        (("lr = 0.1", "lr = true"), r"run.lr must be float, got True"),
+        (("data_dir = \"/data/mnist\"", "data_dir = 7"), r"run.data_dir must be str, got 7"),
+        (("rounds = 500", "clients = 7"), r"--clients 7"),  # RunConfig's own check, via each cell
+        (("lr = 0.1", "lr = -0.1"), r"--lr must be a positive"),
+        (("[run]", "[run\n"), r"is not valid TOML"),
+    ],
+)
+def test_sweep_file_errors_name_the_file_and_the_key(tmp_path, edit, message):
+    path = tmp_path / "sweep.toml"
+    old, new = edit
+    assert old in SWEEP
+    path.write_text(SWEEP.replace(old, new, 1))
+    if message is None:
+        assert load_sweep_toml(path)["batch_sizes"] == [10, 50, None]
+        return
+    with pytest.raises(ConfigError, match=message) as info:
+        load_sweep_toml(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_sweep_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"sweep file .*nope.toml does not exist"):
+        load_sweep_toml(tmp_path / "nope.toml")
+
+
+def write_run(run_dir, *, status, weights=True, config: RunConfig | None = None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = config or RunConfig()
+    info = {"config": config.to_dict(), "fingerprint": config.fingerprint(), "run_id": "x", "status": status}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    (run_dir / "metrics.jsonl").write_text('{"round": 1, "accuracy": 0.5}\n')
+    if weights:
+        np.save(run_dir / "weights.npy", np.zeros(3, np.float32))
+
+
+def test_cell_completeness(tmp_path):
+    assert not cell_is_complete(tmp_path / "absent")
+    write_run(tmp_path / "running", status="running", weights=False)
+    assert not cell_is_complete(tmp_path / "running")
+    write_run(tmp_path / "interrupted", status="interrupted")
+    assert not cell_is_complete(tmp_path / "interrupted")
+    write_run(tmp_path / "no-weights", status="finished", weights=False)
+    assert not cell_is_complete(tmp_path / "no-weights")
+    write_run(tmp_path / "done", status="finished")
+    assert cell_is_complete(tmp_path / "done")
+    (tmp_path / "done" / "run.json").write_text("{trunc")
+    assert not cell_is_complete(tmp_path / "done")
+
+
+def test_a_finished_run_of_another_configuration_is_not_taken_for_the_cell(tmp_path):
+    cell = SweepCell(5, 10, 0.1, "noniid")
+    expected = cell.run_config({"rounds": 300})
+    write_run(tmp_path / cell.name, status="finished", config=expected)
+    assert cell_is_complete(tmp_path / cell.name, expected)
+    for other in (cell.run_config({"rounds": 300, "lr": 0.05}), cell.run_config({"rounds": 200})):
+        with pytest.raises(ConfigError, match=r"holds a finished run of another configuration"):
+            cell_is_complete(tmp_path / cell.name, other)
+    # Where it ran does not matter.
+    assert cell_is_complete(tmp_path / cell.name, cell.run_config({"rounds": 300, "hosts": 4}))
