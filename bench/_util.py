@@ -1,0 +1,129 @@
+"""Helpers shared by the benchmarks: a process-tree memory sampler and medians.
+
+Needs only psutil and the standard library, so bench/peers/flower_round.py can import it from
+Flower's own virtual environment too.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+
+import psutil
+
+MIB = 1024 * 1024
+
+
+def median(values: list[float]) -> float | None:
+    """The median, or None for no values (a one-round run has no steady rounds)."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+class TreeMemory:
+    """Peak memory of a process and all its descendants, sampled in a thread.
+
+    RSS (shared pages counted in every process that maps them) is summed over the tree every
+    `interval` seconds. PSS (a page shared by n processes counts 1/n in each, so shared
+    libraries and Ray's shared-memory object store are counted once) costs ~1 ms per process
+    to read, because the kernel walks the page tables: it is summed whenever the tree's RSS
+    makes a new high, and otherwise at most every `pss_interval` seconds, so the sampler takes
+    about 1% of a core instead of ~10%. PSS comes from /proc/PID/smaps_rollup, else psutil's
+    memory_full_info(); where neither is readable it is RSS. Ray's head-node processes (GCS,
+    raylet, dashboard and runtime-env agents) and workers are the driver's descendants, so the
+    tree is the whole local cluster. The sampler's own CPU time is kept, so its cost is on record.
+    """
+
+    def __init__(self, pid: int | None = None, interval: float = 0.2, pss_interval: float = 1.0) -> None:
+        self.root = psutil.Process(pid or os.getpid())
+        self.interval = interval
+        self.pss_interval = pss_interval
+        self.peak_pss = 0
+        self.peak_rss = 0
+        self.peak_procs = 0
+        self.samples = 0
+        self.pss_samples = 0
+        self.pss_source = "smaps_rollup" if os.path.exists(f"/proc/{self.root.pid}/smaps_rollup") else "memory_full_info"
+        self.sampler_cpu_seconds = 0.0
+        self._last_pss = -1e9
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+
+    def _pss(self, proc: psutil.Process) -> int:
+        if self.pss_source == "smaps_rollup":
+            try:
+                with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Pss:"):
+                            return int(line.split()[1]) * 1024
+            except PermissionError:
+                self.pss_source = "memory_full_info"
+        if self.pss_source == "memory_full_info":
+            try:
+                return proc.memory_full_info().pss
+            except (AttributeError, psutil.AccessDenied):
+                self.pss_source = "rss"
+        return proc.memory_info().rss
+
+    def sample(self) -> None:
+        t0 = time.thread_time()
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss, alive = 0, []
+        for proc in procs:
+            try:
+                rss += proc.memory_info().rss
+                alive.append(proc)
+            except psutil.Error:  # exited between listing and reading
+                continue
+        now = time.monotonic()
+        if rss > self.peak_rss or now - self._last_pss >= self.pss_interval:
+            pss = 0
+            for proc in alive:
+                try:
+                    pss += self._pss(proc)
+                except (psutil.Error, OSError):
+                    continue
+            self.peak_pss = max(self.peak_pss, pss)
+            self.pss_samples += 1
+            self._last_pss = now
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_procs = max(self.peak_procs, len(alive))
+        self.samples += 1
+        self.sampler_cpu_seconds += time.thread_time() - t0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def figures(self) -> dict:
+        return {
+            "peak_pss_mib": self.peak_pss / MIB,
+            "peak_rss_mib": self.peak_rss / MIB,
+            "pss_source": self.pss_source,
+            "peak_processes": self.peak_procs,
+            "memory_samples": self.samples,
+            "pss_samples": self.pss_samples,
+            "sampler_cpu_seconds": self.sampler_cpu_seconds,
+        }
