@@ -66,29 +66,47 @@ class ClientHost:
     def __init__(
         self,
         config: RunConfig,
-        train_images: np.ndarray,
-        train_labels: np.ndarray,
-        client_indices: list[np.ndarray],
-        test_images: np.ndarray,
-        test_labels: np.ndarray,
+        train_images: np.ndarray | None = None,
+        train_labels: np.ndarray | None = None,
+        client_indices: list[np.ndarray] | None = None,
+        test_images: np.ndarray | None = None,
+        test_labels: np.ndarray | None = None,
         *,
         threads: int = 1,
         gpus: float = 0.0,
         host_id: int = 0,
     ) -> None:
+        """The data may come here or later through `load` (a Ray actor gets it by `load`, so that a
+        restarted actor is re-sent the data by whoever restarts it instead of relying on Ray to
+        keep its constructor arguments)."""
         torch.set_num_threads(threads)
         self.config = config
         self.host_id = host_id
         self.threads = threads
         device, self.fallback = choose_device(gpus, torch.cuda.is_available())
         self.device = torch.device(device)
+        self.model = FlatModel(device=self.device)
+        self.loaded = False
+        if train_images is not None:
+            self.load(train_images, train_labels, client_indices, test_images, test_labels)
+
+    def load(
+        self,
+        train_images: np.ndarray,
+        train_labels: np.ndarray,
+        client_indices: list[np.ndarray],
+        test_images: np.ndarray,
+        test_labels: np.ndarray,
+    ) -> bool:
+        """Hold the (read-only) data for the run; returns True so a caller can wait on it."""
         self.train_images = train_images
         self.train_labels = train_labels
         self.client_indices = client_indices
         self.test_images = test_images
         self.test_labels = test_labels
-        self.model = FlatModel(device=self.device)
         self._test_slices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.loaded = True
+        return True
 
     def describe(self) -> dict:
         """Who and where this host is: for placement reports and fault injection in tests."""

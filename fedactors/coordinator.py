@@ -99,11 +99,12 @@ class RayPool:
 
     REVIVE_WAIT_SECONDS = 120.0  # when every host is down, how long to wait for one to restart
 
-    def __init__(self, actors: Sequence[ray.actor.ActorHandle]) -> None:
+    def __init__(self, actors: Sequence[ray.actor.ActorHandle], data: Sequence[ray.ObjectRef]) -> None:
         import ray
 
         self._ray = ray
         self.actors = list(actors)
+        self.data = list(data)  # refs to what ClientHost.load takes, re-sent to a restarted host
         self.alive = list(range(len(self.actors)))
         self.reviving: dict[int, ray.ObjectRef] = {}
         self._num_examples: list[int] | None = None
@@ -120,7 +121,7 @@ class RayPool:
         """Take `host` out of the pool and watch for Ray restarting it."""
         if host in self.alive:
             self.alive.remove(host)
-            self.reviving[host] = self.actors[host].describe.remote()
+            self.reviving[host] = self.actors[host].load.remote(*self.data)  # runs once Ray has restarted it
 
     def _revive(self, wait_seconds: float = 0.0) -> None:
         """Hosts that answer again rejoin; ones Ray gave up on leave for good."""
@@ -326,6 +327,7 @@ class CoordinatorActor:
         self,
         config: RunConfig,
         host_actors: list,
+        data: list,
         num_test: int,
         *,
         run_id: str,
@@ -337,7 +339,7 @@ class CoordinatorActor:
     ) -> None:
         store = RedisStore(store_url, retry_seconds=store_retry_seconds) if store_url else None
         self.coordinator = Coordinator(
-            config, RayPool(host_actors), num_test=num_test, start_round=start_round,
+            config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
             weights=weights, history=history, store=store, run_id=run_id,
         )
 

@@ -50,38 +50,38 @@ def run(
     _start_ray(config.address)
     try:
         num_hosts = pool_size(config, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
-        train_images, train_labels = ray.put(data.train_images), ray.put(data.train_labels)
-        test_images, test_labels = ray.put(data.test_images), ray.put(data.test_labels)
-        indices = ray.put(client_indices)
-        num_test = len(data.test_labels)
-        del data  # the object store holds the only copy from here on
         host_cls = ray.remote(ClientHost).options(
             num_cpus=config.cpus_per_host,
             num_gpus=config.gpus_per_host,
             scheduling_strategy="SPREAD",
-            max_restarts=HOST_RESTARTS,  # a killed host comes back (and rejoins the pool)
-            max_task_retries=0,  # ...but the coordinator, not Ray, decides who retrains its clients
+            max_restarts=HOST_RESTARTS,  # a killed host comes back; the pool re-sends it the data
+            max_task_retries=0,  # and the coordinator, not Ray, decides who retrains its clients
         )
+        # Created first, so their processes start (and import torch) while the data goes in.
         hosts = [
-            host_cls.remote(
-                config, train_images, train_labels, indices, test_images, test_labels,
-                threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i,
-            )
+            host_cls.remote(config, threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i)
             for i in range(num_hosts)
         ]
+        data_refs = [
+            ray.put(data.train_images), ray.put(data.train_labels), ray.put(client_indices),
+            ray.put(data.test_images), ray.put(data.test_labels),
+        ]
+        num_test = len(data.test_labels)
+        del data  # the object store holds the only copy from here on
         try:
-            described = ray.get([h.describe.remote() for h in hosts], timeout=PLACEMENT_TIMEOUT_SECONDS)
+            ray.get([h.load.remote(*data_refs) for h in hosts], timeout=PLACEMENT_TIMEOUT_SECONDS)
         except ray.exceptions.GetTimeoutError:
             raise ClusterError(
                 f"{num_hosts} client hosts could not all be placed within {PLACEMENT_TIMEOUT_SECONDS:g} s: "
                 "the cluster's resources are taken by other work; try fewer --hosts"
             ) from None
+        described = ray.get([h.describe.remote() for h in hosts])
         on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         coordinator = (
             ray.remote(CoordinatorActor)
             .options(num_cpus=0, scheduling_strategy=_near_store(store_url))
             .remote(
-                config, hosts, num_test, run_id=run_id, store_url=store_url, store_retry_seconds=store_retry_seconds,
+                config, hosts, data_refs, num_test, run_id=run_id, store_url=store_url, store_retry_seconds=store_retry_seconds,
                 start_round=resume.round if resume else 0,
                 weights=ray.put(resume.weights) if resume else None,
                 history=resume.history if resume else None,
