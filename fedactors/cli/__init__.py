@@ -20,9 +20,9 @@ def cli() -> None:
 
 
 # Importing the command modules registers their commands on `cli`.
-from fedactors.cli import run, runs  # noqa: E402
+from fedactors.cli import results, run, runs  # noqa: E402
 
-__all__ = ["cli", "main", "run", "runs"]
+__all__ = ["cli", "main", "results", "run", "runs"]
 
 
 def main() -> None:

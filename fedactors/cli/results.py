@@ -1,0 +1,130 @@
+"""`fedactors plot`, `report` and `sweep`: looking at runs, and running grids of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fedactors.cli import cli
+from fedactors.config import PARTITIONS
+from fedactors.errors import ConfigError
+
+run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+
+
+@cli.command()
+@run_dirs_argument
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("accuracy.png"),
+              show_default=True, help="PNG file to write (800 x 500 px).")
+@click.option("--target", type=float, default=None, help="Accuracy line to draw. Default: each run's configured target.")
+@click.option("--title", default=None, help="Figure title.")
+def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None) -> None:
+    """Test accuracy against communication rounds for one or more run directories."""
+    from fedactors.plot import plot_runs
+
+    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title)))
+
+
+@cli.command()
+@run_dirs_argument
+@click.option("--markdown", is_flag=True, help="A Markdown table instead of aligned text.")
+@click.option("--target", type=float, default=None, help="Accuracy for rounds-to-target. Default: each run's configured target.")
+@click.option("--table2", is_flag=True, help="Also compare with the paper's Table 2 (rounds to 99%, CNN, C=0.1).")
+def report(run_dirs: tuple[Path, ...], markdown: bool, target: float | None, table2: bool) -> None:
+    """A table of runs: configuration, best accuracy, rounds to target (first and interpolated), time."""
+    from fedactors.report import format_table, format_table2, load_run
+
+    summaries = [load_run(d, target=target) for d in run_dirs]
+    click.echo(format_table(summaries, markdown=markdown))
+    if table2:
+        click.echo()
+        click.echo(format_table2(summaries, markdown=markdown))
+
+
+def _csv(kind: type, name: str):
+    def parse(_ctx: click.Context, _param: click.Parameter, text: str | None) -> list | None:
+        if text is None:
+            return None
+        values = []
+        for item in text.split(","):
+            item = item.strip()
+            if kind is int and item.lower() == "inf":
+                values.append(None)
+                continue
+            try:
+                values.append(kind(item))
+            except ValueError:
+                raise ConfigError(f"{name} takes a comma-separated list, and {item!r} is not a valid value") from None
+        return values
+
+    return parse
+
+
+@cli.command()
+@click.option("--paper-table2", "paper_table2", is_flag=True, help="The paper's Table 2 grid for the CNN: C=0.1, both partitions, its E and B.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Sweep TOML: epochs, batch_sizes, fracs, partitions lists and a [run] table of run settings.")
+@click.option("--epochs", callback=_csv(int, "--epochs"), default=None, help="Comma-separated E values, e.g. 1,5,20.")
+@click.option("--batch-sizes", "batch_sizes", callback=_csv(int, "--batch-sizes"), default=None, help="Comma-separated B values; 'inf' for full batch.")
+@click.option("--fracs", callback=_csv(float, "--fracs"), default=None, help="Comma-separated C values. Default: 0.1.")
+@click.option("--partitions", callback=_csv(str, "--partitions"), default=None, help=f"Comma-separated, of {', '.join(PARTITIONS)}. Default: both.")
+@click.option("--rounds", type=int, default=None, help="Rounds per cell (overrides the file's [run] table).")
+@click.option("--lr", type=float, default=None, help="Learning rate for every cell.")
+@click.option("--seed", type=int, default=None, help="Seed for every cell.")
+@click.option("--hosts", type=int, default=None, help="Client hosts per run.")
+@click.option("--address", default=None, help="Ray cluster to attach every run to.")
+@click.option("--redis", "redis_url", default=None, metavar="URL", help="Checkpoint store for every cell (default: each cell's embedded store).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"), show_default=True,
+              help="Root directory: one run directory per cell, named like noniid-E5-B10-C0.1.")
+@click.option("--markdown", is_flag=True, help="Print the closing report as Markdown.")
+@click.option("--quiet", "-q", is_flag=True, help="Only one line per cell and the report.")
+def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fracs, partitions, rounds, lr, seed, hosts,
+          address, redis_url, out: Path, markdown: bool, quiet: bool) -> None:
+    """Run a grid over E, B, C and partition, one run per cell; finished cells are skipped, so an
+    interrupted sweep continues where it stopped. Ends with the report (and Table 2 beside the paper's)."""
+    from fedactors.cli.run import STORE_DIR, _new_run, _resume
+    from fedactors.report import format_table, format_table2, load_run
+    from fedactors.sweep import cell_is_complete, load_sweep_toml, paper_table2_cells, plan_sweep
+
+    spec = load_sweep_toml(config_file) if config_file else {"run": {}}
+    if paper_table2:
+        cells = paper_table2_cells()
+    else:
+        grid = {
+            "epochs": epochs or spec.get("epochs"),
+            "batch_sizes": batch_sizes or spec.get("batch_sizes"),
+            "fracs": fracs or spec.get("fracs") or [0.1],
+            "partitions": partitions or spec.get("partitions") or list(PARTITIONS),
+        }
+        if not grid["epochs"] or not grid["batch_sizes"]:
+            raise ConfigError("a sweep needs --epochs and --batch-sizes (or a --config file with them), or --paper-table2")
+        cells = plan_sweep(grid["epochs"], grid["batch_sizes"], grid["fracs"], grid["partitions"])
+    run_settings = dict(spec["run"])
+    overrides = {"rounds": rounds, "lr": lr, "seed": seed, "hosts": hosts, "address": address}
+    run_settings.update({k: v for k, v in overrides.items() if v is not None})
+    plans = [(cell, cell.run_config(run_settings)) for cell in cells]  # every cell validated before any runs
+    mode = "quiet" if quiet else "auto"
+    click.echo(f"sweep of {len(plans)} cells into {out}")
+    for i, (cell, config) in enumerate(plans, 1):
+        run_dir = out / cell.name
+        run_id = f"{out.name}-{cell.name}"
+        if cell_is_complete(run_dir, config):
+            click.echo(f"[{i}/{len(plans)}] {cell.name}: complete, skipped")
+            continue
+        click.echo(f"[{i}/{len(plans)}] {cell.name}")
+        if redis_url is not None or (run_dir / STORE_DIR).is_dir():
+            try:
+                _resume(run_id, run_dir, redis_url, 30.0, {"rounds": config.rounds}, mode, dry_run=False)
+                continue
+            except ConfigError:
+                if (run_dir / "run.json").exists():
+                    raise
+        _new_run(config, run_id, run_dir, redis_url, 30.0, mode)
+    summaries = [load_run(out / cell.name) for cell, _ in plans]
+    click.echo()
+    click.echo(format_table(summaries, markdown=markdown))
+    if paper_table2:
+        click.echo()
+        click.echo(format_table2(summaries, markdown=markdown))
+

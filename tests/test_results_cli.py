@@ -1,0 +1,85 @@
+"""`fedactors plot`, `report` and `sweep` as a user runs them."""
+
+import json
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import fedactors
+from fedactors.cli import cli
+
+
+def fake_run(path, accuracies, *, epochs=5, batch_size=10, partition="iid", frac=0.1, clients=100, target=0.99):
+    """A run directory as `fedactors run` writes one, with a given accuracy curve."""
+    path.mkdir(parents=True)
+    rows = [{"round": r, "accuracy": a, "loss": 1 - a, "round_seconds": 2.0} for r, a in enumerate(accuracies, 1)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = {"clients": clients, "frac": frac, "rounds": len(accuracies), "epochs": epochs, "batch_size": batch_size,
+              "lr": 0.1, "partition": partition, "seed": 0, "eval_every": 1, "target": target}
+    (path / "run.json").write_text(json.dumps({"config": config, "run_id": path.name, "status": "finished", "wall_seconds": 9.0}))
+    return path
+
+
+def test_plot_writes_a_png_of_the_expected_size(tmp_path):
+    a = fake_run(tmp_path / "a", [0.9, 0.95, 0.97, 0.985, 0.991])
+    b = fake_run(tmp_path / "b", [0.8, 0.9, 0.93, 0.96, 0.97], partition="noniid")
+    out = tmp_path / "fig.png"
+    result = CliRunner().invoke(cli, ["plot", str(a), str(b), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    blob = out.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n" and blob[12:16] == b"IHDR"
+    assert struct.unpack(">II", blob[16:24]) == (800, 500)
+
+
+def test_report_recomputes_rounds_to_target(tmp_path):
+    run = fake_run(tmp_path / "a", [0.95, 0.985, 0.97, 0.992, 0.993])
+    result = CliRunner().invoke(cli, ["report", str(run), "--markdown"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in next(r for r in lines if r.startswith("| a")).strip("|").split("|"))))
+    # First crossing of 0.99 is round 4; the monotone curve is 0.985 at round 3 (the dip to 0.97
+    # does not count), so the interpolated figure is 3 + (0.99 - 0.985) / (0.992 - 0.985) = 3.714.
+    assert row["rounds to target"] == "4"
+    assert float(row["interpolated"]) == pytest.approx(3 + 0.005 / 0.007, abs=0.05)
+    assert row["best acc (round)"] == "0.9930 (5)"
+
+
+def test_report_table2_puts_ours_beside_the_papers(tmp_path):
+    run = fake_run(tmp_path / "iid-E5-B10-C0.1", [0.97, 0.98, 0.985, 0.99, 0.991])
+    result = CliRunner().invoke(cli, ["report", str(run), "--table2"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.split()[:3] == ["iid", "5", "10"])
+    assert "20" in row.split() and "4" in row.split()  # the paper's 20 rounds, our first crossing at 4
+
+
+def test_report_of_a_directory_that_is_not_a_run_is_one_line(tmp_path):
+    result = fedactors("report", str(tmp_path))
+    assert result.returncode == 2 and "is not a run directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_skips_finished_cells(tmp_path):
+    common = ["--batch-sizes", "50", "--fracs", "0.05", "--partitions", "iid", "--rounds", "1", "--hosts", "2",
+              "--out", str(tmp_path / "sw"), "--quiet"]
+    first = fedactors("sweep", "--epochs", "1", *common)
+    assert first.returncode == 0, first.stderr
+    done = tmp_path / "sw" / "iid-E1-B50-C0.05"
+    stamp = (done / "weights.npy").stat().st_mtime_ns
+    # The same sweep grown by a cell: the finished one is skipped, the new one runs.
+    second = fedactors("sweep", "--epochs", "1,2", *common)
+    assert second.returncode == 0, second.stderr
+    assert "[1/2] iid-E1-B50-C0.05: complete, skipped" in second.stdout
+    assert (done / "weights.npy").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "sw" / "iid-E2-B50-C0.05" / "run.json").read_text())["status"] == "finished"
+    report_lines = [line for line in second.stdout.splitlines() if line.startswith("iid-E")]
+    assert len(report_lines) == 2
+
+
+def test_sweep_needs_a_grid(tmp_path):
+    result = fedactors("sweep", "--out", str(tmp_path / "sw"))
+    assert result.returncode == 2 and "a sweep needs --epochs and --batch-sizes" in result.stderr
+    result = fedactors("sweep", "--epochs", "1,x", "--batch-sizes", "10", "--out", str(tmp_path / "sw"))
+    assert result.returncode == 2 and "'x' is not a valid value" in result.stderr
