@@ -32,18 +32,23 @@ class TreeMemory:
     RSS (shared pages counted in every process that maps them) is summed over the tree every
     `interval` seconds. PSS (a page shared by n processes counts 1/n in each, so shared
     libraries and Ray's shared-memory object store are counted once) costs ~1 ms per process
-    to read, because the kernel walks the page tables: it is summed whenever the tree's RSS
-    makes a new high, and otherwise at most every `pss_interval` seconds, so the sampler takes
-    about 1% of a core instead of ~10%. PSS comes from /proc/PID/smaps_rollup, else psutil's
+    to read, because the kernel walks the page tables: it is summed when the tree's RSS has grown
+    by `pss_growth` since the last PSS sweep, and otherwise every `pss_interval` seconds, so the
+    sampler takes 1-2% of a core instead of ~10%. At the PSS peak the per-process figures are
+    kept (`peak_breakdown`, MiB by process label), to show where the memory is. PSS comes from /proc/PID/smaps_rollup, else psutil's
     memory_full_info(); where neither is readable it is RSS. Ray's head-node processes (GCS,
     raylet, dashboard and runtime-env agents) and workers are the driver's descendants, so the
     tree is the whole local cluster. The sampler's own CPU time is kept, so its cost is on record.
     """
 
-    def __init__(self, pid: int | None = None, interval: float = 0.2, pss_interval: float = 1.0) -> None:
+    def __init__(self, pid: int | None = None, interval: float = 0.2, pss_interval: float = 5.0,
+                 pss_growth: float = 0.03) -> None:
         self.root = psutil.Process(pid or os.getpid())
         self.interval = interval
         self.pss_interval = pss_interval
+        self.pss_growth = pss_growth
+        self.peak_breakdown: dict[str, float] = {}
+        self._rss_at_pss = 0
         self.peak_pss = 0
         self.peak_rss = 0
         self.peak_procs = 0
@@ -68,6 +73,7 @@ class TreeMemory:
             self._thread.join()
 
     def _pss(self, proc: psutil.Process) -> int:
+        """This process's PSS; its RSS where PSS is not readable (another user's process)."""
         if self.pss_source == "smaps_rollup":
             try:
                 with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as f:
@@ -75,13 +81,11 @@ class TreeMemory:
                         if line.startswith(b"Pss:"):
                             return int(line.split()[1]) * 1024
             except PermissionError:
-                self.pss_source = "memory_full_info"
-        if self.pss_source == "memory_full_info":
-            try:
-                return proc.memory_full_info().pss
-            except (AttributeError, psutil.AccessDenied):
-                self.pss_source = "rss"
-        return proc.memory_info().rss
+                return proc.memory_info().rss
+        try:
+            return proc.memory_full_info().pss
+        except (AttributeError, psutil.AccessDenied):
+            return proc.memory_info().rss
 
     def sample(self) -> None:
         t0 = time.thread_time()
@@ -97,16 +101,21 @@ class TreeMemory:
             except psutil.Error:  # exited between listing and reading
                 continue
         now = time.monotonic()
-        if rss > self.peak_rss or now - self._last_pss >= self.pss_interval:
-            pss = 0
+        if rss > self._rss_at_pss * (1 + self.pss_growth) or now - self._last_pss >= self.pss_interval:
+            parts: list[tuple[str, int]] = []
             for proc in alive:
                 try:
-                    pss += self._pss(proc)
+                    parts.append((_label(proc), self._pss(proc)))
                 except (psutil.Error, OSError):
                     continue
-            self.peak_pss = max(self.peak_pss, pss)
+            pss = sum(v for _, v in parts)
+            if pss > self.peak_pss:
+                self.peak_pss = pss
+                self.peak_breakdown = {}
+                for label, v in parts:
+                    self.peak_breakdown[label] = self.peak_breakdown.get(label, 0.0) + v / MIB
             self.pss_samples += 1
-            self._last_pss = now
+            self._last_pss, self._rss_at_pss = now, rss
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_procs = max(self.peak_procs, len(alive))
         self.samples += 1
@@ -126,4 +135,22 @@ class TreeMemory:
             "memory_samples": self.samples,
             "pss_samples": self.pss_samples,
             "sampler_cpu_seconds": self.sampler_cpu_seconds,
+            "peak_pss_breakdown_mib": {k: round(v, 1) for k, v in sorted(self.peak_breakdown.items(), key=lambda kv: -kv[1])},
         }
+
+
+def _label(proc: psutil.Process) -> str:
+    """A short, stable name: 'ray::ClientHost' for Ray workers, the script's name for Python helpers."""
+    name = proc.name()
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        cmd = []
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split(".")[0].split(" ")[0]
+    if name.startswith("python") and cmd:
+        if "-c" in cmd:
+            return "python -c"
+        script = next((a for a in cmd[1:] if not a.startswith("-")), "")
+        return f"python {os.path.basename(script)}" if script else "python"
+    return name

@@ -309,6 +309,20 @@ def probe_startup(args: argparse.Namespace) -> dict:
     mark("client_hosts_up")  # what `fedactors run` waits for before its "client hosts" line
     ray.get(host_actors[0].initial_weights.remote())
     mark("initial_weights")
+
+    @ray.remote(num_cpus=0)
+    class CoordinatorLike:
+        def __init__(self, hosts: list) -> None:
+            import fedactors.coordinator  # noqa: F401  what CoordinatorActor's process imports
+
+        def ping(self) -> tuple[bool, float]:
+            import psutil
+
+            return "torch" in sys.modules, psutil.Process().memory_info().rss / 2**20
+
+    has_torch, rss = ray.get(CoordinatorLike.remote(host_actors).ping.remote())
+    mark("coordinator_actor_up")  # handed the host handles, as CoordinatorActor is
+    t["coordinator_imports_torch"], t["coordinator_rss_mib"] = has_torch, rss
     ray.shutdown()
     mark("ray_shutdown")
     return t
@@ -433,7 +447,8 @@ def main() -> None:
             **{k: fa[k] for k in ("startup_seconds", "startup_seconds_run_json", "to_banner_seconds",
                                   "to_hosts_ready_seconds", "first_round_end_seconds", "after_last_round_seconds",
                                   "command_seconds", "peak_pss_mib", "peak_rss_mib", "pss_source", "peak_processes",
-                                  "memory_samples", "pss_samples", "sampler_cpu_seconds", "load_before", "load_after")},
+                                  "memory_samples", "pss_samples", "sampler_cpu_seconds", "peak_pss_breakdown_mib",
+                                  "load_before", "load_after")},
             "rounds": fa["rounds"],
         },
         "reference": {
@@ -465,7 +480,9 @@ def main() -> None:
         summary["flower"] = fl
         fl_steady_round = steady(fl["rounds"], "round_seconds")
         summary["ratios"].update({
-            "startup_over_flower": ratio(fa["startup_seconds"], fl["startup_seconds"]),
+            # Flower's round 1 "starts" while its actors are still being created; its training
+            # starts at the first client call. fedactors' hosts are up before round 1 starts.
+            "startup_over_flower": ratio(fa["startup_seconds"], fl["first_training_start_seconds"]),
             "overhead_over_flower": ratio(summary["fedactors"]["overhead_seconds"], steady(fl["rounds"], "overhead_seconds")),
             "first_round_over_flower": ratio(f_first, fl["rounds"][0]["round_seconds"]),
             "first_round_end_over_flower": ratio(fa["first_round_end_seconds"], fl["first_round_end_seconds"]),
@@ -488,6 +505,7 @@ def main() -> None:
         ("first round (s)", s["first_round_seconds"], rs["rounds"][0]["round_seconds"]),
         ("first round / steady", s["first_over_steady"], ratio(rs["rounds"][0]["round_seconds"], rs["round_seconds"])),
         ("start-up: command -> round 1 start (s)", s["startup_seconds"], rs["startup_seconds"]),
+        ("  (Flower: -> first client's training)", None, None),
         ("command -> round 1 end (s)", s["first_round_end_seconds"], None),
         ("peak PSS of the tree (MiB)", s["peak_pss_mib"], rs["peak_pss_mib"]),
         ("peak RSS of the tree (MiB)", s["peak_rss_mib"], rs["peak_rss_mib"]),
@@ -503,7 +521,7 @@ def main() -> None:
             "overhead = round - train - eval (s)": steady(fl["rounds"], "overhead_seconds"),
             "first round (s)": fl["rounds"][0]["round_seconds"],
             "first round / steady": ratio(fl["rounds"][0]["round_seconds"], steady(fl["rounds"], "round_seconds")),
-            "start-up: command -> round 1 start (s)": fl["startup_seconds"],
+            "start-up: command -> round 1 start (s)": fl["first_training_start_seconds"],
             "command -> round 1 end (s)": fl["first_round_end_seconds"],
             "peak PSS of the tree (MiB)": fl["peak_pss_mib"],
             "peak RSS of the tree (MiB)": fl["peak_rss_mib"],
@@ -518,6 +536,9 @@ def main() -> None:
             c = fl_rows.get(name)
             line += f"{fmt(c):>11}{fmt(None if '/' in name else ratio(a, c)):>10}"
         print(line)
+    print(f"peak PSS by process, fedactors (MiB): {json.dumps(s['peak_pss_breakdown_mib'])}")
+    if fl:
+        print(f"peak PSS by process, Flower (MiB): {json.dumps(fl['peak_pss_breakdown_mib'])}")
     print(f"\nfedactors start-up: banner (CLI imports, embedded Redis) at {fmt(s['to_banner_seconds'])} s, "
           f"hosts ready (data, ray.init, puts, actors with torch) at {fmt(s['to_hosts_ready_seconds'])} s, "
           f"round 1 starts at {fmt(s['startup_seconds'])} s; after the last round {fmt(s['after_last_round_seconds'])} s")
