@@ -180,6 +180,14 @@ double stream_read(const py::sequence& buffers, int threads, const std::string& 
     return fedactors::stream_read(in.data(), in.size(), n, threads, isa);
 }
 
+std::size_t count_nonfinite(const py::handle& buffer, int threads) {
+    const auto a = check_vector(buffer, "buffer");
+    const auto* x = static_cast<const float*>(a.data());
+    const auto n = static_cast<std::size_t>(a.shape(0));
+    py::gil_scoped_release nogil;
+    return fedactors::count_nonfinite(x, n, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -228,6 +236,12 @@ runs.)doc");
 A streaming-bandwidth reference for benchmarks: same inputs, blocking and threads as
 weighted_average, no output. The summation order depends on the thread count. Validates
 buffers and isa as weighted_average does.)doc");
+    m.def("count_nonfinite", &count_nonfinite, py::arg("buffer"), py::kw_only(), py::arg("threads") = 0,
+          R"doc(Return how many values of buffer are NaN or +-infinity.
+
+buffer: a float32, 1-D, C-contiguous array (read-only is fine; nothing is copied). Tests the
+exponent bits, so it is exact where a sum of the values could overflow. threads <= 0 uses
+OpenMP's default. The GIL is released while it runs. Raises ValueError naming the problem.)doc");
     m.def("available_isas", &fedactors::available_isas,
           R"doc(Return the instruction-set variants this CPU and build can run, narrowest first.
 

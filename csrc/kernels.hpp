@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 #include <omp.h>
 
@@ -161,6 +163,25 @@ inline double stream_read(const float* const* in, std::size_t k, std::size_t n, 
         total += block(in, k, lo, len);
     }
     return total;
+}
+
+// How many of x[0:n] are NaN or +-infinity (all exponent bits set). An integer test on the
+// bits: exact under any floating-point mode, where a sum of the values could overflow to inf.
+inline std::size_t count_nonfinite(const float* x, std::size_t n, int threads) {
+    const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
+    const int nt = detail::resolve_threads(threads);
+    std::size_t count = 0;
+#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1) reduction(+ : count)
+    for (std::ptrdiff_t b = 0; b < blocks; ++b) {
+        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
+        const std::size_t hi = lo + kBlock < n ? lo + kBlock : n;
+        for (std::size_t i = lo; i < hi; ++i) {
+            std::uint32_t bits;
+            std::memcpy(&bits, x + i, sizeof bits);
+            count += (bits & 0x7f800000u) == 0x7f800000u;
+        }
+    }
+    return count;
 }
 
 }  // namespace fedactors

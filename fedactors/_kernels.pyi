@@ -51,6 +51,9 @@ def trimmed_mean(
 def stream_read(buffers: Sequence[npt.NDArray[np.float32]], *, threads: int = 0, isa: Isa = "auto") -> float:
     """Return the float64 sum of every element of buffers, reading each byte once."""
 
+def count_nonfinite(buffer: npt.NDArray[np.float32], *, threads: int = 0) -> int:
+    """Return how many values of buffer are NaN or +-infinity (an exact test of the exponent bits)."""
+
 def available_isas() -> list[str]:
     """Return the instruction-set variants this CPU and build can run, narrowest first."""
 

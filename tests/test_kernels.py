@@ -458,3 +458,21 @@ def test_stub_matches_the_module() -> None:
         assert [a.arg for a in stub_args.kwonlyargs] == [a.arg for a in real.kwonlyargs], name
         assert len(stub_args.defaults) == len(real.defaults), name
         assert [d is None for d in stub_args.kw_defaults] == [d is None for d in real.kw_defaults], name
+
+
+@pytest.mark.parametrize("n", [1, 7, 513, 1_663_370])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_count_nonfinite_matches_numpy(n: int, threads: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    specials = [np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max, np.finfo(np.float32).tiny]
+    x[rng.integers(0, n, size=min(n, 40))] = rng.choice(specials, size=min(n, 40))
+    x.flags.writeable = False  # read-only input, as from the object store
+    assert _kernels.count_nonfinite(x, threads=threads) == int((~np.isfinite(x)).sum())
+
+
+def test_count_nonfinite_validates_without_converting() -> None:
+    with pytest.raises(ValueError, match="buffer has dtype float64, expected float32"):
+        _kernels.count_nonfinite(np.zeros(4))
+    with pytest.raises(ValueError, match="buffer is not C-contiguous"):
+        _kernels.count_nonfinite(np.zeros(8, dtype=np.float32)[::2])
