@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Every Ray the tests start (in-process, in CLI subprocesses, ray.cluster_utils clusters) takes
+# 127.0.0.1 as its node address instead of this machine's network address: tests stay on loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 REPO = Path(__file__).resolve().parent.parent
 EXE = os.path.join(os.path.dirname(sys.executable), "fedactors")  # the installed console script
 ROUNDS = 5
