@@ -32,9 +32,17 @@ class CNN(nn.Module):
 
 
 class FlatModel:
-    """A CNN whose parameters live in `self.params` and gradients in `self.grads` (1-D float32)."""
+    """A CNN whose parameters live in `self.params` and gradients in `self.grads` (1-D float32).
 
-    def __init__(self, init_seed: int | None = None, device: str | torch.device = "cpu") -> None:
+    precision="bf16" runs the forward and backward passes (training and evaluation) under
+    bfloat16 autocast: convolutions and matrix products in bf16, the loss, the parameters, the
+    gradients and the SGD update in float32 (master weights), so updates as small as lr * grad
+    are not lost to bf16's 8-bit mantissa.
+    """
+
+    def __init__(self, init_seed: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if init_seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
@@ -42,6 +50,7 @@ class FlatModel:
         else:
             module = CNN()
         self.module = module.to(device)
+        self.precision = precision
         total = sum(p.numel() for p in self.module.parameters())
         self.params = torch.empty(total, dtype=torch.float32, device=device)
         self.grads = torch.zeros(total, dtype=torch.float32, device=device)
@@ -54,6 +63,9 @@ class FlatModel:
                 # autograd accumulates into an existing .grad in place, so these stay views.
                 p.grad = self.grads[offset : offset + n].view_as(p)
                 offset += n
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.params.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def get_weights(self) -> np.ndarray:
         """A copy of the flat weights as a float32 NumPy array."""
@@ -71,7 +83,9 @@ class FlatModel:
     def sgd_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> float:
         """One plain SGD step (no momentum, no weight decay) on a minibatch; returns its mean loss."""
         self.grads.zero_()
-        loss = F.cross_entropy(self.module(images), labels)
+        with self._autocast():
+            logits = self.module(images)
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         with torch.no_grad():
             self.params.add_(self.grads, alpha=-lr)
@@ -83,7 +97,8 @@ class FlatModel:
         loss_sum, correct = 0.0, 0
         for start in range(0, len(images), batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            logits = self.module(x)
+            with self._autocast():
+                logits = self.module(x).float()
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         return loss_sum, correct

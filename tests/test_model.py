@@ -67,3 +67,30 @@ def test_evaluate_counts_correct_predictions():
         logits = m.module(x)
     assert correct == int((logits.argmax(1) == y).sum())
     assert loss_sum == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y, reduction="sum")), rel=1e-5)
+
+
+def test_bf16_computes_in_bfloat16_but_keeps_float32_master_weights():
+    x, y = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
+    fp32, bf16 = FlatModel(init_seed=2), FlatModel(init_seed=2, precision="bf16")
+    before = bf16.get_weights()
+    losses = [bf16.sgd_step(x, y, lr=0.05) for _ in range(5)]
+    fp32.sgd_step(x, y, lr=0.05)
+    assert bf16.params.dtype == torch.float32 and bf16.grads.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in bf16.module.parameters())
+    assert losses[-1] < losses[0]  # it learns
+    # Not the fp32 arithmetic (bf16 rounding shows) but close to it: the same step, in lower precision.
+    step_bf16, step_fp32 = bf16.get_weights() - before, fp32.get_weights() - before
+    assert not np.array_equal(FlatModel(init_seed=2, precision="bf16").get_weights(), step_bf16)
+    first = FlatModel(init_seed=2, precision="bf16")
+    first.sgd_step(x, y, lr=0.05)
+    one_step = first.get_weights() - before
+    assert not np.array_equal(one_step, step_fp32)
+    cos = float(one_step @ step_fp32 / (np.linalg.norm(one_step) * np.linalg.norm(step_fp32)))
+    assert cos > 0.99
+    loss_sum, correct = bf16.evaluate(x, y)
+    assert np.isfinite(loss_sum) and 0 <= correct <= 16
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        FlatModel(precision="fp16")
