@@ -29,6 +29,32 @@ def fedavg(
     return _kernels.weighted_average(buffers, num_examples, out=out, threads=threads)
 
 
+def combine(
+    aggregator: str,
+    buffers: Sequence[np.ndarray],
+    num_examples: Sequence[int | float],
+    *,
+    trim_fraction: float = 0.1,
+) -> np.ndarray:
+    """The next global weights from a round's updates by `aggregator` (one of config.AGGREGATORS).
+
+    fedavg weights each buffer by its example count; median and trimmed-mean weigh every
+    buffer alike (they are order statistics, as in Yin et al. 2018).
+    """
+    if aggregator == "fedavg":
+        return fedavg(buffers, num_examples)
+    if aggregator == "median":
+        return median(buffers)
+    if aggregator == "trimmed-mean":
+        return trimmed_mean(buffers, trim_fraction)
+    raise ValueError(f"unknown aggregator {aggregator!r}")
+
+
+def all_finite(buffer: np.ndarray) -> bool:
+    """True if no value of the float32 buffer is NaN or infinite (native, ~0.1 ms for 1.66 M values)."""
+    return _kernels.count_nonfinite(buffer) == 0
+
+
 def fedavg_reference(buffers: Sequence[np.ndarray], num_examples: Sequence[int | float]) -> np.ndarray:
     """Return the same average computed in NumPy with float64 accumulation in client order."""
     total = 0.0

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.config import RunConfig
 from fedactors.messages import EvalPart, Update
 from fedactors.model import FlatModel
@@ -85,7 +86,8 @@ class ClientHost:
         self.threads = threads
         device, self.fallback = choose_device(gpus, torch.cuda.is_available())
         self.device = torch.device(device)
-        self.model = FlatModel(device=self.device)
+        self.model = FlatModel(device=self.device, precision=config.precision)
+        self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
         self.loaded = False
         if train_images is not None:
             self.load(train_images, train_labels, client_indices, test_images, test_labels)
@@ -148,10 +150,14 @@ class ClientHost:
             lr=cfg.lr,
             rng=generator(Purpose.SHUFFLE, cfg.seed, round_idx, client_id),
         )
+        weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
+        if client_id in self.byzantine:
+            weights = corrupt(cfg.attack, weights, global_weights, scale=cfg.attack_scale, seed=cfg.seed,
+                              round_idx=round_idx, client_id=client_id)
         return Update(
             client_id=client_id,
             round=round_idx,
-            weights=self.model.get_weights(),  # a copy: the model's buffer is reused next call
+            weights=weights,
             num_examples=len(idx),
             train_loss=loss,
             train_seconds=time.perf_counter() - start,

@@ -11,10 +11,16 @@ from fedactors.errors import ConfigError
 
 MNIST_TRAIN_SIZE = 60_000
 PARTITIONS = ("iid", "noniid")
+AGGREGATORS = ("fedavg", "median", "trimmed-mean")
+ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
+PRECISIONS = ("fp32", "bf16")
 
 # Fields that change what a run computes. Two runs agreeing on these produce the same weights
 # round for round; the others (how many rounds, where, with how many hosts) do not.
-EXPERIMENT_FIELDS = ("clients", "frac", "epochs", "batch_size", "lr", "partition", "seed")
+EXPERIMENT_FIELDS = (
+    "clients", "frac", "epochs", "batch_size", "lr", "partition", "seed",
+    "aggregator", "trim_fraction", "byzantine", "attack", "attack_scale", "precision",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,12 @@ class RunConfig:
     gpus_per_host: float = 0.0
     min_fit_fraction: float = 1.0
     round_timeout: float | None = None  # seconds; None waits as long as training takes
+    aggregator: str = "fedavg"
+    trim_fraction: float = 0.1  # beta of the trimmed mean: drop floor(beta * m) at each end
+    byzantine: int = 0  # faulty clients, fixed for the run by the seed (fedactors.attacks)
+    attack: str = "sign-flip"
+    attack_scale: float = 10.0
+    precision: str = "fp32"  # bf16: bfloat16 compute, float32 master weights
 
     def __post_init__(self) -> None:
         _positive_int("--clients", self.clients)
@@ -70,6 +82,18 @@ class RunConfig:
             raise ConfigError(f"--min-fit-fraction must be in (0, 1], got {self.min_fit_fraction!r}")
         if self.round_timeout is not None and not (_is_real(self.round_timeout) and self.round_timeout > 0):
             raise ConfigError(f"--round-timeout must be a positive number of seconds, got {self.round_timeout!r}")
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(f"--aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
+        if not (_is_real(self.trim_fraction) and 0.0 <= self.trim_fraction < 0.5):
+            raise ConfigError(f"--trim-fraction must be in [0, 0.5), got {self.trim_fraction!r}")
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.clients:
+            raise ConfigError(f"--byzantine must be an integer in [0, --clients), got {self.byzantine!r}")
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
+        if not (_is_real(self.attack_scale) and self.attack_scale > 0):
+            raise ConfigError(f"--attack-scale must be a positive finite number, got {self.attack_scale!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.partition == "iid" and MNIST_TRAIN_SIZE % self.clients:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from fedactors import aggregate
+from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
@@ -225,6 +226,7 @@ class Coordinator:
         self.history = list(history or [])
         self.store = store
         self.run_id = run_id
+        self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}."""
@@ -255,13 +257,18 @@ class Coordinator:
         self.store.save(ckpt, keep=cfg.keep)
 
     def run_round(self, round_idx: int) -> RoundStats:
-        """One round: every sampled client's update (retrying failures), averaged, then evaluated."""
+        """One round: every sampled client's update (retrying failures), aggregated, then evaluated.
+
+        An update holding NaN or infinity is rejected, never aggregated, and not retried (the same
+        seeds would give it again); the round goes on only if --min-fit-fraction allows the loss.
+        """
         cfg = self.config
         t0 = time.perf_counter()
         sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
         updates: dict[int, Update] = {}
         failures: list[Failure] = []
         retried: list[int] = []
+        rejected: list[int] = []
         todo = sampled
         for _attempt in range(MAX_ATTEMPTS):
             failed_now = []
@@ -269,24 +276,24 @@ class Coordinator:
                 if isinstance(result, Failure):
                     failures.append(result)
                     failed_now.append(result.client_id)
+                elif not aggregate.all_finite(result.weights):
+                    failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
+                    rejected.append(result.client_id)
                 else:
                     updates[result.client_id] = result
-            # Enough updates (all of them unless --min-fit-fraction allows fewer): no retry.
-            if len(updates) >= cfg.min_updates:
+            # Enough updates (all of them unless --min-fit-fraction allows fewer), or nothing to retry.
+            if len(updates) >= cfg.min_updates or not failed_now:
                 break
             retried.extend(failed_now)
             todo = failed_now
         wait_seconds = time.perf_counter() - t0
         dropped = [c for c in sampled if c not in updates]
         if len(updates) < cfg.min_updates:
-            reasons = "; ".join(dict.fromkeys(f.error for f in failures)) or "unknown"
-            raise RoundFailed(
-                f"round {round_idx}: clients {dropped} failed {MAX_ATTEMPTS} times, leaving {len(updates)} of "
-                f"{len(sampled)} updates where {cfg.min_updates} are required (errors: {reasons})"
-            )
+            raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected))
         t1 = time.perf_counter()
         ordered = [updates[c] for c in sampled if c in updates]  # sampled order: same bytes whatever arrived first
-        self.weights = aggregate.fedavg([u.weights for u in ordered], [u.num_examples for u in ordered])
+        self.weights = aggregate.combine(cfg.aggregator, [u.weights for u in ordered], [u.num_examples for u in ordered],
+                                         trim_fraction=cfg.trim_fraction)
         aggregate_seconds = time.perf_counter() - t1
         per_host: dict[int, float] = {}
         for u in ordered:
@@ -302,6 +309,8 @@ class Coordinator:
             train_loss=float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered])),
             retried=retried,
             dropped=dropped,
+            rejected=rejected,
+            byzantine=[c for c in sampled if c in self.byzantine],
             hosts={u.client_id: u.host for u in ordered},
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
         )
@@ -314,6 +323,23 @@ class Coordinator:
             stats.eval_seconds = time.perf_counter() - t2
         stats.round_seconds = time.perf_counter() - t0
         return stats
+
+    def _shortfall(self, round_idx: int, sampled: list[int], dropped: list[int], failures: list[Failure],
+                   rejected: list[int]) -> str:
+        """Why round `round_idx` cannot be aggregated without the `dropped` clients: the RoundFailed message."""
+        cfg = self.config
+        failed = [c for c in dropped if c not in rejected]
+        parts = [f"clients {failed} failed {MAX_ATTEMPTS} times"] if failed else []
+        if rejected:
+            parts.append(f"clients {sorted(rejected)} returned NaN or infinite weights, which are never aggregated")
+        errors = "; ".join(dict.fromkeys(f.error for f in failures if f.client_id in failed))
+        message = (f"round {round_idx}: {' and '.join(parts)}, leaving {len(sampled) - len(dropped)} of {len(sampled)} "
+                   f"updates where {cfg.min_updates} are required")
+        if failed:
+            message += f" (errors: {errors})"
+        if rejected and cfg.min_fit_fraction == 1:
+            message += "; --min-fit-fraction below 1 accepts rounds without them"
+        return message
 
 
 class CoordinatorActor:

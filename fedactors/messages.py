@@ -14,7 +14,8 @@ import numpy as np
 # One line of metrics.jsonl, and one entry of a checkpoint's history.
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
-    "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "failures",
+    "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
+    "failures",
 )
 
 
@@ -67,6 +68,8 @@ class RoundStats:
     loss: float | None = None
     retried: list[int] = field(default_factory=list)  # clients trained again after a failure
     dropped: list[int] = field(default_factory=list)  # clients left out (only under --min-fit-fraction)
+    rejected: list[int] = field(default_factory=list)  # clients whose update held NaN or inf: never averaged
+    byzantine: list[int] = field(default_factory=list)  # sampled clients that are faulty by configuration
     failures: list[str] = field(default_factory=list)
     hosts: dict[int, int] = field(default_factory=dict)  # client id -> host that trained it
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round

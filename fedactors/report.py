@@ -117,7 +117,15 @@ def config_label(config: dict) -> str:
         f"C={_num(config.get('frac', '?'))} lr={_num(config.get('lr', '?'))}"
     )
     clients = config.get("clients", PAPER_TABLE2_CLIENTS)
-    return label if clients == PAPER_TABLE2_CLIENTS else f"{label} K={clients}"
+    if clients != PAPER_TABLE2_CLIENTS:
+        label += f" K={clients}"
+    if config.get("aggregator", "fedavg") != "fedavg":
+        label += f" {config['aggregator']}"
+    if config.get("byzantine"):
+        label += f" byz={config['byzantine']}:{config.get('attack')}"
+    if config.get("precision", "fp32") != "fp32":
+        label += f" {config['precision']}"
+    return label
 
 
 def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:

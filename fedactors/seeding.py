@@ -18,6 +18,8 @@ class Purpose(IntEnum):
     SAMPLE = 2
     SHUFFLE = 3
     INIT = 4
+    BYZANTINE = 5
+    ATTACK = 6
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from fedactors.aggregate import (
+    all_finite,
+    combine,
     fedavg,
     fedavg_reference,
     median,
@@ -129,3 +131,21 @@ def test_references_give_nan_where_any_buffer_is_nan() -> None:
 def test_robust_aggregators_reject_bad_input(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_combine_dispatches_to_each_aggregator() -> None:
+    buffers, counts = make_updates(5, 1001)
+    np.testing.assert_array_equal(combine("fedavg", buffers, counts), fedavg(buffers, counts))
+    np.testing.assert_array_equal(combine("median", buffers, counts), median(buffers))
+    np.testing.assert_array_equal(combine("trimmed-mean", buffers, counts, trim_fraction=0.2), trimmed_mean(buffers, 0.2))
+    with pytest.raises(ValueError, match="unknown aggregator 'krum'"):
+        combine("krum", buffers, counts)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 777, 1_663_369])
+def test_all_finite_finds_one_bad_value_anywhere(bad: float, where: int) -> None:
+    w = np.full(1_663_370, 3e38, dtype=np.float32)  # huge but finite: a float32 sum of these overflows
+    assert all_finite(w)
+    w[where] = bad
+    assert not all_finite(w)

@@ -20,7 +20,8 @@ def test_help_lists_every_run_flag(runner):
     result = runner.invoke(cli, ["run", "--help"])
     assert result.exit_code == 0
     for flag in ("--clients", "--frac", "--rounds", "--epochs", "--batch-size", "--lr", "--partition", "--seed",
-                 "--hosts", "--address", "--data-dir", "--eval-every", "--target", "--out"):
+                 "--hosts", "--address", "--data-dir", "--eval-every", "--target", "--out", "--aggregator",
+                 "--trim-fraction", "--byzantine", "--attack", "--attack-scale", "--precision"):
         assert flag in result.output
 
 
@@ -42,6 +43,13 @@ def _fedactors(*args, env=None, cwd=None):
         (["--partition", "dirichlet"], "Invalid value for '--partition'"),
         (["--clients", "many"], "Invalid value for '--clients'"),
         (["--bogus"], "No such option '--bogus'"),
+        (["--aggregator", "krum"], "Invalid value for '--aggregator'"),
+        (["--trim-fraction", "0.2"], "--trim-fraction applies to --aggregator trimmed-mean only, not fedavg"),
+        (["--aggregator", "trimmed-mean", "--trim-fraction", "0.5"], "--trim-fraction must be in [0, 0.5), got 0.5"),
+        (["--attack", "nan"], "--attack needs --byzantine N"),
+        (["--byzantine", "2", "--attack-scale", "0"], "--attack-scale must be a positive finite number"),
+        (["--byzantine", "100"], "--byzantine must be an integer in [0, --clients), got 100"),
+        (["--precision", "fp16"], "Invalid value for '--precision'"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(args, message, tmp_path):

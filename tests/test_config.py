@@ -44,6 +44,14 @@ def test_clients_per_round_rounds_halves_up_and_is_at_least_one(frac, clients, m
         ({"round_timeout": 0}, r"--round-timeout must be a positive"),
         ({"checkpoint_every": 0}, r"--checkpoint-every must be a positive integer"),
         ({"keep": 0}, r"--keep must be a positive integer"),
+        ({"aggregator": "krum"}, r"--aggregator must be one of fedavg, median, trimmed-mean"),
+        ({"trim_fraction": 0.5}, r"--trim-fraction must be in \[0, 0.5\)"),
+        ({"trim_fraction": -0.1}, r"--trim-fraction must be in \[0, 0.5\)"),
+        ({"byzantine": 100}, r"--byzantine must be an integer in \[0, --clients\)"),
+        ({"byzantine": -1}, r"--byzantine must be an integer"),
+        ({"attack": "label-flip"}, r"--attack must be one of sign-flip, gaussian, nan"),
+        ({"attack_scale": 0.0}, r"--attack-scale must be a positive finite number"),
+        ({"precision": "fp16"}, r"--precision must be one of fp32, bf16"),
         ({"clients": 7, "partition": "iid"}, r"--clients 7 does not divide the 60000"),
         ({"clients": 7, "partition": "noniid"}, r"14 does not divide 60000"),
     ],
@@ -78,6 +86,10 @@ def test_dict_round_trip_and_fingerprint():
     assert cfg.fingerprint() != RunConfig(batch_size=None, rounds=3, seed=1).fingerprint()
     assert cfg.fingerprint() != RunConfig(batch_size=50, rounds=3).fingerprint()
     assert cfg.fingerprint() != RunConfig(batch_size=None, lr=0.05).fingerprint()
+    # So do the aggregator, the faulty clients and the precision.
+    for change in ({"aggregator": "median"}, {"byzantine": 2}, {"attack": "nan"}, {"attack_scale": 3.0},
+                   {"trim_fraction": 0.2}, {"precision": "bf16"}):
+        assert cfg.fingerprint() != RunConfig(batch_size=None, rounds=3, **change).fingerprint(), change
 
 
 def test_from_dict_rejects_unknown_keys():

@@ -104,3 +104,44 @@ def test_min_fit_fraction_accepts_fewer_updates_without_retrying(mnist):
     kept = [c for c in r["clients"] if c not in r["dropped"]]
     expected = fedavg_reference([pool.hosts[0].train(w0, c, 1).weights for c in kept], [600, 600])
     np.testing.assert_allclose(done["weights"], expected, rtol=1e-6, atol=1e-7)
+
+
+def _nan_cfg(**kw):
+    # Which clients are faulty is fixed by the seed; pick a seed where one of round 1's 3 is.
+    from fedactors.attacks import byzantine_clients
+    from fedactors.seeding import sample_clients
+
+    base = {**CFG.to_dict(), "rounds": 1, "byzantine": 10, "attack": "nan", **kw}
+    for seed in range(50):
+        cfg = RunConfig.from_dict({**base, "seed": seed})
+        faulty = byzantine_clients(seed, cfg.clients, cfg.byzantine) & set(sample_clients(seed, 1, cfg.clients, 3).tolist())
+        if len(faulty) == 1:
+            return cfg, next(iter(faulty))
+    raise AssertionError("no seed puts exactly one faulty client in round 1")
+
+
+def test_a_nan_update_fails_the_round_loudly_and_is_never_averaged(mnist):
+    cfg, bad = _nan_cfg()
+    coordinator = Coordinator(cfg, _pool(mnist, cfg, 2), num_test=500)
+    before = coordinator.weights.copy()
+    with pytest.raises(RoundFailed, match=rf"round 1: clients \[{bad}\] returned NaN or infinite weights, which are never "
+                                          r"aggregated, leaving 2 of 3 updates where 3 are required; --min-fit-fraction"):
+        list(coordinator.run())
+    np.testing.assert_array_equal(coordinator.weights, before)
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "median"])
+def test_under_min_fit_fraction_a_nan_update_is_rejected_and_the_rest_averaged(mnist, aggregator):
+    cfg, bad = _nan_cfg(min_fit_fraction=0.6, aggregator=aggregator)
+    pool = _pool(mnist, cfg, 2)
+    rounds, done = _run(Coordinator(cfg, pool, num_test=500))
+    r = rounds[0]
+    assert r["rejected"] == [bad] and r["dropped"] == [bad] and r["byzantine"] == [bad] and r["retried"] == []
+    assert r["num_updates"] == 2 and "returned NaN or infinite weights: rejected" in r["failures"][0]
+    assert np.isfinite(done["weights"]).all() and r["accuracy"] > 0.3
+    from fedactors.aggregate import fedavg_reference, median_reference
+
+    w0 = pool.initial_weights()
+    kept = [pool.hosts[0].train(w0, c, 1).weights for c in r["clients"] if c != bad]
+    expected = fedavg_reference(kept, [600, 600]) if aggregator == "fedavg" else median_reference(kept)
+    np.testing.assert_allclose(done["weights"], expected, rtol=1e-6, atol=1e-7)

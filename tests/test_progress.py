@@ -15,7 +15,8 @@ def event(r, acc, **kw):
     return {"type": "round", "round": r, "accuracy": acc, "loss": 0.5 if acc is not None else None, "train_loss": 0.7,
             "round_seconds": 2.0, "train_seconds": 1.5, "wait_seconds": 1.6, "aggregate_seconds": 0.002,
             "eval_seconds": 0.4, "num_updates": 10, "clients": list(range(10)), "retried": kw.get("retried", []),
-            "dropped": [], "failures": kw.get("failures", []), "hosts": {}, "checkpoint_seconds": 0.03}
+            "dropped": kw.get("dropped", []), "rejected": kw.get("rejected", []), "byzantine": [],
+            "failures": kw.get("failures", []), "hosts": {}, "checkpoint_seconds": 0.03}
 
 
 def drive(renderer):
@@ -67,3 +68,14 @@ def test_auto_mode_is_plain_when_stdout_is_not_a_terminal():
     assert type(make_renderer("auto", CFG)) is Renderer  # pytest captures stdout: not a terminal
     assert isinstance(make_renderer("json", CFG), JsonRenderer)
     assert isinstance(make_renderer("quiet", CFG), QuietRenderer)
+
+
+def test_rejected_updates_are_shown_with_their_reason(capsys):
+    cfg = RunConfig(rounds=3, byzantine=2, attack="nan", min_fit_fraction=0.8)
+    renderer = Renderer(cfg)
+    renderer.header("run-1", "runs/run-1", None)
+    renderer.round(event(1, 0.9, dropped=[7], rejected=[7], failures=["client 7 on host 0: returned NaN or infinite weights: rejected"]))
+    out = capsys.readouterr().out.splitlines()
+    assert "byzantine=2:nan" in out[0]
+    assert "  failed: client 7 on host 0: returned NaN or infinite weights: rejected" in out
+    assert out[-1].endswith("dropped 1  rejected 1")

@@ -31,6 +31,14 @@ def _bs(config: RunConfig) -> str:
     return "inf" if config.batch_size is None else str(config.batch_size)
 
 
+def _variant(c: RunConfig) -> str:
+    """What departs from the paper's FedAvg: aggregator, faulty clients, precision."""
+    text = "" if c.aggregator == "fedavg" else f" {c.aggregator}" + (f"({c.trim_fraction:g})" if c.aggregator == "trimmed-mean" else "")
+    if c.byzantine:
+        text += f" byzantine={c.byzantine}:{c.attack}" + ("" if c.attack == "nan" else f"x{c.attack_scale:g}")
+    return text + ("" if c.precision == "fp32" else f" {c.precision}")
+
+
 class Renderer:
     """Plain text, one line per round."""
 
@@ -48,7 +56,7 @@ class Renderer:
             self.echo(f"resuming run {run_id} after round {resumed_from}")
         self.echo(
             f"fedactors run {run_id}: K={c.clients} C={c.frac} (m={c.clients_per_round}) E={c.epochs} "
-            f"B={_bs(c)} lr={c.lr} {c.partition}, {c.rounds} rounds -> {out}"
+            f"B={_bs(c)} lr={c.lr} {c.partition}{_variant(c)}, {c.rounds} rounds -> {out}"
         )
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
@@ -72,6 +80,7 @@ class Renderer:
         acc = "" if ev["accuracy"] is None else f"  acc {ev['accuracy']:.4f}  loss {ev['loss']:.4f}"
         extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
         extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
+        extra += f"  rejected {len(ev['rejected'])}" if ev.get("rejected") else ""
         ckpt = "" if ev.get("checkpoint_seconds") is None else f", checkpoint {ev['checkpoint_seconds']:.2f}"
         return (
             f"round {ev['round']:>{self.width}}/{self.config.rounds}{acc}  train_loss {ev['train_loss']:.4f}  "

@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from fedactors.cli import cli
 from fedactors.cli.progress import Renderer, make_renderer
-from fedactors.config import EXPERIMENT_FIELDS, PARTITIONS, RunConfig, parse_batch_size
+from fedactors.config import AGGREGATORS, ATTACKS, EXPERIMENT_FIELDS, PARTITIONS, PRECISIONS, RunConfig, parse_batch_size
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError
 
 D = RunConfig()  # defaults, shown in --help
@@ -71,6 +71,18 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--gpus-per-host", "gpus_per_host", type=float, default=D.gpus_per_host, show_default=True, help="Ray GPUs per client host; fractions share a GPU (0.1: up to 10 hosts per GPU). Hosts with a GPU train on it.")
 @click.option("--min-fit-fraction", "min_fit_fraction", type=float, default=D.min_fit_fraction, show_default=True, help="Accept a round once this fraction of the sampled clients returned, instead of retraining failed ones.")
 @click.option("--round-timeout", "round_timeout", type=float, default=None, help="Seconds a round's training may take; clients still training then count as failed (their host is restarted).")
+@click.option("--aggregator", type=click.Choice(AGGREGATORS), default=D.aggregator, show_default=True,
+              help="How updates are combined: FedAvg's example-weighted mean, or the coordinate-wise median or trimmed mean.")
+@click.option("--trim-fraction", "trim_fraction", type=float, default=D.trim_fraction, show_default=True,
+              help="trimmed-mean: drop floor(F * m) of the m values at each end of every coordinate; in [0, 0.5).")
+@click.option("--byzantine", type=int, default=D.byzantine, show_default=True,
+              help="Faulty clients, chosen by the seed for the whole run, that send an --attack instead of their update.")
+@click.option("--attack", type=click.Choice(ATTACKS), default=D.attack, show_default=True,
+              help="What faulty clients send: sign-flip (update reversed, times --attack-scale), gaussian (noise of std --attack-scale) or nan.")
+@click.option("--attack-scale", "attack_scale", type=float, default=D.attack_scale, show_default=True,
+              help="sign-flip: factor on the reversed update; gaussian: standard deviation of the noise.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision, show_default=True,
+              help="bf16: bfloat16 convolutions and matrix products with float32 master weights (faster on CPUs with bf16 instructions).")
 @click.option("--address", default=None, help="Attach to an existing Ray cluster ('auto', HOST:PORT or ray://HOST:PORT) instead of starting a local one.")
 @click.option("--data-dir", "data_dir", default=None, help="MNIST directory (torchvision layout). Default: $FEDACTORS_DATA, else the per-user cache; downloaded when absent.")
 @click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the 10,000 test images every N rounds (and after the last).")
@@ -103,11 +115,23 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
     if resume:
         _resume(run_id, out, redis_url, store_retry_seconds, flags, mode, dry_run)
         return
+    _refuse_idle_flags(flags)
     config = RunConfig(**flags)  # type: ignore[arg-type]
     if dry_run:
         _dry_run(config, run_id, out, redis_url, mode)
         return
     _new_run(config, run_id, out, redis_url, store_retry_seconds, mode)
+
+
+def _refuse_idle_flags(flags: dict) -> None:
+    """A flag given for a setting that the rest of the command switches off is a mistake: say so."""
+    ctx = click.get_current_context()
+    given = {k for k in flags if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)}
+    if "trim_fraction" in given and flags["aggregator"] != "trimmed-mean":
+        raise ConfigError(f"--trim-fraction applies to --aggregator trimmed-mean only, not {flags['aggregator']}")
+    for name in ("attack", "attack_scale"):
+        if name in given and flags["byzantine"] == 0:
+            raise ConfigError(f"--{name.replace('_', '-')} needs --byzantine N (how many clients attack)")
 
 
 def _new_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float, mode: str) -> None:
@@ -227,6 +251,7 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
         "failures": sum(len(r.get("failures", [])) for r in history),
         "retried": sum(len(r.get("retried", [])) for r in history),
         "dropped": sum(len(r.get("dropped", [])) for r in history),
+        "rejected": sum(len(r.get("rejected", [])) for r in history),
         "resumed_from_round": resume.round if resume else None,
     }
     run_dir.write_run(config, info)
@@ -244,6 +269,7 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
             info["failures"] += len(event["failures"])
             info["retried"] += len(event["retried"])
             info["dropped"] += len(event["dropped"])
+            info["rejected"] += len(event["rejected"])
             for host in event["hosts"].values():
                 if 0 <= host < len(info.get("host_info", [])):
                     info["host_info"][host]["clients_trained"] += 1
