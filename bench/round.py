@@ -40,6 +40,10 @@ from _util import TreeMemory, median, ratio  # noqa: E402
 from fedactors.data import load_mnist, partition, resolve_data_dir  # noqa: E402
 from fedactors.seeding import Purpose, generator, sample_clients, torch_seed  # noqa: E402
 
+# Every Ray started here (fedactors' and Flower's) advertises 127.0.0.1: a one-machine benchmark
+# has no reason to use the network interface.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 BENCH = Path(__file__).resolve().parent
 FLOWER_PYTHON = BENCH / "peers" / ".venv-flower" / "bin" / "python"
 ROUND_LINE = re.compile(r"^round\s+(\d+)/\d+.*\(train [\d.]+, eval [\d.]+(?:, checkpoint ([\d.]+))?\)")

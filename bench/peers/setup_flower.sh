@@ -14,8 +14,15 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv-flower"
 PY="${PYTHON:-python3}"
 FLWR_VERSION=1.42.0
-TORCH_VERSION=2.14.1
-TORCHVISION_VERSION=0.29.1
+# The same torch build as fedactors' own venv, so that memory and speed compare like for like.
+MAIN_PY="$HERE/../../.venv/bin/python"
+if [ -x "$MAIN_PY" ]; then
+  TORCH_VERSION="$("$MAIN_PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+  TORCHVISION_VERSION="$("$MAIN_PY" -c 'import torchvision; print(torchvision.__version__.split("+")[0])')"
+else
+  TORCH_VERSION=2.14.1
+  TORCHVISION_VERSION=0.29.1
+fi
 RAY_VERSION=2.55.1  # what flwr[simulation]==1.42.0 pins
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
