@@ -32,11 +32,18 @@ def _bs(config: RunConfig) -> str:
 
 
 def _variant(c: RunConfig) -> str:
-    """What departs from the paper's FedAvg: aggregator, faulty clients, precision."""
-    text = "" if c.aggregator == "fedavg" else f" {c.aggregator}" + (f"({c.trim_fraction:g})" if c.aggregator == "trimmed-mean" else "")
+    """What departs from the paper's FedAvg: aggregator, faulty clients, precision; "" for none."""
+    parts = []
+    if c.aggregator == "trimmed-mean":
+        parts.append(f"trimmed-mean({c.trim_fraction:g})")
+    elif c.aggregator != "fedavg":
+        parts.append(c.aggregator)
     if c.byzantine:
-        text += f" byzantine={c.byzantine}:{c.attack}" + ("" if c.attack == "nan" else f"x{c.attack_scale:g}")
-    return text + ("" if c.precision == "fp32" else f" {c.precision}")
+        scale = "" if c.attack == "nan" else f"x{c.attack_scale:g}"
+        parts.append(f"byzantine={c.byzantine}:{c.attack}{scale}")
+    if c.precision != "fp32":
+        parts.append(c.precision)
+    return "".join(" " + p for p in parts)
 
 
 class Renderer:
