@@ -3,6 +3,11 @@
 A ClientHost holds read-only views of the normalised training and test sets (on a Ray node
 these map the object store's one shared copy) and the partition, so it can train any client
 it is given; it has no Ray dependency and runs and is tested as a plain object.
+
+torch is imported where it is used, not at module level: a process that only unpickles a
+ClientHost actor handle imports this module (Ray loads the actor's class module), and the
+coordinator, which holds those handles, would otherwise pay ~2.5 s and ~420 MiB for a torch
+it never calls (bench/round.py's start-up probe).
 """
 
 from __future__ import annotations
@@ -11,14 +16,19 @@ import os
 import sys
 import time
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.config import RunConfig
 from fedactors.messages import EvalPart, Update
-from fedactors.model import FlatModel
 from fedactors.seeding import Purpose, generator, torch_seed
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedactors.model import FlatModel
 
 
 def local_update(
@@ -32,6 +42,8 @@ def local_update(
     rng: np.random.Generator,
 ) -> float:
     """E epochs of minibatch SGD, reshuffled each epoch by `rng`; returns the last epoch's mean loss."""
+    import torch
+
     n = len(images)
     step = n if batch_size is None else batch_size
     last_epoch_loss = 0.0
@@ -80,6 +92,10 @@ class ClientHost:
         """The data may come here or later through `load` (a Ray actor gets it by `load`, so that a
         restarted actor is re-sent the data by whoever restarts it instead of relying on Ray to
         keep its constructor arguments)."""
+        import torch
+
+        from fedactors.model import FlatModel
+
         torch.set_num_threads(threads)
         self.config = config
         self.host_id = host_id
@@ -127,6 +143,8 @@ class ClientHost:
 
     def initial_weights(self) -> np.ndarray:
         """The run's round-0 global weights: torch's default init, seeded from the run seed."""
+        from fedactors.model import FlatModel
+
         return FlatModel(init_seed=torch_seed(self.config.seed)).get_weights()
 
     def num_examples(self) -> list[int]:
@@ -134,6 +152,8 @@ class ClientHost:
 
     def train(self, global_weights: np.ndarray, client_id: int, round_idx: int) -> Update:
         """Client `client_id`'s update in round `round_idx`, starting from `global_weights`."""
+        import torch
+
         start = time.perf_counter()
         idx = self.client_indices[client_id]
         # Fancy indexing copies: the tensors are private and writable, the shared arrays untouched.
@@ -166,6 +186,8 @@ class ClientHost:
 
     def evaluate(self, weights: np.ndarray, start: int, stop: int) -> EvalPart:
         """Loss sum and correct count of `weights` on test examples [start, stop)."""
+        import torch
+
         t0 = time.perf_counter()
         self.model.set_weights(weights)
         if (start, stop) not in self._test_slices:  # a host evaluates the same slice every round

@@ -96,3 +96,14 @@ def test_device_choice_falls_back_to_cpu_with_a_reason():
     assert choose_device(0.5, cuda_available=True) == ("cuda", None)
     device, why = choose_device(0.1, cuda_available=False)
     assert device == "cpu" and "torch cannot use CUDA" in why
+
+
+def test_importing_the_module_does_not_import_torch():
+    # The coordinator imports this module when it unpickles ClientHost actor handles; torch would
+    # cost it seconds and hundreds of MiB for nothing.
+    import subprocess
+    import sys
+
+    code = "import sys, fedactors.client, fedactors.coordinator; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
