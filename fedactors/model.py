@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedactors.config import PRECISIONS
+
 NUM_PARAMETERS = 1_663_370
 
 
@@ -41,8 +43,8 @@ class FlatModel:
     """
 
     def __init__(self, init_seed: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
         if init_seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
