@@ -39,7 +39,7 @@ def corrupt(
     """What Byzantine client `client_id` sends in round `round_idx` instead of `local` (a new float32 array)."""
     if attack == "sign-flip":
         delta = local - global_weights
-        return (global_weights - np.float32(scale) * delta).astype(np.float32, copy=False)
+        return global_weights - np.float32(scale) * delta  # float32 throughout
     if attack == "gaussian":
         rng = generator(Purpose.ATTACK, seed, round_idx, client_id)
         noise = rng.standard_normal(local.shape, dtype=np.float32)
