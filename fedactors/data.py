@@ -48,6 +48,11 @@ def resolve_data_dir(flag: str | None) -> Path:
     return Path(platformdirs.user_cache_dir("fedactors")) / "data"
 
 
+def mnist_present(data_dir: Path) -> bool:
+    """Whether all four files are in `data_dir` (so loading reads them and downloads nothing)."""
+    return all((data_dir / "MNIST" / "raw" / name).is_file() for name, *_ in FILES.values())
+
+
 def load_mnist(data_dir: Path, *, download: bool = True) -> Mnist:
     """Read (downloading first if absent and allowed) and normalise MNIST from `data_dir`."""
     raw = data_dir / "MNIST" / "raw"

@@ -1,8 +1,12 @@
 """Wire a run together: load data, start or attach to Ray, size the host pool, drive the coordinator.
 
-Everything here happens in the process that typed `fedactors run` (the driver). The data is
-loaded and validated before Ray starts, so a missing data set fails in a second, not after a
-cluster start-up; it is then put into the object store once, and every host maps it from there.
+Everything here happens in the process that typed `fedactors run` (the driver). Start-up does
+each thing once and overlaps what does not depend on each other: the data is read in a thread
+while Ray starts, the host actors are created as soon as Ray is up (their processes import
+torch while the data goes into the object store), and the coordinator actor starts while the
+hosts finish. A data set that is not on disk is downloaded, or fails, before Ray starts, so a
+missing data set fails in seconds, not after a cluster start-up. The data is put into the
+object store once, and every host maps it from there.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from fedactors.checkpoint import Checkpoint
 from fedactors.config import RunConfig
-from fedactors.data import load_mnist, partition, resolve_data_dir
+from fedactors.data import Mnist, load_mnist, mnist_present, partition, resolve_data_dir
 from fedactors.errors import ClusterError, ConfigError, FedActorsError
 
 EventHandler = Callable[[dict], None]
@@ -39,8 +45,12 @@ def run(
     t_start = time.perf_counter()
     if store_url and store_url.startswith("unix://") and (config.address or "").startswith("ray://"):
         raise ConfigError("the embedded checkpoint store is local to this machine; with a ray:// address pass --redis URL")
-    data = load_mnist(resolve_data_dir(config.data_dir))
-    client_indices = partition(data.train_labels, config.clients, config.partition, config.seed)
+    data_dir = resolve_data_dir(config.data_dir)
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedactors-data")
+    loading = loader.submit(_load_data, config, data_dir)  # ~0.6 s of reading and normalising, during ray.init
+    loader.shutdown(wait=False)
+    if not mnist_present(data_dir):
+        loading.result()  # a download, or its failure, comes before a cluster start-up
 
     import ray
 
@@ -62,21 +72,15 @@ def run(
             host_cls.remote(config, threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i)
             for i in range(num_hosts)
         ]
+        data, client_indices = loading.result()
         data_refs = [
             ray.put(data.train_images), ray.put(data.train_labels), ray.put(client_indices),
             ray.put(data.test_images), ray.put(data.test_labels),
         ]
         num_test = len(data.test_labels)
         del data  # the object store holds the only copy from here on
-        try:
-            ray.get([h.load.remote(*data_refs) for h in hosts], timeout=PLACEMENT_TIMEOUT_SECONDS)
-        except ray.exceptions.GetTimeoutError:
-            raise ClusterError(
-                f"{num_hosts} client hosts could not all be placed within {PLACEMENT_TIMEOUT_SECONDS:g} s: "
-                "the cluster's resources are taken by other work; try fewer --hosts"
-            ) from None
-        described = ray.get([h.describe.remote() for h in hosts])
-        on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
+        loads = [h.load.remote(*data_refs) for h in hosts]
+        # Its process starts while the hosts still import torch; it waits for them on its own.
         coordinator = (
             ray.remote(CoordinatorActor)
             .options(num_cpus=0, scheduling_strategy=_near_store(store_url))
@@ -87,6 +91,15 @@ def run(
                 history=resume.history if resume else None,
             )
         )
+        try:
+            ray.get(loads, timeout=PLACEMENT_TIMEOUT_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(
+                f"{num_hosts} client hosts could not all be placed within {PLACEMENT_TIMEOUT_SECONDS:g} s: "
+                "the cluster's resources are taken by other work; try fewer --hosts"
+            ) from None
+        described = ray.get([h.describe.remote() for h in hosts])
+        on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         done: dict = {}
         for ref in coordinator.run.remote():
             event = ray.get(ref)
@@ -100,6 +113,12 @@ def run(
         return done
     finally:
         ray.shutdown()
+
+
+def _load_data(config: RunConfig, data_dir: Path) -> tuple[Mnist, list]:
+    """The data set and its partition into the run's clients."""
+    data = load_mnist(data_dir)
+    return data, partition(data.train_labels, config.clients, config.partition, config.seed)
 
 
 def pool_size(config: RunConfig, nodes: list[dict]) -> int:
