@@ -12,10 +12,13 @@ clients and half the test set each; NumPy average in the parent): the reference 
 ratio is taken against. `--peer flower` also runs the workload on Flower's Ray simulation
 (bench/peers/flower_round.py, in bench/peers/.venv-flower) and compares.
 
-    FEDACTORS_DATA=/work/shared/mnist .venv/bin/python bench/round.py [--rounds 3] [--peer flower]
+    FEDACTORS_DATA=/work/shared/mnist .venv/bin/python bench/round.py [--rounds 3] [--peer flower] [--repeat 3]
 
 Prints per-round tables and medians (rounds 2+ are "steady"), then one JSON object with every
-figure (seconds, ratios, MiB) as the last stdout line.
+figure (seconds, ratios, MiB) as the last stdout line. With `--repeat N` the whole comparison
+runs N times, interleaved (fedactors, reference, Flower, fedactors, ...) so that a slow spell of
+this shared machine hits all of them alike; every ratio is then the median of the N per-pass
+ratios, shown pass by pass in a last table, and the JSON holds each pass under "passes".
 """
 
 from __future__ import annotations
@@ -392,6 +395,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="MNIST directory; default $FEDACTORS_DATA")
     parser.add_argument("--peer", choices=["flower"], default=None)
     parser.add_argument("--no-probe", action="store_true", help="skip the step-by-step start-up probe")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved passes of the whole comparison; ratios are medians")
     parser.add_argument("--probe-startup", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: a temp dir)")
     args = parser.parse_args()
@@ -400,7 +404,52 @@ def main() -> None:
         return
     if args.rounds < 2:
         parser.error("--rounds must be >= 2: rounds 2+ are the steady state")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
 
+    passes = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"pass {i + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
+        passes.append(one_pass(args, probe=not args.no_probe and i == args.repeat - 1))
+    summary = passes[-1]
+    print_pass(summary)
+    if args.repeat > 1:
+        summary = {"passes": passes, "ratios": print_repeats(passes), "repeat": args.repeat}
+    print(json.dumps(summary))
+
+
+# Every figure a goal is judged on, taken per pass and as the median over passes.
+REPEATED = [
+    ("round / reference", ("ratios", "round_over_reference")),
+    ("train / reference", ("ratios", "train_over_reference")),
+    ("eval / reference", ("ratios", "eval_over_reference")),
+    ("overhead (s)", ("fedactors", "overhead_seconds")),
+    ("first round / steady", ("fedactors", "first_over_steady")),
+    ("start-up (s)", ("fedactors", "startup_seconds")),
+    ("start-up / Flower", ("ratios", "startup_over_flower")),
+    ("overhead / Flower", ("ratios", "overhead_over_flower")),
+    ("peak PSS / Flower", ("ratios", "peak_pss_over_flower")),
+    ("steady round / Flower", ("ratios", "steady_round_over_flower")),
+]
+
+
+def print_repeats(passes: list[dict]) -> dict:
+    """The goal figures of every pass, and their medians (returned)."""
+    print(f"\n{len(passes)} interleaved passes: per-pass figures and their median")
+    print(f"  {'':<24}" + "".join(f"{f'pass {i + 1}':>10}" for i in range(len(passes))) + f"{'median':>10}")
+    medians = {}
+    for name, (part, key) in REPEATED:
+        values = [p.get(part, {}).get(key) for p in passes]
+        if all(v is None for v in values):
+            continue
+        medians[key] = median(values)
+        print(f"  {name:<24}" + "".join(f"{fmt(v):>10}" for v in values) + f"{fmt(medians[key]):>10}")
+    return medians
+
+
+def one_pass(args: argparse.Namespace, probe: bool) -> dict:
+    """fedactors, the reference and (with --peer) Flower, once each; the summary of their figures."""
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -410,24 +459,12 @@ def main() -> None:
     ref = run_reference(args, procs)
     weights_ref = ref.pop("final_weights")
     fl = run_flower(args) if args.peer == "flower" else None
-    probe = None
-    if not args.no_probe:
+    probe_result = None
+    if probe:
         cmd = [sys.executable, __file__, "--probe-startup", "--clients", str(args.clients), "--partition", args.partition]
         cmd += (["--hosts", str(args.hosts)] if args.hosts else []) + (["--data-dir", args.data_dir] if args.data_dir else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
-        probe = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-2000:]}
-
-    keys_fa = ["round_seconds", "wall_seconds", "train_seconds", "gather_seconds", "aggregate_seconds",
-               "eval_seconds", "checkpoint_seconds", "overhead_seconds"]
-    print(f"fedactors: {fa['command']}")
-    print_rounds("fedactors (round = round_seconds, no checkpoint; wall = line to line, with it)", fa["rounds"], keys_fa)
-    print_rounds(f"framework-free reference ({procs} plain processes, 1 torch thread each)", ref["rounds"],
-                 ["round_seconds", "train_seconds", "imbalance_seconds", "gather_seconds", "aggregate_seconds",
-                  "eval_seconds", "overhead_seconds"])
-    if fl:
-        print_rounds(f"Flower {fl.get('flwr_version')} simulation ({fl.get('actors')} actors)", fl["rounds"],
-                     ["round_seconds", "train_seconds", "gather_seconds", "aggregate_seconds", "eval_seconds",
-                      "overhead_seconds"])
+        probe_result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-2000:]}
 
     f_round, r_round = steady(fa["rounds"], "round_seconds"), steady(ref["rounds"], "round_seconds")
     f_wall = steady(fa["rounds"], "wall_seconds")
@@ -448,7 +485,7 @@ def main() -> None:
             "first_round_train_seconds": fa["rounds"][0]["train_seconds"],
             "first_round_eval_seconds": fa["rounds"][0]["eval_seconds"],
             "first_over_steady": ratio(f_first, f_steady),
-            **{k: fa[k] for k in ("startup_seconds", "startup_seconds_run_json", "to_banner_seconds",
+            **{k: fa[k] for k in ("command", "startup_seconds", "startup_seconds_run_json", "to_banner_seconds",
                                   "to_hosts_ready_seconds", "first_round_end_seconds", "after_last_round_seconds",
                                   "command_seconds", "peak_pss_mib", "peak_rss_mib", "pss_source", "peak_processes",
                                   "memory_samples", "pss_samples", "sampler_cpu_seconds", "peak_pss_breakdown_mib",
@@ -478,8 +515,8 @@ def main() -> None:
             "final_weights_max_abs_diff": float(np.max(np.abs(weights_fa - weights_ref))),
         },
     }
-    if probe:
-        summary["startup_probe"] = probe
+    if probe_result:
+        summary["startup_probe"] = probe_result
     if fl:
         summary["flower"] = fl
         fl_steady_round = steady(fl["rounds"], "round_seconds")
@@ -494,6 +531,26 @@ def main() -> None:
             "peak_pss_over_flower": ratio(fa["peak_pss_mib"], fl["peak_pss_mib"]),
             "peak_rss_over_flower": ratio(fa["peak_rss_mib"], fl["peak_rss_mib"]),
         })
+
+    return summary
+
+
+def print_pass(summary: dict) -> None:
+    """Per-round tables, medians and one-off figures of one pass."""
+    fa, ref, fl = summary["fedactors"], summary["reference"], summary.get("flower")
+    probe = summary.get("startup_probe")
+    procs = ref["processes"]
+    keys_fa = ["round_seconds", "wall_seconds", "train_seconds", "gather_seconds", "aggregate_seconds",
+               "eval_seconds", "checkpoint_seconds", "overhead_seconds"]
+    print(f"fedactors: {fa['command']}")
+    print_rounds("fedactors (round = round_seconds, no checkpoint; wall = line to line, with it)", fa["rounds"], keys_fa)
+    print_rounds(f"framework-free reference ({procs} plain processes, 1 torch thread each)", ref["rounds"],
+                 ["round_seconds", "train_seconds", "imbalance_seconds", "gather_seconds", "aggregate_seconds",
+                  "eval_seconds", "overhead_seconds"])
+    if fl:
+        print_rounds(f"Flower {fl.get('flwr_version')} simulation ({fl.get('actors')} actors)", fl["rounds"],
+                     ["round_seconds", "train_seconds", "gather_seconds", "aggregate_seconds", "eval_seconds",
+                      "overhead_seconds"])
 
     s, rs = summary["fedactors"], summary["reference"]
     print("\nmedians of rounds 2+ and one-off figures")
