@@ -10,7 +10,9 @@ process). Then the same rounds, same clients, partition, seeds and model, as two
 processes with one torch thread each (data in memory before they fork; half the sampled
 clients and half the test set each; NumPy average in the parent): the reference every
 ratio is taken against. `--peer flower` also runs the workload on Flower's Ray simulation
-(bench/peers/flower_round.py, in bench/peers/.venv-flower) and compares.
+(bench/peers/flower_round.py, in bench/peers/.venv-flower) and compares. Right before each
+system is timed, its Python imports torch and Ray once in a throw-away process, so each starts
+with its libraries in the page cache (see _util.warm_page_cache: this machine evicts them).
 
     FEDACTORS_DATA=/work/shared/mnist .venv/bin/python bench/round.py [--rounds 3] [--peer flower] [--repeat 3]
 
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import TreeMemory, median, ratio  # noqa: E402
+from _util import TreeMemory, median, ratio, warm_page_cache  # noqa: E402
 
 from fedactors.data import load_mnist, partition, resolve_data_dir  # noqa: E402
 from fedactors.seeding import Purpose, generator, sample_clients, torch_seed  # noqa: E402
@@ -69,6 +71,7 @@ def run_fedactors(args: argparse.Namespace, workdir: Path) -> dict:
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    warm_seconds = warm_page_cache(sys.executable, "torch, ray, redis, fedactors.cli, fedactors.client")
     load_before = os.getloadavg()[0]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=workdir)
@@ -128,6 +131,7 @@ def run_fedactors(args: argparse.Namespace, workdir: Path) -> dict:
         "after_last_round_seconds": wall - rounds[-1]["arrived_at"],  # weights.npy, ray.shutdown, Redis stop
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
+        "warm_seconds": warm_seconds,
         **mem.figures(),
     }
 
@@ -178,6 +182,7 @@ def _worker(conn, data, client_indices, args_dict) -> None:
 
 def run_reference(args: argparse.Namespace, procs: int) -> dict:
     """The same rounds as plain processes: the floor that fedactors' round time is compared with."""
+    warm_seconds = warm_page_cache(sys.executable, "torch")
     load_before = os.getloadavg()[0]
     with TreeMemory() as mem:
         t_start = time.perf_counter()
@@ -253,7 +258,7 @@ def run_reference(args: argparse.Namespace, procs: int) -> dict:
         for p in workers:
             p.join()
     return {"rounds": rounds, "startup_seconds": startup, "processes": procs, "final_weights": weights,
-            "load_before": load_before, "load_after": os.getloadavg()[0], **mem.figures()}
+            "load_before": load_before, "load_after": os.getloadavg()[0], "warm_seconds": warm_seconds, **mem.figures()}
 
 
 # --- where fedactors' start-up goes -----------------------------------------------------------------
@@ -349,6 +354,7 @@ def run_flower(args: argparse.Namespace) -> dict:
     ]
     if args.hosts:
         cmd += ["--actors", str(args.hosts)]
+    warm_seconds = warm_page_cache(str(FLOWER_PYTHON), "torch, ray, flwr")
     load_before = os.getloadavg()[0]
     t0 = time.time()
     proc = subprocess.run(cmd + ["--t0", repr(t0)], capture_output=True, text=True)
@@ -356,7 +362,7 @@ def run_flower(args: argparse.Namespace) -> dict:
         sys.stdout.write(proc.stdout[-5000:] + proc.stderr[-5000:])
         raise SystemExit(f"flower_round.py failed with status {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(command=" ".join(cmd), load_before=load_before, load_after=os.getloadavg()[0])
+    result.update(command=" ".join(cmd), load_before=load_before, load_after=os.getloadavg()[0], warm_seconds=warm_seconds)
     return result
 
 
@@ -463,6 +469,7 @@ def one_pass(args: argparse.Namespace, probe: bool) -> dict:
     if probe:
         cmd = [sys.executable, __file__, "--probe-startup", "--clients", str(args.clients), "--partition", args.partition]
         cmd += (["--hosts", str(args.hosts)] if args.hosts else []) + (["--data-dir", args.data_dir] if args.data_dir else [])
+        warm_page_cache(sys.executable, "torch, ray, fedactors.cli, fedactors.client")
         done = subprocess.run(cmd, capture_output=True, text=True)
         probe_result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-2000:]}
 
@@ -489,7 +496,7 @@ def one_pass(args: argparse.Namespace, probe: bool) -> dict:
                                   "to_hosts_ready_seconds", "first_round_end_seconds", "after_last_round_seconds",
                                   "command_seconds", "peak_pss_mib", "peak_rss_mib", "pss_source", "peak_processes",
                                   "memory_samples", "pss_samples", "sampler_cpu_seconds", "peak_pss_breakdown_mib",
-                                  "load_before", "load_after")},
+                                  "load_before", "load_after", "warm_seconds")},
             "rounds": fa["rounds"],
         },
         "reference": {
@@ -614,6 +621,8 @@ def print_pass(summary: dict) -> None:
           f"{summary['agreement']['final_weights_max_abs_diff']:.3g}")
     print(f"load average before/after: fedactors {s['load_before']:.2f}/{s['load_after']:.2f}, reference "
           f"{rs['load_before']:.2f}/{rs['load_after']:.2f}" + (f", Flower {fl['load_before']:.2f}/{fl['load_after']:.2f}" if fl else ""))
+    print(f"page-cache warm-up imports before each (s): fedactors {s['warm_seconds']:.2f}, reference {rs['warm_seconds']:.2f}"
+          + (f", Flower {fl['warm_seconds']:.2f}" if fl else ""))
     print(json.dumps(summary))
 
 
