@@ -48,18 +48,18 @@ def resolve_data_dir(flag: str | None) -> Path:
     return Path(platformdirs.user_cache_dir("fedactors")) / "data"
 
 
-def mnist_present(data_dir: Path) -> bool:
-    """Whether all four files are in `data_dir` (so loading reads them and downloads nothing)."""
-    return all((data_dir / "MNIST" / "raw" / name).is_file() for name, *_ in FILES.values())
+def missing_files(data_dir: Path) -> list[str]:
+    """Which of the four files are not in `data_dir` (none: loading reads them and downloads nothing)."""
+    return [name for name, *_ in FILES.values() if not (data_dir / "MNIST" / "raw" / name).is_file()]
 
 
 def load_mnist(data_dir: Path, *, download: bool = True) -> Mnist:
     """Read (downloading first if absent and allowed) and normalise MNIST from `data_dir`."""
     raw = data_dir / "MNIST" / "raw"
-    missing = [name for name, *_ in FILES.values() if not (raw / name).is_file()]
+    missing = missing_files(data_dir)
     if missing and download:
         _download(data_dir)
-        missing = [name for name, *_ in FILES.values() if not (raw / name).is_file()]
+        missing = missing_files(data_dir)
     if missing:
         raise DataError(
             f"MNIST not found: {raw} lacks {', '.join(missing)}; pass --data-dir or set "

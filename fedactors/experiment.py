@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fedactors.checkpoint import Checkpoint
 from fedactors.config import RunConfig
-from fedactors.data import Mnist, load_mnist, mnist_present, partition, resolve_data_dir
+from fedactors.data import Mnist, load_mnist, missing_files, partition, resolve_data_dir
 from fedactors.errors import ClusterError, ConfigError, FedActorsError
 
 EventHandler = Callable[[dict], None]
@@ -49,7 +49,7 @@ def run(
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedactors-data")
     loading = loader.submit(_load_data, config, data_dir)  # ~0.6 s of reading and normalising, during ray.init
     loader.shutdown(wait=False)
-    if not mnist_present(data_dir):
+    if missing_files(data_dir):
         loading.result()  # a download, or its failure, comes before a cluster start-up
 
     import ray
