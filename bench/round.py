@@ -51,6 +51,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 BENCH = Path(__file__).resolve().parent
 FLOWER_PYTHON = BENCH / "peers" / ".venv-flower" / "bin" / "python"
+# What a fedactors process imports (CLI, Redis client, Ray, torch in the hosts): warmed before it is timed.
+FEDACTORS_IMPORTS = "torch, ray, redis, fedactors.cli, fedactors.client"
 ROUND_LINE = re.compile(r"^round\s+(\d+)/\d+.*\(train [\d.]+, eval [\d.]+(?:, checkpoint ([\d.]+))?\)")
 
 
@@ -71,7 +73,7 @@ def run_fedactors(args: argparse.Namespace, workdir: Path) -> dict:
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    warm_seconds = warm_page_cache(sys.executable, "torch, ray, redis, fedactors.cli, fedactors.client")
+    warm_seconds = warm_page_cache(sys.executable, FEDACTORS_IMPORTS)
     load_before = os.getloadavg()[0]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=workdir)
@@ -417,7 +419,7 @@ def main() -> None:
     for i in range(args.repeat):
         if args.repeat > 1:
             print(f"pass {i + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
-        passes.append(one_pass(args, probe=not args.no_probe and i == args.repeat - 1))
+        passes.append(one_pass(args, i + 1, probe=not args.no_probe and i == args.repeat - 1))
     summary = passes[-1]
     print_pass(summary)
     if args.repeat > 1:
@@ -454,10 +456,13 @@ def print_repeats(passes: list[dict]) -> dict:
     return medians
 
 
-def one_pass(args: argparse.Namespace, probe: bool) -> dict:
-    """fedactors, the reference and (with --peer) Flower, once each; the summary of their figures."""
+def one_pass(args: argparse.Namespace, number: int, probe: bool) -> dict:
+    """fedactors, the reference and (with --peer) Flower, once each; the summary of their figures.
+
+    With --workdir each pass gets its own pass-N directory: `fedactors run` refuses an output
+    directory (and a run id in its store) that an earlier pass has used."""
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
-        workdir = args.workdir or Path(tmp)
+        workdir = args.workdir / f"pass-{number}" if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         fa = run_fedactors(args, workdir)
         weights_fa = np.load(workdir / "fedactors-run" / "weights.npy")
@@ -469,7 +474,7 @@ def one_pass(args: argparse.Namespace, probe: bool) -> dict:
     if probe:
         cmd = [sys.executable, __file__, "--probe-startup", "--clients", str(args.clients), "--partition", args.partition]
         cmd += (["--hosts", str(args.hosts)] if args.hosts else []) + (["--data-dir", args.data_dir] if args.data_dir else [])
-        warm_page_cache(sys.executable, "torch, ray, fedactors.cli, fedactors.client")
+        warm_page_cache(sys.executable, FEDACTORS_IMPORTS)
         done = subprocess.run(cmd, capture_output=True, text=True)
         probe_result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-2000:]}
 
