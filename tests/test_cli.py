@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -104,3 +105,37 @@ def test_config_file_sets_defaults_that_flags_override(tmp_path):
     assert result.returncode == 2 and "is not valid TOML" in result.stderr
     result = _fedactors("run", "--config", str(cfg), "--config", str(tmp_path / "missing.toml"), "--dry-run")
     assert result.returncode == 2 and "No such file" in result.stderr
+
+
+def test_ctrl_c_is_remembered_even_if_its_exception_is_swallowed():
+    import signal
+
+    from fedactors.cli.run import _CtrlC
+
+    with _CtrlC() as ctrl_c:
+        ctrl_c.check()  # nothing yet
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here at the latest
+            pytest.fail("SIGINT did not raise KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass  # swallowed, as by a library
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()  # the next event stops the run
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_latch_leaves_an_ignored_sigint_ignored():
+    import signal
+
+    from fedactors.cli.run import _CtrlC
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _CtrlC() as ctrl_c:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c.check()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

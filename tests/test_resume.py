@@ -74,9 +74,14 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
     deadline = time.monotonic() + 300
     while rows(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    finished_before = proc.poll()
+    signalled_at_rows = rows(out)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130, (
+        f"exit {proc.returncode} (already exited before SIGINT: {finished_before}; signalled at {signalled_at_rows} "
+        f"rows, {rows(out)} at the end)\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    )
     assert f"continue with: fedactors run --resume c --out {out}" in stdout
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert "Traceback" not in stderr
