@@ -18,9 +18,10 @@ with its libraries in the page cache (see _util.warm_page_cache: this machine ev
 
 Prints per-round tables and medians (rounds 2+ are "steady"), then one JSON object with every
 figure (seconds, ratios, MiB) as the last stdout line. With `--repeat N` the whole comparison
-runs N times, interleaved (fedactors, reference, Flower, fedactors, ...) so that a slow spell of
-this shared machine hits all of them alike; every ratio is then the median of the N per-pass
-ratios, shown pass by pass in a last table, and the JSON holds each pass under "passes".
+runs N times, interleaved so that a slow spell of this shared machine hits all of them alike:
+odd passes run fedactors, the reference, Flower; even passes the reference, fedactors, Flower.
+Every ratio is then the median of the N per-pass ratios, shown pass by pass in a last table,
+and the JSON holds each pass under "passes".
 """
 
 from __future__ import annotations
@@ -459,16 +460,27 @@ def print_repeats(passes: list[dict]) -> dict:
 def one_pass(args: argparse.Namespace, number: int, probe: bool) -> dict:
     """fedactors, the reference and (with --peer) Flower, once each; the summary of their figures.
 
-    With --workdir each pass gets its own pass-N directory: `fedactors run` refuses an output
-    directory (and a run id in its store) that an earlier pass has used."""
-    with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
-        workdir = args.workdir / f"pass-{number}" if args.workdir else Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        fa = run_fedactors(args, workdir)
-        weights_fa = np.load(workdir / "fedactors-run" / "weights.npy")
+    Odd passes run fedactors before the reference, even passes after it, so that a drift in
+    the machine's speed over a pass (it is shared) does not always favour the same one; Flower
+    comes last. With --workdir each pass gets its own pass-N directory: `fedactors run` refuses
+    an output directory (and a run id in its store) that an earlier pass has used."""
     procs = args.hosts or min(os.cpu_count() or 1, args.clients)
-    ref = run_reference(args, procs)
-    weights_ref = ref.pop("final_weights")
+
+    def fedactors() -> tuple[dict, np.ndarray]:
+        with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+            workdir = args.workdir / f"pass-{number}" if args.workdir else Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            result = run_fedactors(args, workdir)
+            return result, np.load(workdir / "fedactors-run" / "weights.npy")
+
+    def reference() -> tuple[dict, np.ndarray]:
+        result = run_reference(args, procs)
+        return result, result.pop("final_weights")
+
+    order = [fedactors, reference] if number % 2 else [reference, fedactors]
+    results = {system.__name__: system() for system in order}
+    fa, weights_fa = results["fedactors"]
+    ref, weights_ref = results["reference"]
     fl = run_flower(args) if args.peer == "flower" else None
     probe_result = None
     if probe:
@@ -485,6 +497,7 @@ def one_pass(args: argparse.Namespace, number: int, probe: bool) -> dict:
         "config": {k: getattr(args, k) for k in ("clients", "frac", "epochs", "batch_size", "partition", "lr", "seed",
                                                  "rounds", "hosts")},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "order": [system.__name__ for system in order] + (["flower"] if args.peer == "flower" else []),
         "fedactors": {
             "round_seconds": f_round, "wall_seconds": f_wall,
             "train_seconds": steady(fa["rounds"], "train_seconds"),
