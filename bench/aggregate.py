@@ -13,7 +13,9 @@ scipy.stats.trim_mean (row skipped if scipy is not installed) and torch.sort the
 
 Every method reads the same read-only float32 buffers (as Ray's object store hands them
 over). The floor is measured in the same run at each thread count: _kernels.stream_read sums
-every input float once (a pure streaming read, same blocking, threads and ISA as the kernels),
+every input float once (a pure streaming read: each thread reads its contiguous slice of every
+input start to end, one input after another, with the kernels' threads and ISA but not their
+blocking, so the floor is the machine's streaming bandwidth, not the kernels' access pattern),
 scaled by (bytes read + bytes written) / bytes read, i.e. the output write is charged at the
 read bandwidth; no method that reads each input once and writes the output once can beat it.
 Methods run interleaved within each repeat so machine noise hits all of them alike; the table

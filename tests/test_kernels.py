@@ -14,7 +14,7 @@ import fedactors
 from fedactors import _kernels
 from fedactors.aggregate import fedavg_reference, median_reference, trimmed_mean_reference
 
-LENGTHS = [1, 7, 1_663_370]
+LENGTHS = [1, 7, 16_385, 1_663_370]  # 16,385: two blocks (kernels.hpp kBlock), the second of one float
 F32_EPS = float(np.finfo(np.float32).eps)
 ISAS = _kernels.available_isas()
 
