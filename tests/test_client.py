@@ -98,6 +98,30 @@ def test_device_choice_falls_back_to_cpu_with_a_reason():
     assert device == "cpu" and "torch cannot use CUDA" in why
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_is_reported_as_slow():
+    from fedactors.client import precision_warning
+
+    assert "several times slower than fp32" in precision_warning("bf16", "cpu", native_bf16=False)
+    assert precision_warning("bf16", "cpu", native_bf16=True) is None
+    assert precision_warning("bf16", "cuda", native_bf16=False) is None
+    assert precision_warning("fp32", "cpu", native_bf16=False) is None
+
+
+def test_host_reports_its_warnings():
+    import torch
+
+    from fedactors.client import ClientHost, cpu_has_bf16
+
+    host = ClientHost(RunConfig(clients=10, precision="bf16"), threads=1)
+    info = host.describe()
+    assert len(info["warnings"]) == (0 if cpu_has_bf16() else 1)
+    # The probe agrees with what torch's own CPU feature detection says about AVX512-BF16 and AMX.
+    caps = torch.backends.cpu.get_cpu_capability()
+    if caps in ("DEFAULT", "AVX2"):  # no AVX-512 at all: no AVX512-BF16 either
+        assert not cpu_has_bf16() and "bf16" in info["warnings"][0]
+    assert ClientHost(RunConfig(clients=10), threads=1).describe()["warnings"] == []
+
+
 def test_importing_the_module_does_not_import_torch():
     # The coordinator imports this module when it unpickles ClientHost actor handles; torch would
     # cost it seconds and hundreds of MiB for nothing.

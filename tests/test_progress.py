@@ -7,8 +7,9 @@ from fedactors.cli.progress import JsonRenderer, QuietRenderer, Renderer, RichRe
 from fedactors.config import RunConfig
 
 CFG = RunConfig(rounds=3)
-HOSTS = [{"host": 0, "node_id": "a", "pid": 1, "device": "cpu", "threads": 1, "fallback": None},
-         {"host": 1, "node_id": "a", "pid": 2, "device": "cpu", "threads": 1, "fallback": "assigned GPU 0 but torch cannot use CUDA here"}]
+GPU_FALLBACK = "assigned GPU 0 but torch cannot use CUDA here"
+HOSTS = [{"host": 0, "node_id": "a", "pid": 1, "device": "cpu", "threads": 1, "fallback": None, "warnings": []},
+         {"host": 1, "node_id": "a", "pid": 2, "device": "cpu", "threads": 1, "fallback": GPU_FALLBACK, "warnings": [GPU_FALLBACK]}]
 
 
 def event(r, acc, **kw):
@@ -79,3 +80,11 @@ def test_rejected_updates_are_shown_with_their_reason(capsys):
     assert "byzantine=2:nan" in out[0]
     assert "  failed: client 7 on host 0: returned NaN or infinite weights: rejected" in out
     assert out[-1].endswith("dropped 1  rejected 1")
+
+
+def test_a_warning_shared_by_hosts_is_printed_once_naming_them(capsys):
+    slow = "--precision bf16 on a CPU without bf16 instructions"
+    hosts = [{**HOSTS[0], "warnings": [slow]}, {**HOSTS[1], "warnings": [GPU_FALLBACK, slow]}, {**HOSTS[0], "host": 2}]
+    Renderer(CFG).start(hosts, 10, 0)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: hosts 0, 1: {slow}", f"warning: host 1: {GPU_FALLBACK}"]

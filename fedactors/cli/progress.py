@@ -69,12 +69,19 @@ class Renderer:
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         nodes = len({h.get("node_id") for h in hosts})
         self.echo(f"{len(hosts)} client hosts on {nodes} node{'s' * (nodes > 1)}; {clients_per_round} clients per round")
-        for h in hosts:
-            if h["fallback"]:
-                self.warning(f"host {h['host']}: {h['fallback']}")
+        self.host_warnings(hosts)
 
     def warning(self, text: str) -> None:
         self.echo(f"warning: {text}")
+
+    def host_warnings(self, hosts: list[dict]) -> None:
+        """Each distinct host warning once, naming the hosts it applies to."""
+        which: dict[str, list[int]] = {}
+        for h in hosts:
+            for text in h.get("warnings", []):
+                which.setdefault(text, []).append(h["host"])
+        for text, ids in which.items():
+            self.warning(f"host{'s' * (len(ids) > 1)} {', '.join(map(str, ids))}: {text}")
 
     def round(self, ev: dict) -> None:
         if ev["accuracy"] is not None:
@@ -121,9 +128,7 @@ class QuietRenderer(Renderer):
         pass
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
-        for h in hosts:
-            if h["fallback"]:
-                self.warning(f"host {h['host']}: {h['fallback']}")
+        self.host_warnings(hosts)
 
     def warning(self, text: str) -> None:
         click.echo(f"warning: {text}", err=True)
@@ -143,9 +148,7 @@ class JsonRenderer(Renderer):
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         self.emit("start", hosts=hosts, clients_per_round=clients_per_round)
-        for h in hosts:
-            if h["fallback"]:
-                self.warning(f"host {h['host']}: {h['fallback']}")
+        self.host_warnings(hosts)
 
     def warning(self, text: str) -> None:
         self.emit("warning", message=text)
