@@ -59,7 +59,8 @@ std::vector<py::array> check_buffers(const py::sequence& buffers) {
     return arrays;
 }
 
-void check_weights(const std::vector<double>& w, std::size_t k) {
+// Each weight finite and >= 0; returns their sum, added in order in double.
+double check_each_weight(const std::vector<double>& w, std::size_t k) {
     if (w.size() != k) fail("got ", w.size(), " weights for ", k, " buffers, expected one each");
     double total = 0.0;
     for (std::size_t j = 0; j < k; ++j) {
@@ -67,6 +68,11 @@ void check_weights(const std::vector<double>& w, std::size_t k) {
         if (w[j] < 0) fail("weight ", j, " is ", w[j], ", expected >= 0");
         total += w[j];
     }
+    return total;
+}
+
+void check_weights(const std::vector<double>& w, std::size_t k) {
+    const double total = check_each_weight(w, k);
     if (total == 0) fail("all weights are zero, expected at least one > 0");
     if (!std::isfinite(total)) fail("the weights sum to ", total, ", expected a finite sum");
 }
@@ -131,6 +137,25 @@ py::array weighted_average(const py::sequence& buffers, const std::vector<double
     {
         py::gil_scoped_release nogil;
         fedactors::weighted_average(in.data(), weights.data(), k, n, dst, threads, acc, isa);
+    }
+    return result;
+}
+
+py::array weighted_fold(const py::sequence& buffers, const std::vector<double>& weights, double total,
+                        const py::object& out, bool start, int threads, const std::string& isa_name) {
+    const auto arrays = check_buffers(buffers);
+    const std::size_t k = arrays.size();
+    const auto n = static_cast<std::size_t>(arrays[0].shape(0));
+    check_each_weight(weights, k);
+    if (!(std::isfinite(total) && total > 0)) fail("total is ", total, ", expected a finite number > 0");
+    if (out.is_none()) fail("out is None, expected the float32 array the sum is folded into");
+    const auto isa = parse_isa(isa_name);
+    auto result = output(out, arrays);
+    const auto in = pointers(arrays);
+    auto* dst = static_cast<float*>(result.mutable_data());
+    {
+        py::gil_scoped_release nogil;
+        fedactors::weighted_fold(in.data(), weights.data(), k, total, start, n, dst, threads, isa);
     }
     return result;
 }
@@ -206,6 +231,17 @@ order, so the result is the same bytes at any thread count. isa: 'auto' (the wid
 this CPU has) or one of available_isas(), for testing and benchmarks; every variant returns
 the same bytes (no FMA contraction). The GIL is released while the kernel runs. Raises
 ValueError naming the offending argument.)doc");
+    m.def("weighted_fold", &weighted_fold, py::arg("buffers"), py::arg("weights"), py::kw_only(),
+          py::arg("total"), py::arg("out"), py::arg("start"), py::arg("threads") = 0,
+          py::arg("isa") = "auto",
+          R"doc(Fold buffers into out: out (+)= sum_j float32(weights[j] / total) * buffers[j]; return out.
+
+FedAvg's float32 sum a few clients at a time, in client order, rounding to float32 after each
+term. start=True begins the sum (out is only written); start=False adds to what out holds.
+Folding clients 0..a-1 with start=True and then a..k-1 with start=False gives the bytes of one
+weighted_average over all k, when total is the sum of all k weights added in order in double.
+buffers, out (required here), threads and isa as for weighted_average; weights finite and >= 0
+(all zero is allowed); total finite and > 0. The GIL is released while the kernel runs.)doc");
     m.def("median", &median, py::arg("buffers"), py::kw_only(), py::arg("out") = py::none(),
           py::arg("threads") = 0, py::arg("isa") = "auto",
           R"doc(Return the coordinate-wise median of buffers as a float32 array.
@@ -233,8 +269,9 @@ runs.)doc");
           py::arg("threads") = 0, py::arg("isa") = "auto",
           R"doc(Return the float64 sum of every element of buffers, reading each byte once.
 
-A streaming-bandwidth reference for benchmarks: same inputs, blocking and threads as
-weighted_average, no output. The summation order depends on the thread count. Validates
+A streaming-bandwidth reference for benchmarks: each thread reads its contiguous slice of every
+buffer from start to end, one buffer after another (the fastest way to read them, not the
+kernels' blocking), no output. The summation order depends on the thread count. Validates
 buffers and isa as weighted_average does.)doc");
     m.def("count_nonfinite", &count_nonfinite, py::arg("buffer"), py::kw_only(), py::arg("threads") = 0,
           R"doc(Return how many values of buffer are NaN or +-infinity.

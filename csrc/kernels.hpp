@@ -33,14 +33,18 @@ inline std::size_t num_blocks(std::size_t n) { return (n + kBlock - 1) / kBlock;
 
 inline int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
-// o[0:len] = sum_j float(w[j] / total) * in[j][lo:lo+len], clients in order, rounding to float
-// after each term.
+// o[0:len] (+)= sum_j float(w[j] / total) * in[j][lo:lo+len], clients in order, rounding to float
+// after each term. With `init` the sum starts from the first term (o is only written); without
+// it, from o's values, so folding clients in over several calls gives the one-call bytes.
 FEDACTORS_INLINE void block_f32_body(const float* const* in, const double* w, double total, std::size_t k,
-                      std::size_t lo, std::size_t len, float* __restrict o) {
-    const float* __restrict x = in[0] + lo;
-    const float a0 = static_cast<float>(w[0] / total);
-    for (std::size_t i = 0; i < len; ++i) o[i] = a0 * x[i];
-    std::size_t j = 1;
+                      bool init, std::size_t lo, std::size_t len, float* __restrict o) {
+    std::size_t j = 0;
+    if (init) {
+        const float* __restrict x = in[0] + lo;
+        const float a0 = static_cast<float>(w[0] / total);
+        for (std::size_t i = 0; i < len; ++i) o[i] = a0 * x[i];
+        j = 1;
+    }
     // Two clients per sweep halve the passes over the output block; the per-element order
     // of operations, ((o + a1*x1) + a2*x2), is the same as one client at a time.
     for (; j + 1 < k; j += 2) {
@@ -82,8 +86,8 @@ FEDACTORS_INLINE void block_f64_body(const float* const* in, const double* w, do
 
 FEDACTORS_MULTIVERSIONED(void, block_f32, block_f32_body,
                          (const float* const* in, const double* w, double total, std::size_t k,
-                          std::size_t lo, std::size_t len, float* __restrict o),
-                         (in, w, total, k, lo, len, o))
+                          bool init, std::size_t lo, std::size_t len, float* __restrict o),
+                         (in, w, total, k, init, lo, len, o))
 FEDACTORS_MULTIVERSIONED(void, block_f64, block_f64_body,
                          (const float* const* in, const double* w, double total, std::size_t k,
                           std::size_t lo, std::size_t len, double* __restrict acc,
@@ -115,41 +119,53 @@ FEDACTORS_MULTIVERSIONED(double, block_read, block_read_body,
 
 }  // namespace detail
 
+// out[i] (+)= sum_j float(w[j] / total) * in[j][i], j = 0..k-1 in order, rounding to float after
+// each term: FedAvg's float32 sum, folded in a few clients at a time. `init` starts the sum
+// (out is only written); otherwise the clients are added to what out holds. Folding clients
+// 0..a-1 with init and then a..k-1 without gives the bytes of one weighted_average call over
+// all k, if `total` is the sum of all k weights added in order in double, as weighted_average
+// computes it. Preconditions as for weighted_average, and total finite and > 0. No allocation.
+inline void weighted_fold(const float* const* in, const double* w, std::size_t k, double total, bool init,
+                          std::size_t n, float* out, int threads, Isa isa = Isa::automatic) {
+    const auto block = detail::block_f32(resolve_isa(isa));
+    const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
+    const int nt = detail::resolve_threads(threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
+    for (std::ptrdiff_t b = 0; b < blocks; ++b) {
+        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
+        const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
+        block(in, w, total, k, init, lo, len, out + lo);
+    }
+}
+
 // out[i] = sum_j (w[j] / sum(w)) * in[j][i], j = 0..k-1 in order.
 // Preconditions (checked by the caller): k >= 1; w[j] finite and >= 0 with a positive, finite
 // sum; in[j] and out hold n floats each and out overlaps no input. threads <= 0: OpenMP default.
 // The weights are normalised in double; `acc` picks float32 accumulation (one rounding per
 // client, the default; no heap allocation) or float64 (one rounding per element, same traffic;
 // a kBlock-double accumulator per thread, on the heap: 128 KiB is too much for some threads'
-// stacks).
-// `isa` picks the compiled variant (isa.hpp); all give the same bytes. It must be supported.
+// stacks). `isa` picks the compiled variant (isa.hpp); all give the same bytes. It must be
+// supported.
 inline void weighted_average(const float* const* in, const double* w, std::size_t k,
                              std::size_t n, float* out, int threads,
                              Accumulate acc = Accumulate::float32, Isa isa = Isa::automatic) {
-    isa = resolve_isa(isa);
     double total = 0.0;
     for (std::size_t j = 0; j < k; ++j) total += w[j];
+    if (acc == Accumulate::float32) {
+        weighted_fold(in, w, k, total, true, n, out, threads, isa);
+        return;
+    }
+    const auto block = detail::block_f64(resolve_isa(isa));
     const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
     const int nt = detail::resolve_threads(threads);
-    if (acc == Accumulate::float32) {
-        const auto block = detail::block_f32(isa);
-#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
+#pragma omp parallel num_threads(nt) if (blocks > 1)
+    {
+        const std::unique_ptr<double[]> buf(new double[kBlock]);  // per thread
+#pragma omp for schedule(static)
         for (std::ptrdiff_t b = 0; b < blocks; ++b) {
             const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
             const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
-            block(in, w, total, k, lo, len, out + lo);
-        }
-    } else {
-        const auto block = detail::block_f64(isa);
-#pragma omp parallel num_threads(nt) if (blocks > 1)
-        {
-            const std::unique_ptr<double[]> buf(new double[kBlock]);  // per thread
-#pragma omp for schedule(static)
-            for (std::ptrdiff_t b = 0; b < blocks; ++b) {
-                const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-                const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
-                block(in, w, total, k, lo, len, buf.get(), out + lo);
-            }
+            block(in, w, total, k, lo, len, buf.get(), out + lo);
         }
     }
 }

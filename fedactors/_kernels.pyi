@@ -19,6 +19,22 @@ def weighted_average(
 ) -> npt.NDArray[np.float32]:
     """Return sum_j (weights[j] / sum(weights)) * buffers[j]; same bytes at any thread count and isa."""
 
+def weighted_fold(
+    buffers: Sequence[npt.NDArray[np.float32]],
+    weights: Sequence[float],
+    *,
+    total: float,
+    out: npt.NDArray[np.float32],
+    start: bool,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> npt.NDArray[np.float32]:
+    """Fold buffers into out: out (+)= sum_j float32(weights[j] / total) * buffers[j]; returns out.
+
+    Folding clients 0..a-1 with start=True, then a..k-1 with start=False, gives the bytes of one
+    weighted_average over all k when total is their weights' sum, added in order in double.
+    """
+
 def median(
     buffers: Sequence[npt.NDArray[np.float32]],
     *,

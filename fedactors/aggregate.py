@@ -29,6 +29,51 @@ def fedavg(
     return _kernels.weighted_average(buffers, num_examples, out=out, threads=threads)
 
 
+class FedAvgFold:
+    """FedAvg of one round's updates, summed while they arrive: fedavg's bytes, less work at the end.
+
+    The counts of every client, in client order, are known before any update is: `add(position,
+    buffer)` keeps the buffer, and whenever the next clients in order are all there, folds them
+    into the running float32 sum (_kernels.weighted_fold). Updates arriving in any order give
+    the bytes of `fedavg(buffers, num_examples)` over all of them; once the last one is in,
+    `result()` returns it. Buffers are read in place, never copied; folded ones are let go.
+    """
+
+    def __init__(self, num_examples: Sequence[int | float], length: int, *, threads: int = 0) -> None:
+        self.weights = [float(n) for n in num_examples]
+        self.total = 0.0
+        for w in self.weights:  # in order, in double: how weighted_average sums them
+            self.total += w
+        self.out = np.empty(length, dtype=np.float32)
+        self.threads = threads
+        self.folded = 0  # clients 0 .. folded-1 are in self.out
+        self.waiting: dict[int, np.ndarray] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.folded == len(self.weights)
+
+    def add(self, position: int, buffer: np.ndarray) -> None:
+        """Take client `position`'s update; fold in every client now ready in order."""
+        if not 0 <= position < len(self.weights) or position < self.folded or position in self.waiting:
+            raise ValueError(f"position {position} is out of range or already added")
+        self.waiting[position] = buffer
+        ready = []
+        while self.folded + len(ready) in self.waiting:
+            ready.append(self.waiting.pop(self.folded + len(ready)))
+        if ready:
+            _kernels.weighted_fold(ready, self.weights[self.folded : self.folded + len(ready)], total=self.total,
+                                   out=self.out, start=self.folded == 0, threads=self.threads)
+            self.folded += len(ready)
+
+    def result(self) -> np.ndarray:
+        """The average; raises RuntimeError while some client's update is missing."""
+        if not self.complete:
+            missing = [p for p in range(len(self.weights)) if p >= self.folded and p not in self.waiting]
+            raise RuntimeError(f"clients at positions {missing} have not been added")
+        return self.out
+
+
 def combine(
     aggregator: str,
     buffers: Sequence[np.ndarray],

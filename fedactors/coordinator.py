@@ -265,6 +265,13 @@ class Coordinator:
         cfg = self.config
         t0 = time.perf_counter()
         sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
+        # FedAvg sums the updates while the stragglers train; it is only used if every sampled
+        # client's update arrives, otherwise the survivors are averaged afresh below.
+        num_examples = self.pool.num_examples()
+        fold = (aggregate.FedAvgFold([num_examples[c] for c in sampled], len(self.weights))
+                if cfg.aggregator == "fedavg" else None)
+        position = {c: i for i, c in enumerate(sampled)}
+        last_arrival = t0
         updates: dict[int, Update] = {}
         failures: list[Failure] = []
         retried: list[int] = []
@@ -280,21 +287,26 @@ class Coordinator:
                     failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
                     rejected.append(result.client_id)
                 else:
+                    last_arrival = time.perf_counter()
                     updates[result.client_id] = result
+                    if fold is not None and result.num_examples == num_examples[result.client_id]:
+                        fold.add(position[result.client_id], result.weights)
             # Enough updates (all of them unless --min-fit-fraction allows fewer), or nothing to retry.
             if len(updates) >= cfg.min_updates or not failed_now:
                 break
             retried.extend(failed_now)
             todo = failed_now
-        wait_seconds = time.perf_counter() - t0
+        wait_seconds = last_arrival - t0  # to the last update's arrival, before folding it in
         dropped = [c for c in sampled if c not in updates]
         if len(updates) < cfg.min_updates:
             raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected))
-        t1 = time.perf_counter()
         ordered = [updates[c] for c in sampled if c in updates]  # sampled order: same bytes whatever arrived first
-        self.weights = aggregate.combine(cfg.aggregator, [u.weights for u in ordered], [u.num_examples for u in ordered],
-                                         trim_fraction=cfg.trim_fraction)
-        aggregate_seconds = time.perf_counter() - t1
+        if fold is not None and fold.complete:
+            self.weights = fold.result()
+        else:
+            self.weights = aggregate.combine(cfg.aggregator, [u.weights for u in ordered],
+                                             [u.num_examples for u in ordered], trim_fraction=cfg.trim_fraction)
+        aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
         per_host: dict[int, float] = {}
         for u in ordered:
             per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from fedactors.aggregate import fedavg
 from fedactors.client import ClientHost
 from fedactors.config import RunConfig
 from fedactors.coordinator import Coordinator, LocalPool, balance, eval_slices
@@ -54,6 +55,20 @@ def test_rounds_learn_and_do_not_depend_on_host_count(mnist):
     assert rounds1[0]["accuracy"] is None and rounds1[1]["accuracy"] > 0.5
     assert rounds1[1]["accuracy"] == rounds3[1]["accuracy"]
     assert all(r["num_updates"] == 3 and r["round_seconds"] >= r["train_seconds"] > 0 for r in rounds1)
+
+
+def test_fedavg_summed_while_updates_arrive_is_the_one_shot_average(mnist):
+    # LocalPool returns the updates in its balance() order, not the sampled order the sum uses.
+    cfg = RunConfig(**{**CFG.to_dict(), "frac": 0.05, "rounds": 1})
+    pool = _pool(mnist, cfg, 2)
+    w0 = pool.initial_weights()
+    rounds, done = _run(Coordinator(cfg, pool, num_test=500))
+    sampled = rounds[0]["clients"]
+    arrival = [c for cids in balance(sampled, pool.num_examples(), range(2)).values() for c in cids]
+    assert arrival != sampled
+    updates = [pool.hosts[0].train(w0, c, 1) for c in sampled]
+    expected = fedavg([u.weights for u in updates], [u.num_examples for u in updates])
+    assert done["weights"].tobytes() == expected.tobytes()
 
 
 class FlakyHost(ClientHost):
