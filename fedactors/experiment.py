@@ -2,9 +2,9 @@
 
 Everything here happens in the process that typed `fedactors run` (the driver). Start-up does
 each thing once and overlaps what does not depend on each other: the data is read in a thread
-while Ray starts, the host actors are created as soon as Ray is up (their processes import
-torch while the data goes into the object store), and the coordinator actor starts while the
-hosts finish. A data set that is not on disk is downloaded, or fails, before Ray starts, so a
+while Ray starts, a local Ray's first workers import torch while ray.init still waits for its
+own daemons (fedactors._preload), the host actors go into those workers as soon as Ray is up,
+and the coordinator actor starts while the hosts finish. A data set that is not on disk is downloaded, or fails, before Ray starts, so a
 missing data set fails in seconds, not after a cluster start-up. The data is put into the
 object store once, and every host maps it from there.
 """
@@ -24,6 +24,9 @@ from fedactors.data import Mnist, load_mnist, missing_files, partition, resolve_
 from fedactors.errors import ClusterError, ConfigError, FedActorsError
 
 EventHandler = Callable[[dict], None]
+# The coordinator's worker process skips fedactors._preload's torch import (see _start_ray).
+COORDINATOR_ENV = {"env_vars": {"FEDACTORS_ROLE": "coordinator"}}
+PRELOAD_VARIABLE = "RAY_preload_python_modules"
 HOST_RESTARTS = 3
 PLACEMENT_TIMEOUT_SECONDS = 180.0
 
@@ -57,7 +60,7 @@ def run(
     from fedactors.client import ClientHost
     from fedactors.coordinator import CoordinatorActor
 
-    _start_ray(config.address)
+    _start_ray(config.address, preload_torch=preload_pays(config))
     try:
         num_hosts = pool_size(config, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         host_cls = ray.remote(ClientHost).options(
@@ -84,7 +87,7 @@ def run(
         # Its process starts while the hosts still import torch; it waits for them on its own.
         coordinator = (
             ray.remote(CoordinatorActor)
-            .options(num_cpus=0, scheduling_strategy=_near_store(store_url))
+            .options(num_cpus=0, scheduling_strategy=_near_store(store_url), runtime_env=COORDINATOR_ENV)
             .remote(
                 config, hosts, data_refs, num_test, run_id=run_id, store_url=store_url, store_retry_seconds=store_retry_seconds,
                 start_round=resume.round if resume else 0,
@@ -153,7 +156,7 @@ def pool_size(config: RunConfig, nodes: list[dict]) -> int:
 def plan_hosts(config: RunConfig) -> tuple[int, str]:
     """(pool size, where the figure comes from) without starting Ray: for --dry-run."""
     if config.address is None:
-        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        cpus = float(_local_cpus())
         return pool_size(config, [{"CPU": cpus}]), f"a local Ray instance would have {cpus:g} CPUs"
     import ray
 
@@ -164,6 +167,20 @@ def plan_hosts(config: RunConfig) -> tuple[int, str]:
     finally:
         ray.shutdown()
     return pool_size(config, nodes), f"the cluster at {config.address} has {len(nodes)} nodes"
+
+
+def preload_pays(config: RunConfig) -> bool:
+    """Whether a local cluster should import torch in its first workers (see _start_ray).
+
+    Only if every idle worker the local raylet starts (one per CPU) becomes a client host: one
+    left over would hold ~300 MiB of torch for nothing. Never on a cluster fedactors attaches to.
+    """
+    return config.address is None and plan_hosts(config)[0] >= _local_cpus()
+
+
+def _local_cpus() -> int:
+    """The CPUs a local Ray instance would have: the ones this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _fits(available: float, per_host: float) -> int:
@@ -181,7 +198,7 @@ def _near_store(store_url: str | None) -> object:
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
-def _start_ray(address: str | None) -> None:
+def _start_ray(address: str | None, preload_torch: bool = False) -> None:
     import ray
 
     # Ray warns on every local start that token authentication is on; it is, and that is right.
@@ -197,6 +214,14 @@ def _start_ray(address: str | None) -> None:
         # which it inherits from this process; a value the user set is kept.
         os.environ.setdefault("RAY_raylet_client_connect_timeout_milliseconds", "50")
         os.environ.setdefault("RAY_raylet_client_num_connect_attempts", "200")
+    # The raylet starts one idle worker per CPU before ray.init returns. With preload_torch each
+    # imports torch as soon as it is up (fedactors._preload), so that ~2.5 s overlaps ray.init's
+    # last seconds instead of following it, in the workers the client hosts then take. The raylet
+    # reads the setting at its start and passes it to every worker it launches; the variable is
+    # only for it, so it is removed again (a user's own setting is left alone).
+    preload = address is None and preload_torch and PRELOAD_VARIABLE not in os.environ
+    if preload:
+        os.environ[PRELOAD_VARIABLE] = "fedactors._preload"
     try:
         if address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
@@ -207,6 +232,9 @@ def _start_ray(address: str | None) -> None:
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError...: all say "no cluster there"
         where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
         raise ClusterError(f"could not start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    finally:
+        if preload:
+            del os.environ[PRELOAD_VARIABLE]
 
 
 def check_reachable(address: str | None) -> None:

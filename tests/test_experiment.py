@@ -64,7 +64,40 @@ def test_data_on_disk_is_loaded_alongside_ray(tmp_path, monkeypatch, mnist_dir):
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"not an idx file")
     started = []
     real_start = experiment._start_ray
-    monkeypatch.setattr(experiment, "_start_ray", lambda address: (started.append(address), real_start(address)))
+    monkeypatch.setattr(experiment, "_start_ray", lambda address, **kw: (started.append(address), real_start(address, **kw)))
     with pytest.raises(DataError, match="bad IDX header"):
         experiment.run(RunConfig(data_dir=str(tmp_path)), lambda event: None, run_id="r")
     assert started == [None] and not ray.is_initialized()
+
+
+def test_torch_is_preloaded_only_where_it_pays():
+    from fedactors.experiment import _local_cpus, preload_pays
+
+    assert preload_pays(RunConfig())  # one host per CPU: every idle worker becomes a host
+    assert preload_pays(RunConfig(hosts=1)) == (_local_cpus() == 1)
+    assert not preload_pays(RunConfig(address="127.0.0.1:6379"))
+
+
+def test_first_workers_import_torch_but_not_the_coordinators():
+    import os
+    import sys
+
+    import ray
+
+    from fedactors.experiment import COORDINATOR_ENV, PRELOAD_VARIABLE, _start_ray
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def torch_imported(self) -> bool:
+            return "torch" in sys.modules  # nothing here imports it: only the preload can have
+
+    assert PRELOAD_VARIABLE not in os.environ
+    _start_ray(None, preload_torch=True)
+    try:
+        assert PRELOAD_VARIABLE not in os.environ  # only the raylet needed it
+        host_like = Probe.remote()
+        coordinator_like = Probe.options(runtime_env=COORDINATOR_ENV).remote()
+        assert ray.get(host_like.torch_imported.remote()) is True
+        assert ray.get(coordinator_like.torch_imported.remote()) is False
+    finally:
+        ray.shutdown()
