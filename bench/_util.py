@@ -59,7 +59,8 @@ class TreeMemory:
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.5, pss_interval: float = 5.0,
-                 pss_growth: float = 0.03) -> None:
+                 pss_growth: float = 0.03, enabled: bool = True) -> None:
+        self.enabled = enabled  # off: no thread, no reads, every figure None (timed runs: the sampler costs CPU)
         self.root = psutil.Process(pid or os.getpid())
         self.interval = interval
         self.pss_interval = pss_interval
@@ -78,7 +79,8 @@ class TreeMemory:
         self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
 
     def __enter__(self) -> TreeMemory:
-        self._thread.start()
+        if self.enabled:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,6 +146,8 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
     def figures(self) -> dict:
+        if not self.enabled:
+            return {key: None for key in FIGURES}
         return {
             "peak_pss_mib": self.peak_pss / MIB,
             "peak_rss_mib": self.peak_rss / MIB,
@@ -154,6 +158,10 @@ class TreeMemory:
             "sampler_cpu_seconds": self.sampler_cpu_seconds,
             "peak_pss_breakdown_mib": {k: round(v, 1) for k, v in sorted(self.peak_breakdown.items(), key=lambda kv: -kv[1])},
         }
+
+
+FIGURES = ("peak_pss_mib", "peak_rss_mib", "pss_source", "peak_processes", "memory_samples", "pss_samples",
+           "sampler_cpu_seconds", "peak_pss_breakdown_mib")
 
 
 def _label(proc: psutil.Process) -> str:
