@@ -4,9 +4,9 @@ Everything here happens in the process that typed `fedactors run` (the driver). 
 each thing once and overlaps what does not depend on each other: the data is read in a thread
 while Ray starts, a local Ray's first workers import torch while ray.init still waits for its
 own daemons (fedactors._preload), the host actors go into those workers as soon as Ray is up,
-and the coordinator actor starts while the hosts finish. A data set that is not on disk is downloaded, or fails, before Ray starts, so a
-missing data set fails in seconds, not after a cluster start-up. The data is put into the
-object store once, and every host maps it from there.
+and the coordinator actor starts while the hosts finish. A data set that is not on disk is
+downloaded, or fails, before Ray starts, so a missing data set fails in seconds, not after a
+cluster start-up. The data is put into the object store once, and every host maps it from there.
 """
 
 from __future__ import annotations
@@ -175,7 +175,12 @@ def preload_pays(config: RunConfig) -> bool:
     Only if every idle worker the local raylet starts (one per CPU) becomes a client host: one
     left over would hold ~300 MiB of torch for nothing. Never on a cluster fedactors attaches to.
     """
-    return config.address is None and plan_hosts(config)[0] >= _local_cpus()
+    if config.address is not None:
+        return False
+    try:
+        return plan_hosts(config)[0] >= _local_cpus()
+    except ClusterError:  # --hosts beyond this machine: run() says so once Ray is up, as before
+        return False
 
 
 def _local_cpus() -> int:
