@@ -261,9 +261,9 @@ def probe_startup(args: argparse.Namespace) -> dict:
     import ray
 
     mark("import_ray")
-    import logging
+    from fedactors.experiment import _start_ray
 
-    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    _start_ray(None)  # as `fedactors run` starts a local Ray, without its preload of torch
     mark("ray_init")
     refs = [ray.put(data.train_images), ray.put(data.train_labels), ray.put(data.test_images),
             ray.put(data.test_labels), ray.put(indices)]

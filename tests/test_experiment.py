@@ -101,3 +101,22 @@ def test_first_workers_import_torch_but_not_the_coordinators():
         assert ray.get(coordinator_like.torch_imported.remote()) is False
     finally:
         ray.shutdown()
+
+
+def test_a_local_cluster_starts_without_log_monitor_and_autoscaler():
+    import psutil
+    import ray
+    from ray._private import parameter
+
+    from fedactors.experiment import _start_ray
+
+    base = parameter.RayParams
+    _start_ray(None)
+    try:
+        assert parameter.RayParams is base  # swapped for ray.init only
+        commands = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True) if p.is_running()]
+        assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands), commands
+        assert not any("log_monitor.py" in c or "autoscaler/_private/monitor.py" in c for c in commands), commands
+        assert ray.get(ray.remote(lambda: 6 * 7).remote()) == 42  # and the cluster works without them
+    finally:
+        ray.shutdown()
