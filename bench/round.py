@@ -4,10 +4,10 @@ Runs the canonical setup (K=100, C=0.1, E=5, B=10, non-IID, lr 0.1) through `fed
 exactly as a user types it (a subprocess, embedded Redis checkpoints: the defaults), and
 splits each round into training (slowest host), gathering, averaging, evaluation,
 checkpointing and overhead = round time - slowest host's training - evaluation. Also:
-command start to the first round's start, first round against steady rounds. Then the same rounds, same clients, partition, seeds and model, as two plain
-processes with one torch thread each (data in memory before they fork; half the sampled
-clients and half the test set each; NumPy average in the parent): the reference every
-ratio is taken against. `--peer flower` also runs the workload on Flower's Ray simulation
+command start to the first round's start, first round against steady rounds. Then the same
+rounds, same clients, partition, seeds and model, as two plain processes with one torch
+thread each (data in memory before they fork; half the sampled clients and half the test
+set each; NumPy average in the parent): the reference every ratio is taken against. `--peer flower` also runs the workload on Flower's Ray simulation
 (bench/peers/flower_round.py, in bench/peers/.venv-flower) and compares. Right before each
 system is timed, its Python imports torch and Ray once in a throw-away process, so each starts
 with its libraries in the page cache (see _util.warm_page_cache: this machine evicts them).
