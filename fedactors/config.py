@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tomllib
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from fedactors.errors import ConfigError
 
@@ -151,20 +153,44 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def parse_batch_size(text: str) -> int | None:
-    """'inf' (any case) -> None (full batch); else a positive integer."""
-    if text.strip().lower() in ("inf", "infinity", "full"):
+def parse_batch_size(value: object, name: str = "--batch-size") -> int | None:
+    """B = inf ('inf', 'infinity' or 'full' in any case, float('inf'), None) -> None; else a positive integer.
+
+    Takes a flag's text as well as a TOML value, so the command line and sweep files agree.
+    """
+    if value is None or (isinstance(value, float) and math.isinf(value) and value > 0):
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"--batch-size must be a positive integer or 'inf', got {text!r}") from None
-    _positive_int("--batch-size", value)
+    if isinstance(value, str):
+        if value.strip().lower() in ("inf", "infinity", "full"):
+            return None
+        try:
+            value = int(value)
+        except ValueError:
+            pass
+    if not is_positive_int(value):
+        raise ConfigError(f"{name} must be a positive integer or 'inf', got {value!r}")
     return value
 
 
+def is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def read_toml(path: str | Path, what: str) -> dict:
+    """A TOML file as a dict; ConfigError naming `what` (e.g. "--config x.toml") when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} is not valid TOML: {exc}") from None
+
+
 def _positive_int(flag: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
 
 

@@ -75,6 +75,16 @@ def rounds_to_target_interpolated(history: list[dict], target: float) -> float |
     return None
 
 
+def summarise(history: list[dict], target: float) -> dict:
+    """What run.json reports of a history: best accuracy (earliest round of it), final accuracy, first round >= target."""
+    curve = _curve(history)
+    if not curve:
+        return {"best_accuracy": None, "best_round": None, "final_accuracy": None, "rounds_to_target": None}
+    best_round, best_accuracy = max(curve, key=lambda p: (p[1], -p[0]))
+    return {"best_accuracy": best_accuracy, "best_round": best_round, "final_accuracy": curve[-1][1],
+            "rounds_to_target": rounds_to_target(history, target)}
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """One run directory, summarised. Accuracies are fractions in [0, 1]; None where not known yet."""
@@ -155,7 +165,7 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
     target = configured_target if target is None else target
     history = _read_metrics_rows(path / "metrics.jsonl")
     curve = _curve(history)
-    best = max(curve, key=lambda p: (p[1], -p[0])) if curve else None  # earliest round of the best
+    summary = summarise(history, target)
     round_seconds = [float(row["round_seconds"]) for row in history if row.get("round_seconds") is not None]
     wall = info.get("wall_seconds")
     return RunSummary(
@@ -168,9 +178,9 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         **summary_config,
         rounds=tuple(r for r, _ in curve),
         accuracies=tuple(a for _, a in curve),
-        best_accuracy=best[1] if best else None,
-        best_round=best[0] if best else None,
-        rounds_to_target=rounds_to_target(history, target),
+        best_accuracy=summary["best_accuracy"],
+        best_round=summary["best_round"],
+        rounds_to_target=summary["rounds_to_target"],
         rounds_to_target_interpolated=rounds_to_target_interpolated(history, target),
         evaluated_rounds=len(curve),
         wall_seconds=float(wall) if wall is not None else None,

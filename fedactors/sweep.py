@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
-    import tomli as tomllib
-
-from fedactors.config import PARTITIONS, RunConfig
+from fedactors.config import PARTITIONS, RunConfig, is_positive_int, parse_batch_size, read_toml
 from fedactors.errors import ConfigError
 from fedactors.report import PAPER_TABLE2_FRAC, paper_table2_grid
 
@@ -57,7 +50,7 @@ def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list) -
     share a run directory.
     """
     epochs = [_positive_int("epochs", e) for e in _nonempty("epochs", epochs)]
-    batch_sizes = [_batch_size(b) for b in _nonempty("batch_sizes", batch_sizes)]
+    batch_sizes = [parse_batch_size(b, "batch_sizes") for b in _nonempty("batch_sizes", batch_sizes)]
     fracs = [_frac(c) for c in _nonempty("fracs", fracs)]
     partitions = [_partition(p) for p in _nonempty("partitions", partitions)]
     cells = [SweepCell(e, b, c, p) for p, c, b, e in itertools.product(partitions, fracs, batch_sizes, epochs)]
@@ -92,15 +85,7 @@ def load_sweep_toml(path: str | Path) -> dict:
     RunConfig is built once, so a value RunConfig refuses is reported here, before any run starts.
     """
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"sweep file {path} cannot be read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"sweep file {path} is not valid TOML: {exc}") from None
+    doc = read_toml(path, f"sweep file {path}")
     unknown = sorted(set(doc) - {*GRID_KEYS, "run"})
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected {', '.join(GRID_KEYS)} and a [run] table)")
@@ -187,16 +172,8 @@ def _nonempty(key: str, values: object) -> list:
 
 
 def _positive_int(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise ConfigError(f"{key} must hold positive integers, got {value!r}")
-    return value
-
-
-def _batch_size(value: object) -> int | None:
-    if value is None or value == "inf" or (isinstance(value, float) and math.isinf(value) and value > 0):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"batch_sizes must hold positive integers or \"inf\", got {value!r}")
     return value
 
 
