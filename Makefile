@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	touch $@
 
 demo: setup
-	$(BIN)/fedactors run --clients 100 --frac 0.1 --rounds 3 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/fedactors run --clients 100 --frac 0.1 --rounds 3 --run-id demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/python -m pytest

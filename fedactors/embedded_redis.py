@@ -17,21 +17,29 @@ only add latency.
 
 The server runs in its own session (process group), so a Ctrl-C meant for the run does not
 kill it mid-write; stop() sends SHUTDOWN (which flushes the AOF), waits, and kills the group
-only if it does not exit. If the process that started a server dies without stopping it, the
-next EmbeddedRedis on the same directory finds it through the state file, reuses it, and
-adopts it (so its stop() shuts it down).
+only if it does not exit.
+
+A starter that dies without stopping its server (SIGKILL, out of memory) must not leave it
+running for good. On Linux the server is started with a parent-death signal (prctl
+PR_SET_PDEATHSIG): when the thread that started it dies, the kernel sends it SIGTERM, on which
+Redis flushes its AOF and exits. Elsewhere (and should the signal not come), the next
+EmbeddedRedis on the same directory -- a resume, a run, or `fedactors runs` -- finds it
+through the state file, reuses it, and adopts it, so its stop() shuts it down.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -76,6 +84,28 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel for SIGTERM when the starting thread dies (Linux); else None.
+
+    Everything is looked up before the fork: the child runs only the prctl call and a check
+    that its parent did not die before it (then it would be reparented and never signalled).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm, parent, kill, getppid, getpid = 1, signal.SIGTERM, os.getpid(), os.kill, os.getppid, os.getpid
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+        if getppid() != parent:
+            kill(getpid(), sigterm)
+
+    return preexec
 
 
 def _quote(value: str) -> str:
@@ -193,7 +223,7 @@ class EmbeddedRedis:
         with open(self.data_dir / LOG_FILE, "ab") as log:
             self._proc = subprocess.Popen([executable, str(conf)], cwd=self.data_dir,
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=_die_with_parent())
         self.pid, self.socket_path = self._proc.pid, socket_path
         deadline = time.monotonic() + self.start_timeout_seconds
         client = _client(socket_path)
