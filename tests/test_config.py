@@ -65,12 +65,13 @@ def test_noniid_accepts_k_whose_shards_divide_evenly():
     assert RunConfig(clients=300, partition="noniid").clients == 300  # 600 shards of 100
 
 
-@pytest.mark.parametrize(("text", "value"), [("10", 10), ("inf", None), ("INF", None), ("full", None)])
+@pytest.mark.parametrize(("text", "value"), [("10", 10), ("inf", None), ("INF", None), ("full", None),
+                                             (10, 10), (None, None), (float("inf"), None)])
 def test_parse_batch_size(text, value):
     assert parse_batch_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["0", "-5", "ten", "1.5"])
+@pytest.mark.parametrize("text", ["0", "-5", "ten", "1.5", 0, True, 1.5, float("-inf")])
 def test_parse_batch_size_rejects(text):
     with pytest.raises(ConfigError, match="--batch-size"):
         parse_batch_size(text)
