@@ -32,6 +32,8 @@ COORDINATOR_ENV = {"env_vars": {"FEDACTORS_ROLE": "coordinator"}}
 PRELOAD_VARIABLE = "RAY_preload_python_modules"
 HOST_RESTARTS = 3
 PLACEMENT_TIMEOUT_SECONDS = 180.0
+# Ray's switch that makes a node take 127.0.0.1 as its address (see _on_loopback).
+RAY_CLUSTER_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def run(
@@ -42,13 +44,16 @@ def run(
     store_url: str | None = None,
     store_retry_seconds: float = 30.0,
     resume: Checkpoint | None = None,
+    wall_seconds_before: float = 0.0,
 ) -> dict:
     """Run `config` to its last round, calling `on_event` for every event; returns the "done" event.
 
     With `store_url` every round is checkpointed there under `run_id`; with `resume` the run
-    continues after that checkpoint's round from its weights and history.
+    continues after that checkpoint's round from its weights and history. `wall_seconds_before`
+    is the wall time of the run's earlier parts, so each checkpoint records the run's total.
     """
     t_start = time.perf_counter()
+    run_started_at = time.time() - wall_seconds_before  # as if the run had never stopped
     if store_url and store_url.startswith("unix://") and (config.address or "").startswith("ray://"):
         raise ConfigError("the embedded checkpoint store is local to this machine; with a ray:// address pass --redis URL")
     data_dir = resolve_data_dir(config.data_dir)
@@ -92,10 +97,11 @@ def run(
             ray.remote(CoordinatorActor)
             .options(num_cpus=0, scheduling_strategy=_near_store(store_url), runtime_env=COORDINATOR_ENV)
             .remote(
-                config, hosts, data_refs, num_test, run_id=run_id, store_url=store_url, store_retry_seconds=store_retry_seconds,
+                config, hosts, data_refs, num_test, run_id=run_id, store_retry_seconds=store_retry_seconds,
                 start_round=resume.round if resume else 0,
                 weights=ray.put(resume.weights) if resume else None,
                 history=resume.history if resume else None,
+                run_started_at=run_started_at,
             )
         )
         try:
@@ -108,10 +114,15 @@ def run(
         described = ray.get([h.describe.remote() for h in hosts])
         on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         done: dict = {}
-        for ref in coordinator.run.remote():
+        # The store URL (it may hold a password) goes in a method call: Ray keeps an actor's
+        # constructor arguments in its control store for restarts, not those of its calls.
+        for ref in coordinator.run.remote(store_url):
             event = ray.get(ref)
             if event["type"] == "error":
-                raise event["error"]
+                error = event["error"]
+                if not isinstance(error, FedActorsError):
+                    error.add_note(f"raised in the coordinator actor:\n{event['traceback']}")
+                raise error
             if event["type"] == "done":
                 done = event
             if event["type"] == "round" and event["round"] == 1:
@@ -163,7 +174,6 @@ def plan_hosts(config: RunConfig) -> tuple[int, str]:
         return pool_size(config, [{"CPU": cpus}]), f"a local Ray instance would have {cpus:g} CPUs"
     import ray
 
-    check_reachable(config.address)
     _start_ray(config.address)
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -212,7 +222,7 @@ def _start_ray(address: str | None, preload_torch: bool = False) -> None:
     # Ray warns on every local start that token authentication is on; it is, and that is right.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
-    check_reachable(address)
+    check_cluster(address)
     if address is None:
         # The raylet connects to its own object store, and workers to the raylet, retrying every
         # raylet_client_connect_timeout_milliseconds: 1 s by default, 10 tries. In about half of
@@ -231,19 +241,165 @@ def _start_ray(address: str | None, preload_torch: bool = False) -> None:
     if preload:
         os.environ[PRELOAD_VARIABLE] = "fedactors._preload"
     try:
-        if address is None:
-            with _without_idle_daemons() as lean:
-                ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not lean)
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
+        with _keeping_signal_handlers():
+            if address is None:
+                with _on_loopback(), _without_idle_daemons() as lean:
+                    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not lean)
+            else:
+                ray.init(address=address, logging_level=logging.WARNING)
     except FedActorsError:
         raise
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError...: all say "no cluster there"
         where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
+        if _is_auth_failure(exc):
+            raise ClusterError(f"{where} requires token authentication and refused {_token_advice()}") from None
         raise ClusterError(f"could not start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     finally:
         if preload:
             del os.environ[PRELOAD_VARIABLE]
+
+
+@contextmanager
+def _keeping_signal_handlers() -> Iterator[None]:
+    """Around ray.init: put back the caller's SIGTERM and SIGHUP handlers afterwards.
+
+    ray.init sets a SIGTERM handler that exits the driver on the spot, and the core worker it
+    connects installs a native one that prints "*** SIGTERM received ***" and kills the
+    process; either way a run stopped by `kill`, Slurm, Kubernetes, systemd or `timeout` would
+    be left marked running with no resume hint. The handlers the caller had (fedactors' CLI
+    treats both signals like Ctrl-C) are reinstalled, which also replaces the native one.
+    """
+    import signal
+    import threading
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    main = threading.current_thread() is threading.main_thread()
+    saved = {n: signal.getsignal(getattr(signal, n)) for n in names} if main else {}
+    try:
+        yield
+    finally:
+        for name, handler in saved.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(getattr(signal, name), handler)
+
+
+AUTH_TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _token_source() -> str | None:
+    """Where Ray reads this machine's auth token from, or None: the variable or file, never the token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return f"RAY_AUTH_TOKEN_PATH ({path})" if Path(path).expanduser().is_file() else None
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def _attach_auth(address: str) -> None:
+    """Attaching: use Ray's auth token exactly when the cluster asks for one; refused is one line, at once.
+
+    `ray start --head` turns token authentication on whenever a token exists (it writes
+    ~/.ray/auth_token for a new cluster), but ray.init with an explicit address connects
+    without one unless RAY_AUTH_MODE=token (Ray enables it by itself only for "auto"), and is
+    refused; sending a token to a cluster without authentication breaks it the other way (its
+    workers cannot call back a driver that expects tokens). So the GCS is asked first, without
+    a token, the way ray.init connects (Ray's GcsClient, which raises AuthenticationError on
+    the first refusal, where ray.init would retry for 20 s and report only "Failed to
+    connect"); if it wants one, Ray's own token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token) is switched on and asked again. A RAY_AUTH_MODE the user set is kept.
+    """
+    hostport = address.strip()
+    if hostport == "auto" or hostport.startswith("ray://") or ":" not in hostport:
+        return  # Ray handles "auto" itself; a Ray Client server is not a GCS
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return
+
+    def accepted() -> bool:
+        try:
+            with _native_stderr_silenced():  # its one native log line of a refusal
+                GcsClient(address=hostport)
+        except AuthenticationError:
+            return False
+        except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it properly
+            pass
+        return True
+
+    if accepted():
+        return
+    if os.environ.get("RAY_AUTH_MODE") is None and _token_source() is not None:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        if accepted():
+            return
+    raise ClusterError(f"the Ray cluster at {address} requires token authentication and refused {_token_advice()}")
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null meanwhile (native code writes there, not to sys.stderr)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED",
+                                   "Authentication token is missing or incorrect", "authentication token"))
+
+
+def _token_advice() -> str:
+    """The tail of the auth-failure line: what was sent and which variable to set (never the token)."""
+    if (os.environ.get("RAY_AUTH_MODE") or "").lower() == "disabled":
+        return ("a connection without one (RAY_AUTH_MODE=disabled): unset RAY_AUTH_MODE, and set RAY_AUTH_TOKEN "
+                "to the cluster's token (`ray get-auth-token` on its head node)")
+    source = _token_source()
+    sent = f"the token from {source}" if source else "a connection without one (no RAY_AUTH_TOKEN, no ~/.ray/auth_token)"
+    return (f"{sent}: set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on its head node) "
+            "or RAY_AUTH_TOKEN_PATH to a file holding it")
+
+
+@contextmanager
+def _on_loopback() -> Iterator[None]:
+    """During a local ray.init: the node's address is 127.0.0.1, so no Ray process listens beyond loopback.
+
+    A Ray node binds its servers (GCS, raylet, object manager, every worker's and the driver's
+    gRPC server, the runtime-env agent) to its node address, which by default is the machine's
+    network address, so a local run was reachable from the whole network. ray.init turns an
+    explicit 127.0.0.1 back into that network address; what makes it keep loopback is Ray's
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the setting that keeps laptops single-node), read once
+    at import into ray_constants. Both are set for this one call and restored after it: the
+    raylet and its workers inherit the variable and are given 127.0.0.1, while a later attach
+    from this process to a real cluster still finds its own network address. The cluster also
+    keeps Ray's token authentication, on by default for a local cluster (~/.ray/auth_token).
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(RAY_CLUSTER_VARIABLE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_VARIABLE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            del os.environ[RAY_CLUSTER_VARIABLE]
+        else:
+            os.environ[RAY_CLUSTER_VARIABLE] = saved_env
 
 
 @contextmanager
@@ -279,6 +435,13 @@ def _without_idle_daemons() -> Iterator[bool]:
         yield True
     finally:
         parameter.RayParams = base
+
+
+def check_cluster(address: str | None) -> None:
+    """For --address: something listens there, and it takes this machine's Ray token; else one ClusterError."""
+    check_reachable(address)
+    if address is not None:
+        _attach_auth(address)
 
 
 def check_reachable(address: str | None) -> None:
