@@ -250,20 +250,26 @@ class RedisStore:
         base = f"{self.prefix}run:{check_run_id(run_id)}:"
         return base + "ckpt:", base + "rounds", base + "meta"
 
-    def save(self, ckpt: Checkpoint, keep: int) -> None:
+    def save(self, ckpt: Checkpoint, keep: int) -> str | None:
         """Store `ckpt` in one MULTI/EXEC with its metadata, keeping the newest `keep` rounds.
 
         Rounds newer than ckpt.round are dropped too: they belong to a future this run
         abandoned. Refuses (CheckpointError) a run id stored with another fingerprint. Re-running
         the transaction after a lost EXEC reply writes the same values, so retrying is safe.
+
+        Returns a warning, or None. A run this store saved before whose metadata is gone was
+        lost by the server (a Redis without persistence that restarted comes back empty): the
+        round is written all the same, since a checkpoint holds the whole state, so the store
+        is whole again from this round on, and the warning says which rounds were lost.
         """
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ConfigError(f"keep must be an int >= 1, not {keep!r}")
         blob = encode(ckpt)
         blob_prefix, rounds_key, meta_key = self._keys(ckpt.run_id)
         fingerprint = ckpt.fingerprint
+        known = self._known_round.get(ckpt.run_id)
 
-        def write() -> None:
+        def write() -> bool:
             with self._redis.pipeline(transaction=True) as p:
                 p.watch(rounds_key, meta_key)
                 stored = p.hget(meta_key, "fingerprint")
@@ -287,9 +293,31 @@ class RedisStore:
                     "latest_round": ckpt.round, "status": "running", "updated": now})
                 p.sadd(self.prefix + "runs", ckpt.run_id)
                 p.execute()
+                return stored is None
 
-        self._retrying(f"saving round {ckpt.round} of run {ckpt.run_id}", write, ckpt.run_id)
+        lost = self._retrying(f"saving round {ckpt.round} of run {ckpt.run_id}", write, ckpt.run_id)
         self._known_round[ckpt.run_id] = ckpt.round
+        if lost and known is not None:
+            return (f"Redis at {self.url} lost every checkpoint of run {ckpt.run_id} (up to round {known}): it "
+                    f"restarted without persistence, or something deleted the keys; round {ckpt.round} is stored "
+                    "again, and the run goes on from it. A Redis without appendonly or save points loses "
+                    "checkpoints whenever it restarts")
+        return None
+
+    def persistence_warning(self) -> str | None:
+        """Why this server may lose checkpoints on a restart (no AOF, no RDB save points), or None.
+
+        None too when the server does not let us ask (CONFIG disabled, as on managed services).
+        """
+        try:
+            raw = self._redis.config_get("appendonly") | self._redis.config_get("save")
+        except (RedisError, OSError):
+            return None
+        config = {_text(k): _text(v) for k, v in raw.items()}
+        if config.get("appendonly") == "no" and not (config.get("save") or "").strip():
+            return (f"Redis at {self.url} keeps nothing on disk (appendonly no, no save points): if it restarts, "
+                    "every checkpoint is lost; the run then says so and stores its next round again")
+        return None
 
     def _fetch(self, run_id: str, round_: int) -> Checkpoint:
         """Read and verify one stored round; CheckpointError if missing, corrupt or misplaced."""
@@ -384,3 +412,7 @@ class RedisStore:
             return bool(keys) or bool(removed[-1])
 
         return self._retrying(f"deleting run {run_id}", drop)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

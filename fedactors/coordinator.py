@@ -42,6 +42,10 @@ class HostPool(Protocol):
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]: ...
 
+    def newly_lost(self) -> dict[int, str]:
+        """Hosts gone for good since the last call (host -> why), for the round to report."""
+        ...
+
 
 def balance(client_ids: Sequence[int], num_examples: Sequence[int], hosts: Sequence[int]) -> dict[int, list[int]]:
     """Longest-processing-time assignment of clients to hosts: biggest first, to the least loaded."""
@@ -88,6 +92,9 @@ class LocalPool:
         slices = eval_slices(num_test, len(self.hosts))
         return [self.hosts[i].evaluate(weights, a, b) for i, (a, b) in enumerate(slices)]
 
+    def newly_lost(self) -> dict[int, str]:
+        return {}  # in-process hosts cannot die apart from the process
+
 
 class RayPool:
     """ClientHost actors: one put of the global weights per round, results taken as they finish.
@@ -95,7 +102,13 @@ class RayPool:
     A host whose process dies is dropped from the round (its clients come back as failures
     for the coordinator to retry elsewhere); Ray restarts the actor, and it rejoins the pool
     once it answers again. A host still training when `timeout` runs out is killed, so the
-    straggler cannot hold its queue, and restarted the same way.
+    straggler cannot hold its queue, and restarted the same way. A host Ray gives up on (out
+    of restarts, node gone) is lost for good: `newly_lost` reports it once, and with no host
+    left a round fails naming them.
+
+    The global weights go into the object store once per distinct array: the coordinator
+    evaluates a round's result and trains the next round (and its retries) from the same
+    array, so they share one put.
     """
 
     REVIVE_WAIT_SECONDS = 120.0  # when every host is down, how long to wait for one to restart
@@ -108,7 +121,28 @@ class RayPool:
         self.data = list(data)  # refs to what ClientHost.load takes, re-sent to a restarted host
         self.alive = list(range(len(self.actors)))
         self.reviving: dict[int, ray.ObjectRef] = {}
+        self.gone: dict[int, str] = {}  # host -> why Ray gave up on it
+        self._unreported: dict[int, str] = {}
         self._num_examples: list[int] | None = None
+        self._put: tuple[np.ndarray, ray.ObjectRef] | None = None  # the last array put, and its ref
+
+    def _weights_ref(self, weights: np.ndarray) -> ray.ObjectRef:
+        """`weights` in the object store: put once, however many calls use the same array."""
+        if self._put is None or self._put[0] is not weights:
+            self._put = (weights, self._ray.put(weights))
+        return self._put[1]
+
+    def newly_lost(self) -> dict[int, str]:
+        lost, self._unreported = self._unreported, {}
+        return lost
+
+    def _none_left(self) -> str:
+        """Why no host is alive: for the round failure."""
+        gone = ", ".join(f"host {h}: {why}" for h, why in sorted(self.gone.items()))
+        if len(self.gone) == len(self.actors):
+            return f"every client host is lost for good ({gone})"
+        return (f"no client host came back within {self.REVIVE_WAIT_SECONDS:g} s"
+                + (f"; lost for good: {gone}" if gone else ""))
 
     def initial_weights(self) -> np.ndarray:
         return self._ray.get(self.actors[self.alive[0]].initial_weights.remote())
@@ -137,8 +171,8 @@ class RayPool:
                 try:
                     ray.get(ref)
                     self.alive = sorted([*self.alive, host])
-                except ray.exceptions.RayError:
-                    pass  # out of restarts: permanently gone
+                except ray.exceptions.RayError as exc:  # out of restarts, or its node is gone
+                    self.gone[host] = self._unreported[host] = f"Ray gave up restarting it ({_first_line(exc)})"
 
     def train(
         self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
@@ -148,10 +182,11 @@ class RayPool:
         if not self.alive:
             self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
         if not self.alive:
+            why = self._none_left()
             for cid in client_ids:
-                yield Failure(client_id=cid, host=-1, error="no client host is alive")
+                yield Failure(client_id=cid, host=-1, error=why)
             return
-        weights_ref = ray.put(global_weights)
+        weights_ref = self._weights_ref(global_weights)
         plan = balance(client_ids, self.num_examples(), self.alive)
         pending = {
             self.actors[h].train.remote(weights_ref, cid, round_idx): (cid, h) for h, cids in plan.items() for cid in cids
@@ -178,8 +213,13 @@ class RayPool:
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
         ray = self._ray
-        weights_ref = ray.put(weights)
+        weights_ref = self._weights_ref(weights)
         for _ in range(MAX_ATTEMPTS):
+            self._revive()
+            if not self.alive:
+                self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
+            if not self.alive:
+                raise RoundFailed(f"evaluation: {self._none_left()}")
             hosts = list(self.alive)
             slices = eval_slices(num_test, len(hosts))
             refs = [self.actors[h].evaluate.remote(weights_ref, a, b) for h, (a, b) in zip(hosts, slices)]
@@ -191,8 +231,6 @@ class RayPool:
                         ray.get(ref)
                     except ray.exceptions.RayActorError:
                         self._lost(h)
-                if not self.alive:
-                    self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
         raise RoundFailed(f"evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
 
 
@@ -215,9 +253,12 @@ class Coordinator:
         history: list[dict] | None = None,
         store: RedisStore | None = None,
         run_id: str | None = None,
+        run_started_at: float | None = None,
     ) -> None:
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
+        # Unix time the run would have started at had it never stopped: checkpoints record its wall time.
+        self.run_started_at = time.time() if run_started_at is None else run_started_at
         self.config = config
         self.pool = pool
         self.num_test = num_test
@@ -229,7 +270,10 @@ class Coordinator:
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
 
     def run(self) -> Iterator[dict]:
-        """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}."""
+        """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
+
+        A {"type": "warning", "message": ...} may come before a round's event (the store lost data).
+        """
         cfg = self.config
         while self.round < cfg.rounds:
             stats = self.run_round(self.round + 1)
@@ -238,13 +282,17 @@ class Coordinator:
                 self.history.append(stats.metrics_row())
             if self.store is not None and (self.round % cfg.checkpoint_every == 0 or self.round == cfg.rounds):
                 t0 = time.perf_counter()
-                self.save_checkpoint()
+                warning = self.save_checkpoint()
                 stats.checkpoint_seconds = time.perf_counter() - t0
+                if warning:
+                    yield {"type": "warning", "message": warning}
             yield {"type": "round", **vars(stats)}
         yield {"type": "done", "round": self.round, "weights": self.weights}
 
-    def save_checkpoint(self) -> None:  # only called when self.store is set
-        """Store the state after self.round; raises StoreUnavailable if the store stays down."""
+    def save_checkpoint(self) -> str | None:  # only called when self.store is set
+        """Store the state after self.round; returns the store's warning, if any (RedisStore.save).
+
+        Raises StoreUnavailable if the store stays down."""
         cfg = self.config
         ckpt = Checkpoint(
             run_id=self.run_id,
@@ -253,8 +301,9 @@ class Coordinator:
             fingerprint=cfg.fingerprint(),
             config=cfg.to_dict(),
             history=self.history,
+            extra={"wall_seconds": round(time.time() - self.run_started_at, 3)},
         )
-        self.store.save(ckpt, keep=cfg.keep)
+        return self.store.save(ckpt, keep=cfg.keep)
 
     def run_round(self, round_idx: int) -> RoundStats:
         """One round: every sampled client's update (retrying failures), aggregated, then evaluated.
@@ -330,9 +379,13 @@ class Coordinator:
             t2 = time.perf_counter()
             parts = self.pool.evaluate(self.weights, self.num_test)
             count = sum(p.count for p in parts)
+            if count == 0:
+                raise RoundFailed(f"round {round_idx}: evaluation returned no test examples")
             stats.accuracy = sum(p.correct for p in parts) / count
             stats.loss = sum(p.loss_sum for p in parts) / count
             stats.eval_seconds = time.perf_counter() - t2
+        stats.lost_hosts = self.pool.newly_lost()
+        stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
         stats.round_seconds = time.perf_counter() - t0
         return stats
 
@@ -369,20 +422,23 @@ class CoordinatorActor:
         num_test: int,
         *,
         run_id: str,
-        store_url: str | None = None,
         store_retry_seconds: float = 30.0,
         start_round: int = 0,
         weights: np.ndarray | None = None,
         history: list[dict] | None = None,
+        run_started_at: float | None = None,
     ) -> None:
-        store = RedisStore(store_url, retry_seconds=store_retry_seconds) if store_url else None
+        self.store_retry_seconds = store_retry_seconds
         self.coordinator = Coordinator(
             config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
-            weights=weights, history=history, store=store, run_id=run_id,
+            weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
         )
 
-    def run(self) -> Iterator[dict]:
+    def run(self, store_url: str | None = None) -> Iterator[dict]:
+        """The rounds' events; checkpoints go to `store_url` (a call argument, never a constructor's)."""
         try:
+            if store_url:
+                self.coordinator.store = RedisStore(store_url, retry_seconds=self.store_retry_seconds)
             yield from self.coordinator.run()
         except Exception as exc:
             # Ray would wrap the error in a RayTaskError carrying a remote traceback; the caller

@@ -72,6 +72,7 @@ class RoundStats:
     byzantine: list[int] = field(default_factory=list)  # sampled clients that are faulty by configuration
     failures: list[str] = field(default_factory=list)
     hosts: dict[int, int] = field(default_factory=dict)  # client id -> host that trained it
+    lost_hosts: dict[int, str] = field(default_factory=dict)  # hosts Ray gave up on this round -> why
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
 
     def metrics_row(self) -> dict:

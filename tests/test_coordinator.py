@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,100 @@ def test_under_min_fit_fraction_a_nan_update_is_rejected_and_the_rest_averaged(m
     kept = [pool.hosts[0].train(w0, c, 1).weights for c in r["clients"] if c != bad]
     expected = fedavg_reference(kept, [600, 600]) if aggregator == "fedavg" else median_reference(kept)
     np.testing.assert_allclose(done["weights"], expected, rtol=1e-6, atol=1e-7)
+
+
+# ---- RayPool over real Ray actors (light stand-ins for ClientHost: no torch, no data) ----------
+
+class StandInHost:
+    """What RayPool calls on a ClientHost, answering at once."""
+
+    def __init__(self, host_id: int) -> None:
+        self.host_id = host_id
+
+    def load(self, *data) -> bool:
+        return True
+
+    def num_examples(self) -> list[int]:
+        return [600] * 100
+
+    def initial_weights(self) -> np.ndarray:
+        return np.zeros(8, np.float32)
+
+    def train(self, weights: np.ndarray, client_id: int, round_idx: int):
+        from fedactors.messages import Update
+
+        return Update(client_id, round_idx, weights + 1, 600, 0.5, 0.01, host=self.host_id)
+
+    def evaluate(self, weights: np.ndarray, start: int, stop: int):
+        from fedactors.messages import EvalPart
+
+        return EvalPart(loss_sum=0.0, correct=stop - start, count=stop - start, seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def ray_pool_factory(local_ray):
+    import ray
+
+    actors = []
+
+    def make(n: int, restarts: int = 0):
+        made = [ray.remote(StandInHost).options(num_cpus=0, max_restarts=restarts).remote(i) for i in range(n)]
+        actors.extend(made)
+        from fedactors.coordinator import RayPool
+
+        pool = RayPool(made, [])
+        pool.REVIVE_WAIT_SECONDS = 5.0
+        return pool, made
+
+    yield make
+    for actor in actors:
+        ray.kill(actor)
+
+
+def test_the_global_weights_go_into_the_object_store_once_for_evaluation_training_and_retries(ray_pool_factory, monkeypatch):
+    import ray
+
+    pool, _ = ray_pool_factory(2)
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value: puts.append(value) or real_put(value))
+    weights = np.ones(8, np.float32)
+    pool.evaluate(weights, 100)  # a round's result is evaluated ...
+    list(pool.train(weights, 2, [1, 2, 3]))  # ... and the next round trains from it ...
+    list(pool.train(weights, 2, [3]))  # ... as does a retry
+    assert len(puts) == 1
+    list(pool.train(weights + 1, 3, [1]))  # a new array is a new put
+    assert len(puts) == 2
+
+
+def test_a_host_lost_for_good_is_reported_once_and_the_round_goes_on_without_it(ray_pool_factory):
+    import ray
+
+    pool, actors = ray_pool_factory(2)
+    ray.kill(actors[1], no_restart=True)
+    results = list(pool.train(np.ones(8, np.float32), 1, [0, 1, 2, 3]))
+    failed = [r for r in results if not hasattr(r, "weights")]
+    assert failed and all(f.host == 1 for f in failed)
+    retried = list(pool.train(np.ones(8, np.float32), 1, [f.client_id for f in failed]))  # the coordinator's retry
+    assert all(hasattr(r, "weights") and r.host == 0 for r in retried)
+    deadline = time.monotonic() + 30
+    lost = {}
+    while not lost and time.monotonic() < deadline:  # Ray's verdict on the restart comes asynchronously
+        pool._revive(wait_seconds=1.0)
+        lost = pool.newly_lost()
+    assert list(lost) == [1] and "Ray gave up restarting it" in lost[1]
+    assert pool.newly_lost() == {}  # once
+
+
+def test_with_every_host_lost_for_good_training_and_evaluation_fail_naming_them(ray_pool_factory):
+    import ray
+
+    pool, actors = ray_pool_factory(2)
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    with pytest.raises(RoundFailed, match=r"evaluation: .*(host 0: Ray gave up|no client host came back)"):
+        pool.evaluate(np.ones(8, np.float32), 100)
+    failures = list(pool.train(np.ones(8, np.float32), 1, [5, 6]))
+    assert [f.client_id for f in failures] == [5, 6]
+    assert "every client host is lost for good (host 0: Ray gave up restarting it" in failures[0].error
+    assert "host 1: Ray gave up restarting it" in failures[0].error
