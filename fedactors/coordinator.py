@@ -171,6 +171,8 @@ class RayPool:
                 try:
                     ray.get(ref)
                     self.alive = sorted([*self.alive, host])
+                except ray.exceptions.ActorUnavailableError:  # still restarting: ask again
+                    self.reviving[host] = self.actors[host].load.remote(*self.data)
                 except ray.exceptions.RayError as exc:  # out of restarts, or its node is gone
                     self.gone[host] = self._unreported[host] = f"Ray gave up restarting it ({_first_line(exc)})"
 

@@ -104,7 +104,11 @@ def _download(data_dir: Path) -> None:
         for train in (True, False):
             datasets.MNIST(root=str(data_dir), train=train, download=True)
     except Exception as exc:  # offline, unwritable, mirror down: all mean the same to the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # torchvision's message puts each mirror's error on lines of their own after a bare
+        # "Error downloading X:"; the reason is in those lines, so keep them, on one line.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if len(reason) > 400:
+            reason = reason[:397] + "..."
         raise DataError(
             f"MNIST not found in {data_dir / 'MNIST' / 'raw'} and the download failed ({reason}); "
             f"copy the four *-ubyte files there, or pass --data-dir / set {ENV_VAR}"

@@ -33,3 +33,9 @@ class RoundFailed(FedActorsError):
     """A round could not be completed with the updates the configuration requires."""
 
     exit_code = 1
+
+
+class InternalError(FedActorsError):
+    """Something fedactors did not expect (a bug, or an environment it does not know); the traceback is kept."""
+
+    exit_code = 1

@@ -219,9 +219,6 @@ def _near_store(store_url: str | None) -> object:
 def _start_ray(address: str | None, preload_torch: bool = False) -> None:
     import ray
 
-    # Ray warns on every local start that token authentication is on; it is, and that is right.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-
     check_cluster(address)
     if address is None:
         # The raylet connects to its own object store, and workers to the raylet, retrying every
@@ -439,6 +436,9 @@ def _without_idle_daemons() -> Iterator[bool]:
 
 def check_cluster(address: str | None) -> None:
     """For --address: something listens there, and it takes this machine's Ray token; else one ClusterError."""
+    # Ray warns whenever it turns token authentication on (every local start, and an attach
+    # with a token); it is on, and that is right.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     check_reachable(address)
     if address is not None:
         _attach_auth(address)

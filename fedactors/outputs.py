@@ -1,4 +1,4 @@
-"""A run's directory: metrics.jsonl (one object per evaluated round), run.json, weights.npy.
+"""A run's directory: metrics.jsonl (one object per evaluated round), run.json, weights.npy, error.log.
 
 Written by `fedactors run`, read by whatever reports on runs. Every file is replaced
 atomically (write to a temporary name, then rename), so a reader never sees half a file.
@@ -25,18 +25,51 @@ class RunDirectory:
         self.metrics_path = path / "metrics.jsonl"
         self.run_path = path / "run.json"
         self.weights_path = path / "weights.npy"
+        self.error_path = path / "error.log"
 
     def check_fresh(self) -> None:
-        """An existing run in the directory is an error: it is never overwritten."""
-        if any(p.exists() for p in (self.metrics_path, self.run_path, self.weights_path)):
-            raise ConfigError(f"--out {self.path} already holds a run; choose another directory, or --resume it")
+        """A run with results in the directory is an error: it is never overwritten.
+
+        Only a directory left by a run of ours that failed or was interrupted before its first
+        round (missing data, a refused cluster) may be used again: it holds no result.
+        `check_no_checkpoints` covers the rounds only the store knows of.
+        """
+        has_rows = self.metrics_path.exists() and self.metrics_path.stat().st_size > 0
+        if not (self.weights_path.exists() or has_rows or self.run_path.exists()):
+            return
+        status = self._info().get("status")
+        if self.weights_path.exists() or has_rows or status not in ("failed", "interrupted"):
+            running = " (status running: if it is not running any more, remove the directory)" if status == "running" else ""
+            raise ConfigError(f"--out {self.path} already holds a run{running}; choose another directory, or --resume it")
+    def check_no_checkpoints(self, store, *, embedded: bool) -> None:
+        """Refuse a directory whose run (or, for its embedded store, any run) has checkpoints in `store`."""
+        previous = self.run_id()
+        holding = [previous] if previous and store.info(previous) is not None else []
+        if embedded:
+            holding += [info.run_id for info in store.runs() if info.run_id not in holding]
+        if holding:
+            raise ConfigError(f"--out {self.path} already holds run {holding[0]}, checkpointed in {store.url}; "
+                              f"choose another directory, or --resume {holding[0]}")
+
+    def run_id(self) -> str | None:
+        """The run id its run.json names, if it has a readable one."""
+        run_id = self._info().get("run_id")
+        return run_id if isinstance(run_id, str) else None
+
+    def _info(self) -> dict:
+        """run.json as a dict ({} if absent or not ours)."""
+        try:
+            info = json.loads(self.run_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def create(self) -> None:
-        """Make the directory for a new run (after check_fresh)."""
+        """Make the directory for a new run (after check_fresh); metrics.jsonl starts empty."""
         self.check_fresh()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.touch()
+            _atomic_write_text(self.metrics_path, "")
         except OSError as exc:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
 
@@ -62,32 +95,16 @@ class RunDirectory:
             json.dumps({"config": config.to_dict(), "fingerprint": config.fingerprint(), **summary}, indent=2) + "\n",
         )
 
+    def write_error(self, text: str) -> Path:
+        """Keep an unexpected error's traceback (error.log) for the report; returns its path."""
+        _atomic_write_text(self.error_path, text)
+        return self.error_path
+
     def write_weights(self, weights: np.ndarray) -> None:
         tmp = self.weights_path.with_name(".weights.npy.tmp")
         with tmp.open("wb") as f:
             np.save(f, np.ascontiguousarray(weights, dtype=np.float32))
         os.replace(tmp, self.weights_path)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl."""
-    with (path / "metrics.jsonl").open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def summarise(history: list[dict], target: float) -> dict:
-    """Best accuracy and the first round reaching `target` (None if never)."""
-    evaluated = [row for row in history if row.get("accuracy") is not None]
-    if not evaluated:
-        return {"best_accuracy": None, "best_round": None, "rounds_to_target": None}
-    best = max(evaluated, key=lambda row: (row["accuracy"], -row["round"]))
-    reached = next((row["round"] for row in evaluated if row["accuracy"] >= target), None)
-    return {
-        "best_accuracy": best["accuracy"],
-        "best_round": best["round"],
-        "final_accuracy": evaluated[-1]["accuracy"],
-        "rounds_to_target": reached,
-    }
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

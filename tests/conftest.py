@@ -17,9 +17,11 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 REPO = Path(__file__).resolve().parent.parent
 EXE = os.path.join(os.path.dirname(sys.executable), "fedactors")  # the installed console script
 ROUNDS = 5
-# Small real rounds (5 clients of 600 images, one epoch) so that a whole run takes seconds.
+# Small real rounds (5 clients of 600 images, one epoch) so that a whole run takes seconds. Only
+# the last round is evaluated: a round's training is 2 s here, evaluating the 10,000 test images
+# 3 s, and what these runs prove is in the weights' bytes (and the last accuracy).
 ARGS = ["--clients", "100", "--frac", "0.05", "--partition", "iid", "--epochs", "1", "--batch-size", "50",
-        "--seed", "2", "--hosts", "2"]
+        "--seed", "2", "--hosts", "2", "--eval-every", str(ROUNDS)]
 
 
 def fedactors(*args, timeout=600):
@@ -31,10 +33,12 @@ def accuracies(out: Path) -> list[float]:
     return [json.loads(line)["accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def rows(out: Path) -> int:
-    """Rounds written to metrics.jsonl so far."""
-    path = out / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+def rounds_done(out: Path) -> int:
+    """Rounds a run has completed so far, as its run.json says (evaluated or not)."""
+    try:
+        return json.loads((out / "run.json").read_text()).get("rounds_completed", 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def assert_same_as_reference(out: Path, reference: Path) -> None:
@@ -50,7 +54,7 @@ def reference(tmp_path_factory, mnist_dir) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
     result = fedactors("run", *ARGS, "--rounds", str(ROUNDS), "--run-id", "ref", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert len(accuracies(out)) == ROUNDS
+    assert len(accuracies(out)) == 1
     return out
 
 

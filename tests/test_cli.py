@@ -104,38 +104,142 @@ def test_config_file_sets_defaults_that_flags_override(tmp_path):
     result = _fedactors("run", "--config", str(cfg), "--dry-run")
     assert result.returncode == 2 and "is not valid TOML" in result.stderr
     result = _fedactors("run", "--config", str(cfg), "--config", str(tmp_path / "missing.toml"), "--dry-run")
-    assert result.returncode == 2 and "No such file" in result.stderr
+    assert result.returncode == 2 and "missing.toml does not exist" in result.stderr
 
 
-def test_ctrl_c_is_remembered_even_if_its_exception_is_swallowed():
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_is_remembered_even_if_its_exception_is_swallowed(name):
     import signal
 
-    from fedactors.cli.run import _CtrlC
+    from fedactors.cli.run import Interrupted, _Interrupts
 
-    with _CtrlC() as ctrl_c:
-        ctrl_c.check()  # nothing yet
+    signum = getattr(signal, name)
+    before = signal.getsignal(signum)
+    with _Interrupts() as interrupts:
+        interrupts.check()  # nothing yet
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             time.sleep(1)  # the handler runs here at the latest
-            pytest.fail("SIGINT did not raise KeyboardInterrupt")
-        except KeyboardInterrupt:
-            pass  # swallowed, as by a library
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c.check()  # the next event stops the run
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            pytest.fail(f"{name} did not raise")
+        except KeyboardInterrupt as exc:
+            assert isinstance(exc, Interrupted) and exc.signum == signum  # swallowed, as by a library
+        with pytest.raises(Interrupted):
+            interrupts.check()  # the next event stops the run
+    assert signal.getsignal(signum) is before
 
 
-def test_ctrl_c_latch_leaves_an_ignored_sigint_ignored():
+def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
     import signal
 
-    from fedactors.cli.run import _CtrlC
+    from fedactors.cli.run import _Interrupts
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
     try:
-        with _CtrlC() as ctrl_c:
+        with _Interrupts() as interrupts:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGINT)
-            ctrl_c.check()
+            os.kill(os.getpid(), signal.SIGHUP)
+            interrupts.check()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ---- How a run ends, driven in-process with the experiment replaced ------------------------------
+
+def _main(monkeypatch, capsys, *args):
+    """fedactors.cli.main as the console script runs it: (exit status, stdout, stderr)."""
+    from fedactors.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fedactors", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+SMALL = ["--clients", "10", "--partition", "iid", "--rounds", "1"]
+
+
+def _one_round(config, on_event, *, run_id, store_url, **kwargs):
+    """A stand-in for experiment.run: one evaluated round, checkpointed, and the final weights."""
+    import numpy as np
+
+    from fedactors.checkpoint import Checkpoint, RedisStore
+
+    with RedisStore(store_url) as store:
+        store.save(Checkpoint(run_id, 1, np.zeros(4, np.float32), config.fingerprint(), config.to_dict(), []), keep=1)
+    on_event({"type": "start", "hosts": [], "clients_per_round": 1})
+    on_event({"type": "round", "round": 1, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0, "round_seconds": 1.0,
+              "train_seconds": 1.0, "wait_seconds": 1.0, "aggregate_seconds": 0.0, "eval_seconds": 0.0,
+              "num_updates": 1, "clients": [0], "retried": [], "dropped": [], "rejected": [], "byzantine": [],
+              "failures": [], "hosts": {}, "lost_hosts": {}, "checkpoint_seconds": None})
+    return {"type": "done", "round": 1, "weights": np.zeros(4, np.float32)}
+
+
+def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback(tmp_path, monkeypatch, capsys):
+    from fedactors import experiment
+
+    def broken(config, on_event, **kwargs):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(experiment, "run", broken)
+    out = tmp_path / "run"
+    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
+    assert status == 1
+    assert err.strip().splitlines() == [f"fedactors: error: unexpected ValueError: a bug deep inside (traceback in {out / 'error.log'})"]
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    log = (out / "error.log").read_text()
+    assert "Traceback" in log and "in broken" in log and "ValueError: a bug deep inside" in log
+
+
+def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_command(tmp_path, monkeypatch, capsys):
+    from fedactors import experiment
+    from fedactors.errors import DataError
+
+    def no_data(config, on_event, **kwargs):
+        raise DataError("MNIST not found (offline)")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(experiment, "run", no_data)
+    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
+    assert status == 2 and "MNIST not found" in err
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    status, _, err = _main(monkeypatch, capsys, "run", "--resume", "first", "--out", str(out))
+    assert status == 2 and "stopped before its first checkpoint" in err and "start it again" in err
+    monkeypatch.setattr(experiment, "run", _one_round)
+    status, stdout, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
+    assert status == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    # Now it holds a round: the same command is refused, and nothing is overwritten.
+    before = (out / "run.json").read_bytes()
+    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
+    assert status == 2 and "already holds a run" in err and (out / "run.json").read_bytes() == before
+
+
+def test_run_json_records_the_data_directory_actually_used(tmp_path, monkeypatch, capsys):
+    from fedactors import experiment
+
+    monkeypatch.setattr(experiment, "run", _one_round)
+    monkeypatch.setenv("FEDACTORS_DATA", str(tmp_path / "from-env"))
+    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(tmp_path / "run"))
+    assert status == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data_dir"] == str(tmp_path / "from-env")
+
+
+def test_dry_run_says_where_mnist_is_read_and_whether_it_is_there(tmp_path, mnist_dir):
+    present = _fedactors("run", "--dry-run", "--json", *SMALL, "--out", str(tmp_path / "a"))
+    plan = json.loads(present.stdout)
+    assert plan["data_dir"] == str(mnist_dir) and plan["data_present"] is True
+    absent = _fedactors("run", "--dry-run", *SMALL, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "b"))
+    assert f"MNIST: {tmp_path / 'empty'}/MNIST/raw (absent: it would be downloaded there)" in absent.stdout
+
+
+def test_help_names_every_json_event_and_the_redis_variable(runner):
+    text = " ".join(runner.invoke(cli, ["run", "--help"]).output.split())
+    assert "header, start, warning, round, summary" in text and "FEDACTORS_REDIS_URL" in text
+    runs_help = " ".join(runner.invoke(cli, ["runs", "list", "--help"]).output.split())
+    assert "OUT/checkpoints" not in runs_help and "embedded store of each run directory under --runs-dir" in runs_help

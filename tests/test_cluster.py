@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rows
+from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rounds_done
 
 pytestmark = pytest.mark.slow
 
@@ -19,30 +19,64 @@ def without_hosts(args):
     return args[:i] + args[i + 2 :]
 
 
-@pytest.fixture
-def cluster():
-    """A head node and a worker node, each its own raylet with one CPU, on this machine's loopback."""
-    from ray.cluster_utils import Cluster
+def in_private_network(script: str, tmp_path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a bash script in a network namespace of its own, whose only interface is loopback.
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+    Ray started there by `ray start` binds where a user's would (its node address), and that
+    can only be 127.0.0.1: nothing the test starts is reachable from the network. HOME is a
+    fresh directory, so the cluster's token is the test's own.
+    """
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "PATH": f"{os.path.dirname(EXE)}:{os.environ['PATH']}"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # as a user's shell has it
+    return subprocess.run(["unshare", "--net", "bash", "-c", "set -u; ip link set lo up; " + script],
+                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_two_node_cluster_trains_on_both_nodes_with_the_single_node_weights(cluster, reference, tmp_path):
-    out = tmp_path / "run"
-    result = fedactors("run", *without_hosts(ARGS), "--rounds", str(ROUNDS), "--address", cluster.address, "--out", str(out))
-    assert result.returncode == 0, result.stderr
+def test_a_cluster_started_with_ray_start_as_the_readme_says_trains_on_both_nodes_with_the_single_node_weights(
+        reference, tmp_path):
+    """ray start --head, ray start --address on a second node, then fedactors run/sweep --address: with the
+    token Ray writes (~/.ray/auth_token), without one, and with a wrong one."""
+    out, empty = tmp_path / "run", tmp_path / "empty-home"
+    empty.mkdir()
+    args = " ".join(without_hosts(ARGS))
+    script = f"""
+        ray get-auth-token --generate > /dev/null
+        ray start --head --port=6379 --num-cpus=1 --include-dashboard=false > {tmp_path}/head.log 2>&1
+        RAY_AUTH_MODE=token ray start --address=127.0.0.1:6379 --num-cpus=1 > {tmp_path}/worker.log 2>&1
+        trap 'ray stop --force > /dev/null 2>&1' EXIT
+        fedactors run {args} --rounds {ROUNDS} --address 127.0.0.1:6379 --out {out} > {tmp_path}/run.log 2>&1
+        echo "run: $?"
+        HOME={empty} fedactors run --address 127.0.0.1:6379 --rounds 1 --out {tmp_path}/a 2> {tmp_path}/no-token.err
+        echo "no token: $?"
+        RAY_AUTH_TOKEN=0123456789abcdef0123456789abcdef fedactors run --address 127.0.0.1:6379 --rounds 1 \
+            --out {tmp_path}/b 2> {tmp_path}/wrong-token.err
+        echo "wrong token: $?"
+        HOME={empty} fedactors sweep --address 127.0.0.1:6379 --epochs 1 --batch-sizes 50 --partitions iid \
+            --rounds 1 --out {tmp_path}/sweep > /dev/null 2> {tmp_path}/sweep.err
+        echo "sweep: $?"
+    """
+    result = in_private_network(script, tmp_path)
+    assert result.stdout.split("\n")[:4] == ["run: 0", "no token: 2", "wrong token: 2", "sweep: 2"], (
+        result.stdout + result.stderr + (tmp_path / "run.log").read_text())
     run = json.loads((out / "run.json").read_text())
     hosts = run["host_info"]
     assert len(hosts) == 2  # one CPU per node, one host per CPU
     assert len({h["node_id"] for h in hosts}) == 2, hosts  # spread: one host on each node
     assert all(h["clients_trained"] > 0 for h in hosts)
-    assert sum(h["clients_trained"] for h in hosts) == 5 * ROUNDS
-    assert "2 client hosts on 2 nodes" in result.stdout
+    assert "2 client hosts on 2 nodes" in (tmp_path / "run.log").read_text()
     assert_same_as_reference(out, reference)
+    token = (tmp_path / "home" / ".ray" / "auth_token").read_text().strip()
+    assert token not in (out / "run.json").read_text() and token not in (tmp_path / "run.log").read_text()
+    for name, sent in [("no-token", "refused a connection without one (no RAY_AUTH_TOKEN, no ~/.ray/auth_token)"),
+                       ("wrong-token", "refused the token from RAY_AUTH_TOKEN"),
+                       ("sweep", "refused a connection without one")]:
+        lines = (tmp_path / f"{name}.err").read_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            "fedactors: error: the Ray cluster at 127.0.0.1:6379 requires token authentication and ") and sent in lines[0], lines
+        assert "set RAY_AUTH_TOKEN to the cluster's token" in lines[0]
+    assert not (tmp_path / "a").exists()  # refused before anything was written
 
 
 def test_attaching_to_nothing_is_one_clear_line(tmp_path):
@@ -58,9 +92,9 @@ def _start(out, *args):
     return proc, log
 
 
-def _kill_host_after_rows(proc, out, n_rows, host=0, delay=0.3):
+def _kill_host_after_rounds(proc, out, n_rounds, host=0, delay=0.3):
     deadline = time.monotonic() + 300
-    while rows(out) < n_rows:
+    while rounds_done(out) < n_rounds:
         assert proc.poll() is None and time.monotonic() < deadline, (out.parent / "log.txt").read_text()
         time.sleep(0.02)
     time.sleep(delay)  # the next round's clients are training now
@@ -72,7 +106,7 @@ def _kill_host_after_rows(proc, out, n_rows, host=0, delay=0.3):
 def test_a_host_killed_mid_round_is_replaced_and_the_weights_do_not_change(reference, tmp_path):
     out = tmp_path / "run"
     proc, log = _start(out, *ARGS, "--rounds", str(ROUNDS))
-    _kill_host_after_rows(proc, out, 2)
+    _kill_host_after_rounds(proc, out, 2)
     assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
     log.close()
     run = json.loads((out / "run.json").read_text())
@@ -88,7 +122,7 @@ def test_min_fit_fraction_accepts_a_round_with_fewer_updates(tmp_path):
             "--hosts", "5", "--cpus-per-host", "0.4", "--min-fit-fraction", "0.8", "--rounds", "3"]
     out = tmp_path / "run"
     proc, log = _start(out, *args)
-    _kill_host_after_rows(proc, out, 1, host=2)
+    _kill_host_after_rounds(proc, out, 1, host=2)
     assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
     log.close()
     rows_ = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

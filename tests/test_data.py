@@ -105,3 +105,19 @@ def test_noniid_general_k_and_bad_k(mnist):
     _check_covering(parts, 60_000)
     with pytest.raises(ConfigError, match="14 shards do not divide 60000"):
         partition_noniid(mnist.train_labels, 7, seed=0)
+
+
+def test_a_failed_download_says_why(tmp_path, monkeypatch):
+    """torchvision puts each mirror's error on lines after a bare "Error downloading X:"; the reason must survive."""
+    from torchvision import datasets
+
+    from fedactors.data import load_mnist
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>\n")
+
+    monkeypatch.setattr(datasets, "MNIST", offline)
+    with pytest.raises(DataError, match=r"download failed \(Error downloading train-images-idx3-ubyte.gz: Tried "
+                                        r"https://mirror/, got: <urlopen error \[Errno -2\] Name or service not known>\)"):
+        load_mnist(tmp_path)

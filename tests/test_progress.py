@@ -88,3 +88,26 @@ def test_a_warning_shared_by_hosts_is_printed_once_naming_them(capsys):
     Renderer(CFG).start(hosts, 10, 0)
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: hosts 0, 1: {slow}", f"warning: host 1: {GPU_FALLBACK}"]
+
+
+def test_rich_eta_is_known_after_the_first_round():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    renderer = RichRenderer(RunConfig(rounds=100), console=Console(file=buf, force_terminal=True, width=160, color_system=None))
+    renderer.start(HOSTS, 10, 0)
+    renderer.round(event(1, 0.9))  # 2.0 s a round, 99 to go
+    renderer.progress.refresh()
+    renderer.close()
+    last_bar = [line for line in buf.getvalue().splitlines() if "1/100" in line][-1]
+    assert "ETA 0:03:18" in last_bar
+
+
+def test_rich_prints_the_resume_command_on_one_line_however_narrow_the_terminal():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    renderer = RichRenderer(CFG, console=Console(file=buf, force_terminal=True, width=40, color_system=None))
+    command = "fedactors run --resume 20261130-140740-44a1 --out runs/some/rather/long/directory/name"
+    renderer.interrupted(command)
+    assert f"interrupted; continue with: {command}" in buf.getvalue().splitlines()

@@ -9,22 +9,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
 
-from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rows
+from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rounds_done
 
 
-def start_and_kill_mid_round(out, *extra, after_rows=2):
-    """Start a run, wait until `after_rows` rounds are written, SIGKILL every process of its tree mid-round."""
+def start_and_kill_mid_round(out, *extra, after_rounds=2):
+    """Start a run, wait until `after_rounds` rounds are done, SIGKILL every process of its tree mid-round."""
     log = open(out.parent / f"{out.name}.log", "w")
     proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), *extra],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while rows(out) < after_rows:
+    while rounds_done(out) < after_rounds:
         assert proc.poll() is None, (out.parent / f"{out.name}.log").read_text()
         assert time.monotonic() < deadline, "the run did not get going"
         time.sleep(0.05)
@@ -39,7 +40,7 @@ def start_and_kill_mid_round(out, *extra, after_rows=2):
     log.close()
     gone, alive = psutil.wait_procs([p for p in tree[1:] if isinstance(p, psutil.Process)], timeout=10)
     assert not alive, f"processes survived SIGKILL: {alive}"
-    assert rows(out) < ROUNDS, "the run finished before it was killed; the test proves nothing"
+    assert rounds_done(out) < ROUNDS, "the run finished before it was killed; the test proves nothing"
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     assert not (out / "weights.npy").exists()
     return len(tree)
@@ -53,12 +54,14 @@ def test_sigkill_mid_round_then_resume_is_bit_exact_embedded_store(reference, tm
     assert result.returncode == 0, result.stderr
     assert "resuming run victim after round" in result.stdout
     assert_same_as_reference(out, reference)
+    run = json.loads((out / "run.json").read_text())
+    assert run["total_wall_seconds"] > run["wall_seconds"] + 5  # the killed part's rounds count too
 
 
 def test_sigkill_mid_round_then_resume_is_bit_exact_redis_url(reference, tmp_path, make_redis_server):
     server = make_redis_server()
     out = tmp_path / "run"
-    start_and_kill_mid_round(out, "--run-id", "victim", "--redis", server.url, after_rows=3)
+    start_and_kill_mid_round(out, "--run-id", "victim", "--redis", server.url, after_rounds=3)
     # The output directory can even be lost: with --redis the store has everything.
     for f in out.iterdir():
         f.unlink()
@@ -67,27 +70,31 @@ def test_sigkill_mid_round_then_resume_is_bit_exact_redis_url(reference, tmp_pat
     assert_same_as_reference(out, reference)
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_stops_cleanly_and_says_how_to_resume(reference, tmp_path, signum):
+    """Ctrl-C, and SIGTERM as kill, Slurm, Kubernetes, systemd and timeout send it: status interrupted, the
+    resume command printed, exit 128 + the signal. The SIGTERM run is then resumed to the reference's bytes."""
     out = tmp_path / "run"
     proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), "--run-id", "c"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while rows(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while rounds_done(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     finished_before = proc.poll()
-    signalled_at_rows = rows(out)
-    proc.send_signal(signal.SIGINT)
+    signalled_at = rounds_done(out)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (
-        f"exit {proc.returncode} (already exited before SIGINT: {finished_before}; signalled at {signalled_at_rows} "
-        f"rows, {rows(out)} at the end)\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    assert proc.returncode == 128 + signum, (
+        f"exit {proc.returncode} (already exited before the signal: {finished_before}; signalled after round "
+        f"{signalled_at}, {rounds_done(out)} at the end)\nstdout:\n{stdout}\nstderr:\n{stderr}"
     )
     assert f"continue with: fedactors run --resume c --out {out}" in stdout
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    assert "Traceback" not in stderr
-    result = fedactors("run", "--resume", "c", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert_same_as_reference(out, reference)
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr
+    if signum == signal.SIGTERM:
+        result = fedactors("run", "--resume", "c", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert_same_as_reference(out, reference)
 
 
 def test_resume_of_a_finished_run_does_no_work(reference):
@@ -114,7 +121,7 @@ def test_redis_down_mid_run_stops_with_exit_3_and_the_safe_round_intact(referenc
                              "--redis", server.url, "--store-retry-seconds", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while rows(out) < 1 and time.monotonic() < deadline:
+    while rounds_done(out) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     server.stop()
     stdout, stderr = proc.communicate(timeout=300)
@@ -153,3 +160,53 @@ def test_runs_list_show_rm(reference, tmp_path):
     assert refused.returncode == 2 and "--yes" in refused.stderr
     missing = fedactors("runs", "show", "nope", "--runs-dir", runs_dir)
     assert missing.returncode == 2 and "no run nope" in missing.stderr
+
+
+def test_a_redis_without_persistence_that_restarts_mid_run_is_noticed_and_the_run_stays_whole(
+        reference, tmp_path, make_redis_server):
+    server = make_redis_server("--appendonly", "no", "--save", "")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), "--run-id", "f",
+                             "--redis", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while rounds_done(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    server.stop()  # comes back empty: nothing was on disk
+    server.start()
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "warning: Redis at redis://127.0.0.1" in stdout and "keeps nothing on disk" in stdout  # said at the start
+    lost = [line for line in stdout.splitlines() if "lost every checkpoint of run f" in line]
+    assert len(lost) == 1 and "is stored again" in lost[0], stdout
+    assert_same_as_reference(out, reference)
+    # The store is whole again: the finished run is there to be resumed (which does nothing).
+    again = fedactors("run", "--resume", "f", "--redis", server.url, "--out", str(out))
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
+
+
+def test_a_redis_password_from_the_environment_stays_out_of_command_lines_logs_and_outputs(tmp_path, make_redis_server):
+    password = "pw-7f3a9c0e5d"
+    server = make_redis_server("--requirepass", password)
+    out = tmp_path / "run"
+    env = {**os.environ, "FEDACTORS_REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0"}
+    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", "2", "--eval-every", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    seen = set()
+    while proc.poll() is None and time.monotonic() < deadline:
+        for p in psutil.process_iter():
+            try:
+                seen.add(p.pid)
+                assert password not in " ".join(p.cmdline()), p.cmdline()
+                if p.pid != proc.pid:  # the CLI read it from its environment; nothing it starts inherits it
+                    assert password not in "".join(p.environ().values()), p.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert len(seen) > 5  # the tree was looked at while it ran
+    assert password not in stdout + stderr
+    assert all(password not in f.read_text(errors="replace") for f in out.rglob("*.json*"))
+    session_logs = Path("/tmp/ray/session_latest/logs")
+    assert all(password.encode() not in f.read_bytes() for f in session_logs.rglob("*") if f.is_file())

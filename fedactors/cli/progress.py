@@ -68,7 +68,8 @@ class Renderer:
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         nodes = len({h.get("node_id") for h in hosts})
-        self.echo(f"{len(hosts)} client hosts on {nodes} node{'s' * (nodes > 1)}; {clients_per_round} clients per round")
+        self.echo(f"{len(hosts)} client host{'s' * (len(hosts) != 1)} on {nodes} node{'s' * (nodes > 1)}; "
+                  f"{clients_per_round} clients per round")
         self.host_warnings(hosts)
 
     def warning(self, text: str) -> None:
@@ -173,7 +174,7 @@ class RichRenderer(Renderer):
     def __init__(self, config: RunConfig, console: object | None = None) -> None:
         super().__init__(config)
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console if console is not None else Console()
         self.progress = Progress(
@@ -181,20 +182,24 @@ class RichRenderer(Renderer):
             MofNCompleteColumn(),
             BarColumn(),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            # Our own ETA: rich's estimates speed from the updates of the last 30 s, and with rounds
+            # of 20 s or more it has too few of them, so it showed -:--:-- for the whole run.
+            TextColumn("ETA {task.fields[eta]}"),
             TextColumn("{task.fields[status]}"),
             console=self.console,
             transient=False,
         )
         self.task = None
+        self.round_seconds: list[float] = []  # of the rounds this command ran
 
     def echo(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
+        # soft_wrap: a long line (the resume command) stays one line, so it can be pasted whole.
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         super().start(hosts, clients_per_round, first_round)
-        self.task = self.progress.add_task("rounds", total=self.config.rounds, completed=first_round, status="starting hosts")
+        self.task = self.progress.add_task("rounds", total=self.config.rounds, completed=first_round, eta="-:--:--",
+                                           status="starting hosts")
         self.progress.start()
 
     def round(self, ev: dict) -> None:
@@ -203,7 +208,13 @@ class RichRenderer(Renderer):
             status = f"acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}" if ev["accuracy"] is not None else ""
             if self.best is not None:
                 status += f"  best {self.best:.4f}"
-            self.progress.update(self.task, completed=ev["round"], status=status)
+            self.round_seconds.append(ev["round_seconds"])
+            self.progress.update(self.task, completed=ev["round"], status=status, eta=self.eta(ev["round"]))
+
+    def eta(self, round_done: int) -> str:
+        """The remaining rounds at the mean pace of the rounds this command ran, as h:mm:ss."""
+        seconds = int(round(sum(self.round_seconds) / len(self.round_seconds) * (self.config.rounds - round_done)))
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
     def close(self) -> None:
         self.progress.stop()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fedactors.cli import cli
+from fedactors.cli.run import redis_option
 from fedactors.config import PARTITIONS
 from fedactors.errors import ConfigError
 
@@ -74,19 +75,23 @@ def _csv(kind: type, name: str):
 @click.option("--seed", type=int, default=None, help="Seed for every cell.")
 @click.option("--hosts", type=int, default=None, help="Client hosts per run.")
 @click.option("--address", default=None, help="Ray cluster to attach every run to.")
-@click.option("--redis", "redis_url", default=None, metavar="URL", help="Checkpoint store for every cell (default: each cell's embedded store).")
+@redis_option("each cell's embedded store, in its run directory.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"), show_default=True,
               help="Root directory: one run directory per cell, named like noniid-E5-B10-C0.1.")
 @click.option("--markdown", is_flag=True, help="Print the closing report as Markdown.")
 @click.option("--quiet", "-q", is_flag=True, help="Only one line per cell and the report.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="List the cells, their run directories, which are finished, resumable (from which round) or new, "
+              "and the rounds each would run; start nothing.")
 def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fracs, partitions, rounds, lr, seed, hosts,
-          address, redis_url, out: Path, markdown: bool, quiet: bool) -> None:
+          address, redis_url, out: Path, markdown: bool, quiet: bool, dry_run: bool) -> None:
     """Run a grid over E, B, C and partition, one run per cell; finished cells are skipped, so an
     interrupted sweep continues where it stopped. Ends with the report (and Table 2 beside the paper's)."""
-    from fedactors.cli.run import STORE_DIR, _new_run, _resume
+    from fedactors.cli.run import STORE_DIR, _new_run, _resume, forget_redis_variable
     from fedactors.report import format_table, format_table2, load_run
     from fedactors.sweep import cell_is_complete, load_sweep_toml, paper_table2_cells, plan_sweep
 
+    forget_redis_variable()
     spec = load_sweep_toml(config_file) if config_file else {"run": {}}
     if paper_table2:
         cells = paper_table2_cells()
@@ -104,6 +109,9 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
     overrides = {"rounds": rounds, "lr": lr, "seed": seed, "hosts": hosts, "address": address}
     run_settings.update({k: v for k, v in overrides.items() if v is not None})
     plans = [(cell, cell.run_config(run_settings)) for cell in cells]  # every cell validated before any runs
+    if dry_run:
+        _sweep_plan(plans, out, redis_url)
+        return
     mode = "quiet" if quiet else "auto"
     click.echo(f"sweep of {len(plans)} cells into {out}")
     for i, (cell, config) in enumerate(plans, 1):
@@ -128,3 +136,26 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
         click.echo()
         click.echo(format_table2(summaries, markdown=markdown))
 
+
+def _sweep_plan(plans: list, out: Path, redis_url: str | None) -> None:
+    """What a sweep would do, cell by cell: nothing is started or written (but a cell's embedded store is read)."""
+    from fedactors.cli.run import STORE_DIR, _open_store
+    from fedactors.sweep import cell_is_complete
+
+    click.echo(f"sweep of {len(plans)} cells into {out} (dry run)")
+    total = 0
+    for i, (cell, config) in enumerate(plans, 1):
+        run_dir, run_id = out / cell.name, f"{out.name}-{cell.name}"
+        done_round = None
+        if cell_is_complete(run_dir, config):
+            state, todo = "finished", 0
+        else:
+            if redis_url is not None or (run_dir / STORE_DIR).is_dir():
+                with _open_store(redis_url, run_dir, 30.0) as (store, _):
+                    info = store.info(run_id)
+                    done_round = info.latest_round if info is not None else None
+            todo = config.rounds - (done_round or 0)
+            state = f"resumable after round {done_round}" if done_round else "new"
+        total += todo
+        click.echo(f"[{i}/{len(plans)}] {cell.name}: {state}; {todo} rounds to run -> {run_dir}")
+    click.echo(f"{total} rounds in all")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-
+import os
 import secrets
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,33 +19,37 @@ from click.core import ParameterSource
 
 from fedactors.cli import cli
 from fedactors.cli.progress import Renderer, make_renderer
-from fedactors.config import AGGREGATORS, ATTACKS, EXPERIMENT_FIELDS, PARTITIONS, PRECISIONS, RunConfig, parse_batch_size
+from fedactors.config import AGGREGATORS, ATTACKS, EXPERIMENT_FIELDS, PARTITIONS, PRECISIONS, RunConfig, parse_batch_size, read_toml
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError
+from fedactors.report import summarise
 
 D = RunConfig()  # defaults, shown in --help
 STORE_DIR = "checkpoints"  # the embedded Redis keeps its files in OUT/checkpoints
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
 
-redis_option = click.option(
-    "--redis", "redis_url", default=None, metavar="URL",
-    help="Checkpoint store: redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or unix://PATH. "
-    "Default: an embedded Redis server keeping its data in OUT/checkpoints.",
-)
+REDIS_URL_VARIABLE = "FEDACTORS_REDIS_URL"  # keeps a password off the command line and out of shell history
+
+
+def forget_redis_variable() -> None:
+    """Once read, $FEDACTORS_REDIS_URL leaves the environment: Ray's processes (a local cluster's are
+    this process's children) would otherwise inherit the password with it."""
+    os.environ.pop(REDIS_URL_VARIABLE, None)
+
+
+def redis_option(default_help: str):
+    """--redis URL, also read from $FEDACTORS_REDIS_URL; `default_help` says what happens without either."""
+    return click.option(
+        "--redis", "redis_url", default=None, metavar="URL", envvar=REDIS_URL_VARIABLE, show_envvar=True,
+        help="Checkpoint store: redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or unix://PATH; put a URL with a "
+        f"password in ${REDIS_URL_VARIABLE} rather than on the command line. Default: {default_help}",
+    )
 
 
 def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
     """--config FILE: a TOML table of run settings, used as defaults that flags override."""
     if path is None:
         return None
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path} is not valid TOML: {exc}") from None
+    table = read_toml(path, f"--config {path}")
     table = table.get("run", table)  # a sweep file's [run] table works too
     table = {k.replace("-", "_"): v for k, v in table.items()}
     unknown = sorted(set(table) - CONFIG_KEYS)
@@ -89,19 +94,22 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the 10,000 test images every N rounds (and after the last).")
 @click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy whose first crossing is reported as rounds-to-target.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output directory for metrics.jsonl, run.json, weights.npy. Default: runs/RUN_ID.")
-@redis_option
+@redis_option("an embedded Redis server keeping its data in OUT/checkpoints.")
 @click.option("--run-id", "run_id", default=None, help="Name of a new run (letters, digits, . _ -). Default: generated from the time.")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Continue RUN_ID from its newest valid checkpoint, with its stored configuration.")
 @click.option("--checkpoint-every", "checkpoint_every", type=int, default=D.checkpoint_every, show_default=True, help="Checkpoint after every N rounds (and after the last).")
 @click.option("--keep", type=int, default=D.keep, show_default=True, help="Checkpoints kept per run (the newest N rounds).")
 @click.option("--store-retry-seconds", "store_retry_seconds", type=float, default=30.0, show_default=True, help="How long to retry an unreachable store mid-run before stopping (exit 3).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings and the closing summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event (header, start, round, summary) on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event on stdout: header, start, warning, round, summary "
+              "(and interrupted, already_finished or dry_run where they happen).")
 @click.option("--dry-run", "dry_run", is_flag=True, help="Print the resolved configuration and the planned resources, and start nothing.")
 def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | None, resume: str | None,
         store_retry_seconds: float, quiet: bool, as_json: bool, dry_run: bool, **flags: object) -> None:
     """Run FedAvg on MNIST (or --resume a run): a live progress bar in a terminal, a line per round elsewhere."""
     from fedactors.checkpoint import check_run_id
+
+    forget_redis_variable()
 
     flags["batch_size"] = parse_batch_size(batch_size)
     if resume and run_id:
@@ -136,18 +144,27 @@ def _refuse_idle_flags(flags: dict) -> None:
 
 
 def _new_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float, mode: str) -> None:
-    from fedactors.experiment import check_reachable
+    from fedactors.experiment import check_cluster
     from fedactors.outputs import RunDirectory
 
+    config = with_data_dir(config)
     run_dir = RunDirectory(out)
     run_dir.check_fresh()
-    check_reachable(config.address)  # before anything is created
+    check_cluster(config.address)  # before anything is created
     with _open_store(redis_url, out, retry) as (store, url):
         if store.info(run_id) is not None:
             raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
+        run_dir.check_no_checkpoints(store, embedded=redis_url is None)
         run_dir.create()
-        _drive(config, run_id, run_dir, url, retry, None, make_renderer(mode, config))
+        _drive(config, run_id, run_dir, url, retry, None, make_renderer(mode, config), store.persistence_warning())
         store.mark_finished(run_id)
+
+
+def with_data_dir(config: RunConfig) -> RunConfig:
+    """`config` naming the data directory actually used: --data-dir, else $FEDACTORS_DATA, else the cache."""
+    from fedactors.data import resolve_data_dir
+
+    return dataclasses.replace(config, data_dir=str(resolve_data_dir(config.data_dir).absolute()))
 
 
 def _resume(run_id: str, out: Path, redis_url: str | None, retry: float, flags: dict, mode: str, dry_run: bool) -> None:
@@ -157,6 +174,9 @@ def _resume(run_id: str, out: Path, redis_url: str | None, retry: float, flags: 
         raise ConfigError(f"no run {run_id} at {out} (no {out / STORE_DIR}); pass its --out DIR, or --redis URL")
     with _open_store(redis_url, out, retry) as (store, url):
         if store.info(run_id) is None:
+            if RunDirectory(out).run_id() == run_id:
+                raise ConfigError(f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to "
+                                  "resume; start it again with the command that started it")
             raise ConfigError(f"no run {run_id} in the store at {store.url}")
         ckpt, skipped = store.latest(run_id)
         for bad in skipped:
@@ -172,10 +192,12 @@ def _resume(run_id: str, out: Path, redis_url: str | None, retry: float, flags: 
         run_dir.reopen(ckpt.history)
         if ckpt.round >= config.rounds:
             renderer.already_finished(run_id, ckpt.round)
-            _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, {"run_id": run_id}, time.perf_counter(), renderer)
+            total = float(ckpt.extra.get("wall_seconds", 0.0))
+            _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history,
+                    {"run_id": run_id, "wall_seconds": 0.0, "total_wall_seconds": total}, renderer)
             store.mark_finished(run_id)
             return
-        _drive(config, run_id, run_dir, url, retry, ckpt, renderer)
+        _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning())
         store.mark_finished(run_id)
 
 
@@ -195,7 +217,7 @@ def _resumed_config(stored: dict, fingerprint: str, flags: dict, run_id: str) ->
                 f"{flag} {_show(given[name])} differs from run {run_id}'s {_show(stored_dict[name])}; "
                 "flags that change the experiment cannot change on --resume"
             )
-    return dataclasses.replace(config, **given)
+    return with_data_dir(dataclasses.replace(config, **given))
 
 
 def _show(value: object) -> str:
@@ -207,9 +229,14 @@ def _dry_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, m
     from fedactors.checkpoint import mask_url
     from fedactors.experiment import plan_hosts
 
+    from fedactors.data import missing_files
+
+    config = with_data_dir(config)
     hosts, source = plan_hosts(config)
+    data_present = not missing_files(Path(config.data_dir))
     plan = {
         "run_id": run_id, "out": str(out), "resume_after_round": resume_round,
+        "data_dir": config.data_dir, "data_present": data_present,
         "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
         "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,
         "gpus_per_host": config.gpus_per_host, "threads_per_host": config.threads_per_host,
@@ -226,6 +253,7 @@ def _dry_run(config: RunConfig, run_id: str, out: Path, redis_url: str | None, m
         f"thread{'s' * (config.threads_per_host > 1)}; {config.clients_per_round} clients per round; rounds "
         f"{(resume_round or 0) + 1}..{config.rounds}; checkpoints in {plan['store']}; outputs in {out}"
     )
+    click.echo(f"MNIST: {config.data_dir}/MNIST/raw ({'present' if data_present else 'absent: it would be downloaded there'})")
 
 
 @contextlib.contextmanager
@@ -241,44 +269,69 @@ def _open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tupl
         yield store, url
 
 
-class _CtrlC:
-    """Remembers a Ctrl-C, so the run stops at the next event even if its KeyboardInterrupt is lost.
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop by `signum` (SIGINT, SIGTERM or SIGHUP)."""
 
-    The SIGINT handler raises KeyboardInterrupt as Python's does, and sets a flag that
-    `check` turns back into KeyboardInterrupt at the next event from the coordinator. Once, in
-    a full test-suite run, a run went on to finish after SIGINT and exited 0 (25 more runs in a
-    loop did not repeat it); where that exception went is not known. With the flag, the run
-    stops at the next round at the latest. An ignored SIGINT (`nohup ... &`) stays ignored.
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Interrupts:
+    """Ctrl-C, SIGTERM and SIGHUP stop the run cleanly; each is remembered until the run stops.
+
+    SIGTERM is what `kill`, Slurm, Kubernetes, systemd and `timeout` send to stop a job, and
+    SIGHUP what a closed terminal sends: both are treated like Ctrl-C (status "interrupted",
+    the resume command printed, exit 128 + the signal's number). The handler raises Interrupted
+    (a KeyboardInterrupt) as Python's SIGINT handler does, and sets a flag that `check` turns
+    back into Interrupted at the next event from the coordinator, so a swallowed exception
+    cannot let the run finish. A signal ignored when the run starts (`nohup`, `... &` without
+    job control) stays ignored. experiment._start_ray puts these handlers back after ray.init,
+    which replaces the SIGTERM handler with one that exits on the spot.
     """
 
-    def __init__(self) -> None:
-        self.received = False
-        self._previous = None
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
-    def __enter__(self) -> _CtrlC:
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for name in self.SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            current = signal.getsignal(signum)
+            if current in (signal.default_int_handler, signal.SIG_DFL):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.received = True
-        raise KeyboardInterrupt
+        self.signum = signum
+        raise Interrupted(signum)
 
     def check(self) -> None:
-        if self.received:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            raise Interrupted(self.signum)
 
 
-def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float, resume, out: Renderer) -> None:
-    """Run (or continue) the experiment, writing the run directory as events arrive."""
+def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float, resume, out: Renderer,
+           store_warning: str | None = None) -> None:
+    """Run (or continue) the experiment, writing the run directory as events arrive.
+
+    However it stops, run.json says how: finished, interrupted (a signal; the resume command is
+    printed), or failed (a FedActorsError, or an unexpected error whose traceback goes to
+    OUT/error.log; one line on stderr either way).
+    """
     from fedactors import experiment
-    from fedactors.outputs import summarise
+    from fedactors.errors import InternalError
 
     history: list[dict] = list(resume.history) if resume else []
+    wall_before = float(resume.extra.get("wall_seconds", 0.0)) if resume else 0.0
     info: dict = {
         "run_id": run_id, "status": "running",
         "failures": sum(len(r.get("failures", [])) for r in history),
@@ -286,24 +339,32 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
         "dropped": sum(len(r.get("dropped", [])) for r in history),
         "rejected": sum(len(r.get("rejected", [])) for r in history),
         "resumed_from_round": resume.round if resume else None,
+        "rounds_completed": resume.round if resume else 0,
+        "hosts_lost": {},
     }
     run_dir.write_run(config, info)
     started = time.perf_counter()
     out.header(run_id, str(run_dir.path), resume.round if resume else None)
+    if store_warning:
+        out.warning(store_warning)
 
     def on_event(event: dict) -> None:
-        ctrl_c.check()
+        interrupts.check()
         if event["type"] == "start":
             hosts = event["hosts"]
             info["hosts"] = len(hosts)
             info["host_info"] = [{**h, "clients_trained": 0} for h in hosts]
             info["device_fallbacks"] = sum(1 for h in hosts if h["fallback"])
             out.start(hosts, event["clients_per_round"], resume.round if resume else 0)
+        elif event["type"] == "warning":
+            out.warning(event["message"])
         elif event["type"] == "round":
+            info["rounds_completed"] = event["round"]  # so far; checkpointed up to here (or the last multiple)
             info["failures"] += len(event["failures"])
             info["retried"] += len(event["retried"])
             info["dropped"] += len(event["dropped"])
             info["rejected"] += len(event["rejected"])
+            info["hosts_lost"].update({str(h): why for h, why in event["lost_hosts"].items()})
             for host in event["hosts"].values():
                 if 0 <= host < len(info.get("host_info", [])):
                     info["host_info"][host]["clients_trained"] += 1
@@ -315,35 +376,47 @@ def _drive(config: RunConfig, run_id: str, run_dir, store_url: str, retry: float
             out.round(event)
         run_dir.write_run(config, info)
 
+    def wall() -> dict:
+        part = time.perf_counter() - started
+        return {"wall_seconds": round(part, 3), "total_wall_seconds": round(wall_before + part, 3)}
+
     def stop(status: str) -> None:
         out.close()
-        info.update(status=status, wall_seconds=round(time.perf_counter() - started, 3), **summarise(history, config.target))
+        info.update(status=status, **wall(), **summarise(history, config.target))
         run_dir.write_run(config, info)
 
+    interrupts = _Interrupts()
     try:
-        with _CtrlC() as ctrl_c:
-            done = experiment.run(config, on_event, run_id=run_id, store_url=store_url, store_retry_seconds=retry, resume=resume)
+        with interrupts:
+            done = experiment.run(config, on_event, run_id=run_id, store_url=store_url, store_retry_seconds=retry,
+                                  resume=resume, wall_seconds_before=wall_before)
+            out.close()
+            _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out)
     except KeyboardInterrupt:
         stop("interrupted")
         out.interrupted(f"fedactors run --resume {run_id} --out {run_dir.path}")
-        sys.exit(130)
+        # The signal remembered, not the exception's: Ray turns one raised inside ray.get into a plain KeyboardInterrupt.
+        sys.exit(128 + (interrupts.signum or signal.SIGINT))
     except FedActorsError:
         stop("failed")
         raise
-    out.close()
-    _finish(config, run_dir, done["weights"], done["round"], history, info, started, out)
+    except Exception as exc:
+        stop("failed")
+        log = run_dir.write_error("".join(traceback.format_exception(exc)))
+        raise InternalError(f"unexpected {type(exc).__name__}: {_first_line(exc)} (traceback in {log})") from exc
 
 
-def _finish(config: RunConfig, run_dir, weights, round_done: int, history: list[dict], info: dict, started: float,
-            out: Renderer) -> None:
-    """Write weights.npy and the finished run.json, and show the summary."""
-    from fedactors.outputs import summarise
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
+
+def _finish(config: RunConfig, run_dir, weights, round_done: int, history: list[dict], info: dict, out: Renderer) -> None:
+    """Write weights.npy and the finished run.json (`info` carries the wall times), and show the summary."""
     run_dir.write_weights(weights)
     summary = summarise(history, config.target)
-    wall = round(time.perf_counter() - started, 3)
-    run_dir.write_run(config, {**info, "status": "finished", "rounds_completed": round_done, "wall_seconds": wall, **summary})
-    out.summary(summary, wall)
+    run_dir.write_run(config, {**info, "status": "finished", "rounds_completed": round_done, **summary})
+    out.summary(summary, info["wall_seconds"])
 
 
 

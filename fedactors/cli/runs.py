@@ -19,6 +19,7 @@ def runs() -> None:
     """List, show and remove checkpointed runs."""
 
 
+runs_redis_option = redis_option("the embedded store of each run directory under --runs-dir.")
 runs_dir_option = click.option(
     "--runs-dir", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
     show_default=True, help="Where run directories are (for the embedded store, used when --redis is not given).",
@@ -42,7 +43,7 @@ def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) ->
 
 
 @runs.command("list")
-@redis_option
+@runs_redis_option
 @runs_dir_option
 def runs_list(redis_url: str | None, runs_dir: Path) -> None:
     """One line per run: id, status, newest round, configuration."""
@@ -62,7 +63,7 @@ def runs_list(redis_url: str | None, runs_dir: Path) -> None:
 
 @runs.command("show")
 @click.argument("run_id")
-@redis_option
+@runs_redis_option
 @runs_dir_option
 def runs_show(run_id: str, redis_url: str | None, runs_dir: Path) -> None:
     """Everything the store knows of RUN_ID."""
@@ -88,7 +89,7 @@ def runs_show(run_id: str, redis_url: str | None, runs_dir: Path) -> None:
 
 @runs.command("rm")
 @click.argument("run_id")
-@redis_option
+@runs_redis_option
 @runs_dir_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def runs_rm(run_id: str, redis_url: str | None, runs_dir: Path, yes: bool) -> None:
