@@ -68,6 +68,11 @@ def test_an_interrupted_sweep_skips_finished_cells(tmp_path):
     assert first.returncode == 0, first.stderr
     done = tmp_path / "sw" / "iid-E1-B50-C0.05"
     stamp = (done / "weights.npy").stat().st_mtime_ns
+    plan = fedactors("sweep", "--epochs", "1,2", *common, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "[1/2] iid-E1-B50-C0.05: finished; 0 rounds to run" in plan.stdout
+    assert "[2/2] iid-E2-B50-C0.05: new; 1 rounds to run" in plan.stdout and "1 rounds in all" in plan.stdout
+    assert not (tmp_path / "sw" / "iid-E2-B50-C0.05").exists()  # nothing started
     # The same sweep grown by a cell: the finished one is skipped, the new one runs.
     second = fedactors("sweep", "--epochs", "1,2", *common)
     assert second.returncode == 0, second.stderr
@@ -83,3 +88,21 @@ def test_sweep_needs_a_grid(tmp_path):
     assert result.returncode == 2 and "a sweep needs --epochs and --batch-sizes" in result.stderr
     result = fedactors("sweep", "--epochs", "1,x", "--batch-sizes", "10", "--out", str(tmp_path / "sw"))
     assert result.returncode == 2 and "'x' is not a valid value" in result.stderr
+
+
+def test_sweep_dry_run_names_the_round_a_cell_would_resume_after(tmp_path):
+    import numpy as np
+
+    from fedactors.checkpoint import Checkpoint, RedisStore
+    from fedactors.embedded_redis import EmbeddedRedis
+    from fedactors.sweep import SweepCell
+
+    cell = SweepCell(1, 50, 0.05, "iid")
+    config = cell.run_config({"rounds": 7})
+    with EmbeddedRedis(tmp_path / "sw" / cell.name / "checkpoints") as server, RedisStore(server.url) as store:
+        store.save(Checkpoint(f"sw-{cell.name}", 3, np.zeros(4, np.float32), config.fingerprint(), config.to_dict(), []),
+                   keep=1)
+    plan = fedactors("sweep", "--epochs", "1", "--batch-sizes", "50", "--fracs", "0.05", "--partitions", "iid",
+                     "--rounds", "7", "--out", str(tmp_path / "sw"), "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert f"[1/1] {cell.name}: resumable after round 3; 4 rounds to run" in plan.stdout
