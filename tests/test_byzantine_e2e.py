@@ -41,4 +41,4 @@ def test_the_attackers_and_aggregator_are_recorded(attacked_runs):
         assert all(len(r["byzantine"]) == 2 and r["num_updates"] == 10 and r["rejected"] == [] for r in rows)
         assert set(rows[0]["byzantine"]) | set(rows[1]["byzantine"]) <= faulty  # fixed for the run
         config = json.loads((attacked_runs / name / "run.json").read_text())["config"]
-        assert (config["aggregator"], config["byzantine"], config["attack"]) == (name, 2, "sign-flip")
+        assert (config["aggregator"], config["byzantine"], config["attack"]) == (name, 10, "sign-flip")

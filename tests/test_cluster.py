@@ -20,7 +20,7 @@ def without_hosts(args):
 
 
 def in_private_network(script: str, tmp_path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a bash script in a network namespace of its own, whose only interface is loopback.
+    """Run a bash script in network and process namespaces of its own; its only network interface is loopback.
 
     Ray started there by `ray start` binds where a user's would (its node address), and that
     can only be 127.0.0.1: nothing the test starts is reachable from the network. HOME is a
@@ -30,7 +30,10 @@ def in_private_network(script: str, tmp_path, timeout: float = 600) -> subproces
     home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "PATH": f"{os.path.dirname(EXE)}:{os.environ['PATH']}"}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # as a user's shell has it
-    return subprocess.run(["unshare", "--net", "bash", "-c", "set -u; ip link set lo up; " + script],
+    # --pid (with its own /proc): `ray stop` sees, and ends, this namespace's Ray alone, and whatever is
+    # left when the script ends dies with it; --net: its only interface is loopback.
+    return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                           "set -u; ip link set lo up; " + script],
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
