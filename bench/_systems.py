@@ -22,7 +22,8 @@ import numpy as np
 
 from _util import TreeMemory, warm_page_cache
 
-from fedactors.data import load_mnist, partition, resolve_data_dir
+from fedactors.data import load_mnist, resolve_data_dir
+from fedactors.partition import partition
 from fedactors.seeding import Purpose, generator, sample_clients, torch_seed
 
 BENCH = Path(__file__).resolve().parent

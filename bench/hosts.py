@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import median  # noqa: E402
 
 from fedactors.config import RunConfig  # noqa: E402
-from fedactors.data import load_mnist, partition, resolve_data_dir  # noqa: E402
+from fedactors.data import load_mnist, resolve_data_dir
+from fedactors.partition import partition  # noqa: E402
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 

@@ -1,8 +1,10 @@
 """Local training: `local_update` for one client, and `ClientHost`, which serves many clients.
 
-A ClientHost holds read-only views of the normalised training and test sets (on a Ray node
+A ClientHost holds read-only views of the prepared training and test sets (on a Ray node
 these map the object store's one shared copy) and the partition, so it can train any client
-it is given; it has no Ray dependency and runs and is tested as a plain object.
+it is given; its model is the run's task's (fedactors.task), which it resolves itself from the
+configuration's spec unless it is handed the Task. It has no Ray dependency and runs and is
+tested as a plain object.
 
 torch is imported where it is used, not at module level: a process that only unpickles a
 ClientHost actor handle imports this module (Ray loads the actor's class module), and the
@@ -24,6 +26,7 @@ from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.config import RunConfig
 from fedactors.messages import EvalPart, Update
 from fedactors.seeding import Purpose, generator, torch_seed
+from fedactors.task import Task, load_task
 
 if TYPE_CHECKING:
     import torch
@@ -112,21 +115,23 @@ class ClientHost:
         threads: int = 1,
         gpus: float = 0.0,
         host_id: int = 0,
+        task: Task | None = None,
     ) -> None:
         """The data may come here or later through `load` (a Ray actor gets it by `load`, so that a
         restarted actor is re-sent the data by whoever restarts it instead of relying on Ray to
-        keep its constructor arguments)."""
+        keep its constructor arguments). `task`: the Task itself, when it is not config.task's spec."""
         import torch
 
         from fedactors.model import FlatModel
 
         torch.set_num_threads(threads)
         self.config = config
+        self.task = task if task is not None else load_task(config.task)
         self.host_id = host_id
         self.threads = threads
         device, self.fallback = choose_device(gpus, torch.cuda.is_available())
         self.device = torch.device(device)
-        self.model = FlatModel(device=self.device, precision=config.precision)
+        self.model = FlatModel(self.task.model, device=self.device, precision=config.precision, loss=self.task.loss)
         slow = precision_warning(config.precision, self.device.type, self.device.type != "cpu" or cpu_has_bf16())
         self.warnings = [w for w in (self.fallback, slow) if w]  # what the user should hear about this host
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
@@ -157,7 +162,7 @@ class ClientHost:
         info = {
             "host": self.host_id, "pid": os.getpid(), "device": str(self.device), "threads": self.threads,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "fallback": self.fallback,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "parameters": self.model.shapes, "weights": self.model.size,
         }
         if "ray" in sys.modules:  # running as a Ray actor: say which node and accelerators
             import ray
@@ -172,7 +177,7 @@ class ClientHost:
         """The run's round-0 global weights: torch's default init, seeded from the run seed."""
         from fedactors.model import FlatModel
 
-        return FlatModel(init_seed=torch_seed(self.config.seed)).get_weights()
+        return FlatModel(self.task.model, init_seed=torch_seed(self.config.seed)).get_weights()
 
     def num_examples(self) -> list[int]:
         return [len(ix) for ix in self.client_indices]

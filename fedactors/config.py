@@ -11,8 +11,7 @@ from pathlib import Path
 
 from fedactors.errors import ConfigError
 
-MNIST_TRAIN_SIZE = 60_000
-PARTITIONS = ("iid", "noniid")
+PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean")
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
 PRECISIONS = ("fp32", "bf16")
@@ -20,8 +19,8 @@ PRECISIONS = ("fp32", "bf16")
 # Fields that change what a run computes. Two runs agreeing on these produce the same weights
 # round for round; the others (how many rounds, where, with how many hosts) do not.
 EXPERIMENT_FIELDS = (
-    "clients", "frac", "epochs", "batch_size", "lr", "partition", "seed",
-    "aggregator", "trim_fraction", "byzantine", "attack", "attack_scale", "precision",
+    "task", "data", "clients", "frac", "epochs", "batch_size", "lr", "partition", "shards_per_client", "alpha",
+    "sigma", "seed", "aggregator", "trim_fraction", "byzantine", "attack", "attack_scale", "precision",
 )
 
 
@@ -29,6 +28,8 @@ EXPERIMENT_FIELDS = (
 class RunConfig:
     """Everything a run needs to know. `batch_size=None` means B = inf (full batch)."""
 
+    task: str = "mnist-cnn"  # a built-in name, module:attr or file.py:attr (fedactors.task)
+    data: str | None = None  # npz:PATH: arrays in place of the task's own data
     clients: int = 100
     frac: float = 0.1
     rounds: int = 200
@@ -36,6 +37,9 @@ class RunConfig:
     batch_size: int | None = 10
     lr: float = 0.1
     partition: str = "noniid"
+    shards_per_client: int = 2  # shards: label-sorted shards each client gets (noniid is 2)
+    alpha: float = 0.5  # dirichlet: concentration; small is skewed
+    sigma: float = 1.0  # unbalanced: spread of the log-normal client sizes
     seed: int = 0
     eval_every: int = 1
     target: float = 0.99
@@ -56,7 +60,16 @@ class RunConfig:
     precision: str = "fp32"  # bf16: bfloat16 compute, float32 master weights
 
     def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task.strip():
+            raise ConfigError(f"--task must name a task, got {self.task!r}")
+        if self.data is not None and not (isinstance(self.data, str) and self.data.startswith("npz:") and len(self.data) > 4):
+            raise ConfigError(f"--data must be npz:PATH, got {self.data!r}")
         _positive_int("--clients", self.clients)
+        _positive_int("--shards-per-client", self.shards_per_client)
+        if not (_is_real(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"--alpha must be a positive number, got {self.alpha!r}")
+        if not (_is_real(self.sigma) and self.sigma >= 0):
+            raise ConfigError(f"--sigma must be a number >= 0, got {self.sigma!r}")
         _positive_int("--rounds", self.rounds)
         _positive_int("--epochs", self.epochs)
         _positive_int("--eval-every", self.eval_every)
@@ -98,16 +111,6 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
-        if self.partition == "iid" and MNIST_TRAIN_SIZE % self.clients:
-            raise ConfigError(
-                f"--clients {self.clients} does not divide the {MNIST_TRAIN_SIZE} training images "
-                "evenly (iid gives every client the same number)"
-            )
-        if self.partition == "noniid" and MNIST_TRAIN_SIZE % (2 * self.clients):
-            raise ConfigError(
-                f"--clients {self.clients}: noniid cuts {MNIST_TRAIN_SIZE} images into 2 x clients "
-                f"shards, and {2 * self.clients} does not divide {MNIST_TRAIN_SIZE}"
-            )
 
     @property
     def clients_per_round(self) -> int:
@@ -147,9 +150,10 @@ class RunConfig:
         full = self.to_dict()
         return {k: full[k] for k in EXPERIMENT_FIELDS}
 
-    def fingerprint(self) -> str:
-        """sha256 over the experiment-defining fields, model and data set."""
-        ident = {"model": "cnn-mnist-1663370", **self.experiment()}
+    def fingerprint(self, identity: dict) -> str:
+        """sha256 over the experiment-defining fields and `identity`: what the run found its task and data to be
+        (the model's parameter shapes, the prepared data's digest; experiment.run computes it)."""
+        ident = {**self.experiment(), "identity": identity}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 

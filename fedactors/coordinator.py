@@ -256,6 +256,8 @@ class Coordinator:
         store: RedisStore | None = None,
         run_id: str | None = None,
         run_started_at: float | None = None,
+        fingerprint: str = "",
+        identity: dict | None = None,
     ) -> None:
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
@@ -269,6 +271,8 @@ class Coordinator:
         self.history = list(history or [])
         self.store = store
         self.run_id = run_id
+        self.fingerprint = fingerprint  # of the run: its settings, task and data (experiment.run)
+        self.identity = identity or {}
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
 
     def run(self) -> Iterator[dict]:
@@ -300,10 +304,10 @@ class Coordinator:
             run_id=self.run_id,
             round=self.round,
             weights=self.weights,
-            fingerprint=cfg.fingerprint(),
+            fingerprint=self.fingerprint,
             config=cfg.to_dict(),
             history=self.history,
-            extra={"wall_seconds": round(time.time() - self.run_started_at, 3)},
+            extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity},
         )
         return self.store.save(ckpt, keep=cfg.keep)
 
@@ -436,11 +440,13 @@ class CoordinatorActor:
             weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
         )
 
-    def run(self, store_url: str | None = None) -> Iterator[dict]:
-        """The rounds' events; checkpoints go to `store_url` (a call argument, never a constructor's)."""
+    def run(self, store_url: str | None = None, fingerprint: str = "", identity: dict | None = None) -> Iterator[dict]:
+        """The rounds' events; checkpoints go to `store_url` (a call argument, never a constructor's), marked
+        with the run's `fingerprint` and `identity` (known once the data is loaded and the hosts are up)."""
         try:
             if store_url:
                 self.coordinator.store = RedisStore(store_url, retry_seconds=self.store_retry_seconds)
+            self.coordinator.fingerprint, self.coordinator.identity = fingerprint, identity or {}
             yield from self.coordinator.run()
         except Exception as exc:
             # Ray would wrap the error in a RayTaskError carrying a remote traceback; the caller

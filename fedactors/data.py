@@ -1,9 +1,10 @@
-"""MNIST, normalised once at load time, and the paper's IID and pathological non-IID partitions.
+"""MNIST: the files, read as they are, and normalised once at load time (the MNIST tasks' data).
 
 The files are torchvision's layout, `DATA_DIR/MNIST/raw/*-ubyte`. When they are absent,
 torchvision's `datasets.MNIST(download=True)` fetches them; reading is a direct parse of the
 IDX files into NumPy (the same bytes torchvision reads, checked in tests), so a run needs
-neither torch nor PIL in the process that loads the data.
+neither torch nor PIL in the process that loads the data. How examples are split among
+clients is fedactors.partition's.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.errors import ConfigError, DataError
-from fedactors.seeding import Purpose, generator
+from fedactors.errors import DataError
+from fedactors.task import Arrays
 
 MEAN, STD = 0.1307, 0.3081
 ENV_VAR = "FEDACTORS_DATA"
@@ -55,6 +56,13 @@ def missing_files(data_dir: Path) -> list[str]:
 
 def load_mnist(data_dir: Path, *, download: bool = True) -> Mnist:
     """Read (downloading first if absent and allowed) and normalise MNIST from `data_dir`."""
+    raw = load_mnist_raw(data_dir, download=download)
+    return Mnist(train_images=normalise(raw.x_train), train_labels=raw.y_train.astype(np.int64),
+                 test_images=normalise(raw.x_test), test_labels=raw.y_test.astype(np.int64))
+
+
+def load_mnist_raw(data_dir: Path, *, download: bool = True) -> Arrays:
+    """The four files as they are: uint8 images (N, 28, 28) and labels (N,), downloading first if absent and allowed."""
     raw = data_dir / "MNIST" / "raw"
     missing = missing_files(data_dir)
     if missing and download:
@@ -66,12 +74,7 @@ def load_mnist(data_dir: Path, *, download: bool = True) -> Mnist:
             f"{ENV_VAR} to a directory holding MNIST/raw/*-ubyte"
         )
     arrays = {key: read_idx(raw / name, magic, shape) for key, (name, magic, shape) in FILES.items()}
-    return Mnist(
-        train_images=normalise(arrays["train_images"]),
-        train_labels=arrays["train_labels"].astype(np.int64),
-        test_images=normalise(arrays["test_images"]),
-        test_labels=arrays["test_labels"].astype(np.int64),
-    )
+    return Arrays(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
@@ -113,31 +116,3 @@ def _download(data_dir: Path) -> None:
             f"MNIST not found in {data_dir / 'MNIST' / 'raw'} and the download failed ({reason}); "
             f"copy the four *-ubyte files there, or pass --data-dir / set {ENV_VAR}"
         ) from None
-
-
-def partition(labels: np.ndarray, num_clients: int, scheme: str, seed: int) -> list[np.ndarray]:
-    """Client k's training indices, as the paper defines IID and pathological non-IID splits."""
-    if scheme == "iid":
-        return partition_iid(len(labels), num_clients, seed)
-    if scheme == "noniid":
-        return partition_noniid(labels, num_clients, seed)
-    raise ConfigError(f"unknown partition {scheme!r}")
-
-
-def partition_iid(num_examples: int, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Shuffle all indices (seeded) and deal num_examples / num_clients to each client."""
-    if num_examples % num_clients:
-        raise ConfigError(f"{num_clients} clients do not divide {num_examples} examples evenly")
-    order = generator(Purpose.PARTITION, seed).permutation(num_examples)
-    return [np.sort(chunk) for chunk in np.split(order, num_clients)]
-
-
-def partition_noniid(labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Sort by label (stable), cut into 2K equal shards, give each client 2 shards at random."""
-    num_shards = 2 * num_clients
-    if len(labels) % num_shards:
-        raise ConfigError(f"{num_shards} shards do not divide {len(labels)} examples evenly")
-    by_label = np.argsort(labels, kind="stable")
-    shards = np.split(by_label, num_shards)
-    order = generator(Purpose.PARTITION, seed).permutation(num_shards)
-    return [np.sort(np.concatenate([shards[order[2 * k]], shards[order[2 * k + 1]]])) for k in range(num_clients)]

@@ -1,13 +1,18 @@
 """Wire a run together: load data, start or attach to Ray, size the host pool, drive the coordinator.
 
 Everything here happens in the process that typed `fedactors run` (the driver). Start-up does
-each thing once and overlaps what does not depend on each other: the data is read in a thread
-while Ray starts, a local Ray's first workers import torch while ray.init still waits for its
+each thing once and overlaps what does not depend on each other: the task's data is read,
+prepared, partitioned and digested in a thread while Ray starts, a local Ray's first workers import torch while ray.init still waits for its
 own daemons (fedactors._preload), a local Ray starts without the two daemons it has no use for
 (log monitor, autoscaler), the host actors go into those workers as soon as Ray is up,
 and the coordinator actor starts while the hosts finish. A data set that is not on disk is
 downloaded, or fails, before Ray starts, so a missing data set fails in seconds, not after a
-cluster start-up. The data is put into the object store once, and every host maps it from there.
+cluster start-up, and so does a user's task (its data and model are checked first). The data
+is put into the object store once, and every host maps it from there.
+
+A run's identity (fingerprint) is its experiment settings plus what it found: the task's
+parameter shapes and the prepared data's digest. Checkpoints carry it; a resume whose task or
+data differ from the checkpoint's is refused, naming which.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from pathlib import Path
 
 from fedactors.checkpoint import Checkpoint
 from fedactors.config import RunConfig
-from fedactors.data import Mnist, load_mnist, missing_files, partition, resolve_data_dir
-from fedactors.errors import ClusterError, ConfigError, FedActorsError
+from fedactors.data import resolve_data_dir
+from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
+from fedactors.partition import partition, summary
+from fedactors.task import Arrays, Task, digest, load_arrays, load_task
 
 EventHandler = Callable[[dict], None]
 # The coordinator's worker process skips fedactors._preload's torch import (see _start_ray).
@@ -45,23 +52,29 @@ def run(
     store_retry_seconds: float = 30.0,
     resume: Checkpoint | None = None,
     wall_seconds_before: float = 0.0,
+    task: Task | None = None,
 ) -> dict:
     """Run `config` to its last round, calling `on_event` for every event; returns the "done" event.
 
     With `store_url` every round is checkpointed there under `run_id`; with `resume` the run
     continues after that checkpoint's round from its weights and history. `wall_seconds_before`
     is the wall time of the run's earlier parts, so each checkpoint records the run's total.
+    `task`: the Task itself, when config.task does not name one a process can import. Events:
+    "identity" (fingerprint, identity, partition summary), "start" (hosts), then the
+    coordinator's ("round", "warning"), and the returned "done".
     """
     t_start = time.perf_counter()
     run_started_at = time.time() - wall_seconds_before  # as if the run had never stopped
     if store_url and store_url.startswith("unix://") and (config.address or "").startswith("ray://"):
         raise ConfigError("the embedded checkpoint store is local to this machine; with a ray:// address pass --redis URL")
     data_dir = resolve_data_dir(config.data_dir)
+    task_object = task
+    task = task if task is not None else load_task(config.task)
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedactors-data")
-    loading = loader.submit(_load_data, config, data_dir)  # ~0.6 s of reading and normalising, during ray.init
+    loading = loader.submit(_load_data, config, task, data_dir)  # ~0.7 s for MNIST, during ray.init
     loader.shutdown(wait=False)
-    if missing_files(data_dir):
-        loading.result()  # a download, or its failure, comes before a cluster start-up
+    if not task.builtin or config.data is not None or (task.local is not None and not task.local(data_dir)):
+        loading.result()  # a download or a user's task or data, and their failures, come before a cluster start-up
 
     import ray
 
@@ -80,16 +93,17 @@ def run(
         )
         # Created first, so their processes start (and import torch) while the data goes in.
         hosts = [
-            host_cls.remote(config, threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i)
+            host_cls.remote(config, threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i,
+                            task=task_object)
             for i in range(num_hosts)
         ]
-        data, client_indices = loading.result()
+        data, client_indices, data_digest, split = loading.result()
         loading = None  # the future holds the arrays too, and the driver keeps no copy once they are put
         data_refs = [
-            ray.put(data.train_images), ray.put(data.train_labels), ray.put(client_indices),
-            ray.put(data.test_images), ray.put(data.test_labels),
+            ray.put(data.x_train), ray.put(data.y_train), ray.put(client_indices),
+            ray.put(data.x_test), ray.put(data.y_test),
         ]
-        num_test = len(data.test_labels)
+        num_test = len(data.y_test)
         del data  # the object store holds the only copy from here on
         loads = [h.load.remote(*data_refs) for h in hosts]
         # Its process starts while the hosts still import torch; it waits for them on its own.
@@ -112,11 +126,17 @@ def run(
                 "the cluster's resources are taken by other work; try fewer --hosts"
             ) from None
         described = ray.get([h.describe.remote() for h in hosts])
+        identity = {"task": config.task, "data": config.data or "the task's own", "digest": data_digest,
+                    "parameters": described[0]["parameters"], "weights": described[0]["weights"]}
+        fingerprint = config.fingerprint(identity)
+        if resume is not None and fingerprint != resume.fingerprint:
+            raise CheckpointError(_identity_change(run_id, resume, identity))
+        on_event({"type": "identity", "fingerprint": fingerprint, "identity": identity, "partition": split})
         on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         done: dict = {}
         # The store URL (it may hold a password) goes in a method call: Ray keeps an actor's
         # constructor arguments in its control store for restarts, not those of its calls.
-        for ref in coordinator.run.remote(store_url):
+        for ref in coordinator.run.remote(store_url, fingerprint, identity):
             event = ray.get(ref)
             if event["type"] == "error":
                 error = event["error"]
@@ -133,10 +153,48 @@ def run(
         ray.shutdown()
 
 
-def _load_data(config: RunConfig, data_dir: Path) -> tuple[Mnist, list]:
-    """The data set and its partition into the run's clients."""
-    data = load_mnist(data_dir)
-    return data, partition(data.train_labels, config.clients, config.partition, config.seed)
+def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, list, str, dict]:
+    """The prepared data set, its partition into the run's clients, its digest and the partition's summary."""
+    data = load_arrays(task, config.data, data_dir)
+    if not task.builtin:
+        check_model(task, data)
+    parts = partition(data.y_train, config.clients, config.partition, config.seed,
+                      shards_per_client=config.shards_per_client, alpha=config.alpha, sigma=config.sigma)
+    return data, parts, digest(data), summary(parts, data.y_train)
+
+
+def check_model(task: Task, data: Arrays) -> None:
+    """A user's model: one fedactors can train (fedactors.model), taking these examples, with an output per class."""
+    import torch
+
+    from fedactors.model import FlatModel
+    from fedactors.task import num_classes
+
+    model = FlatModel(task.model, loss=task.loss)  # ConfigError for what it cannot train
+    x = torch.from_numpy(data.x_test[:2].copy())
+    try:
+        with torch.no_grad():
+            out = model.module(x)
+    except Exception as exc:
+        raise DataError(f"task {task.name}'s model cannot take examples of shape {tuple(data.x_test.shape[1:])}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    classes = num_classes(task, data)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"task {task.name}'s model returns {shape} for 2 examples; it must return (2, C) scores "
+                        f"with C >= {classes}, the number of classes")
+
+
+def _identity_change(run_id: str, resume: Checkpoint, identity: dict) -> str:
+    """Why this run's task or data is not the checkpoint's: the CheckpointError message."""
+    stored = resume.extra.get("identity") or {}
+    changed = [key for key in identity if stored.get(key) != identity[key]]
+    if not changed:
+        return f"run {run_id}'s checkpoint was written with another configuration (fingerprint differs)"
+    what = {"digest": "the data (its digest)", "parameters": "the model's parameter shapes", "weights": "the model's size",
+            "task": "the task", "data": "the data's source"}
+    return (f"cannot resume run {run_id}: {', '.join(what.get(k, k) for k in changed)} differ from its checkpoint's "
+            f"({', '.join(f'{k}: {str(stored.get(k))[:20]} then, {str(identity[k])[:20]} now' for k in changed)})")
 
 
 def pool_size(config: RunConfig, nodes: list[dict]) -> int:

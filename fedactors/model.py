@@ -1,12 +1,17 @@
-"""The paper's MNIST CNN, with every parameter (and gradient) a view into one flat float32 buffer.
+"""Any torch module with every parameter (and gradient) a view into one flat float32 buffer; the paper's CNN.
 
-conv 5x5x32 + ReLU + 2x2 max-pool, conv 5x5x64 + ReLU + 2x2 max-pool, fc 512 + ReLU, fc 10
-('same' padding): 1,663,370 parameters. Because parameters and gradients are views into two
-flat buffers, reading or writing the weights is one memcpy and an SGD step is one fused
-`params -= lr * grads` over 6.65 MB, not a Python loop over layers.
+FlatModel(factory) builds the module and re-points its parameters at slices of `params`, and
+their gradients at slices of `grads`, so reading or writing the weights is one memcpy and an
+SGD step is one fused `params -= lr * grads` over the whole buffer, not a Python loop over
+layers. Float buffers (BatchNorm's running statistics) follow the parameters in `state`, the
+buffer that travels: weights = parameters then float buffers. See fedactors.task for what is
+refused. The CNN (conv 5x5x32 + ReLU + 2x2 max-pool, conv 5x5x64 + ReLU + 2x2 max-pool, fc 512
++ ReLU, fc 10, 'same' padding: 1,663,370 parameters) is the default task's model.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedactors.config import PRECISIONS
+from fedactors.errors import ConfigError
 
 NUM_PARAMETERS = 1_663_370
 # Test images per forward pass when evaluating. bench/evaluate.py (one thread, 5,000 images, a
@@ -21,6 +27,8 @@ NUM_PARAMETERS = 1_663_370
 # more lose it (0.8-1.08x). The correct counts are the same at any batch; loss sums move in the
 # last bits (summation order).
 EVAL_BATCH = 100
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class CNN(nn.Module):
@@ -38,61 +46,120 @@ class CNN(nn.Module):
         return self.fc2(x)  # (B, 10) logits; softmax lives in the loss
 
 
-class FlatModel:
-    """A CNN whose parameters live in `self.params` and gradients in `self.grads` (1-D float32).
+def build(factory: Callable[[], nn.Module], init_seed: int | None = None) -> nn.Module:
+    """factory(), with torch's default initialisation seeded by `init_seed` (global RNG state untouched)."""
+    if init_seed is None:
+        return _checked(factory())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return _checked(factory())
 
-    precision="bf16" runs the forward and backward passes (training and evaluation) under
-    bfloat16 autocast: convolutions and matrix products in bf16, the loss, the parameters, the
-    gradients and the SGD update in float32 (master weights), so updates as small as lr * grad
-    are not lost to bf16's 8-bit mantissa.
+
+def _checked(module: object) -> nn.Module:
+    """The module, if fedactors can train it; ConfigError naming what it cannot."""
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"the task's model factory returned a {type(module).__name__}, not a torch.nn.Module")
+    params = list(module.named_parameters())
+    if not params:
+        raise ConfigError("the task's model has no parameters to train")
+    wrong = [name for name, p in params if p.dtype != torch.float32]
+    if wrong:
+        raise ConfigError(f"the task's model has parameters that are not float32 ({', '.join(wrong[:3])}); "
+                          "weights travel as one float32 buffer")
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.track_running_stats and sub.momentum is None:
+            raise ConfigError(f"the task's model has BatchNorm {name} with momentum=None (a cumulative average "
+                              "counted by an integer buffer that cannot be averaged across clients); give it a momentum")
+    for name, buf in module.named_buffers():
+        if buf.dtype == torch.float32 or _batchnorm_counter(module, name):
+            continue
+        raise ConfigError(f"the task's model has a {buf.dtype} buffer {name}: only float32 buffers (averaged with "
+                          "the weights) and BatchNorm's num_batches_tracked are supported")
+    return module
+
+
+def _batchnorm_counter(module: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return leaf == "num_batches_tracked" and isinstance(sub, nn.modules.batchnorm._BatchNorm)
+
+
+class FlatModel:
+    """A module whose parameters live in `self.params` and gradients in `self.grads` (1-D float32).
+
+    `self.state` is the buffer that travels: `params` followed by the float buffers (empty for
+    modules without them, when `state` and `params` are the same tensor). precision="bf16" runs
+    the forward and backward passes (training and evaluation) under bfloat16 autocast:
+    convolutions and matrix products in bf16, the loss, the parameters, the gradients and the
+    SGD update in float32 (master weights), so updates as small as lr * grad are not lost to
+    bf16's 8-bit mantissa.
     """
 
-    def __init__(self, init_seed: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+    def __init__(self, factory: Callable[[], nn.Module] = CNN, init_seed: int | None = None,
+                 device: str | torch.device = "cpu", precision: str = "fp32", loss: Loss | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
-        if init_seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                module = CNN()
-        else:
-            module = CNN()
-        self.module = module.to(device)
+        self.module = build(factory, init_seed).to(device)
         self.precision = precision
-        total = sum(p.numel() for p in self.module.parameters())
-        self.params = torch.empty(total, dtype=torch.float32, device=device)
-        self.grads = torch.zeros(total, dtype=torch.float32, device=device)
+        self.loss = loss if loss is not None else F.cross_entropy
+        # Evaluation sums the loss: cross-entropy sums directly, a task's own loss is its mean times the batch.
+        self.loss_sum = ((lambda logits, y: F.cross_entropy(logits, y, reduction="sum")) if loss is None
+                         else (lambda logits, y: loss(logits, y) * len(y)))
+        parameters = list(self.module.parameters())
+        buffers = [b for _, b in self.module.named_buffers() if b.dtype == torch.float32]
+        num_params = sum(p.numel() for p in parameters)
+        total = num_params + sum(b.numel() for b in buffers)
+        self.state = torch.empty(total, dtype=torch.float32, device=device)
+        self.params = self.state[:num_params]
+        self.grads = torch.zeros(num_params, dtype=torch.float32, device=device)
+        self.shapes = [list(p.shape) for p in parameters]
         offset = 0
         with torch.no_grad():
-            for p in self.module.parameters():
+            for p in parameters:
                 n = p.numel()
-                self.params[offset : offset + n].copy_(p.flatten())
-                p.data = self.params[offset : offset + n].view_as(p)
+                self.state[offset : offset + n].copy_(p.flatten())
+                p.data = self.state[offset : offset + n].view_as(p)
                 # autograd accumulates into an existing .grad in place, so these stay views.
                 p.grad = self.grads[offset : offset + n].view_as(p)
                 offset += n
+            for name, b in self.module.named_buffers():
+                if b.dtype != torch.float32:
+                    continue
+                n = b.numel()
+                self.state[offset : offset + n].copy_(b.flatten())
+                owner, _, leaf = name.rpartition(".")
+                (self.module.get_submodule(owner) if owner else self.module)._buffers[leaf] = \
+                    self.state[offset : offset + n].view_as(b)
+                offset += n
+
+    @property
+    def size(self) -> int:
+        """Floats in the weights that travel."""
+        return self.state.numel()
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.params.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.state.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def get_weights(self) -> np.ndarray:
-        """A copy of the flat weights as a float32 NumPy array."""
-        return self.params.detach().cpu().numpy().copy()
+        """A copy of the flat weights (parameters, then float buffers) as a float32 NumPy array."""
+        return self.state.detach().cpu().numpy().copy()
 
     def set_weights(self, weights: np.ndarray) -> None:
-        """Copy `weights` (any float32 1-D array, read-only is fine) into the parameters."""
-        if weights.shape != self.params.shape or weights.dtype != np.float32:
-            raise ValueError(f"expected float32 weights of shape {tuple(self.params.shape)}, got {weights.dtype} {weights.shape}")
-        if self.params.device.type == "cpu":
-            self.params.numpy()[:] = weights  # NumPy copy: no warning for read-only sources
+        """Copy `weights` (any float32 1-D array, read-only is fine) into the model."""
+        if weights.shape != self.state.shape or weights.dtype != np.float32:
+            raise ValueError(f"expected float32 weights of shape {tuple(self.state.shape)}, got {weights.dtype} {weights.shape}")
+        if self.state.device.type == "cpu":
+            self.state.numpy()[:] = weights  # NumPy copy: no warning for read-only sources
         else:
-            self.params.copy_(torch.from_numpy(np.array(weights)))
+            self.state.copy_(torch.from_numpy(np.array(weights)))
 
     def sgd_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> float:
         """One plain SGD step (no momentum, no weight decay) on a minibatch; returns its mean loss."""
+        self.module.train()
         self.grads.zero_()
         with self._autocast():
             logits = self.module(images)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = self.loss(logits.float(), labels)
         loss.backward()
         with torch.no_grad():
             self.params.add_(self.grads, alpha=-lr)
@@ -100,12 +167,13 @@ class FlatModel:
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH) -> tuple[float, int]:
-        """(sum of cross-entropy losses, number correct) over the given examples."""
+        """(sum of the losses, number correct) over the given examples."""
+        self.module.eval()
         loss_sum, correct = 0.0, 0
         for start in range(0, len(images), batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
             with self._autocast():
                 logits = self.module(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            loss_sum += float(self.loss_sum(logits, y))
             correct += int((logits.argmax(1) == y).sum())
         return loss_sum, correct

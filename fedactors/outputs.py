@@ -89,11 +89,9 @@ class RunDirectory:
             f.write(line + "\n")
             f.flush()
 
-    def write_run(self, config: RunConfig, summary: dict) -> None:
-        _atomic_write_text(
-            self.run_path,
-            json.dumps({"config": config.to_dict(), "fingerprint": config.fingerprint(), **summary}, indent=2) + "\n",
-        )
+    def write_run(self, config: RunConfig, info: dict) -> None:
+        """run.json: the configuration, then `info` (its fingerprint once the run knows it: experiment.run)."""
+        _atomic_write_text(self.run_path, json.dumps({"config": config.to_dict(), **info}, indent=2) + "\n")
 
     def write_error(self, text: str) -> Path:
         """Keep an unexpected error's traceback (error.log) for the report; returns its path."""

@@ -126,7 +126,8 @@ def cell_is_complete(run_dir: str | Path, expected: RunConfig | None = None) -> 
         return False
     if expected is not None:
         config = info.get("config") if isinstance(info.get("config"), dict) else {}
-        if info.get("fingerprint") != expected.fingerprint() or config.get("rounds") != expected.rounds:
+        stored = {k: config.get(k, default) for k, default in RunConfig().experiment().items()}
+        if stored != expected.experiment() or config.get("rounds") != expected.rounds:
             raise ConfigError(
                 f"{run_dir} holds a finished run of another configuration; move it away or choose another sweep directory"
             )
@@ -185,5 +186,5 @@ def _frac(value: object) -> float:
 
 def _partition(value: object) -> str:
     if value not in PARTITIONS:
-        raise ConfigError(f"partitions must hold {' or '.join(PARTITIONS)}, got {value!r}")
+        raise ConfigError(f"partitions must hold {', '.join(PARTITIONS[:-1])} or {PARTITIONS[-1]}, got {value!r}")
     return value

@@ -36,12 +36,17 @@ def _fedactors(*args, env=None, cwd=None):
     ("args", "message"),
     [
         (["--frac", "1.5"], "--frac must be in (0, 1], got 1.5"),
-        (["--clients", "7"], "--clients 7: noniid cuts 60000 images into 2 x clients shards"),
-        (["--clients", "7", "--partition", "iid"], "--clients 7 does not divide the 60000"),
+        (["--clients", "0"], "--clients must be a positive integer, got 0"),
+        (["--partition", "dirichlet", "--alpha", "0"], "--alpha must be a positive number, got 0.0"),
+        (["--alpha", "0.3"], "--alpha applies to --partition dirichlet only, not noniid"),
+        (["--task", "no-such-task"], "--task no-such-task: not a built-in task (mnist-cnn, mnist-2nn, digits-mlp)"),
+        (["--task", "fedactors.nothing:task"], "--task fedactors.nothing:task: cannot import fedactors.nothing"),
+        (["--task", "fedactors.config:PARTITIONS"], "PARTITIONS is a tuple, not a fedactors.task.Task"),
+        (["--data", "csv:x.csv"], "--data must be npz:PATH, got 'csv:x.csv'"),
         (["--batch-size", "zero"], "--batch-size must be a positive integer or 'inf'"),
         (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
         (["--lr", "-0.1"], "--lr must be a positive finite number"),
-        (["--partition", "dirichlet"], "Invalid value for '--partition'"),
+        (["--partition", "federated"], "Invalid value for '--partition'"),
         (["--clients", "many"], "Invalid value for '--clients'"),
         (["--bogus"], "No such option '--bogus'"),
         (["--aggregator", "krum"], "Invalid value for '--aggregator'"),
@@ -111,7 +116,7 @@ def test_config_file_sets_defaults_that_flags_override(tmp_path):
 def test_a_stop_signal_is_remembered_even_if_its_exception_is_swallowed(name):
     import signal
 
-    from fedactors.cli.run import Interrupted, _Interrupts
+    from fedactors.interrupts import Interrupted, Interrupts as _Interrupts
 
     signum = getattr(signal, name)
     before = signal.getsignal(signum)
@@ -131,7 +136,7 @@ def test_a_stop_signal_is_remembered_even_if_its_exception_is_swallowed(name):
 def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
     import signal
 
-    from fedactors.cli.run import _Interrupts
+    from fedactors.interrupts import Interrupts as _Interrupts
 
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
     try:
@@ -170,8 +175,11 @@ def _one_round(config, on_event, *, run_id, store_url, **kwargs):
 
     from fedactors.checkpoint import Checkpoint, RedisStore
 
+    identity = {"digest": "stand-in"}
     with RedisStore(store_url) as store:
-        store.save(Checkpoint(run_id, 1, np.zeros(4, np.float32), config.fingerprint(), config.to_dict(), []), keep=1)
+        store.save(Checkpoint(run_id, 1, np.zeros(4, np.float32), config.fingerprint(identity), config.to_dict(), [],
+                              extra={"identity": identity}), keep=1)
+    on_event({"type": "identity", "fingerprint": config.fingerprint(identity), "identity": identity, "partition": {}})
     on_event({"type": "start", "hosts": [], "clients_per_round": 1})
     on_event({"type": "round", "round": 1, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0, "round_seconds": 1.0,
               "train_seconds": 1.0, "wait_seconds": 1.0, "aggregate_seconds": 0.0, "eval_seconds": 0.0,
@@ -235,7 +243,7 @@ def test_dry_run_says_where_mnist_is_read_and_whether_it_is_there(tmp_path, mnis
     plan = json.loads(present.stdout)
     assert plan["data_dir"] == str(mnist_dir) and plan["data_present"] is True
     absent = _fedactors("run", "--dry-run", *SMALL, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "b"))
-    assert f"MNIST: {tmp_path / 'empty'}/MNIST/raw (absent: it would be downloaded there)" in absent.stdout
+    assert f"task mnist-cnn; data: {tmp_path / 'empty'} (absent: it would be downloaded there)" in absent.stdout
 
 
 def test_help_names_every_json_event_and_the_redis_variable(runner):

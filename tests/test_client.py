@@ -4,7 +4,7 @@ import torch
 
 from fedactors.client import ClientHost, local_update
 from fedactors.config import RunConfig
-from fedactors.data import partition
+from fedactors.partition import partition
 from fedactors.model import CNN, FlatModel
 
 

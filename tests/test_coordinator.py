@@ -7,7 +7,7 @@ from fedactors.aggregate import fedavg
 from fedactors.client import ClientHost
 from fedactors.config import RunConfig
 from fedactors.coordinator import Coordinator, LocalPool, balance, eval_slices
-from fedactors.data import partition
+from fedactors.partition import partition
 from fedactors.errors import RoundFailed
 
 

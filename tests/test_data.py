@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fedactors.data import MEAN, STD, load_mnist, partition_iid, partition_noniid, read_idx, resolve_data_dir
+from fedactors.data import MEAN, STD, load_mnist, read_idx, resolve_data_dir
 from fedactors.errors import ConfigError, DataError
 
 
@@ -55,56 +55,6 @@ def test_data_dir_resolution_order(monkeypatch, tmp_path):
     assert resolve_data_dir(None) == tmp_path / "env"
     monkeypatch.delenv("FEDACTORS_DATA")
     assert "fedactors" in str(resolve_data_dir(None))
-
-
-def _check_covering(parts, n):
-    allidx = np.concatenate(parts)
-    assert len(allidx) == n and len(np.unique(allidx)) == n  # disjoint and covering
-
-
-@pytest.mark.parametrize("k", [1, 10, 100, 600])
-def test_iid_partition_sizes_disjoint_covering(k):
-    parts = partition_iid(60_000, k, seed=0)
-    assert len(parts) == k and all(len(p) == 60_000 // k for p in parts)
-    _check_covering(parts, 60_000)
-    again = partition_iid(60_000, k, seed=0)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
-    if k > 1:
-        assert not np.array_equal(parts[0], partition_iid(60_000, k, seed=1)[0])
-
-
-def test_iid_clients_see_all_labels(mnist):
-    parts = partition_iid(60_000, 100, seed=0)
-    assert all(len(np.unique(mnist.train_labels[p])) == 10 for p in parts)
-
-
-def test_noniid_is_two_label_sorted_shards_per_client(mnist):
-    labels = mnist.train_labels
-    parts = partition_noniid(labels, 100, seed=0)
-    assert len(parts) == 100 and all(len(p) == 600 for p in parts)
-    _check_covering(parts, 60_000)
-    # Rebuild the 200 shards of 300 from the stable label sort: every client is exactly two of them.
-    shards = np.split(np.argsort(labels, kind="stable"), 200)
-    shard_of = np.empty(60_000, dtype=int)
-    for s, idx in enumerate(shards):
-        shard_of[idx] = s
-    used = [tuple(sorted(set(shard_of[p].tolist()))) for p in parts]
-    assert all(len(u) == 2 for u in used)
-    assert sorted(s for u in used for s in u) == list(range(200))
-    # A shard spans at most 2 labels (it may straddle a class boundary), so a client sees at most 4,
-    # and most clients see exactly the paper's 2 digits or fewer.
-    assert all(len(np.unique(labels[idx])) <= 2 for idx in shards)
-    n_labels = [len(np.unique(labels[p])) for p in parts]
-    assert max(n_labels) <= 4 and sum(n <= 2 for n in n_labels) >= 80
-    assert not all(np.array_equal(a, b) for a, b in zip(parts, partition_noniid(labels, 100, seed=1)))
-
-
-def test_noniid_general_k_and_bad_k(mnist):
-    parts = partition_noniid(mnist.train_labels, 50, seed=3)
-    assert len(parts) == 50 and all(len(p) == 1200 for p in parts)
-    _check_covering(parts, 60_000)
-    with pytest.raises(ConfigError, match="14 shards do not divide 60000"):
-        partition_noniid(mnist.train_labels, 7, seed=0)
 
 
 def test_a_failed_download_says_why(tmp_path, monkeypatch):

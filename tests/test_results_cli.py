@@ -100,7 +100,7 @@ def test_sweep_dry_run_names_the_round_a_cell_would_resume_after(tmp_path):
     cell = SweepCell(1, 50, 0.05, "iid")
     config = cell.run_config({"rounds": 7})
     with EmbeddedRedis(tmp_path / "sw" / cell.name / "checkpoints") as server, RedisStore(server.url) as store:
-        store.save(Checkpoint(f"sw-{cell.name}", 3, np.zeros(4, np.float32), config.fingerprint(), config.to_dict(), []),
+        store.save(Checkpoint(f"sw-{cell.name}", 3, np.zeros(4, np.float32), config.fingerprint({}), config.to_dict(), []),
                    keep=1)
     plan = fedactors("sweep", "--epochs", "1", "--batch-sizes", "50", "--fracs", "0.05", "--partitions", "iid",
                      "--rounds", "7", "--out", str(tmp_path / "sw"), "--dry-run")

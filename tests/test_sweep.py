@@ -31,7 +31,7 @@ def test_plan_is_the_full_grid_in_a_fixed_order():
         (([1], ["many"], [0.1], ["iid"]), r"batch_sizes .* got 'many'"),
         (([1], [10], [0.0], ["iid"]), r"fracs must hold numbers in \(0, 1\], got 0.0"),
         (([1], [10], [1.5], ["iid"]), r"fracs .* got 1.5"),
-        (([1], [10], [0.1], ["dirichlet"]), r"partitions must hold iid or noniid, got 'dirichlet'"),
+        (([1], [10], [0.1], ["federated"]), r"partitions must hold iid, noniid, shards, dirichlet or unbalanced, got 'federated'"),
         (([1, 1], [10], [0.1], ["iid"]), r"cell iid-E1-B10-C0.1 twice"),
         (([1], [None, "inf"], [0.1], ["iid"]), r"cell iid-E1-Binf-C0.1 twice"),
     ],
@@ -97,7 +97,7 @@ def test_load_sweep_toml(tmp_path):
         (("rounds = 500", "rounds = 5.0"), r"run.rounds must be int, got 5.0"),
         (("lr = 0.1", "lr = true"), r"run.lr must be float, got True"),
         (("data_dir = \"/data/mnist\"", "data_dir = 7"), r"run.data_dir must be str, got 7"),
-        (("rounds = 500", "clients = 7"), r"--clients 7"),  # RunConfig's own check, via each cell
+        (("rounds = 500", "clients = 0"), r"--clients must be a positive integer"),  # RunConfig's own check, via each cell
         (("lr = 0.1", "lr = -0.1"), r"--lr must be a positive"),
         (("[run]", "[run\n"), r"is not valid TOML"),
     ],
@@ -123,7 +123,7 @@ def test_missing_sweep_file(tmp_path):
 def write_run(run_dir, *, status, weights=True, config: RunConfig | None = None):
     run_dir.mkdir(parents=True, exist_ok=True)
     config = config or RunConfig()
-    info = {"config": config.to_dict(), "fingerprint": config.fingerprint(), "run_id": "x", "status": status}
+    info = {"config": config.to_dict(), "fingerprint": config.fingerprint({}), "run_id": "x", "status": status}
     (run_dir / "run.json").write_text(json.dumps(info))
     (run_dir / "metrics.jsonl").write_text('{"round": 1, "accuracy": 0.5}\n')
     if weights:

@@ -87,7 +87,8 @@ def load_data(cfg: ConfigRecord) -> tuple[dict, float]:
         return _DATA[key], 0.0
     t0 = time.perf_counter()
     if cfg["data-dir"]:
-        from fedactors.data import load_mnist, partition  # NumPy only: IDX parse and normalisation
+        from fedactors.data import load_mnist  # NumPy only: IDX parse and normalisation
+        from fedactors.partition import partition
 
         mnist = load_mnist(Path(cfg["data-dir"]), download=False)
         # canonical strides, as arrays come out of Ray's object store to fedactors' hosts (the

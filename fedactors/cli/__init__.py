@@ -5,7 +5,9 @@ Flags become a RunConfig; every FedActorsError becomes one line on stderr and it
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -19,10 +21,18 @@ def cli() -> None:
     """Federated learning on Ray: FedAvg on MNIST as in McMahan et al. 2017."""
 
 
-# Importing the command modules registers their commands on `cli`.
-from fedactors.cli import results, run, runs  # noqa: E402
 
-__all__ = ["cli", "main", "results", "run", "runs"]
+
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """A run stopped by Ctrl-C, SIGTERM or SIGHUP (already marked interrupted, its resume command shown)
+    exits 128 + the signal, before click could turn the KeyboardInterrupt into "Aborted!"."""
+    from fedactors.interrupts import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        raise SystemExit(128 + exc.signum) from None
 
 
 def main() -> None:
@@ -41,6 +51,11 @@ def main() -> None:
         click.echo(f"fedactors: error: {exc}", err=True)
         sys.exit(exc.exit_code)
 
+
+# Importing the command modules registers their commands on `cli`.
+from fedactors.cli import results, run, runs, tasks  # noqa: E402
+
+__all__ = ["cli", "exit_on_interrupt", "main", "results", "run", "runs", "tasks"]
 
 if __name__ == "__main__":
     main()

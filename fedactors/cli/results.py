@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedactors.cli import cli
+from fedactors.cli import cli, exit_on_interrupt
 from fedactors.cli.run import redis_option
 from fedactors.config import PARTITIONS
 from fedactors.errors import ConfigError
@@ -69,7 +69,7 @@ def _csv(kind: type, name: str):
 @click.option("--epochs", callback=_csv(int, "--epochs"), default=None, help="Comma-separated E values, e.g. 1,5,20.")
 @click.option("--batch-sizes", "batch_sizes", callback=_csv(int, "--batch-sizes"), default=None, help="Comma-separated B values; 'inf' for full batch.")
 @click.option("--fracs", callback=_csv(float, "--fracs"), default=None, help="Comma-separated C values. Default: 0.1.")
-@click.option("--partitions", callback=_csv(str, "--partitions"), default=None, help=f"Comma-separated, of {', '.join(PARTITIONS)}. Default: both.")
+@click.option("--partitions", callback=_csv(str, "--partitions"), default=None, help=f"Comma-separated, of {', '.join(PARTITIONS)}. Default: iid,noniid (the paper's).")
 @click.option("--rounds", type=int, default=None, help="Rounds per cell (overrides the file's [run] table).")
 @click.option("--lr", type=float, default=None, help="Learning rate for every cell.")
 @click.option("--seed", type=int, default=None, help="Seed for every cell.")
@@ -87,9 +87,9 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
           address, redis_url, out: Path, markdown: bool, quiet: bool, dry_run: bool) -> None:
     """Run a grid over E, B, C and partition, one run per cell; finished cells are skipped, so an
     interrupted sweep continues where it stopped. Ends with the report (and Table 2 beside the paper's)."""
-    from fedactors.cli.run import STORE_DIR, _new_run, _resume, forget_redis_variable
+    from fedactors.cli.run import forget_redis_variable
     from fedactors.report import format_table, format_table2, load_run
-    from fedactors.sweep import cell_is_complete, load_sweep_toml, paper_table2_cells, plan_sweep
+    from fedactors.sweep import load_sweep_toml, paper_table2_cells, plan_sweep
 
     forget_redis_variable()
     spec = load_sweep_toml(config_file) if config_file else {"run": {}}
@@ -100,7 +100,7 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
             "epochs": epochs or spec.get("epochs"),
             "batch_sizes": batch_sizes or spec.get("batch_sizes"),
             "fracs": fracs or spec.get("fracs") or [0.1],
-            "partitions": partitions or spec.get("partitions") or list(PARTITIONS),
+            "partitions": partitions or spec.get("partitions") or ["iid", "noniid"],
         }
         if not grid["epochs"] or not grid["batch_sizes"]:
             raise ConfigError("a sweep needs --epochs and --batch-sizes (or a --config file with them), or --paper-table2")
@@ -114,21 +114,8 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
         return
     mode = "quiet" if quiet else "auto"
     click.echo(f"sweep of {len(plans)} cells into {out}")
-    for i, (cell, config) in enumerate(plans, 1):
-        run_dir = out / cell.name
-        run_id = f"{out.name}-{cell.name}"
-        if cell_is_complete(run_dir, config):
-            click.echo(f"[{i}/{len(plans)}] {cell.name}: complete, skipped")
-            continue
-        click.echo(f"[{i}/{len(plans)}] {cell.name}")
-        if redis_url is not None or (run_dir / STORE_DIR).is_dir():
-            try:
-                _resume(run_id, run_dir, redis_url, 30.0, {"rounds": config.rounds}, mode, dry_run=False)
-                continue
-            except ConfigError:
-                if (run_dir / "run.json").exists():
-                    raise
-        _new_run(config, run_id, run_dir, redis_url, 30.0, mode)
+    with exit_on_interrupt():
+        _run_cells(plans, out, redis_url, mode)
     summaries = [load_run(out / cell.name) for cell, _ in plans]
     click.echo()
     click.echo(format_table(summaries, markdown=markdown))
@@ -137,9 +124,32 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
         click.echo(format_table2(summaries, markdown=markdown))
 
 
+def _run_cells(plans: list, out: Path, redis_url: str | None, mode: str) -> None:
+    """Each cell into its own run directory: finished ones skipped, interrupted ones resumed, the rest started."""
+    from fedactors import api
+    from fedactors.outputs import RunDirectory
+    from fedactors.sweep import cell_is_complete
+
+    for i, (cell, config) in enumerate(plans, 1):
+        run_dir = out / cell.name
+        run_id = f"{out.name}-{cell.name}"
+        if cell_is_complete(run_dir, config):
+            click.echo(f"[{i}/{len(plans)}] {cell.name}: complete, skipped")
+            continue
+        click.echo(f"[{i}/{len(plans)}] {cell.name}")
+        if redis_url is not None or (run_dir / api.STORE_DIR).is_dir():
+            try:
+                api.continue_run(run_id, run_dir, redis_url, 30.0, {"rounds": config.rounds}, mode)
+                continue
+            except ConfigError:
+                if (run_dir / "run.json").exists() and RunDirectory(run_dir).run_id() != run_id:
+                    raise
+        api.start(config, run_id, run_dir, redis_url, 30.0, mode)
+
+
 def _sweep_plan(plans: list, out: Path, redis_url: str | None) -> None:
     """What a sweep would do, cell by cell: nothing is started or written (but a cell's embedded store is read)."""
-    from fedactors.cli.run import STORE_DIR, _open_store
+    from fedactors.api import STORE_DIR, open_store
     from fedactors.sweep import cell_is_complete
 
     click.echo(f"sweep of {len(plans)} cells into {out} (dry run)")
@@ -151,7 +161,7 @@ def _sweep_plan(plans: list, out: Path, redis_url: str | None) -> None:
             state, todo = "finished", 0
         else:
             if redis_url is not None or (run_dir / STORE_DIR).is_dir():
-                with _open_store(redis_url, run_dir, 30.0) as (store, _):
+                with open_store(redis_url, run_dir, 30.0) as (store, _):
                     info = store.info(run_id)
                     done_round = info.latest_round if info is not None else None
             todo = config.rounds - (done_round or 0)

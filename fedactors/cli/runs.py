@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from fedactors.cli import cli
-from fedactors.cli.run import STORE_DIR, _open_store, redis_option
+from fedactors.api import STORE_DIR, open_store
+from fedactors.cli.run import forget_redis_variable, redis_option
 from fedactors.errors import ConfigError
 
 
@@ -28,8 +29,9 @@ runs_dir_option = click.option(
 
 def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) -> Iterator[tuple]:
     """(store, where) for --redis, or for the embedded store of each run directory under runs_dir."""
+    forget_redis_variable()
     if redis_url:
-        with _open_store(redis_url, runs_dir, 30.0) as (store, _):
+        with open_store(redis_url, runs_dir, 30.0) as (store, _):
             yield store, store.url
         return
     # A run's directory is runs/RUN_ID unless it was given --out: look there first, then everywhere.
@@ -38,7 +40,7 @@ def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) ->
         dirs.remove(runs_dir / run_id)
         dirs.insert(0, runs_dir / run_id)
     for d in dirs:
-        with _open_store(None, d, 30.0) as (store, _):
+        with open_store(None, d, 30.0) as (store, _):
             yield store, str(d)
 
 

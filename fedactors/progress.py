@@ -1,4 +1,5 @@
-"""What `fedactors run` shows while it runs: a live bar in a terminal, plain lines elsewhere.
+"""What a run shows while it runs (`fedactors run`, or fedactors.run from Python): a live bar in a
+terminal, plain lines elsewhere.
 
 Four renderers share one small interface, chosen by `make_renderer`: `rich` (a terminal),
 `plain` (stdout is a file or pipe: one line per round, so CI logs stay readable), `quiet`
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-
-import click
 
 from fedactors.config import RunConfig
 from fedactors.messages import METRIC_KEYS
@@ -55,7 +54,7 @@ class Renderer:
         self.best: float | None = None
 
     def echo(self, text: str) -> None:
-        click.echo(text)
+        print(text, flush=True)
 
     def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
         c = self.config
@@ -132,7 +131,7 @@ class QuietRenderer(Renderer):
         self.host_warnings(hosts)
 
     def warning(self, text: str) -> None:
-        click.echo(f"warning: {text}", err=True)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def round(self, ev: dict) -> None:
         pass
@@ -142,7 +141,7 @@ class JsonRenderer(Renderer):
     """One JSON object per line on stdout: {"event": ..., ...}."""
 
     def emit(self, event: str, **fields: object) -> None:
-        click.echo(json.dumps({"event": event, **fields}))
+        print(json.dumps({"event": event, **fields}), flush=True)
 
     def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
         self.emit("header", run_id=run_id, out=out, resumed_from=resumed_from, config=self.config.to_dict())

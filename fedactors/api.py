@@ -1,0 +1,342 @@
+"""The Python API: run an experiment from a task and settings, or resume one; `fedactors run` is a face over it.
+
+    import fedactors
+    result = fedactors.run("mnist-2nn", clients=100, frac=0.1, partition="iid", epochs=1, batch_size=10,
+                           rounds=50, out="runs/2nn")
+    result.history[-1]["accuracy"], result.weights, result.run_dir
+    fedactors.resume(result.run_id, out="runs/2nn", rounds=100)   # bit-exact, as from the command line
+
+Both write what the command line writes (the run directory, the checkpoints, the same events),
+and end in the same states: a RunResult for a finished run; FedActorsError subclasses for bad
+input (ConfigError, DataError, ...) and failures (RoundFailed, StoreUnavailable), the run
+marked failed; Interrupted (a KeyboardInterrupt) after Ctrl-C, SIGTERM or SIGHUP, the run
+marked interrupted. `task` is a built-in name, "module:attr", "file.py:attr" or a Task object
+(a Task object is not recorded anywhere a later process could import it from: resume such a
+run from Python, passing the same task again). `progress` is "auto" (a live bar in a terminal,
+else a line per round), "plain", "quiet", "json" or a fedactors.progress.Renderer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedactors.config import EXPERIMENT_FIELDS, RunConfig
+from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError
+from fedactors.interrupts import Interrupts
+from fedactors.outputs import RunDirectory
+from fedactors.progress import Renderer, make_renderer
+from fedactors.report import summarise
+from fedactors.task import DEFAULT_TASK, Task
+
+STORE_DIR = "checkpoints"  # the embedded Redis keeps its files in OUT/checkpoints
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: what its directory holds, in memory."""
+
+    run_id: str
+    run_dir: Path
+    history: list[dict]  # one metrics row per evaluated round (as in metrics.jsonl)
+    weights: np.ndarray  # the final global weights, flat float32 (as in weights.npy)
+    info: dict  # run.json
+
+    @property
+    def summary(self) -> dict:
+        return {k: self.info.get(k) for k in ("best_accuracy", "best_round", "final_accuracy", "rounds_to_target")}
+
+
+def new_run_id() -> str:
+    import secrets
+
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out: str | Path | None = None,
+        run_id: str | None = None, redis: str | None = None, progress: str | Renderer = "auto",
+        store_retry_seconds: float = 30.0, **settings: object) -> RunResult:
+    """Run a new experiment to its last round: `config`, or RunConfig(**settings), with `task`."""
+    from fedactors.checkpoint import check_run_id
+
+    if config is not None and settings:
+        raise ConfigError("pass a RunConfig or settings, not both")
+    spec = task.name if isinstance(task, Task) else task
+    config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]
+    if config.task != spec:
+        config = dataclasses.replace(config, task=spec)
+    run_id = check_run_id(run_id or new_run_id())
+    out = Path(out) if out is not None else Path("runs") / run_id
+    return start(config, run_id, out, redis, store_retry_seconds, progress, task_object=_object(task))
+
+
+def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = None, task: Task | None = None,
+           progress: str | Renderer = "auto", store_retry_seconds: float = 30.0, **changes: object) -> RunResult:
+    """Continue `run_id` from its newest valid checkpoint; `changes` may set what does not change the experiment."""
+    from fedactors.checkpoint import check_run_id
+
+    run_id = check_run_id(run_id)
+    out = Path(out) if out is not None else Path("runs") / run_id
+    return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task)
+
+
+def _object(task: str | Task) -> Task | None:
+    return task if isinstance(task, Task) else None
+
+
+def with_data_dir(config: RunConfig) -> RunConfig:
+    """`config` naming the data directory actually used: --data-dir, else $FEDACTORS_DATA, else the cache."""
+    from fedactors.data import resolve_data_dir
+
+    return dataclasses.replace(config, data_dir=str(resolve_data_dir(config.data_dir).absolute()))
+
+
+@contextlib.contextmanager
+def open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tuple]:
+    """(store, url), checked: a given URL, or the embedded server under OUT."""
+    from fedactors.checkpoint import RedisStore
+    from fedactors.embedded_redis import EmbeddedRedis
+
+    with contextlib.ExitStack() as stack:
+        url = redis_url or stack.enter_context(EmbeddedRedis(out / STORE_DIR)).url
+        store = stack.enter_context(RedisStore(url, retry_seconds=retry))
+        store.check()
+        yield store, url
+
+
+def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float,
+          progress: str | Renderer, task_object: Task | None = None) -> RunResult:
+    """A new run: checks the directory, the cluster and the store before anything is written."""
+    from fedactors.experiment import check_cluster
+    from fedactors.task import load_task
+
+    config = with_data_dir(config)
+    run_dir = RunDirectory(out)
+    run_dir.check_fresh()
+    if task_object is None:
+        load_task(config.task)  # a task that cannot be had is one line before anything is created
+    check_cluster(config.address)
+    with open_store(redis_url, out, retry) as (store, url):
+        if store.info(run_id) is not None:
+            raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
+        run_dir.check_no_checkpoints(store, embedded=redis_url is None)
+        run_dir.create()
+        result = _drive(config, run_id, run_dir, url, retry, None, _renderer(progress, config),
+                        store.persistence_warning(), task_object)
+        store.mark_finished(run_id)
+        return result
+
+
+def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, changes: dict,
+                 progress: str | Renderer, task_object: Task | None = None) -> RunResult:
+    """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change."""
+    if redis_url is None and not (out / STORE_DIR).is_dir():
+        raise ConfigError(f"no run {run_id} at {out} (no {out / STORE_DIR}); pass its --out DIR, or --redis URL")
+    with open_store(redis_url, out, retry) as (store, url):
+        ckpt, config, skipped = latest(store, run_id, out, changes)
+        renderer = _renderer(progress, config)
+        for bad in skipped:
+            renderer.warning(f"skipping round {bad.round}: {bad.reason}")
+        run_dir = RunDirectory(out)
+        run_dir.reopen(ckpt.history)
+        if ckpt.round >= config.rounds:
+            renderer.already_finished(run_id, ckpt.round)
+            total = float(ckpt.extra.get("wall_seconds", 0.0))
+            info = {"run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0, "total_wall_seconds": total}
+            result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer)
+        else:
+            result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(), task_object)
+        store.mark_finished(run_id)
+        return result
+
+
+def latest(store, run_id: str, out: Path, changes: dict) -> tuple:
+    """(checkpoint, the configuration to continue with, rounds skipped as corrupt); ConfigError if there is none."""
+    if store.info(run_id) is None:
+        if RunDirectory(out).run_id() == run_id:
+            raise ConfigError(f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to "
+                              "resume; start it again with the command that started it")
+        raise ConfigError(f"no run {run_id} in the store at {store.url}")
+    ckpt, skipped = store.latest(run_id)
+    if ckpt is None:
+        raise CheckpointError(f"run {run_id} has no valid checkpoint in the store at {store.url}")
+    return ckpt, resumed_config(ckpt, changes, run_id), skipped
+
+
+def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
+    """The checkpoint's configuration with `changes` to what may change; the rest must equal the stored values."""
+    try:
+        config = RunConfig.from_dict(ckpt.config)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint of run {run_id} holds a configuration this fedactors does not read ({exc}); "
+                              "finish the run with the fedactors that started it") from None
+    identity = ckpt.extra.get("identity")
+    if not isinstance(identity, dict) or config.fingerprint(identity) != ckpt.fingerprint:
+        raise CheckpointError(f"checkpoint of run {run_id} does not match its own configuration (fingerprint differs; "
+                              "a checkpoint of an earlier fedactors is resumed by that version)")
+    stored = config.to_dict()
+    for name in EXPERIMENT_FIELDS:
+        if name in changes and changes[name] != getattr(config, name):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {_show(changes[name])} differs from run {run_id}'s {_show(stored[name])}; "
+                "flags that change the experiment cannot change on --resume"
+            )
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    return with_data_dir(dataclasses.replace(config, **changes))
+
+
+def _show(value: object) -> str:
+    return "inf" if value is None else str(value)
+
+
+def _renderer(progress: str | Renderer, config: RunConfig) -> Renderer:
+    return progress if isinstance(progress, Renderer) else make_renderer(progress, config)
+
+
+def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str, retry: float, resume,
+           out: Renderer, store_warning: str | None, task_object: Task | None) -> RunResult:
+    """Run (or continue) the experiment, writing the run directory as events arrive.
+
+    However it stops, run.json says how: finished, interrupted (a signal; the resume command is
+    shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
+    whose traceback goes to OUT/error.log, raised as InternalError).
+    """
+    from fedactors import experiment
+
+    history: list[dict] = list(resume.history) if resume else []
+    wall_before = float(resume.extra.get("wall_seconds", 0.0)) if resume else 0.0
+    info: dict = {
+        "run_id": run_id, "status": "running",
+        "failures": sum(len(r.get("failures", [])) for r in history),
+        "retried": sum(len(r.get("retried", [])) for r in history),
+        "dropped": sum(len(r.get("dropped", [])) for r in history),
+        "rejected": sum(len(r.get("rejected", [])) for r in history),
+        "resumed_from_round": resume.round if resume else None,
+        "rounds_completed": resume.round if resume else 0,
+        "hosts_lost": {},
+    }
+    run_dir.write_run(config, info)
+    started = time.perf_counter()
+    out.header(run_id, str(run_dir.path), resume.round if resume else None)
+    if store_warning:
+        out.warning(store_warning)
+
+    def on_event(event: dict) -> None:
+        interrupts.check()
+        if event["type"] == "identity":
+            info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
+        elif event["type"] == "start":
+            hosts = event["hosts"]
+            info["hosts"] = len(hosts)
+            info["host_info"] = [{**h, "clients_trained": 0} for h in hosts]
+            info["device_fallbacks"] = sum(1 for h in hosts if h["fallback"])
+            out.start(hosts, event["clients_per_round"], resume.round if resume else 0)
+        elif event["type"] == "warning":
+            out.warning(event["message"])
+        elif event["type"] == "round":
+            info["rounds_completed"] = event["round"]  # so far; checkpointed up to here (or the last multiple)
+            info["failures"] += len(event["failures"])
+            info["retried"] += len(event["retried"])
+            info["dropped"] += len(event["dropped"])
+            info["rejected"] += len(event["rejected"])
+            info["hosts_lost"].update({str(h): why for h, why in event["lost_hosts"].items()})
+            for host in event["hosts"].values():
+                if 0 <= host < len(info.get("host_info", [])):
+                    info["host_info"][host]["clients_trained"] += 1
+            if "startup_seconds" in event:
+                info["startup_seconds"] = round(event["startup_seconds"], 3)
+            if event["accuracy"] is not None:
+                history.append(event)
+                run_dir.append_metrics(event)
+            out.round(event)
+        run_dir.write_run(config, info)
+
+    def wall() -> dict:
+        part = time.perf_counter() - started
+        return {"wall_seconds": round(part, 3), "total_wall_seconds": round(wall_before + part, 3)}
+
+    def stop(status: str) -> None:
+        out.close()
+        info.update(status=status, **wall(), **summarise(history, config.target))
+        run_dir.write_run(config, info)
+
+    interrupts = Interrupts()
+    try:
+        with interrupts:
+            done = experiment.run(config, on_event, run_id=run_id, store_url=store_url, store_retry_seconds=retry,
+                                  resume=resume, wall_seconds_before=wall_before, task=task_object)
+            out.close()
+            return _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out)
+    except KeyboardInterrupt:
+        stop("interrupted")
+        out.interrupted(f"fedactors run --resume {run_id} --out {run_dir.path}")
+        # The signal remembered, not the exception's: Ray turns one raised inside ray.get into a plain KeyboardInterrupt.
+        from fedactors.interrupts import Interrupted
+
+        raise Interrupted(interrupts.stopped_by()) from None
+    except FedActorsError:
+        stop("failed")
+        raise
+    except Exception as exc:
+        stop("failed")
+        log = run_dir.write_error("".join(traceback.format_exception(exc)))
+        raise InternalError(f"unexpected {type(exc).__name__}: {_first_line(exc)} (traceback in {log})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _finish(config: RunConfig, run_dir: RunDirectory, weights: np.ndarray, round_done: int, history: list[dict],
+            info: dict, out: Renderer) -> RunResult:
+    """Write weights.npy and the finished run.json (`info` carries the wall times), and show the summary."""
+    run_dir.write_weights(weights)
+    summary = summarise(history, config.target)
+    info = {**info, "status": "finished", "rounds_completed": round_done, **summary}
+    run_dir.write_run(config, info)
+    out.summary(summary, info["wall_seconds"])
+    return RunResult(run_id=info["run_id"], run_dir=run_dir.path, history=history, weights=np.asarray(weights), info=info)
+
+
+def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, resume_round: int | None = None,
+         task: Task | None = None) -> dict:
+    """What a run would do (for --dry-run): hosts, data, partition, store; it starts nothing and writes nothing.
+
+    The data is read (not downloaded) to summarise the partition; a local Ray is not started
+    (its size is this machine's CPUs), a cluster is asked for its nodes.
+    """
+    from fedactors.checkpoint import mask_url
+    from fedactors.experiment import _load_data, plan_hosts
+    from fedactors.task import load_task
+
+    config = with_data_dir(config)
+    task = task if task is not None else load_task(config.task)
+    hosts, source = plan_hosts(config)
+    data_dir = Path(config.data_dir)
+    present = config.data is not None or task.local is None or task.local(data_dir)
+    split = _load_data(config, task, data_dir)[3] if present else None
+    if config.data is not None:
+        data = config.data
+    elif task.local is not None:
+        data = f"{data_dir} ({'present' if present else 'absent: it would be downloaded there'})"
+    else:
+        data = f"task {task.name}'s own"
+    return {
+        "run_id": run_id, "out": str(out), "resume_after_round": resume_round, "task": config.task,
+        "data": data, "data_dir": config.data_dir, "data_present": present, "partition": split,
+        "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
+        "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,
+        "gpus_per_host": config.gpus_per_host, "threads_per_host": config.threads_per_host,
+        "clients_per_round": config.clients_per_round, "rounds": config.rounds, "config": config.to_dict(),
+    }

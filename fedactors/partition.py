@@ -1,0 +1,110 @@
+"""How the training examples are split among clients: seeded, deterministic, every client non-empty.
+
+    iid         shuffle (seeded) and deal: every client n/K examples (n/K rounded, when K does not divide n)
+    noniid      the paper's pathological split: sort by label (stable), cut into 2K shards, 2 at random to each
+    shards      the same with --shards-per-client S (noniid is shards with S = 2)
+    dirichlet   label skew after Hsu et al. 2019: each label's examples split among the clients in
+                proportions drawn from Dirichlet(alpha); small alpha, few labels per client
+    unbalanced  IID labels, client sizes proportional to log-normal(0, sigma) draws (at least 1 each)
+
+Every draw comes from seeding.generator(PARTITION, seed), so a partition depends on the seed
+and the labels alone. A scheme that would leave a client without examples is refused with one
+line (dirichlet first redraws, up to MAX_DRAWS times, as most papers' code does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedactors.errors import ConfigError
+from fedactors.seeding import Purpose, generator
+
+SCHEMES = ("iid", "noniid", "shards", "dirichlet", "unbalanced")
+MAX_DRAWS = 100
+
+
+def partition(labels: np.ndarray, num_clients: int, scheme: str, seed: int, *, shards_per_client: int = 2,
+              alpha: float = 0.5, sigma: float = 1.0) -> list[np.ndarray]:
+    """Client k's training indices (sorted), for every k < num_clients."""
+    n = len(labels)
+    if num_clients > n:
+        raise ConfigError(f"--clients {num_clients} is more than the {n} training examples")
+    if scheme == "iid":
+        parts = iid(n, num_clients, seed)
+    elif scheme in ("noniid", "shards"):
+        parts = shards(labels, num_clients, seed, 2 if scheme == "noniid" else shards_per_client)
+    elif scheme == "dirichlet":
+        parts = dirichlet(labels, num_clients, seed, alpha)
+    elif scheme == "unbalanced":
+        parts = unbalanced(n, num_clients, seed, sigma)
+    else:
+        raise ConfigError(f"--partition must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    return parts
+
+
+def iid(num_examples: int, num_clients: int, seed: int) -> list[np.ndarray]:
+    """Shuffle all indices (seeded) and deal them out in K runs of n/K (the first n mod K one longer)."""
+    order = generator(Purpose.PARTITION, seed).permutation(num_examples)
+    return [np.sort(chunk) for chunk in np.array_split(order, num_clients)]
+
+
+def shards(labels: np.ndarray, num_clients: int, seed: int, per_client: int = 2) -> list[np.ndarray]:
+    """Sort by label (stable), cut into per_client * K shards of equal size (n/(S*K) rounded), deal S at random to each."""
+    num_shards = per_client * num_clients
+    if num_shards > len(labels):
+        raise ConfigError(f"{num_shards} shards ({per_client} for each of {num_clients} clients) is more than the "
+                          f"{len(labels)} training examples")
+    by_label = np.argsort(labels, kind="stable")
+    cut = np.array_split(by_label, num_shards)
+    order = generator(Purpose.PARTITION, seed).permutation(num_shards)
+    return [np.sort(np.concatenate([cut[order[per_client * k + j]] for j in range(per_client)]))
+            for k in range(num_clients)]
+
+
+def dirichlet(labels: np.ndarray, num_clients: int, seed: int, alpha: float) -> list[np.ndarray]:
+    """Each label's examples (shuffled) split among the clients by proportions ~ Dirichlet(alpha, ..., alpha).
+
+    Drawn again while some client gets nothing, up to MAX_DRAWS times (all draws from the one
+    seeded generator, so the result is still a function of the seed); then refused.
+    """
+    if not alpha > 0:
+        raise ConfigError(f"--alpha must be positive, got {alpha!r}")
+    rng = generator(Purpose.PARTITION, seed)
+    classes = np.unique(labels)
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    for _ in range(MAX_DRAWS):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for c in classes:
+            idx = rng.permutation(members[c])
+            proportions = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(proportions)[:-1] * len(idx)).astype(np.int64)
+            for k, piece in enumerate(np.split(idx, cuts)):
+                parts[k].append(piece)
+        result = [np.sort(np.concatenate(p)) for p in parts]
+        if all(len(r) for r in result):
+            return result
+    raise ConfigError(f"--partition dirichlet --alpha {alpha:g} left some of the {num_clients} clients without examples "
+                      f"in {MAX_DRAWS} draws; raise --alpha or lower --clients")
+
+
+def unbalanced(num_examples: int, num_clients: int, seed: int, sigma: float) -> list[np.ndarray]:
+    """IID labels; client k gets a share of the shuffled examples proportional to a log-normal(0, sigma) draw."""
+    if not sigma >= 0:
+        raise ConfigError(f"--sigma must be >= 0, got {sigma!r}")
+    rng = generator(Purpose.PARTITION, seed)
+    order = rng.permutation(num_examples)
+    weights = rng.lognormal(0.0, sigma, num_clients)
+    sizes = 1 + np.floor(weights / weights.sum() * (num_examples - num_clients)).astype(np.int64)
+    sizes[np.argsort(-weights, kind="stable")[: num_examples - sizes.sum()]] += 1  # deal the remainder to the largest
+    return [np.sort(chunk) for chunk in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+def summary(parts: list[np.ndarray], labels: np.ndarray) -> dict:
+    """Examples and distinct labels per client: min, median, max (for --dry-run and run.json)."""
+    sizes = np.array([len(p) for p in parts])
+    distinct = np.array([len(np.unique(labels[p])) for p in parts])
+
+    def spread(values: np.ndarray) -> dict:
+        return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
+
+    return {"clients": len(parts), "examples": spread(sizes), "labels": spread(distinct)}

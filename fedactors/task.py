@@ -1,0 +1,226 @@
+"""A task: the model a federation trains and the data it learns from, behind one small interface.
+
+    Task(name, model, load, prepare=..., loss=None, num_classes=None, description="")
+
+`model` is a factory for any `torch.nn.Module` (it is called in every client host, and once per
+run with the run's seed to make the initial weights); `load(data_dir)` returns the raw arrays
+(`Arrays`: x_train, y_train, x_test, y_test, integer labels 0..C-1), and `prepare` turns
+examples into the model's input once, at load time (float32; nothing is transformed per
+sample while training). `loss(logits, labels)` is a batch's mean loss (default: cross-entropy);
+the metric is accuracy (the arg-max of the model's output against the label). Everything past
+the task sees what it saw before tasks existed: one flat float32 buffer of weights and
+read-only arrays in the object store.
+
+A task is named on the command line (`--task`) and in a run's configuration by a spec, which
+every process that needs it (the command, each client host) resolves the same way:
+
+    mnist-cnn, mnist-2nn, digits-mlp      built-in (fedactors tasks lists them)
+    package.module:attr                   an importable module's attribute
+    path/to/file.py:attr                  a file's attribute (the path must exist on every node)
+
+The attribute is a Task, or a function returning one. `--data npz:PATH` replaces the task's
+data by arrays the user has (keys x_train, y_train, x_test, y_test), prepared the same way.
+
+Non-parameter state: float buffers (BatchNorm's running mean and variance) travel with the
+weights, after the parameters in the flat buffer, and are averaged like them; BatchNorm's
+integer `num_batches_tracked` stays in each host, unused (it only matters for
+momentum=None). Any other integer buffer, BatchNorm with momentum=None, or a parameter that
+is not float32 is refused with one line: averaging could not be right for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedactors.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEFAULT_TASK = "mnist-cnn"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A data set as arrays: examples (N, ...) and integer labels (N,), for training and for testing."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """The default `prepare`: the examples as float32, unchanged otherwise."""
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A model factory and its data; see the module docstring for each field's contract."""
+
+    name: str
+    model: Callable[[], nn.Module]
+    load: Callable[[Path], Arrays] | None = None
+    prepare: Callable[[np.ndarray], np.ndarray] = as_float32
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    num_classes: int | None = None  # None: one more than the largest training label
+    description: str = ""
+    local: Callable[[Path], bool] | None = None  # whether load(data_dir) reads local files only (no download)
+    builtin: bool = field(default=False, compare=False)
+
+
+def builtin_tasks() -> dict[str, Task]:
+    """The tasks fedactors ships, by name (imports neither torch nor the data)."""
+    from fedactors.tasks import BUILTIN
+
+    return BUILTIN
+
+
+def load_task(spec: str | Task) -> Task:
+    """The Task a spec names (or the Task itself); ConfigError with one line for anything else."""
+    if isinstance(spec, Task):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"--task must name a task, got {spec!r}")
+    builtin = builtin_tasks()
+    if spec in builtin:
+        return builtin[spec]
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ConfigError(f"--task {spec}: not a built-in task ({', '.join(builtin)}), nor module:attr or file.py:attr")
+    module = _import(where, spec)
+    if not hasattr(module, attr):
+        raise ConfigError(f"--task {spec}: {where} has no attribute {attr!r}")
+    value = getattr(module, attr)
+    if callable(value) and not isinstance(value, Task):
+        try:
+            value = value()
+        except Exception as exc:  # the user's code: say whose and what
+            raise ConfigError(f"--task {spec}: calling {attr}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(value, Task):
+        raise ConfigError(f"--task {spec}: {attr} is a {type(value).__name__}, not a fedactors.task.Task "
+                          "(or a function returning one)")
+    return value
+
+
+def _import(where: str, spec: str) -> Any:
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--task {spec}: no file {path}")
+        name = "fedactors_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        if name in sys.modules:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise ConfigError(f"--task {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+        return module
+    try:
+        return importlib.import_module(where)
+    except ImportError as exc:
+        raise ConfigError(f"--task {spec}: cannot import {where}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"--task {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
+
+
+def load_npz(path: Path) -> Arrays:
+    """Arrays the user has: an .npz with x_train, y_train, x_test, y_test."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(f"--data npz:{path} lacks {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
+            return Arrays(*(npz[k] for k in NPZ_KEYS))
+    except FileNotFoundError:
+        raise DataError(f"--data npz:{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--data npz:{path} is not a readable .npz file: {exc}") from None
+
+
+def load_arrays(task: Task, data: str | None, data_dir: Path) -> Arrays:
+    """The task's data (or `--data npz:PATH` in its place), prepared and checked: float32 examples, int64 labels."""
+    if data is not None:
+        kind, _, where = data.partition(":")
+        if kind != "npz" or not where:
+            raise ConfigError(f"--data must be npz:PATH, got {data!r}")
+        raw = load_npz(Path(where).expanduser())
+    elif task.load is None:
+        raise ConfigError(f"task {task.name} brings no data of its own; pass --data npz:PATH")
+    else:
+        raw = task.load(data_dir)
+    return check_arrays(task, Arrays(
+        x_train=_prepared(task, raw.x_train, "x_train"), y_train=_labels(raw.y_train, "y_train"),
+        x_test=_prepared(task, raw.x_test, "x_test"), y_test=_labels(raw.y_test, "y_test"),
+    ))
+
+
+def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
+    try:
+        out = task.prepare(np.asarray(x))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"task {task.name} cannot prepare {name} of shape {np.shape(x)}: {type(exc).__name__}: {exc}") from None
+    out = np.ascontiguousarray(out)
+    if out.dtype != np.float32:
+        raise DataError(f"task {task.name}: prepare returned {out.dtype} for {name}; it must return float32")
+    return out
+
+
+def _labels(y: np.ndarray, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{name} must be one integer label per example, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{name} must hold integer labels, got {y.dtype}")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def check_arrays(task: Task, a: Arrays) -> Arrays:
+    """Shapes agree, labels are 0..C-1; DataError naming what does not."""
+    for x, y, part in ((a.x_train, a.y_train, "train"), (a.x_test, a.y_test, "test")):
+        if len(x) != len(y):
+            raise DataError(f"x_{part} has {len(x)} examples but y_{part} {len(y)} labels")
+        if len(x) == 0:
+            raise DataError(f"x_{part} has no examples")
+    if a.x_train.shape[1:] != a.x_test.shape[1:]:
+        raise DataError(f"x_train examples are {a.x_train.shape[1:]} but x_test's {a.x_test.shape[1:]}")
+    classes = num_classes(task, a)
+    for y, part in ((a.y_train, "y_train"), (a.y_test, "y_test")):
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            raise DataError(f"{part} holds labels in [{low}, {high}]; task {task.name} has {classes} classes (0..{classes - 1})")
+    return a
+
+
+def num_classes(task: Task, a: Arrays) -> int:
+    return task.num_classes if task.num_classes is not None else int(a.y_train.max()) + 1
+
+
+def digest(a: Arrays) -> str:
+    """sha256 of the prepared arrays (shapes, dtypes and bytes): the data's part of a run's identity."""
+    h = hashlib.sha256()
+    for x in (a.x_train, a.y_train, a.x_test, a.y_test):
+        h.update(f"{x.dtype.str}{x.shape}".encode())
+        h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
+    return h.hexdigest()

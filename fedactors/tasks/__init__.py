@@ -1,0 +1,11 @@
+"""The built-in tasks: the paper's two MNIST models, and a small one on data shipped with scikit-learn.
+
+Importing this package imports neither torch nor any data: a model factory imports torch when
+it is called, a loader reads its files when it is called.
+"""
+
+from fedactors.task import Task
+from fedactors.tasks.digits import DIGITS_MLP
+from fedactors.tasks.mnist import MNIST_2NN, MNIST_CNN
+
+BUILTIN: dict[str, Task] = {t.name: t for t in (MNIST_CNN, MNIST_2NN, DIGITS_MLP)}
