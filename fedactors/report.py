@@ -129,8 +129,12 @@ def config_label(config: dict) -> str:
     clients = config.get("clients", PAPER_TABLE2_CLIENTS)
     if clients != PAPER_TABLE2_CLIENTS:
         label += f" K={clients}"
+    if config.get("task", "mnist-cnn") != "mnist-cnn":
+        label = f"{config['task']} {label}"
     if config.get("aggregator", "fedavg") != "fedavg":
         label += f" {config['aggregator']}"
+    if config.get("strategy", "fedavg") != "fedavg":
+        label += f" {config['strategy']}"
     if config.get("byzantine"):
         label += f" byz={config['byzantine']}:{config.get('attack')}"
     if config.get("precision", "fp32") != "fp32":

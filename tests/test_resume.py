@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rounds_done
 
 
-def start_and_kill_mid_round(out, *extra, after_rounds=2):
+def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUNDS):
     """Start a run, wait until `after_rounds` rounds are done, SIGKILL every process of its tree mid-round."""
     log = open(out.parent / f"{out.name}.log", "w")
-    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), *extra],
+    proc = subprocess.Popen([EXE, "run", *args, "--rounds", str(rounds), "--out", str(out), *extra],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while rounds_done(out) < after_rounds:
@@ -40,7 +40,7 @@ def start_and_kill_mid_round(out, *extra, after_rounds=2):
     log.close()
     gone, alive = psutil.wait_procs([p for p in tree[1:] if isinstance(p, psutil.Process)], timeout=10)
     assert not alive, f"processes survived SIGKILL: {alive}"
-    assert rounds_done(out) < ROUNDS, "the run finished before it was killed; the test proves nothing"
+    assert rounds_done(out) < rounds, "the run finished before it was killed; the test proves nothing"
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     assert not (out / "weights.npy").exists()
     return len(tree)

@@ -28,3 +28,274 @@ def test_the_default_task_runs_to_the_recorded_bytes(reference):
     assert hashlib.sha256((reference / "weights.npy").read_bytes()).hexdigest() == digest
     assert accuracies(reference) == accs
     assert json.loads((reference / "run.json").read_text())["rounds_completed"] == ROUNDS
+
+
+# ---- Built-ins and a user's own ------------------------------------------------------------------
+
+def test_the_builtin_models_have_the_papers_sizes():
+    from fedactors.model import FlatModel
+    from fedactors.task import load_task
+
+    assert FlatModel(load_task("mnist-cnn").model).size == 1_663_370
+    assert FlatModel(load_task("mnist-2nn").model).size == 199_210  # 784*200+200 + 200*200+200 + 200*10+10
+
+
+def test_tasks_command_lists_the_builtins(tmp_path):
+    from conftest import fedactors
+
+    result = fedactors("tasks")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["mnist-cnn", "mnist-2nn", "digits-mlp"]
+
+
+def test_a_task_from_a_file_or_a_module(tmp_path):
+    from conftest import REPO
+    from fedactors.task import Task, load_task
+
+    task = load_task(f"{REPO}/examples/spirals.py:task")
+    assert isinstance(task, Task) and task.name == "spirals"
+    (tmp_path / "mytasks.py").write_text("from fedactors.tasks.digits import DIGITS_MLP\ndef make():\n    return DIGITS_MLP\n")
+    assert load_task(f"{tmp_path}/mytasks.py:make").name == "digits-mlp"  # a function returning a Task
+    assert load_task("fedactors.tasks.mnist:MNIST_2NN").name == "mnist-2nn"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("nonsense", "not a built-in task"),
+    ("no/such/file.py:task", "no file"),
+    ("fedactors.no_such_module:task", "cannot import fedactors.no_such_module"),
+    ("fedactors.tasks.mnist:nothing", "has no attribute 'nothing'"),
+    ("fedactors.tasks.mnist:CNN_PARAMETERS", "CNN_PARAMETERS is a int, not a fedactors.task.Task"),
+    ("fedactors.tasks.mnist:cnn", "cnn is a CNN, not a fedactors.task.Task"),  # a function, but not one returning a Task
+])
+def test_bad_task_specs_are_one_clear_error(spec, message):
+    from fedactors.errors import ConfigError
+    from fedactors.task import load_task
+
+    with pytest.raises(ConfigError, match=message):
+        load_task(spec)
+
+
+def _npz(tmp_path, **arrays):
+    import numpy as np
+
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def test_mnist_models_take_npz_images_uint8_or_float_in_0_1_normalised_like_mnist(tmp_path, mnist):
+    import numpy as np
+
+    from fedactors.data import MEAN, STD
+    from fedactors.task import load_arrays, load_task
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    task = load_task("mnist-2nn")
+    as_uint8 = load_arrays(task, _npz(tmp_path, x_train=pixels, y_train=labels, x_test=pixels[:2], y_test=labels[:2]), tmp_path)
+    as_float = load_arrays(task, _npz(tmp_path, x_train=(pixels / 255.0).astype(np.float32)[:, None], y_train=labels,
+                                      x_test=pixels[:2], y_test=labels[:2]), tmp_path)
+    assert as_uint8.x_train.shape == as_float.x_train.shape == (6, 1, 28, 28)
+    assert as_uint8.x_train.dtype == np.float32
+    np.testing.assert_allclose(as_uint8.x_train, ((pixels / 255.0 - MEAN) / STD)[:, None], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(as_float.x_train, as_uint8.x_train, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"x_train": "images", "y_train": "labels", "x_test": "images"}, "lacks y_test"),
+    ({"x_train": "images", "y_train": "labels11", "x_test": "images", "y_test": "labels"}, r"y_train holds labels in \[0, 11\]; task mnist-cnn has 10 classes"),
+    ({"x_train": "images", "y_train": "short", "x_test": "images", "y_test": "labels"}, "x_train has 4 examples but y_train 3 labels"),
+    ({"x_train": "flat", "y_train": "labels", "x_test": "flat", "y_test": "labels"}, r"images of shape \(N, 28, 28\) or \(N, 1, 28, 28\), got \(4, 784\)"),
+    ({"x_train": "wide", "y_train": "labels", "x_test": "wide", "y_test": "labels"}, r"float32 MNIST images must be in \[0, 1\]"),
+])
+def test_bad_npz_data_is_one_clear_error(tmp_path, arrays, message):
+    import numpy as np
+
+    from fedactors.errors import DataError
+    from fedactors.task import load_arrays, load_task
+
+    values = {"images": np.zeros((4, 28, 28), np.uint8), "labels": np.array([0, 1, 2, 3]),
+              "labels11": np.array([0, 1, 2, 11]), "short": np.array([0, 1, 2]), "flat": np.zeros((4, 784), np.uint8),
+              "wide": np.full((4, 28, 28), 3.0, np.float32)}
+    with pytest.raises(DataError, match=message):
+        load_arrays(load_task("mnist-cnn"), _npz(tmp_path, **{k: values[v] for k, v in arrays.items()}), tmp_path)
+
+
+def test_a_model_with_batchnorm_carries_its_running_statistics_in_the_weights():
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedactors.model import FlatModel
+
+    def bn_model():
+        return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+
+    model = FlatModel(bn_model, init_seed=0)
+    params = sum(p.numel() for p in model.module.parameters())
+    assert model.size == params + 2 * 3  # running mean and variance follow the parameters
+    before = model.get_weights()
+    model.sgd_step(torch.randn(8, 4), torch.tensor([0, 1] * 4), 0.1)
+    after = model.get_weights()
+    assert not np.array_equal(before[params:], after[params:])  # training moved the statistics, in the flat buffer
+    other = FlatModel(bn_model, init_seed=1)
+    other.set_weights(after)
+    np.testing.assert_array_equal(other.module[1].running_mean.numpy(), after[params:params + 3])
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("int_buffer", "has a torch.int64 buffer counts"),
+    ("cumulative_bn", "BatchNorm 1 with momentum=None"),
+    ("double", "parameters that are not float32"),
+    ("nothing", "has no parameters to train"),
+    ("not_a_module", "returned a str, not a torch.nn.Module"),
+])
+def test_models_whose_state_cannot_be_averaged_are_refused_with_one_line(factory, message):
+    import torch
+    from torch import nn
+
+    from fedactors.errors import ConfigError
+    from fedactors.model import FlatModel
+
+    def int_buffer():
+        m = nn.Linear(2, 2)
+        m.register_buffer("counts", torch.zeros(3, dtype=torch.int64))
+        return m
+
+    factories = {
+        "int_buffer": int_buffer,
+        "cumulative_bn": lambda: nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, momentum=None)),
+        "double": lambda: nn.Linear(2, 2).double(),
+        "nothing": lambda: nn.ReLU(),
+        "not_a_module": lambda: "model",
+    }
+    with pytest.raises(ConfigError, match=message):
+        FlatModel(factories[factory])
+
+
+def test_digits_learns_in_process_with_the_coordinator():
+    from fedactors.client import ClientHost
+    from fedactors.config import RunConfig
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, rounds=8, epochs=2, batch_size=10, lr=0.1,
+                    partition="dirichlet", alpha=1.0, seed=0)
+    data = load_arrays(load_task(cfg.task), None, None)
+    parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
+    hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i) for i in range(2)]
+    events = list(Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test)).run())
+    assert events[-2]["accuracy"] > 0.85, [e.get("accuracy") for e in events]
+
+
+@pytest.mark.slow
+def test_the_python_api_runs_a_task_object_and_resumes_it(tmp_path):
+    import numpy as np
+
+    import fedactors
+    from conftest import REPO
+    from fedactors.task import load_task
+
+    task = load_task(f"{REPO}/examples/spirals.py:task")  # an object: it travels to the hosts by value
+    common = dict(clients=20, frac=0.5, partition="dirichlet", alpha=0.5, epochs=2, batch_size=20, lr=0.2,
+                  eval_every=5, hosts=2, progress="quiet")
+    out = tmp_path / "api"
+    first = fedactors.run(task, rounds=10, out=out, run_id="api", **common)
+    assert first.info["status"] == "finished" and [r["round"] for r in first.history] == [5, 10]
+    assert (out / "weights.npy").exists() and first.weights.dtype == np.float32
+    longer = fedactors.resume("api", out=out, task=task, rounds=20, progress="quiet")
+    assert [r["round"] for r in longer.history] == [5, 10, 15, 20] and longer.history[-1]["accuracy"] > 0.9
+    straight = fedactors.run(task, rounds=20, out=tmp_path / "straight", run_id="straight", **common)
+    assert straight.weights.tobytes() == longer.weights.tobytes()  # resumed from Python, bit-exact
+
+
+# ---- Every guarantee with a task of the user's, through the command line -------------------------
+
+def spirals_args():
+    from conftest import REPO
+
+    return ["--task", f"{REPO}/examples/spirals.py:task", "--clients", "20", "--frac", "0.5", "--partition", "dirichlet",
+            "--alpha", "0.5", "--epochs", "5", "--batch-size", "20", "--lr", "0.2", "--eval-every", "20", "--hosts", "2",
+            "--seed", "3"]
+
+
+SPIRAL_ROUNDS = 60
+
+
+@pytest.fixture(scope="module")
+def spirals_reference(tmp_path_factory):
+    from conftest import fedactors
+
+    out = tmp_path_factory.mktemp("spirals") / "ref"
+    result = fedactors("run", *spirals_args(), "--rounds", str(SPIRAL_ROUNDS), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert accuracies(out)[-1] > 0.9
+    return out
+
+
+def _same_bytes(out, reference):
+    assert (out / "weights.npy").read_bytes() == (reference / "weights.npy").read_bytes()
+    assert accuracies(out) == accuracies(reference)
+
+
+@pytest.mark.slow
+def test_a_users_task_resumes_bit_exactly_after_sigkill(spirals_reference, tmp_path):
+    from conftest import fedactors
+    from test_resume import start_and_kill_mid_round
+
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "sp", args=spirals_args(), rounds=SPIRAL_ROUNDS, after_rounds=10)
+    result = fedactors("run", "--resume", "sp", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    _same_bytes(out, spirals_reference)
+
+
+@pytest.mark.slow
+def test_a_users_task_survives_a_killed_host_with_the_same_bytes(spirals_reference, tmp_path):
+    from test_cluster import _kill_host_after_rounds, _start
+
+    out = tmp_path / "run"
+    proc, log = _start(out, *spirals_args(), "--rounds", str(SPIRAL_ROUNDS))
+    _kill_host_after_rounds(proc, out, 10, delay=0.0)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
+    log.close()
+    run = json.loads((out / "run.json").read_text())
+    assert run["failures"] >= 1 and run["retried"] >= 1 and run["dropped"] == 0, run
+    _same_bytes(out, spirals_reference)
+
+
+@pytest.mark.slow
+def test_robust_aggregation_with_a_users_task(tmp_path):
+    from conftest import fedactors
+
+    attack = ["--byzantine", "4", "--attack", "sign-flip", "--attack-scale", "10", "--rounds", "20"]
+    robust = fedactors("run", *spirals_args(), *attack, "--aggregator", "median", "--out", str(tmp_path / "median"))
+    assert robust.returncode == 0, robust.stderr
+    assert accuracies(tmp_path / "median")[-1] > 0.75  # 0.80 after 20 rounds under attack (0.98 without it, after 60)
+    # FedAvg takes the flipped updates in, and its weights blow up until every client returns NaN: loudly refused.
+    plain = fedactors("run", *spirals_args(), *attack, "--out", str(tmp_path / "fedavg"))
+    assert plain.returncode == 1 and "returned NaN or infinite weights, which are never aggregated" in plain.stderr
+
+
+@pytest.mark.slow
+def test_resume_with_other_data_under_the_same_path_is_refused(tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from conftest import fedactors
+
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path / "digits.npz"
+    np.savez(path, x_train=x[:1400], y_train=y[:1400], x_test=x[1400:], y_test=y[1400:])
+    args = ["--task", "digits-mlp", "--data", f"npz:{path}", "--clients", "10", "--frac", "0.5", "--partition", "iid",
+            "--epochs", "1", "--batch-size", "10", "--hosts", "1"]
+    out = tmp_path / "run"
+    first = fedactors("run", *args, "--rounds", "2", "--run-id", "d", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    np.savez(path, x_train=x[:1400][::-1], y_train=y[:1400][::-1], x_test=x[1400:], y_test=y[1400:])  # same shapes, other order
+    again = fedactors("run", "--resume", "d", "--out", str(out), "--rounds", "4")
+    assert again.returncode == 2
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot resume run d: the data (its digest) differ from its checkpoint's" in lines[0], again.stderr
