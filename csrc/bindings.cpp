@@ -5,13 +5,16 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "distance.hpp"
 #include "kernels.hpp"
+#include "optim.hpp"
 #include "robust.hpp"
 
 namespace py = pybind11;
@@ -213,6 +216,77 @@ std::size_t count_nonfinite(const py::handle& buffer, int threads) {
     return fedactors::count_nonfinite(x, n, threads);
 }
 
+// A writeable float32 vector of length n (for state updated in place); `what` names it.
+py::array check_state(const py::handle& obj, std::size_t n, const std::string& what) {
+    auto a = check_vector(obj, what);
+    if (!a.writeable()) fail(what, " is read-only, expected a writeable array (it is updated in place)");
+    if (static_cast<std::size_t>(a.shape(0)) != n)
+        fail(what, " has length ", a.shape(0), ", expected ", n, " (the weights' length)");
+    return a;
+}
+
+py::array server_step(const std::string& method, const py::handle& aggregate, const py::handle& weights,
+                      const py::handle& m, const py::object& v, double lr, double beta1, double beta2, double tau,
+                      int threads, const std::string& isa_name) {
+    fedactors::ServerOpt opt;
+    if (method == "fedavgm") opt = fedactors::ServerOpt::fedavgm;
+    else if (method == "fedadagrad") opt = fedactors::ServerOpt::fedadagrad;
+    else if (method == "fedadam") opt = fedactors::ServerOpt::fedadam;
+    else if (method == "fedyogi") opt = fedactors::ServerOpt::fedyogi;
+    else fail("method is '", method, "', expected 'fedavgm', 'fedadagrad', 'fedadam' or 'fedyogi'");
+    const auto a = check_vector(aggregate, "aggregate");
+    const auto x = check_vector(weights, "weights");
+    const auto n = static_cast<std::size_t>(x.shape(0));
+    if (static_cast<std::size_t>(a.shape(0)) != n)
+        fail("aggregate has length ", a.shape(0), ", expected ", n, " (the weights' length)");
+    auto ma = check_state(m, n, "m");
+    py::array va;
+    const bool needs_v = opt != fedactors::ServerOpt::fedavgm;
+    if (needs_v) {
+        if (v.is_none()) fail("v is None, expected the second-moment array for ", method);
+        va = check_state(v, n, "v");
+    }
+    for (const double* value : {&lr, &beta1, &beta2, &tau})
+        if (!std::isfinite(*value)) fail("the hyper-parameters must be finite numbers");
+    if (!(lr > 0)) fail("lr is ", lr, ", expected > 0");
+    if (!(beta1 >= 0 && beta1 < 1)) fail("beta1 is ", beta1, ", expected a number in [0, 1)");
+    if (!(beta2 >= 0 && beta2 < 1)) fail("beta2 is ", beta2, ", expected a number in [0, 1)");
+    if (needs_v && !(tau > 0)) fail("tau is ", tau, ", expected > 0");
+    const auto isa = parse_isa(isa_name);
+    const std::size_t bytes = n * sizeof(float);
+    std::vector<std::pair<const void*, const char*>> named = {{a.data(), "aggregate"}, {x.data(), "weights"},
+                                                              {ma.data(), "m"}};
+    if (needs_v) named.emplace_back(va.data(), "v");
+    for (std::size_t i = 0; i < named.size(); ++i)
+        for (std::size_t j = i + 1; j < named.size(); ++j)
+            if (overlaps(named[i].first, named[j].first, bytes)) fail(named[i].second, " overlaps ", named[j].second);
+    py::array_t<float> result(static_cast<py::ssize_t>(n));
+    const fedactors::ServerHyper h{static_cast<float>(lr), static_cast<float>(beta1), static_cast<float>(beta2),
+                                   static_cast<float>(tau)};
+    auto* vp = needs_v ? static_cast<float*>(va.mutable_data()) : nullptr;
+    {
+        py::gil_scoped_release nogil;
+        fedactors::server_step(opt, h, static_cast<const float*>(a.data()), static_cast<const float*>(x.data()),
+                               static_cast<float*>(ma.mutable_data()), vp, result.mutable_data(), n, threads, isa);
+    }
+    return result;
+}
+
+py::array pairwise_sq_distances(const py::sequence& buffers, int threads, const std::string& isa_name) {
+    const auto arrays = check_buffers(buffers);
+    const auto isa = parse_isa(isa_name);
+    const auto in = pointers(arrays);
+    const std::size_t k = in.size();
+    const auto n = static_cast<std::size_t>(arrays[0].shape(0));
+    py::array_t<double> result({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(k)});
+    auto* dst = result.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        fedactors::pairwise_sq_distances(in.data(), k, n, dst, threads, isa);
+    }
+    return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -279,6 +353,28 @@ buffers and isa as weighted_average does.)doc");
 buffer: a float32, 1-D, C-contiguous array (read-only is fine; nothing is copied). Tests the
 exponent bits, so it is exact where a sum of the values could overflow. threads <= 0 uses
 OpenMP's default. The GIL is released while it runs. Raises ValueError naming the problem.)doc");
+    m.def("server_step", &server_step, py::arg("method"), py::arg("aggregate"), py::arg("weights"), py::arg("m"),
+          py::arg("v") = py::none(), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2") = 0.99,
+          py::arg("tau") = 1e-3, py::arg("threads") = 0, py::arg("isa") = "auto",
+          R"doc(Return the new global weights after one server-optimizer step; update m (and v) in place.
+
+method: 'fedavgm', 'fedadagrad', 'fedadam' or 'fedyogi' (Reddi et al., ICLR 2021; FedAvgM after
+Hsu et al. 2019). With d = aggregate - weights, per element in float32: fedavgm m = beta1*m + d,
+new = weights + lr*m; the others m = beta1*m + (1-beta1)*d, and v = v + d*d (adagrad),
+beta2*v + (1-beta2)*d*d (adam) or v - (1-beta2)*d*d*sign(v - d*d) (yogi), new = weights +
+lr*m/(sqrt(v) + tau); no bias correction. One pass over the buffers. aggregate and weights:
+float32, 1-D, C-contiguous, equal length (read-only is fine); m and v: the same, writeable
+(v unused, may be None, for fedavgm); no two may overlap. lr > 0, beta1 and beta2 in [0, 1),
+tau > 0. threads and isa as for weighted_average; the same bytes at any thread count and isa,
+and as NumPy doing the same float32 steps. The GIL is released while the kernel runs.)doc");
+    m.def("pairwise_sq_distances", &pairwise_sq_distances, py::arg("buffers"), py::kw_only(),
+          py::arg("threads") = 0, py::arg("isa") = "auto",
+          R"doc(Return the (k, k) float64 matrix of squared Euclidean distances between the k buffers.
+
+For Krum (Blanchard et al., NeurIPS 2017). Blocks of 2,048 floats; within a block a pair's
+float32 squared differences are summed over 32 fixed lanes, the lanes added in double, the
+blocks added in order: the same bytes at any thread count and isa. buffers, threads and isa as
+for weighted_average. The GIL is released while the kernel runs.)doc");
     m.def("available_isas", &fedactors::available_isas,
           R"doc(Return the instruction-set variants this CPU and build can run, narrowest first.
 

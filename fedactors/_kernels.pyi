@@ -70,6 +70,30 @@ def stream_read(buffers: Sequence[npt.NDArray[np.float32]], *, threads: int = 0,
 def count_nonfinite(buffer: npt.NDArray[np.float32], *, threads: int = 0) -> int:
     """Return how many values of buffer are NaN or +-infinity (an exact test of the exponent bits)."""
 
+def server_step(
+    method: Literal["fedavgm", "fedadagrad", "fedadam", "fedyogi"],
+    aggregate: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float32],
+    m: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32] | None = None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> npt.NDArray[np.float32]:
+    """Return the new global weights after one server-optimizer step on d = aggregate - weights; m, v updated in place."""
+
+def pairwise_sq_distances(
+    buffers: Sequence[npt.NDArray[np.float32]],
+    *,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> npt.NDArray[np.float64]:
+    """Return the (k, k) float64 matrix of squared distances between the buffers; same bytes at any thread count and isa."""
+
 def available_isas() -> list[str]:
     """Return the instruction-set variants this CPU and build can run, narrowest first."""
 

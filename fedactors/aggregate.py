@@ -80,11 +80,13 @@ def combine(
     num_examples: Sequence[int | float],
     *,
     trim_fraction: float = 0.1,
+    krum_f: int = 1,
 ) -> np.ndarray:
-    """The next global weights from a round's updates by `aggregator` (one of config.AGGREGATORS).
+    """The round's aggregate from its updates by `aggregator` (one of config.AGGREGATORS).
 
     fedavg weights each buffer by its example count; median and trimmed-mean weigh every
-    buffer alike (they are order statistics, as in Yin et al. 2018).
+    buffer alike (they are order statistics, as in Yin et al. 2018); krum picks one update and
+    multi-krum averages the updates it selects, by their example counts (as Flower does).
     """
     if aggregator == "fedavg":
         return fedavg(buffers, num_examples)
@@ -92,7 +94,44 @@ def combine(
         return median(buffers)
     if aggregator == "trimmed-mean":
         return trimmed_mean(buffers, trim_fraction)
+    if aggregator == "krum":
+        return np.array(buffers[krum_select(buffers, krum_f, 1)[0]])
+    if aggregator == "multi-krum":
+        chosen = krum_select(buffers, krum_f, len(buffers) - krum_f)
+        return fedavg([buffers[i] for i in chosen], [num_examples[i] for i in chosen])
     raise ValueError(f"unknown aggregator {aggregator!r}")
+
+
+def krum_scores(distances: np.ndarray, f: int) -> np.ndarray:
+    """Krum's score of each of n updates: the sum of its squared distances to its n - f - 2 nearest others."""
+    n = len(distances)
+    nearest = n - f - 2
+    if nearest < 1:
+        raise ValueError(f"Krum with f = {f} needs at least {f + 3} updates (n > 2f + 2 for its guarantee), got {n}")
+    others = np.sort(distances + np.diag(np.full(n, np.inf)), axis=1)[:, :nearest]  # self excluded
+    return others.sum(axis=1)
+
+
+def krum_select(buffers: Sequence[np.ndarray], f: int, count: int, *, threads: int = 0) -> list[int]:
+    """The `count` updates of lowest Krum score (Blanchard et al., NeurIPS 2017), in client order.
+
+    Distances come from the native kernel (_kernels.pairwise_sq_distances); ties go to the
+    earlier client, so the choice depends on the updates alone.
+    """
+    scores = krum_scores(_kernels.pairwise_sq_distances(buffers, threads=threads), f)
+    order = sorted(range(len(buffers)), key=lambda i: (scores[i], i))
+    return sorted(order[:count])
+
+
+def pairwise_sq_distances_reference(buffers: Sequence[np.ndarray]) -> np.ndarray:
+    """NumPy oracle: the (k, k) squared distances, each sum in float64."""
+    stack = np.stack([np.asarray(b, dtype=np.float64) for b in buffers])
+    k = len(stack)
+    out = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i + 1, k):
+            out[i, j] = out[j, i] = np.sum((stack[i] - stack[j]) ** 2)
+    return out
 
 
 def all_finite(buffer: np.ndarray) -> bool:

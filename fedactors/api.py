@@ -62,29 +62,40 @@ def new_run_id() -> str:
 
 def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out: str | Path | None = None,
         run_id: str | None = None, redis: str | None = None, progress: str | Renderer = "auto",
-        store_retry_seconds: float = 30.0, **settings: object) -> RunResult:
-    """Run a new experiment to its last round: `config`, or RunConfig(**settings), with `task`."""
+        store_retry_seconds: float = 30.0, strategy: object = None, **settings: object) -> RunResult:
+    """Run a new experiment to its last round: `config`, or RunConfig(**settings), with `task`.
+
+    `strategy`: a built-in's name or an import spec (as --strategy), or a Strategy object."""
     from fedactors.checkpoint import check_run_id
+    from fedactors.strategy import OBJECT_PREFIX
 
     if config is not None and settings:
         raise ConfigError("pass a RunConfig or settings, not both")
     spec = task.name if isinstance(task, Task) else task
+    strategy_object = strategy if strategy is not None and not isinstance(strategy, str) else None
+    if strategy is not None:
+        settings["strategy"] = f"{OBJECT_PREFIX}{strategy.name}" if strategy_object is not None else strategy
     config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]
     if config.task != spec:
         config = dataclasses.replace(config, task=spec)
     run_id = check_run_id(run_id or new_run_id())
     out = Path(out) if out is not None else Path("runs") / run_id
-    return start(config, run_id, out, redis, store_retry_seconds, progress, task_object=_object(task))
+    return start(config, run_id, out, redis, store_retry_seconds, progress, task_object=_object(task),
+                 strategy_object=strategy_object)
 
 
 def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = None, task: Task | None = None,
-           progress: str | Renderer = "auto", store_retry_seconds: float = 30.0, **changes: object) -> RunResult:
-    """Continue `run_id` from its newest valid checkpoint; `changes` may set what does not change the experiment."""
+           strategy: object = None, progress: str | Renderer = "auto", store_retry_seconds: float = 30.0,
+           **changes: object) -> RunResult:
+    """Continue `run_id` from its newest valid checkpoint; `changes` may set what does not change the experiment.
+
+    A run given a Task or Strategy object is resumed with the same objects again."""
     from fedactors.checkpoint import check_run_id
 
     run_id = check_run_id(run_id)
     out = Path(out) if out is not None else Path("runs") / run_id
-    return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task)
+    return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task,
+                        strategy_object=strategy)
 
 
 def _object(task: str | Task) -> Task | None:
@@ -112,7 +123,7 @@ def open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tuple
 
 
 def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float,
-          progress: str | Renderer, task_object: Task | None = None) -> RunResult:
+          progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
     """A new run: checks the directory, the cluster and the store before anything is written."""
     from fedactors.experiment import check_cluster
     from fedactors.task import load_task
@@ -121,7 +132,11 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
     run_dir = RunDirectory(out)
     run_dir.check_fresh()
     if task_object is None:
-        load_task(config.task)  # a task that cannot be had is one line before anything is created
+        load_task(config.task)  # a task (or strategy) that cannot be had is one line before anything is created
+    if strategy_object is None:
+        from fedactors.strategy import make_strategy
+
+        make_strategy(config)
     check_cluster(config.address)
     with open_store(redis_url, out, retry) as (store, url):
         if store.info(run_id) is not None:
@@ -129,13 +144,13 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
         run_dir.check_no_checkpoints(store, embedded=redis_url is None)
         run_dir.create()
         result = _drive(config, run_id, run_dir, url, retry, None, _renderer(progress, config),
-                        store.persistence_warning(), task_object)
+                        store.persistence_warning(), task_object, strategy_object)
         store.mark_finished(run_id)
         return result
 
 
 def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, changes: dict,
-                 progress: str | Renderer, task_object: Task | None = None) -> RunResult:
+                 progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
     """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change."""
     if redis_url is None and not (out / STORE_DIR).is_dir():
         raise ConfigError(f"no run {run_id} at {out} (no {out / STORE_DIR}); pass its --out DIR, or --redis URL")
@@ -152,7 +167,8 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
             info = {"run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0, "total_wall_seconds": total}
             result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer)
         else:
-            result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(), task_object)
+            result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(), task_object,
+                            strategy_object)
         store.mark_finished(run_id)
         return result
 
@@ -204,7 +220,7 @@ def _renderer(progress: str | Renderer, config: RunConfig) -> Renderer:
 
 
 def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str, retry: float, resume,
-           out: Renderer, store_warning: str | None, task_object: Task | None) -> RunResult:
+           out: Renderer, store_warning: str | None, task_object: Task | None, strategy_object: object) -> RunResult:
     """Run (or continue) the experiment, writing the run directory as events arrive.
 
     However it stops, run.json says how: finished, interrupted (a signal; the resume command is
@@ -274,7 +290,8 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     try:
         with interrupts:
             done = experiment.run(config, on_event, run_id=run_id, store_url=store_url, store_retry_seconds=retry,
-                                  resume=resume, wall_seconds_before=wall_before, task=task_object)
+                                  resume=resume, wall_seconds_before=wall_before, task=task_object,
+                                  strategy=strategy_object)
             out.close()
             return _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out)
     except KeyboardInterrupt:

@@ -5,7 +5,10 @@ Blob layout (all integers little-endian):
     b"FEDACKPT" | u32 format version | u32 header length | u32 CRC32 of header | header | payload
 
 The header is UTF-8 JSON (run_id, round, dtype "float32", shape, sha256 of the payload,
-fingerprint, config, history, extra); the payload is the raw float32 weights. The version
+fingerprint, config, history, extra); the payload is the raw float32 weights. A strategy's
+state buffers (server moments, control variates) are blobs of the same format, one per buffer
+(its name in the header's extra), and the checkpoint's header lists each one's sha256: a
+round verifies only if all of them do. The version
 sits in a fixed field before the header so that any future format, whatever its header,
 is recognised and refused by name. No pickle anywhere: a store may be shared, and
 unpickling what is in it runs code.
@@ -50,6 +53,7 @@ class Checkpoint:
     config: dict
     history: list[dict]
     extra: dict = field(default_factory=dict)
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # named float32 buffers (a strategy's)
 
 
 def check_run_id(run_id: str) -> str:
@@ -168,7 +172,9 @@ class RedisStore:
 
     Keys: {prefix}runs (set of run ids); {prefix}run:{id}:meta (hash: fingerprint, config,
     created, updated, latest_round, status); {prefix}run:{id}:rounds (sorted set, score =
-    round); {prefix}run:{id}:ckpt:{round} (the blob). Every call goes through one retry helper.
+    round); {prefix}run:{id}:ckpt:{round} (the blob); {prefix}run:{id}:state:{round} (hash:
+    state buffer name -> its blob; a value each, as a Redis value holds at most 512 MB). Every
+    call goes through one retry helper.
     """
 
     def __init__(self, url: str, *, retry_seconds: float = 30.0, prefix: str = "fedactors:",
@@ -246,6 +252,9 @@ class RedisStore:
             return f"; round {self._known_round[run_id]} of run {run_id} is the last checkpoint safely stored"
         return f"; no checkpoint of run {run_id} is known to be safely stored"
 
+    def _state_prefix(self, run_id: str) -> str:
+        return f"{self.prefix}run:{check_run_id(run_id)}:state:"
+
     def _keys(self, run_id: str) -> tuple[str, str, str]:
         base = f"{self.prefix}run:{check_run_id(run_id)}:"
         return base + "ckpt:", base + "rounds", base + "meta"
@@ -264,8 +273,15 @@ class RedisStore:
         """
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ConfigError(f"keep must be an int >= 1, not {keep!r}")
+        state_blobs = {name: encode(Checkpoint(ckpt.run_id, ckpt.round, buf, ckpt.fingerprint, {}, [], {"state": name}))
+                       for name, buf in ckpt.state.items()}
+        if state_blobs:
+            digests = {name: json.loads(_header(b))["sha256"] for name, b in state_blobs.items()}
+            ckpt = Checkpoint(ckpt.run_id, ckpt.round, ckpt.weights, ckpt.fingerprint, ckpt.config, ckpt.history,
+                              {**ckpt.extra, "state_sha256": digests})
         blob = encode(ckpt)
         blob_prefix, rounds_key, meta_key = self._keys(ckpt.run_id)
+        state_prefix = self._state_prefix(ckpt.run_id)
         fingerprint = ckpt.fingerprint
         known = self._known_round.get(ckpt.run_id)
 
@@ -283,9 +299,12 @@ class RedisStore:
                 now = repr(time.time())
                 p.multi()
                 p.set(blob_prefix + str(ckpt.round), blob)
+                p.delete(state_prefix + str(ckpt.round))
+                for chunk in _chunks(state_blobs):
+                    p.hset(state_prefix + str(ckpt.round), mapping=chunk)
                 p.zadd(rounds_key, {str(ckpt.round): ckpt.round})
                 if prune:
-                    p.delete(*[blob_prefix + str(r) for r in prune])
+                    p.delete(*[blob_prefix + str(r) for r in prune], *[state_prefix + str(r) for r in prune])
                     p.zrem(rounds_key, *[str(r) for r in prune])
                 p.hsetnx(meta_key, "created", now)
                 p.hset(meta_key, mapping={
@@ -330,7 +349,24 @@ class RedisStore:
         ckpt = decode(blob, source)
         if (ckpt.run_id, ckpt.round) != (run_id, round_):
             raise CheckpointError(f"{source} is foreign: it holds run {ckpt.run_id} round {ckpt.round}")
-        return ckpt
+        digests = ckpt.extra.get("state_sha256") or {}
+        if not digests:
+            return ckpt
+        key = self._state_prefix(run_id) + str(round_)
+        stored = self._retrying(f"reading the state of round {round_} of run {run_id}",
+                                lambda: self._redis.hgetall(key), run_id)
+        state = {}
+        for name, digest in digests.items():
+            part = stored.get(name.encode())
+            if part is None:
+                raise CheckpointError(f"{source} is missing its state buffer {name!r}")
+            buf = decode(part, f"{source} state buffer {name!r}")
+            if (buf.run_id, buf.round, buf.extra.get("state")) != (run_id, round_, name) or \
+                    json.loads(_header(part))["sha256"] != digest:
+                raise CheckpointError(f"{source} has a state buffer {name!r} that is not the one it lists")
+            state[name] = buf.weights
+        return Checkpoint(ckpt.run_id, ckpt.round, ckpt.weights, ckpt.fingerprint, ckpt.config, ckpt.history,
+                          ckpt.extra, state)
 
     def _rounds(self, run_id: str) -> list[int]:
         _, rounds_key, _ = self._keys(run_id)
@@ -416,3 +452,22 @@ class RedisStore:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _header(blob: bytes) -> bytes:
+    """A blob's JSON header (the blob is one encode() made, so its layout is known)."""
+    _, _, header_len, _ = _PREFIX.unpack_from(blob)
+    return blob[_PREFIX.size:_PREFIX.size + header_len]
+
+
+def _chunks(blobs: dict[str, bytes], limit: int = 64 << 20) -> list[dict[str, bytes]]:
+    """The blobs in HSET-sized groups of at most `limit` bytes (one each if larger), in order."""
+    chunks: list[dict[str, bytes]] = []
+    size = limit
+    for name, blob in blobs.items():
+        if size + len(blob) > limit:
+            chunks.append({})
+            size = 0
+        chunks[-1][name] = blob
+        size += len(blob)
+    return chunks

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,8 +43,11 @@ def local_update(
     batch_size: int | None,
     lr: float,
     rng: np.random.Generator,
+    grad_hook: Callable[[], None] | None = None,
 ) -> float:
-    """E epochs of minibatch SGD, reshuffled each epoch by `rng`; returns the last epoch's mean loss."""
+    """E epochs of minibatch SGD, reshuffled each epoch by `rng`; returns the last epoch's mean loss.
+
+    `grad_hook` adjusts the gradient of every step (FedProx, SCAFFOLD: see `client_method`)."""
     import torch
 
     n = len(images)
@@ -54,11 +57,43 @@ def local_update(
         order = torch.from_numpy(rng.permutation(n))
         x_epoch, y_epoch = images[order], labels[order]
         losses = [
-            model.sgd_step(x_epoch[start : start + step], y_epoch[start : start + step], lr)
+            model.sgd_step(x_epoch[start : start + step], y_epoch[start : start + step], lr, grad_hook)
             for start in range(0, n, step)
         ]
         last_epoch_loss = float(np.mean(losses))
     return last_epoch_loss
+
+
+def local_steps(num_examples: int, epochs: int, batch_size: int | None) -> int:
+    """SGD steps a client takes: E * ceil(n / B)."""
+    return epochs * (1 if batch_size is None else -(-num_examples // batch_size))
+
+
+def prox_hook(model: FlatModel, global_weights: np.ndarray, mu: float) -> Callable[[], None]:
+    """FedProx (Li et al. 2020): the gradient of (mu/2)||w - w_global||^2, mu (w - w_global), added to every step's."""
+    import torch
+
+    anchor = torch.from_numpy(np.array(global_weights[: model.params.numel()])).to(model.params.device)
+    scratch = torch.empty_like(anchor)
+
+    def hook() -> None:
+        torch.sub(model.params, anchor, out=scratch)
+        model.grads.add_(scratch, alpha=mu)
+
+    return hook
+
+
+def scaffold_hook(model: FlatModel, c: np.ndarray, c_i: np.ndarray) -> Callable[[], None]:
+    """SCAFFOLD (Karimireddy et al. 2020): every step's gradient corrected by c - c_i."""
+    import torch
+
+    p = model.params.numel()
+    correction = torch.from_numpy(np.subtract(c[:p], c_i[:p])).to(model.params.device)
+
+    def hook() -> None:
+        model.grads.add_(correction)
+
+    return hook
 
 
 def choose_device(gpus: float, cuda_available: bool) -> tuple[str, str | None]:
@@ -182,8 +217,13 @@ class ClientHost:
     def num_examples(self) -> list[int]:
         return [len(ix) for ix in self.client_indices]
 
-    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int) -> Update:
-        """Client `client_id`'s update in round `round_idx`, starting from `global_weights`."""
+    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
+              c_i: np.ndarray | None = None) -> Update:
+        """Client `client_id`'s update in round `round_idx`, starting from `global_weights`.
+
+        With --strategy fedprox every step adds FedProx's proximal gradient; with scaffold, `c`
+        and `c_i` (the server's and this client's control variates) correct every step, and the
+        update carries the client's new control variate."""
         import torch
 
         start = time.perf_counter()
@@ -193,6 +233,11 @@ class ClientHost:
         labels = torch.from_numpy(self.train_labels[idx]).to(self.device)
         self.model.set_weights(global_weights)
         cfg = self.config
+        hook = None
+        if cfg.strategy == "fedprox" and cfg.mu > 0:
+            hook = prox_hook(self.model, global_weights, cfg.mu)
+        elif cfg.strategy == "scaffold":
+            hook = scaffold_hook(self.model, c, c_i)
         loss = local_update(
             self.model,
             images,
@@ -201,8 +246,16 @@ class ClientHost:
             batch_size=cfg.batch_size,
             lr=cfg.lr,
             rng=generator(Purpose.SHUFFLE, cfg.seed, round_idx, client_id),
+            grad_hook=hook,
         )
         weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
+        control = None
+        if cfg.strategy == "scaffold":
+            # c_i+ = c_i - c + (x - y) / (K lr), over the parameters; a float buffer has no gradient.
+            p = self.model.params.numel()
+            control = np.zeros_like(weights)
+            scale = np.float32(1.0 / (local_steps(len(idx), cfg.epochs, cfg.batch_size) * cfg.lr))
+            control[:p] = (c_i[:p] - c[:p]) + (global_weights[:p] - weights[:p]) * scale
         if client_id in self.byzantine:
             weights = corrupt(cfg.attack, weights, global_weights, scale=cfg.attack_scale, seed=cfg.seed,
                               round_idx=round_idx, client_id=client_id)
@@ -214,6 +267,7 @@ class ClientHost:
             train_loss=loss,
             train_seconds=time.perf_counter() - start,
             host=self.host_id,
+            control=control,
         )
 
     def evaluate(self, weights: np.ndarray, start: int, stop: int) -> EvalPart:

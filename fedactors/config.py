@@ -12,7 +12,11 @@ from pathlib import Path
 from fedactors.errors import ConfigError
 
 PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced")  # fedactors.partition implements them
-AGGREGATORS = ("fedavg", "median", "trimmed-mean")
+AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold")  # fedactors.strategy
+# --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
+# come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
+SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
 PRECISIONS = ("fp32", "bf16")
 
@@ -20,7 +24,8 @@ PRECISIONS = ("fp32", "bf16")
 # round for round; the others (how many rounds, where, with how many hosts) do not.
 EXPERIMENT_FIELDS = (
     "task", "data", "clients", "frac", "epochs", "batch_size", "lr", "partition", "shards_per_client", "alpha",
-    "sigma", "seed", "aggregator", "trim_fraction", "byzantine", "attack", "attack_scale", "precision",
+    "sigma", "seed", "aggregator", "trim_fraction", "krum_f", "byzantine", "attack", "attack_scale", "precision",
+    "strategy", "server_lr", "server_momentum", "beta1", "beta2", "tau", "mu",
 )
 
 
@@ -54,6 +59,14 @@ class RunConfig:
     round_timeout: float | None = None  # seconds; None waits as long as training takes
     aggregator: str = "fedavg"
     trim_fraction: float = 0.1  # beta of the trimmed mean: drop floor(beta * m) at each end
+    krum_f: int = 1  # Krum's assumed number of faulty clients among a round's m
+    strategy: str = "fedavg"  # a built-in (STRATEGIES) or module:attr / file.py:attr (fedactors.strategy)
+    server_lr: float | None = None  # server optimizers' learning rate; None: SERVER_LR's
+    server_momentum: float = 0.9  # fedavgm's momentum
+    beta1: float = 0.9  # fedadagrad, fedadam, fedyogi: first-moment decay (Reddi et al.)
+    beta2: float = 0.99  # fedadam, fedyogi: second-moment decay (Reddi et al.)
+    tau: float = 1e-3  # adaptivity (the denominator's epsilon); Reddi et al. tune it in 1e-5..1e-1
+    mu: float = 0.01  # fedprox: the proximal term's weight
     byzantine: int = 0  # faulty clients, fixed for the run by the seed (fedactors.attacks)
     attack: str = "sign-flip"
     attack_scale: float = 10.0
@@ -111,6 +124,37 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
+        self._check_strategy()
+
+    def _check_strategy(self) -> None:
+        if not isinstance(self.strategy, str) or not self.strategy.strip():
+            raise ConfigError(f"--strategy must name a strategy, got {self.strategy!r}")
+        if self.strategy not in STRATEGIES and ":" not in self.strategy:
+            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, or module:attr / file.py:attr, "
+                              f"got {self.strategy!r}")
+        if self.server_lr is not None and not (_is_real(self.server_lr) and self.server_lr > 0):
+            raise ConfigError(f"--server-lr must be a positive number, got {self.server_lr!r}")
+        for flag, value in (("--server-momentum", self.server_momentum), ("--beta1", self.beta1), ("--beta2", self.beta2)):
+            if not (_is_real(value) and 0 <= value < 1):
+                raise ConfigError(f"{flag} must be in [0, 1), got {value!r}")
+        if not (_is_real(self.tau) and self.tau > 0):
+            raise ConfigError(f"--tau must be a positive number, got {self.tau!r}")
+        if not (_is_real(self.mu) and self.mu >= 0):
+            raise ConfigError(f"--mu must be a number >= 0, got {self.mu!r}")
+        if isinstance(self.krum_f, bool) or not isinstance(self.krum_f, int) or self.krum_f < 0:
+            raise ConfigError(f"--krum-f must be an integer >= 0, got {self.krum_f!r}")
+        m = self.clients_per_round
+        if self.aggregator in ("krum", "multi-krum") and m < 2 * self.krum_f + 3:
+            raise ConfigError(f"--aggregator {self.aggregator} with --krum-f {self.krum_f} needs at least "
+                              f"{2 * self.krum_f + 3} clients a round (m > 2f + 2), and m is {m}")
+        if self.strategy == "scaffold" and self.aggregator != "fedavg":
+            raise ConfigError(f"--strategy scaffold averages its clients' models and control variates: it needs "
+                              f"--aggregator fedavg, not {self.aggregator}")
+
+    @property
+    def server_lr_value(self) -> float:
+        """--server-lr, or the default for the strategy's optimizer."""
+        return self.server_lr if self.server_lr is not None else SERVER_LR.get(self.strategy, 1.0)
 
     @property
     def clients_per_round(self) -> int:

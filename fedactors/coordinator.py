@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -20,6 +20,7 @@ from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, RoundStats, Update
 from fedactors.seeding import sample_clients
+from fedactors.strategy import Scaffold, Strategy, checked_step, make_strategy
 
 if TYPE_CHECKING:
     import ray.actor
@@ -37,8 +38,11 @@ class HostPool(Protocol):
     def num_examples(self) -> list[int]: ...
 
     def train(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
-    ) -> Iterator[Update | Failure]: ...
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
+        extras: Callable[[int], tuple] | None = None,
+    ) -> Iterator[Update | Failure]:
+        """Each client's update or failure; `extras(cid)` are more arguments for ClientHost.train (SCAFFOLD's)."""
+        ...
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]: ...
 
@@ -77,14 +81,15 @@ class LocalPool:
         return self.hosts[0].num_examples()
 
     def train(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
+        extras: Callable[[int], tuple] | None = None,
     ) -> Iterator[Update | Failure]:
         """Trains in turn; `timeout` is not enforced in-process."""
         plan = balance(client_ids, self.num_examples(), range(len(self.hosts)))
         for h, cids in plan.items():
             for cid in cids:
                 try:
-                    yield self.hosts[h].train(global_weights, cid, round_idx)
+                    yield self.hosts[h].train(global_weights, cid, round_idx, *(extras(cid) if extras else ()))
                 except Exception as exc:  # a failure is data: the coordinator decides what it means
                     yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}")
 
@@ -177,7 +182,8 @@ class RayPool:
                     self.gone[host] = self._unreported[host] = f"Ray gave up restarting it ({_first_line(exc)})"
 
     def train(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
+        extras: Callable[[int], tuple] | None = None,
     ) -> Iterator[Update | Failure]:
         ray = self._ray
         self._revive()
@@ -190,8 +196,15 @@ class RayPool:
             return
         weights_ref = self._weights_ref(global_weights)
         plan = balance(client_ids, self.num_examples(), self.alive)
+        refs: dict[int, ray.ObjectRef] = {}  # each extra array into the object store once, shared by the calls
+
+        def args(cid: int) -> tuple:
+            extra = extras(cid) if extras else ()
+            return tuple(refs.setdefault(id(a), ray.put(a)) if isinstance(a, np.ndarray) else a for a in extra)
+
         pending = {
-            self.actors[h].train.remote(weights_ref, cid, round_idx): (cid, h) for h, cids in plan.items() for cid in cids
+            self.actors[h].train.remote(weights_ref, cid, round_idx, *args(cid)): (cid, h)
+            for h, cids in plan.items() for cid in cids
         }
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
@@ -258,7 +271,10 @@ class Coordinator:
         run_started_at: float | None = None,
         fingerprint: str = "",
         identity: dict | None = None,
+        strategy: Strategy | None = None,
+        strategy_state: tuple[dict, dict] | None = None,
     ) -> None:
+        """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: its (buffers, scalars) to resume."""
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
         # Unix time the run would have started at had it never stopped: checkpoints record its wall time.
@@ -274,6 +290,9 @@ class Coordinator:
         self.fingerprint = fingerprint  # of the run: its settings, task and data (experiment.run)
         self.identity = identity or {}
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
+        self.strategy = strategy if strategy is not None else make_strategy(config)
+        if strategy_state is not None:
+            self.strategy.load_state(*strategy_state)
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
@@ -300,6 +319,7 @@ class Coordinator:
 
         Raises StoreUnavailable if the store stays down."""
         cfg = self.config
+        buffers, scalars = self.strategy.state()
         ckpt = Checkpoint(
             run_id=self.run_id,
             round=self.round,
@@ -307,7 +327,9 @@ class Coordinator:
             fingerprint=self.fingerprint,
             config=cfg.to_dict(),
             history=self.history,
-            extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity},
+            extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity,
+                   "strategy": scalars},
+            state=buffers,
         )
         return self.store.save(ckpt, keep=cfg.keep)
 
@@ -332,9 +354,13 @@ class Coordinator:
         retried: list[int] = []
         rejected: list[int] = []
         todo = sampled
+        extras = None
+        if isinstance(self.strategy, Scaffold):
+            length = len(self.weights)
+            extras = lambda cid: self.strategy.controls(cid, length)  # noqa: E731 - (c, c_i)
         for _attempt in range(MAX_ATTEMPTS):
             failed_now = []
-            for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout):
+            for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras):
                 if isinstance(result, Failure):
                     failures.append(result)
                     failed_now.append(result.client_id)
@@ -357,10 +383,18 @@ class Coordinator:
             raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected))
         ordered = [updates[c] for c in sampled if c in updates]  # sampled order: same bytes whatever arrived first
         if fold is not None and fold.complete:
-            self.weights = fold.result()
+            combined = fold.result()
         else:
-            self.weights = aggregate.combine(cfg.aggregator, [u.weights for u in ordered],
-                                             [u.num_examples for u in ordered], trim_fraction=cfg.trim_fraction)
+            try:
+                combined = aggregate.combine(cfg.aggregator, [u.weights for u in ordered],
+                                             [u.num_examples for u in ordered], trim_fraction=cfg.trim_fraction,
+                                             krum_f=cfg.krum_f)
+            except ValueError as exc:  # Krum left with too few updates (--min-fit-fraction)
+                raise RoundFailed(f"round {round_idx}: {exc}") from None
+        self.weights = checked_step(self.strategy, self.weights, combined, [u.weights for u in ordered],
+                                    [u.num_examples for u in ordered], round_idx)
+        if isinstance(self.strategy, Scaffold):
+            self.strategy.accept({u.client_id: u.control for u in ordered})
         aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
         per_host: dict[int, float] = {}
         for u in ordered:
@@ -433,11 +467,14 @@ class CoordinatorActor:
         weights: np.ndarray | None = None,
         history: list[dict] | None = None,
         run_started_at: float | None = None,
+        strategy: Strategy | None = None,
+        strategy_state: tuple[dict, dict] | None = None,
     ) -> None:
         self.store_retry_seconds = store_retry_seconds
         self.coordinator = Coordinator(
             config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
             weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
+            strategy=strategy, strategy_state=strategy_state,
         )
 
     def run(self, store_url: str | None = None, fingerprint: str = "", identity: dict | None = None) -> Iterator[dict]:

@@ -53,13 +53,15 @@ def run(
     resume: Checkpoint | None = None,
     wall_seconds_before: float = 0.0,
     task: Task | None = None,
+    strategy: object | None = None,
 ) -> dict:
     """Run `config` to its last round, calling `on_event` for every event; returns the "done" event.
 
     With `store_url` every round is checkpointed there under `run_id`; with `resume` the run
     continues after that checkpoint's round from its weights and history. `wall_seconds_before`
     is the wall time of the run's earlier parts, so each checkpoint records the run's total.
-    `task`: the Task itself, when config.task does not name one a process can import. Events:
+    `task`: the Task itself, when config.task does not name one a process can import; `strategy`
+    likewise (a fedactors.strategy.Strategy object, else config.strategy's). Events:
     "identity" (fingerprint, identity, partition summary), "start" (hosts), then the
     coordinator's ("round", "warning"), and the returned "done".
     """
@@ -70,6 +72,9 @@ def run(
     data_dir = resolve_data_dir(config.data_dir)
     task_object = task
     task = task if task is not None else load_task(config.task)
+    from fedactors.strategy import make_strategy
+
+    strategy = strategy if strategy is not None else make_strategy(config)  # a user's is imported (and checked) here
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedactors-data")
     loading = loader.submit(_load_data, config, task, data_dir)  # ~0.7 s for MNIST, during ray.init
     loader.shutdown(wait=False)
@@ -116,6 +121,8 @@ def run(
                 weights=ray.put(resume.weights) if resume else None,
                 history=resume.history if resume else None,
                 run_started_at=run_started_at,
+                strategy=strategy,
+                strategy_state=(resume.state, resume.extra.get("strategy", {})) if resume else None,
             )
         )
         try:
@@ -127,7 +134,9 @@ def run(
             ) from None
         described = ray.get([h.describe.remote() for h in hosts])
         identity = {"task": config.task, "data": config.data or "the task's own", "digest": data_digest,
-                    "parameters": described[0]["parameters"], "weights": described[0]["weights"]}
+                    "parameters": described[0]["parameters"], "weights": described[0]["weights"],
+                    "strategy": {"name": strategy.name, "settings": strategy.settings()}}
+        check_client_state(config, described[0]["weights"])
         fingerprint = config.fingerprint(identity)
         if resume is not None and fingerprint != resume.fingerprint:
             raise CheckpointError(_identity_change(run_id, resume, identity))
@@ -161,6 +170,22 @@ def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, l
     parts = partition(data.y_train, config.clients, config.partition, config.seed,
                       shards_per_client=config.shards_per_client, alpha=config.alpha, sigma=config.sigma)
     return data, parts, digest(data), summary(parts, data.y_train)
+
+
+def check_client_state(config: RunConfig, weights: int) -> None:
+    """SCAFFOLD's control variates must fit: one copy of the weights per client, in the coordinator and in
+    each of the --keep checkpoints; refused with one line when that is more than half this machine's memory."""
+    if config.strategy != "scaffold":
+        return
+    need = config.clients * weights * 4 * (1 + config.keep)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    if total and need > total / 2:
+        gib = 2**30
+        raise ConfigError(
+            f"--strategy scaffold keeps a control variate per client: {config.clients} x {weights:,} floats = "
+            f"{config.clients * weights * 4 / gib:.1f} GiB in the coordinator and again in each of the --keep {config.keep} "
+            f"checkpoints, {need / gib:.1f} GiB in all, more than half of this machine's {total / gib:.1f} GiB; "
+            "use fewer clients, a smaller model or --keep 1")
 
 
 def check_model(task: Task, data: Arrays) -> None:

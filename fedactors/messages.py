@@ -30,6 +30,7 @@ class Update:
     train_loss: float  # mean minibatch loss over the client's last epoch
     train_seconds: float
     host: int = -1  # index of the host that trained it, for reporting
+    control: np.ndarray | None = None  # SCAFFOLD: the client's new control variate c_i+
 
 
 @dataclass(frozen=True)

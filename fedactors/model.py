@@ -153,8 +153,12 @@ class FlatModel:
         else:
             self.state.copy_(torch.from_numpy(np.array(weights)))
 
-    def sgd_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> float:
-        """One plain SGD step (no momentum, no weight decay) on a minibatch; returns its mean loss."""
+    def sgd_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float,
+                 grad_hook: Callable[[], None] | None = None) -> float:
+        """One plain SGD step (no momentum, no weight decay) on a minibatch; returns its mean loss.
+
+        `grad_hook`, if given, runs after backward on `grads` before the update (FedProx's
+        proximal gradient, SCAFFOLD's correction: fedactors.client)."""
         self.module.train()
         self.grads.zero_()
         with self._autocast():
@@ -162,6 +166,8 @@ class FlatModel:
         loss = self.loss(logits.float(), labels)
         loss.backward()
         with torch.no_grad():
+            if grad_hook is not None:
+                grad_hook()
             self.params.add_(self.grads, alpha=-lr)
         return loss.item()
 

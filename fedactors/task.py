@@ -115,11 +115,12 @@ def load_task(spec: str | Task) -> Task:
     return value
 
 
-def _import(where: str, spec: str) -> Any:
+def _import(where: str, spec: str, flag: str = "--task") -> Any:
+    """The module `where` names: a .py file's path, or an importable module (for --task and --strategy)."""
     if where.endswith(".py"):
         path = Path(where).expanduser().resolve()
         if not path.is_file():
-            raise ConfigError(f"--task {spec}: no file {path}")
+            raise ConfigError(f"{flag} {spec}: no file {path}")
         name = "fedactors_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         if name in sys.modules:
             return sys.modules[name]
@@ -130,14 +131,19 @@ def _import(where: str, spec: str) -> Any:
             module_spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
-            raise ConfigError(f"--task {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+            raise ConfigError(f"{flag} {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+        # A Task object from this file (the Python API) travels to Ray's workers by value, as a
+        # notebook's would: no worker could import a module loaded from a path by this name.
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
         return module
     try:
         return importlib.import_module(where)
     except ImportError as exc:
-        raise ConfigError(f"--task {spec}: cannot import {where}: {exc}") from None
+        raise ConfigError(f"{flag} {spec}: cannot import {where}: {exc}") from None
     except Exception as exc:
-        raise ConfigError(f"--task {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
 
 
 def load_npz(path: Path) -> Arrays:

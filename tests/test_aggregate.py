@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedactors.aggregate import (
+    krum_select,
     FedAvgFold,
     all_finite,
     combine,
@@ -139,8 +140,13 @@ def test_combine_dispatches_to_each_aggregator() -> None:
     np.testing.assert_array_equal(combine("fedavg", buffers, counts), fedavg(buffers, counts))
     np.testing.assert_array_equal(combine("median", buffers, counts), median(buffers))
     np.testing.assert_array_equal(combine("trimmed-mean", buffers, counts, trim_fraction=0.2), trimmed_mean(buffers, 0.2))
-    with pytest.raises(ValueError, match="unknown aggregator 'krum'"):
-        combine("krum", buffers, counts)
+    best = krum_select(buffers, 1, 1)[0]
+    np.testing.assert_array_equal(combine("krum", buffers, counts, krum_f=1), buffers[best])
+    chosen = krum_select(buffers, 1, 4)
+    np.testing.assert_array_equal(combine("multi-krum", buffers, counts, krum_f=1),
+                                  fedavg([buffers[i] for i in chosen], [counts[i] for i in chosen]))
+    with pytest.raises(ValueError, match="unknown aggregator 'bulyan'"):
+        combine("bulyan", buffers, counts)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

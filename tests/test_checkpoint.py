@@ -446,3 +446,38 @@ def test_a_store_that_lost_the_run_gets_the_round_again_and_says_so(make_redis_s
 
 def test_a_persistent_store_gives_no_warning(store):
     assert store.persistence_warning() is None  # the fixture's server runs with appendonly yes
+
+
+# ---- A strategy's state buffers -----------------------------------------------------------------
+
+def _with_state(round_: int) -> Checkpoint:
+    rng = np.random.default_rng(100 + round_)
+    base = make_ckpt(round_)
+    state = {"m": rng.standard_normal(N).astype(np.float32), "c17": rng.standard_normal(N).astype(np.float32)}
+    return Checkpoint(base.run_id, base.round, base.weights, base.fingerprint, base.config, base.history, base.extra, state)
+
+
+def test_state_buffers_round_trip_and_are_pruned_with_their_round(store, redis_server):
+    for r in (1, 2, 3):
+        store.save(_with_state(r), keep=2)
+    ckpt, skipped = store.latest("run-a")
+    assert skipped == [] and ckpt.round == 3 and set(ckpt.state) == {"m", "c17"}
+    for name, buf in _with_state(3).state.items():
+        assert ckpt.state[name].tobytes() == buf.tobytes()
+    assert set(ckpt.extra["state_sha256"]) == {"m", "c17"}
+    keys = {k.decode() for k in redis_server.client().keys("fedactors:run:run-a:state:*")}
+    assert keys == {"fedactors:run:run-a:state:2", "fedactors:run:run-a:state:3"}  # round 1's went with it
+
+
+def test_a_corrupt_or_missing_state_buffer_makes_its_round_unusable(store, redis_server):
+    store.save(_with_state(1), keep=3)
+    store.save(_with_state(2), keep=3)
+    client = redis_server.client()
+    blob = bytearray(client.hget("fedactors:run:run-a:state:2", "m"))
+    blob[-1] ^= 0xFF
+    client.hset("fedactors:run:run-a:state:2", "m", bytes(blob))
+    ckpt, skipped = store.latest("run-a")
+    assert ckpt.round == 1 and [s.round for s in skipped] == [2] and "state buffer 'm'" in skipped[0].reason
+    client.hdel("fedactors:run:run-a:state:1", "c17")
+    ckpt, skipped = store.latest("run-a")
+    assert ckpt is None and "missing its state buffer 'c17'" in skipped[1].reason

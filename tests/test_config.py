@@ -49,7 +49,7 @@ def test_clients_per_round_rounds_halves_up_and_is_at_least_one(frac, clients, m
         ({"round_timeout": 0}, r"--round-timeout must be a positive"),
         ({"checkpoint_every": 0}, r"--checkpoint-every must be a positive integer"),
         ({"keep": 0}, r"--keep must be a positive integer"),
-        ({"aggregator": "krum"}, r"--aggregator must be one of fedavg, median, trimmed-mean"),
+        ({"aggregator": "bulyan"}, r"--aggregator must be one of fedavg, median, trimmed-mean, krum, multi-krum"),
         ({"trim_fraction": 0.5}, r"--trim-fraction must be in \[0, 0.5\)"),
         ({"trim_fraction": -0.1}, r"--trim-fraction must be in \[0, 0.5\)"),
         ({"byzantine": 100}, r"--byzantine must be an integer in \[0, --clients\)"),

@@ -488,3 +488,86 @@ def test_count_nonfinite_validates_without_converting() -> None:
         _kernels.count_nonfinite(np.zeros(4))
     with pytest.raises(ValueError, match="buffer is not C-contiguous"):
         _kernels.count_nonfinite(np.zeros(8, dtype=np.float32)[::2])
+
+
+# ---- The server optimizers' fused step and Krum's distances --------------------------------------
+
+@pytest.mark.parametrize("method", ["fedavgm", "fedadagrad", "fedadam", "fedyogi"])
+def test_server_step_is_numpys_float32_steps_bit_for_bit_at_any_thread_count_and_isa(method: str) -> None:
+    from fedactors.strategy import server_step_reference
+
+    rng = np.random.default_rng(3)
+    n = 70_001  # several blocks and a ragged end
+    x = rng.standard_normal(n).astype(np.float32)
+    a = (x + 0.05 * rng.standard_normal(n)).astype(np.float32)
+    m0 = (0.01 * rng.standard_normal(n)).astype(np.float32)
+    v0 = np.abs(0.01 * rng.standard_normal(n)).astype(np.float32)
+    v0[::7] = (a - x)[::7] ** 2  # v == d*d: Yogi's sign(0) branch
+    hyper = dict(lr=0.03, beta1=0.9, beta2=0.99, tau=1e-3)
+    m_ref, v_ref = m0.copy(), v0.copy()
+    want = server_step_reference(method, a, x, m_ref, None if method == "fedavgm" else v_ref, **hyper)
+    for isa in _kernels.available_isas():
+        for threads in (1, 2, 3):
+            m, v = m0.copy(), v0.copy()
+            got = _kernels.server_step(method, a, x, m, None if method == "fedavgm" else v, threads=threads, isa=isa, **hyper)
+            assert got.tobytes() == want.tobytes(), (isa, threads)
+            assert m.tobytes() == m_ref.tobytes() and v.tobytes() == (v0 if method == "fedavgm" else v_ref).tobytes()
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda a, x, m, v: _kernels.server_step("sgd", a, x, m, v, lr=1, beta1=0.9), "method is 'sgd'"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, m, None, lr=1, beta1=0.9), "v is None"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, m, v, lr=0, beta1=0.9), "lr is 0"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, m, v, lr=1, beta1=1.0), r"beta1 is 1, expected a number in \[0, 1\)"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, m, v, lr=1, beta1=0.9, tau=0), "tau is 0"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, m, m, lr=1, beta1=0.9), "m overlaps v"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, m[:-1], v, lr=1, beta1=0.9), "m has length 9"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x.astype(np.float64), m, v, lr=1, beta1=0.9), "weights has dtype float64"),
+    (lambda a, x, m, v: _kernels.server_step("fedadam", a, x, np.zeros(10, np.float32)[::-1], v, lr=1, beta1=0.9), "m is not C-contiguous"),
+])
+def test_server_step_refuses_bad_arguments_by_name(call, message) -> None:
+    a, x, m, v = (np.zeros(10, np.float32) for _ in range(4))
+    readonly = np.zeros(10, np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match=message):
+        call(a, x, m, v)
+    with pytest.raises(ValueError, match="m is read-only"):
+        _kernels.server_step("fedavgm", a, x, readonly, None, lr=1, beta1=0.9)
+
+
+@pytest.mark.parametrize("k", [2, 10, 50])
+def test_pairwise_distances_match_numpy_and_are_the_same_bytes_at_any_thread_count(k: int) -> None:
+    from fedactors.aggregate import pairwise_sq_distances_reference
+
+    rng = np.random.default_rng(k)
+    buffers = [rng.standard_normal(20_011).astype(np.float32) for _ in range(k)]
+    got = [_kernels.pairwise_sq_distances(buffers, threads=t, isa=isa) for t in (1, 2, 3) for isa in _kernels.available_isas()]
+    assert len({g.tobytes() for g in got}) == 1
+    want = pairwise_sq_distances_reference(buffers)
+    np.testing.assert_allclose(got[0], want, rtol=1e-6)
+    assert np.all(np.diag(got[0]) == 0) and np.array_equal(got[0], got[0].T)
+
+
+def test_krum_picks_an_honest_update_and_multi_krum_averages_the_honest_ones() -> None:
+    from fedactors.aggregate import combine, fedavg, krum_scores, krum_select, pairwise_sq_distances_reference
+
+    rng = np.random.default_rng(7)
+    center = rng.standard_normal(5000).astype(np.float32)
+    honest = [center + 0.01 * rng.standard_normal(5000).astype(np.float32) for _ in range(8)]
+    attackers = [center - 10 * (h - center) + 5 for h in honest[:2]]
+    buffers = [honest[0], attackers[0], *honest[1:4], attackers[1], *honest[4:]]  # faulty at positions 1 and 5
+    # The NumPy oracle: score = the sum of each update's n - f - 2 smallest distances to the others.
+    d = pairwise_sq_distances_reference(buffers)
+    n, f = len(buffers), 2
+    oracle = [sum(sorted(d[i, j] for j in range(n) if j != i)[: n - f - 2]) for i in range(n)]
+    np.testing.assert_allclose(krum_scores(_kernels.pairwise_sq_distances(buffers), f), oracle, rtol=1e-6)
+    best = int(np.argmin(oracle))
+    assert krum_select(buffers, f, 1) == [best] and best not in (1, 5)
+    assert combine("krum", buffers, [1] * n, krum_f=f).tobytes() == buffers[best].tobytes()
+    chosen = krum_select(buffers, f, n - f)
+    assert chosen == [i for i in range(n) if i not in (1, 5)]
+    counts = list(range(1, n + 1))
+    assert combine("multi-krum", buffers, counts, krum_f=f).tobytes() == \
+        fedavg([buffers[i] for i in chosen], [counts[i] for i in chosen]).tobytes()
+    with pytest.raises(ValueError, match="Krum with f = 3 needs at least 6 updates"):
+        krum_scores(d[:5, :5], 3)

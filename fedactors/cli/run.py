@@ -11,7 +11,8 @@ import click
 from click.core import ParameterSource
 
 from fedactors.cli import cli, exit_on_interrupt
-from fedactors.config import AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, RunConfig, parse_batch_size, read_toml
+from fedactors.config import (AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, SERVER_LR, RunConfig, parse_batch_size,
+                              read_toml)
 from fedactors.errors import ConfigError
 
 D = RunConfig()  # defaults, shown in --help
@@ -79,6 +80,20 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--round-timeout", "round_timeout", type=float, default=None, help="Seconds a round's training may take; clients still training then count as failed (their host is restarted).")
 @click.option("--aggregator", type=click.Choice(AGGREGATORS), default=D.aggregator, show_default=True,
               help="How updates are combined: FedAvg's example-weighted mean, or the coordinate-wise median or trimmed mean.")
+@click.option("--krum-f", "krum_f", type=int, default=D.krum_f, show_default=True,
+              help="krum, multi-krum: the faulty clients assumed among a round's m (m must exceed 2F + 2); multi-krum "
+              "averages the m - F updates of best score.")
+@click.option("--strategy", default=D.strategy, show_default=True,
+              help="What happens around the aggregate: fedavg; server optimizers fedavgm, fedadagrad, fedadam, fedyogi; "
+              "client-side fedprox (--mu) or scaffold; or module:attr / file.py:attr (see README, Strategies).")
+@click.option("--server-lr", "server_lr", type=float, default=None,
+              help="Server optimizers' learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR.items()) + ".")
+@click.option("--server-momentum", "server_momentum", type=float, default=D.server_momentum, show_default=True,
+              help="fedavgm: the server momentum.")
+@click.option("--beta1", type=float, default=D.beta1, show_default=True, help="fedadagrad, fedadam, fedyogi: first-moment decay.")
+@click.option("--beta2", type=float, default=D.beta2, show_default=True, help="fedadam, fedyogi: second-moment decay.")
+@click.option("--tau", type=float, default=D.tau, show_default=True, help="fedadagrad, fedadam, fedyogi: the adaptivity (epsilon).")
+@click.option("--mu", type=float, default=D.mu, show_default=True, help="fedprox: the weight of the proximal term (mu/2)||w - w_global||^2.")
 @click.option("--trim-fraction", "trim_fraction", type=float, default=D.trim_fraction, show_default=True,
               help="trimmed-mean: drop floor(F * m) of the m values at each end of every coordinate; in [0, 0.5).")
 @click.option("--byzantine", type=int, default=D.byzantine, show_default=True,
@@ -158,6 +173,15 @@ def _refuse_idle_flags(flags: dict) -> None:
     for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
         if name in given and flags["partition"] != scheme:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {flags['partition']}")
+    if "krum_f" in given and flags["aggregator"] not in ("krum", "multi-krum"):
+        raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {flags['aggregator']}")
+    uses = {"server_lr": ("fedavgm", "fedadagrad", "fedadam", "fedyogi"), "server_momentum": ("fedavgm",),
+            "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
+            "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",)}
+    for name, strategies in uses.items():
+        if name in given and flags["strategy"] not in strategies and ":" not in str(flags["strategy"]):
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
+                              f"not {flags['strategy']}")
 
 
 def show_plan(plan: dict, mode: str) -> None:

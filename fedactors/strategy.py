@@ -1,0 +1,265 @@
+"""Strategies: what happens around the average. Server optimizers, FedProx, SCAFFOLD, or your own.
+
+How `--aggregator` and `--strategy` compose: the aggregator (fedavg, median, trimmed-mean, krum,
+multi-krum) turns a round's client updates into one model, the *aggregate*; the strategy
+decides what the clients train and what the server does with the aggregate:
+
+    fedavg      the aggregate is the new global model (McMahan et al. 2017): the default
+    fedavgm     server momentum on the pseudo-gradient (Hsu et al. 2019)          --server-lr --server-momentum
+    fedadagrad  Adagrad on the pseudo-gradient (Reddi et al., ICLR 2021)          --server-lr --beta1 --tau
+    fedadam     Adam on the pseudo-gradient, no bias correction (Reddi et al.)    --server-lr --beta1 --beta2 --tau
+    fedyogi     Yogi on the pseudo-gradient (Reddi et al.)                        --server-lr --beta1 --beta2 --tau
+    fedprox     clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)    --mu
+    scaffold    clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020)
+
+The pseudo-gradient is the global model minus the aggregate; the server optimizers' step is one
+native pass (fedactors._kernels.server_step), so e.g. `--aggregator median --strategy fedadam`
+is Adam on a robust pseudo-gradient. SCAFFOLD needs the plain average (--aggregator fedavg).
+
+A strategy of your own is any object with the methods of `Strategy` below (a class is enough,
+no base class needed), named by `--strategy package.module:attr` or `file.py:attr` (the
+attribute is the strategy, or a function returning one), or given to fedactors.run(strategy=...).
+Each round it receives the global weights, the aggregate, and the round's accepted updates
+with their example counts, and returns the new global weights; its state is named float32
+buffers plus JSON-able scalars, which every checkpoint stores (no pickle, checksummed), so it
+resumes bit-exactly. A user's strategy is server-side: the client-side methods are FedProx's and
+SCAFFOLD's, built in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from fedactors.errors import ConfigError, RoundFailed
+
+SERVER_OPTIMIZERS = ("fedavgm", "fedadagrad", "fedadam", "fedyogi")
+OBJECT_PREFIX = "python:"  # config.strategy of a run given a strategy object (fedactors.run(strategy=...))
+STRATEGIES = ("fedavg", *SERVER_OPTIMIZERS, "fedprox", "scaffold")
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """The protocol: what a strategy receives each round, what it keeps, how it is checkpointed."""
+
+    name: str
+
+    def step(self, weights: np.ndarray, aggregate: np.ndarray, updates: Sequence[np.ndarray],
+             num_examples: Sequence[int], round_idx: int) -> np.ndarray:
+        """The new global weights (float32, the weights' length), from the round's aggregate and updates."""
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(named float32 buffers, JSON-able scalars): everything the next round depends on."""
+
+    def load_state(self, buffers: dict[str, np.ndarray], scalars: dict) -> None:
+        """Become what `state` described (on resume)."""
+
+    def settings(self) -> dict:
+        """The hyper-parameters, JSON-able: part of the run's fingerprint."""
+
+
+@dataclass
+class FedAvg:
+    """The aggregate is the new global model."""
+
+    name: str = "fedavg"
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        return aggregate
+
+    def state(self):
+        return {}, {}
+
+    def load_state(self, buffers, scalars):
+        pass
+
+    def settings(self):
+        return {}
+
+
+@dataclass
+class ServerOptimizer:
+    """FedAvgM, FedAdagrad, FedAdam or FedYogi on the pseudo-gradient, one native pass (see _kernels.server_step)."""
+
+    name: str
+    lr: float
+    beta1: float
+    beta2: float = 0.99
+    tau: float = 1e-3
+    m: np.ndarray | None = None
+    v: np.ndarray | None = None
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        from fedactors import _kernels
+
+        if self.m is None:
+            self.m = np.zeros_like(weights)
+            self.v = None if self.name == "fedavgm" else np.zeros_like(weights)
+        return _kernels.server_step(self.name, aggregate, weights, self.m, self.v, lr=self.lr, beta1=self.beta1,
+                                    beta2=self.beta2, tau=self.tau)
+
+    def state(self):
+        buffers = {} if self.m is None else {"m": self.m}
+        if self.v is not None:
+            buffers["v"] = self.v
+        return buffers, {}
+
+    def load_state(self, buffers, scalars):
+        self.m = np.array(buffers["m"]) if "m" in buffers else None
+        self.v = np.array(buffers["v"]) if "v" in buffers else None
+
+    def settings(self):
+        keep = ("lr", "beta1") if self.name == "fedavgm" else ("lr", "beta1", "tau") if self.name == "fedadagrad" \
+            else ("lr", "beta1", "beta2", "tau")
+        return {k: getattr(self, k) for k in keep}
+
+
+def server_step_reference(name: str, aggregate: np.ndarray, weights: np.ndarray, m: np.ndarray, v: np.ndarray | None,
+                          *, lr: float, beta1: float, beta2: float = 0.99, tau: float = 1e-3) -> np.ndarray:
+    """NumPy oracle of _kernels.server_step: the same float32 operations in the same order (m, v updated in place)."""
+    f = np.float32
+    d = aggregate - weights
+    if name == "fedavgm":
+        m[:] = f(beta1) * m + d
+        return weights + f(lr) * m
+    m[:] = f(beta1) * m + f(1 - f(beta1)) * d
+    dd = d * d
+    if name == "fedadagrad":
+        v[:] = v + dd
+    elif name == "fedadam":
+        v[:] = f(beta2) * v + f(1 - f(beta2)) * dd
+    elif name == "fedyogi":
+        v[:] = v - f(1 - f(beta2)) * dd * np.sign(v - dd)
+    else:
+        raise ValueError(f"unknown server optimizer {name!r}")
+    return weights + f(lr) * m / (np.sqrt(v) + f(tau))
+
+
+@dataclass
+class FedProx(FedAvg):
+    """FedAvg whose clients add (mu/2)||w - w_global||^2 to their loss: a gradient of mu (w - w_global)."""
+
+    name: str = "fedprox"
+    mu: float = 0.01
+
+    def settings(self):
+        return {"mu": self.mu}
+
+
+@dataclass
+class Scaffold:
+    """SCAFFOLD, option II (Karimireddy et al. 2020), global learning rate 1.
+
+    Every local step of client i uses the gradient g + c - c_i; after its K steps of rate lr the
+    client's new control variate is c_i+ = c_i - c + (x - y_i) / (K lr). The server's model is
+    the aggregate of the y_i (--aggregator fedavg: the example-weighted average, the paper's
+    uniform one when clients are equal in size), and c += (1/N) sum over the round's clients of
+    (c_i+ - c_i). The control variates live here, in the coordinator: a host is handed c and
+    c_i with the client, and whichever host trains it, or retrains it after another died,
+    gets the same; they are part of every checkpoint. Each client seen costs one float32 copy
+    of the weights (6.65 MB for the CNN: 665 MB for K = 100, 6.65 GB for K = 1,000), held in
+    the coordinator and written into each checkpoint.
+    """
+
+    name: str = "scaffold"
+    num_clients: int = 0
+    c: np.ndarray | None = None
+    client_c: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def controls(self, client_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(c, c_i) for training client `client_id`: zeros for what has not been set yet."""
+        if self.c is None:
+            self.c = np.zeros(length, np.float32)
+        return self.c, self.client_c.get(client_id, _zeros(length))
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        return aggregate
+
+    def accept(self, new_controls: dict[int, np.ndarray]) -> None:
+        """After the round: the accepted clients' c_i+, and c moved by (1/N) of their changes, clients in order."""
+        if not new_controls:
+            return
+        total = np.zeros_like(self.c, dtype=np.float64)
+        for cid in sorted(new_controls):
+            total += new_controls[cid].astype(np.float64) - self.client_c.get(cid, _zeros(len(self.c)))
+            self.client_c[cid] = new_controls[cid]
+        self.c = (self.c.astype(np.float64) + total / self.num_clients).astype(np.float32)
+
+    def state(self):
+        buffers = {} if self.c is None else {"c": self.c}
+        buffers.update({f"c{cid}": c for cid, c in self.client_c.items()})
+        return buffers, {}
+
+    def load_state(self, buffers, scalars):
+        self.c = np.array(buffers["c"]) if "c" in buffers else None
+        self.client_c = {int(name[1:]): np.array(b) for name, b in buffers.items() if name != "c"}
+
+    def settings(self):
+        return {}
+
+
+def _zeros(length: int) -> np.ndarray:
+    return np.zeros(length, np.float32)
+
+
+def make_strategy(config) -> Strategy:
+    """The run's strategy object, from its configuration (a built-in name or an import spec)."""
+    name = config.strategy
+    if name == "fedavg":
+        return FedAvg()
+    if name == "fedavgm":
+        return ServerOptimizer("fedavgm", lr=config.server_lr_value, beta1=config.server_momentum)
+    if name in SERVER_OPTIMIZERS:
+        return ServerOptimizer(name, lr=config.server_lr_value, beta1=config.beta1, beta2=config.beta2, tau=config.tau)
+    if name == "fedprox":
+        return FedProx(mu=config.mu)
+    if name == "scaffold":
+        return Scaffold(num_clients=config.clients)
+    return load_user_strategy(name)
+
+
+def load_user_strategy(spec: str) -> Strategy:
+    """A user's strategy from `module:attr` or `file.py:attr` (the object, or a function returning it)."""
+    from fedactors.task import _import
+
+    if spec.startswith(OBJECT_PREFIX):
+        raise ConfigError(f"this run's strategy was a Python object ({spec[len(OBJECT_PREFIX):]}): resume it from Python, "
+                          "fedactors.resume(..., strategy=the same object)")
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ConfigError(f"--strategy {spec}: not one of {', '.join(STRATEGIES)}, nor module:attr or file.py:attr")
+    module = _import(where, spec, flag="--strategy")
+    if not hasattr(module, attr):
+        raise ConfigError(f"--strategy {spec}: {where} has no attribute {attr!r}")
+    value = getattr(module, attr)
+    if isinstance(value, type) or (callable(value) and not isinstance(value, Strategy)):
+        try:
+            value = value()
+        except Exception as exc:
+            raise ConfigError(f"--strategy {spec}: calling {attr}() failed: {type(exc).__name__}: {exc}") from None
+    missing = [m for m in ("name", "step", "state", "load_state", "settings") if not hasattr(value, m)]
+    if missing:
+        raise ConfigError(f"--strategy {spec}: {attr} lacks {', '.join(missing)} (see fedactors.strategy.Strategy)")
+    try:
+        json.dumps(value.settings())
+    except (TypeError, ValueError):
+        raise ConfigError(f"--strategy {spec}: settings() must return JSON-able values") from None
+    return value
+
+
+def checked_step(strategy: Strategy, weights: np.ndarray, aggregate: np.ndarray, updates, num_examples,
+                 round_idx: int) -> np.ndarray:
+    """strategy.step, refused loudly when it returns what cannot be the next global model."""
+    from fedactors.aggregate import all_finite
+
+    new = strategy.step(weights, aggregate, updates, num_examples, round_idx)
+    if not isinstance(new, np.ndarray) or new.dtype != np.float32 or new.shape != weights.shape:
+        got = f"{new.dtype} {new.shape}" if isinstance(new, np.ndarray) else type(new).__name__
+        raise RoundFailed(f"round {round_idx}: strategy {strategy.name} returned {got}, expected float32 {weights.shape}")
+    if not all_finite(new):
+        raise RoundFailed(f"round {round_idx}: strategy {strategy.name} returned weights holding NaN or infinity")
+    return np.ascontiguousarray(new)

@@ -1,0 +1,195 @@
+"""fedactors.strategy: the built-ins' arithmetic, SCAFFOLD's control variates, a user's strategy, and bad values."""
+
+import numpy as np
+import pytest
+
+from fedactors.config import RunConfig
+from fedactors.errors import ConfigError, RoundFailed
+from fedactors.strategy import FedAvg, Scaffold, ServerOptimizer, checked_step, load_user_strategy, make_strategy
+
+
+def test_fedavg_is_the_aggregate_itself():
+    w, agg = np.zeros(4, np.float32), np.arange(4, dtype=np.float32)
+    assert FedAvg().step(w, agg, [], [], 1) is agg
+
+
+def test_server_optimizers_keep_their_moments_and_resume_from_their_state():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(100).astype(np.float32)
+    aggregates = [x + 0.1 * rng.standard_normal(100).astype(np.float32) for _ in range(4)]
+    straight = ServerOptimizer("fedadam", lr=0.01, beta1=0.9)
+    w = x
+    for r, a in enumerate(aggregates, 1):
+        w = straight.step(w, a, [], [], r)
+        if r == 2:
+            buffers, scalars = straight.state()
+            buffers = {k: v.copy() for k, v in buffers.items()}  # as a checkpoint stores them
+            halfway = w.copy()
+    resumed = ServerOptimizer("fedadam", lr=0.01, beta1=0.9)
+    resumed.load_state(buffers, scalars)
+    w2 = halfway
+    for r, a in enumerate(aggregates[2:], 3):
+        w2 = resumed.step(w2, a, [], [], r)
+    assert w2.tobytes() == w.tobytes()
+    assert set(buffers) == {"m", "v"} and set(ServerOptimizer("fedavgm", lr=1.0, beta1=0.9).state()[0]) == set()
+
+
+def test_scaffold_moves_c_by_the_clients_changes_over_n():
+    s = Scaffold(num_clients=4)
+    c, c1 = s.controls(1, 3)
+    assert not c.any() and not c1.any()
+    s.accept({1: np.array([4.0, 0.0, -4.0], np.float32), 2: np.array([0.0, 8.0, 0.0], np.float32)})
+    np.testing.assert_array_equal(s.c, [1.0, 2.0, -1.0])  # (4 + 0) / 4, (0 + 8) / 4, -4 / 4
+    s.accept({1: np.array([0.0, 0.0, 0.0], np.float32)})  # client 1's c_i goes back to zero
+    np.testing.assert_array_equal(s.c, [0.0, 2.0, 0.0])
+    buffers, _ = s.state()
+    again = Scaffold(num_clients=4)
+    again.load_state(buffers, {})
+    assert again.client_c.keys() == {1, 2} and again.c.tobytes() == s.c.tobytes()
+
+
+def test_a_strategys_bad_output_is_a_loud_round_failure():
+    class Broken:
+        name = "broken"
+
+        def __init__(self, out):
+            self.out = out
+
+        def step(self, *args):
+            return self.out
+
+    w = np.zeros(4, np.float32)
+    with pytest.raises(RoundFailed, match=r"round 3: strategy broken returned float64 \(4,\), expected float32 \(4,\)"):
+        checked_step(Broken(np.zeros(4)), w, w, [], [], 3)
+    with pytest.raises(RoundFailed, match=r"strategy broken returned float32 \(5,\)"):
+        checked_step(Broken(np.zeros(5, np.float32)), w, w, [], [], 3)
+    with pytest.raises(RoundFailed, match="strategy broken returned weights holding NaN or infinity"):
+        checked_step(Broken(np.full(4, np.nan, np.float32)), w, w, [], [], 3)
+
+
+USER = '''
+import numpy as np
+
+class HalfStep:
+    """Moves half way from the global model to the aggregate."""
+    name = "half-step"
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        return weights + np.float32(0.5) * (aggregate - weights)
+
+    def state(self):
+        return {}, {}
+
+    def load_state(self, buffers, scalars):
+        pass
+
+    def settings(self):
+        return {"fraction": 0.5}
+
+strategy = HalfStep()
+not_a_strategy = 42
+'''
+
+
+def test_a_users_strategy_from_a_file(tmp_path):
+    (tmp_path / "mine.py").write_text(USER)
+    s = load_user_strategy(f"{tmp_path}/mine.py:strategy")
+    assert s.name == "half-step" and s.settings() == {"fraction": 0.5}
+    assert make_strategy(RunConfig(strategy=f"{tmp_path}/mine.py:HalfStep")).name == "half-step"  # a class is called
+    with pytest.raises(ConfigError, match="not_a_strategy lacks name, step, state, load_state, settings"):
+        load_user_strategy(f"{tmp_path}/mine.py:not_a_strategy")
+    with pytest.raises(ConfigError, match="--strategy nowhere.py:x: no file"):
+        load_user_strategy("nowhere.py:x")
+    with pytest.raises(ConfigError, match="resume it from Python"):
+        load_user_strategy("python:half-step")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"strategy": "fedprox", "mu": -0.1}, "--mu must be a number >= 0"),
+    ({"strategy": "fedadam", "tau": 0.0}, "--tau must be a positive number"),
+    ({"strategy": "fedadam", "beta2": 1.0}, r"--beta2 must be in \[0, 1\)"),
+    ({"strategy": "fedavgm", "server_lr": -1.0}, "--server-lr must be a positive number"),
+    ({"strategy": "sgd"}, "--strategy must be one of fedavg, fedavgm"),
+    ({"aggregator": "krum", "krum_f": 4}, r"krum with --krum-f 4 needs at least 11 clients a round \(m > 2f \+ 2\), and m is 10"),
+    ({"strategy": "scaffold", "aggregator": "median"}, "--strategy scaffold .* needs --aggregator fedavg, not median"),
+])
+def test_bad_strategy_settings_are_one_clear_error(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**settings)
+
+
+def test_defaults_follow_the_papers():
+    assert make_strategy(RunConfig(strategy="fedadam")).settings() == {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
+    assert make_strategy(RunConfig(strategy="fedavgm")).settings() == {"lr": 1.0, "beta1": 0.9}
+    assert make_strategy(RunConfig(strategy="fedprox")).settings() == {"mu": 0.01}
+
+
+# ---- Every built-in resumes bit-exactly; SCAFFOLD's client state survives a dead host ------------
+
+STRATEGY_FLAGS = {
+    "fedavgm": [], "fedadagrad": [], "fedadam": [], "fedyogi": [], "fedprox": ["--mu", "0.1"], "scaffold": [],
+}
+ROUNDS = 24
+
+
+def spirals(strategy: str, *flags: str) -> list[str]:
+    from test_tasks import spirals_args
+
+    return [*spirals_args(), "--strategy", strategy, *flags]
+
+
+def in_process_weights(args: list[str], rounds: int) -> np.ndarray:
+    """What the same run computes without Ray (LocalPool, one torch thread per host as the hosts have)."""
+    import torch
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+    from fedactors.client import ClientHost
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    plan = CliRunner().invoke(cli, ["run", *args, "--rounds", str(rounds), "--dry-run", "--json"])
+    import json
+
+    cfg = RunConfig.from_dict(json.loads(plan.output)["config"])
+    threads = torch.get_num_threads()
+    try:
+        data = load_arrays(load_task(cfg.task), cfg.data, None)
+        parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
+        hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i, threads=1)
+                 for i in range(2)]
+        return list(Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test)).run())[-1]["weights"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGY_FLAGS))
+def test_every_strategy_resumes_bit_exactly_after_sigkill(strategy, tmp_path):
+    from conftest import fedactors
+    from test_resume import start_and_kill_mid_round
+
+    args = spirals(strategy, *STRATEGY_FLAGS[strategy])
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "s", args=args, rounds=ROUNDS, after_rounds=6)
+    result = fedactors("run", "--resume", "s", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert np.load(out / "weights.npy").tobytes() == in_process_weights(args, ROUNDS).tobytes()
+
+
+@pytest.mark.slow
+def test_scaffolds_client_state_survives_the_death_of_a_host(tmp_path):
+    import json
+
+    from test_cluster import _kill_host_after_rounds, _start
+
+    args = spirals("scaffold")
+    out = tmp_path / "run"
+    proc, log = _start(out, *args, "--rounds", str(ROUNDS))
+    _kill_host_after_rounds(proc, out, 6, host=1, delay=0.0)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
+    log.close()
+    run = json.loads((out / "run.json").read_text())
+    assert run["failures"] >= 1 and run["retried"] >= 1, run
+    assert np.load(out / "weights.npy").tobytes() == in_process_weights(args, ROUNDS).tobytes()
