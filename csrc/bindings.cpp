@@ -12,6 +12,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "clip.hpp"
 #include "distance.hpp"
 #include "kernels.hpp"
 #include "optim.hpp"
@@ -287,6 +288,31 @@ py::array pairwise_sq_distances(const py::sequence& buffers, int threads, const 
     return result;
 }
 
+py::tuple clipped_sum(const py::sequence& buffers, const py::handle& weights, double clip, int threads,
+                      const std::string& isa_name) {
+    const auto x = check_vector(weights, "weights");
+    const auto n = static_cast<std::size_t>(x.shape(0));
+    if (!(std::isfinite(clip) && clip > 0)) fail("clip is ", clip, ", expected a finite number > 0");
+    const auto isa = parse_isa(isa_name);
+    std::vector<py::array> arrays;
+    for (std::size_t j = 0; j < py::len(buffers); ++j) {
+        arrays.push_back(check_vector(buffers[j], "buffer " + std::to_string(j)));
+        if (static_cast<std::size_t>(arrays[j].shape(0)) != n)
+            fail("buffer ", j, " has length ", arrays[j].shape(0), ", expected ", n, " (the weights' length)");
+    }
+    const auto in = pointers(arrays);
+    py::array_t<float> out(static_cast<py::ssize_t>(n));
+    py::array_t<double> norms(static_cast<py::ssize_t>(in.size()));
+    auto* dst = out.mutable_data();
+    auto* nrm = norms.mutable_data();
+    const auto* xp = static_cast<const float*>(x.data());
+    {
+        py::gil_scoped_release nogil;
+        fedactors::clipped_sum(in.data(), in.size(), xp, clip, n, dst, nrm, threads, isa);
+    }
+    return py::make_tuple(out, norms);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -375,6 +401,15 @@ For Krum (Blanchard et al., NeurIPS 2017). Blocks of 2,048 floats; within a bloc
 float32 squared differences are summed over 32 fixed lanes, the lanes added in double, the
 blocks added in order: the same bytes at any thread count and isa. buffers, threads and isa as
 for weighted_average. The GIL is released while the kernel runs.)doc");
+    m.def("clipped_sum", &clipped_sum, py::arg("buffers"), py::arg("weights"), py::kw_only(), py::arg("clip"),
+          py::arg("threads") = 0, py::arg("isa") = "auto",
+          R"doc(Return (sum, norms): DP-FedAvg's clipped sum of the updates buffers[j] - weights, and their L2 norms.
+
+norms[j] = |buffers[j] - weights| in float64 (blocks summed in order); sum = sum_j float32(min(1,
+clip / norms[j])) * (buffers[j] - weights), clients in order, float32, one rounding per term.
+buffers may be empty (the sum is zeros). buffers and weights float32, 1-D, C-contiguous, equal
+length (read-only is fine); clip finite and > 0. The same bytes at any thread count and isa.
+The GIL is released while the kernel runs.)doc");
     m.def("available_isas", &fedactors::available_isas,
           R"doc(Return the instruction-set variants this CPU and build can run, narrowest first.
 

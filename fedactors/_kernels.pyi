@@ -94,6 +94,16 @@ def pairwise_sq_distances(
 ) -> npt.NDArray[np.float64]:
     """Return the (k, k) float64 matrix of squared distances between the buffers; same bytes at any thread count and isa."""
 
+def clipped_sum(
+    buffers: Sequence[npt.NDArray[np.float32]],
+    weights: npt.NDArray[np.float32],
+    *,
+    clip: float,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """Return (sum_j float32(min(1, clip / |b_j - weights|)) * (b_j - weights), the norms |b_j - weights|)."""
+
 def available_isas() -> list[str]:
     """Return the instruction-set variants this CPU and build can run, narrowest first."""
 

@@ -208,7 +208,15 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
-    return with_data_dir(dataclasses.replace(config, **changes))
+    config = with_data_dir(dataclasses.replace(config, **changes))
+    if config.strategy == "dp-fedavg" and config.target_epsilon is not None and ckpt.round > 0:
+        from fedactors.strategy import dp_epsilon
+
+        spent = dp_epsilon(config.frac, config.noise_multiplier, ckpt.round, config.delta)
+        if spent > config.target_epsilon:
+            raise ConfigError(f"run {run_id} has already spent epsilon {spent:.3f} (delta {config.delta:g}) in "
+                              f"{ckpt.round} rounds, over --target-epsilon {config.target_epsilon:g}")
+    return config
 
 
 def _show(value: object) -> str:
@@ -257,7 +265,9 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             info["host_info"] = [{**h, "clients_trained": 0} for h in hosts]
             info["device_fallbacks"] = sum(1 for h in hosts if h["fallback"])
             out.start(hosts, event["clients_per_round"], resume.round if resume else 0)
-        elif event["type"] == "warning":
+        elif event["type"] in ("warning", "budget"):
+            if event["type"] == "budget":
+                info["stopped"] = event["message"]  # the privacy budget: the run ends here, finished
             out.warning(event["message"])
         elif event["type"] == "round":
             info["rounds_completed"] = event["round"]  # so far; checkpointed up to here (or the last multiple)
@@ -349,8 +359,14 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
         data = f"{data_dir} ({'present' if present else 'absent: it would be downloaded there'})"
     else:
         data = f"task {task.name}'s own"
+    epsilon = None
+    if config.strategy == "dp-fedavg":
+        from fedactors.strategy import dp_epsilon
+
+        epsilon = dp_epsilon(config.frac, config.noise_multiplier, config.rounds, config.delta)
     return {
         "run_id": run_id, "out": str(out), "resume_after_round": resume_round, "task": config.task,
+        "epsilon": epsilon,
         "data": data, "data_dir": config.data_dir, "data_present": present, "partition": split,
         "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
         "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,

@@ -13,7 +13,7 @@ from fedactors.errors import ConfigError
 
 PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold")  # fedactors.strategy
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg")  # fedactors.strategy
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
 # come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 EXPERIMENT_FIELDS = (
     "task", "data", "clients", "frac", "epochs", "batch_size", "lr", "partition", "shards_per_client", "alpha",
     "sigma", "seed", "aggregator", "trim_fraction", "krum_f", "byzantine", "attack", "attack_scale", "precision",
-    "strategy", "server_lr", "server_momentum", "beta1", "beta2", "tau", "mu",
+    "strategy", "server_lr", "server_momentum", "beta1", "beta2", "tau", "mu", "clip", "noise_multiplier",
 )
 
 
@@ -67,6 +67,10 @@ class RunConfig:
     beta2: float = 0.99  # fedadam, fedyogi: second-moment decay (Reddi et al.)
     tau: float = 1e-3  # adaptivity (the denominator's epsilon); Reddi et al. tune it in 1e-5..1e-1
     mu: float = 0.01  # fedprox: the proximal term's weight
+    clip: float = 1.0  # dp-fedavg: each client update's L2 norm is clipped to this (S)
+    noise_multiplier: float = 1.0  # dp-fedavg: the noise on the sum has standard deviation noise_multiplier * clip (z)
+    delta: float = 1e-5  # dp-fedavg: epsilon is reported at this delta
+    target_epsilon: float | None = None  # dp-fedavg: stop before the round that would spend more
     byzantine: int = 0  # faulty clients, fixed for the run by the seed (fedactors.attacks)
     attack: str = "sign-flip"
     attack_scale: float = 10.0
@@ -147,9 +151,25 @@ class RunConfig:
         if self.aggregator in ("krum", "multi-krum") and m < 2 * self.krum_f + 3:
             raise ConfigError(f"--aggregator {self.aggregator} with --krum-f {self.krum_f} needs at least "
                               f"{2 * self.krum_f + 3} clients a round (m > 2f + 2), and m is {m}")
+        if not (_is_real(self.clip) and self.clip > 0):
+            raise ConfigError(f"--clip must be a positive number, got {self.clip!r}")
+        if not (_is_real(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError(f"--noise-multiplier must be a number >= 0, got {self.noise_multiplier!r}")
+        if not (_is_real(self.delta) and 0 < self.delta < 1):
+            raise ConfigError(f"--delta must be in (0, 1), got {self.delta!r}")
+        if self.target_epsilon is not None and not (_is_real(self.target_epsilon) and self.target_epsilon > 0):
+            raise ConfigError(f"--target-epsilon must be a positive number, got {self.target_epsilon!r}")
+        if self.strategy == "dp-fedavg" and self.aggregator != "fedavg":
+            raise ConfigError(f"--strategy dp-fedavg clips and sums the updates itself: it needs --aggregator fedavg, "
+                              f"not {self.aggregator}")
         if self.strategy == "scaffold" and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy scaffold averages its clients' models and control variates: it needs "
                               f"--aggregator fedavg, not {self.aggregator}")
+
+    @property
+    def poisson_sampling(self) -> bool:
+        """Whether each client is sampled independently with probability --frac (DP-FedAvg) instead of m of K."""
+        return self.strategy == "dp-fedavg"
 
     @property
     def server_lr_value(self) -> float:

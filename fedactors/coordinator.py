@@ -6,6 +6,7 @@ as well as on Ray (`RayPool` over ClientHost actors, driven from `CoordinatorAct
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,7 @@ from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, RoundStats, Update
-from fedactors.seeding import sample_clients
+from fedactors.seeding import sample_clients, sample_clients_poisson
 from fedactors.strategy import Scaffold, Strategy, checked_step, make_strategy
 
 if TYPE_CHECKING:
@@ -301,18 +302,39 @@ class Coordinator:
         """
         cfg = self.config
         while self.round < cfg.rounds:
-            stats = self.run_round(self.round + 1)
+            over = self._over_budget(self.round + 1)
+            if over:  # only on resume: a run that ran into its budget stopped after the round before
+                yield {"type": "budget", "round": self.round, "message": over}
+                break
+            # The run's last round: its configured last, or the last its privacy budget allows.
+            budget_end = self._over_budget(self.round + 2)
+            last = self.round + 1 == cfg.rounds or budget_end is not None
+            stats = self.run_round(self.round + 1, last=last)
             self.round = stats.round
             if stats.accuracy is not None:
                 self.history.append(stats.metrics_row())
-            if self.store is not None and (self.round % cfg.checkpoint_every == 0 or self.round == cfg.rounds):
+            if self.store is not None and (self.round % cfg.checkpoint_every == 0 or last):
                 t0 = time.perf_counter()
                 warning = self.save_checkpoint()
                 stats.checkpoint_seconds = time.perf_counter() - t0
                 if warning:
                     yield {"type": "warning", "message": warning}
             yield {"type": "round", **vars(stats)}
+            if budget_end is not None:
+                yield {"type": "budget", "round": self.round, "message": budget_end}
+                break
         yield {"type": "done", "round": self.round, "weights": self.weights}
+
+    def _over_budget(self, round_idx: int) -> str | None:
+        """Why round `round_idx` may not run (it would spend more than --target-epsilon), or None."""
+        target = self.config.target_epsilon
+        if target is None or not hasattr(self.strategy, "epsilon"):
+            return None
+        spent = self.strategy.epsilon(round_idx)
+        if spent <= target:
+            return None
+        return (f"stopped before round {round_idx}: it would bring epsilon to {spent:.3f} at delta "
+                f"{self.config.delta:g}, over --target-epsilon {target:g}")
 
     def save_checkpoint(self) -> str | None:  # only called when self.store is set
         """Store the state after self.round; returns the store's warning, if any (RedisStore.save).
@@ -333,7 +355,7 @@ class Coordinator:
         )
         return self.store.save(ckpt, keep=cfg.keep)
 
-    def run_round(self, round_idx: int) -> RoundStats:
+    def run_round(self, round_idx: int, *, last: bool = False) -> RoundStats:
         """One round: every sampled client's update (retrying failures), aggregated, then evaluated.
 
         An update holding NaN or infinity is rejected, never aggregated, and not retried (the same
@@ -341,12 +363,18 @@ class Coordinator:
         """
         cfg = self.config
         t0 = time.perf_counter()
-        sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
+        if cfg.poisson_sampling:
+            sampled = sample_clients_poisson(cfg.seed, round_idx, cfg.clients, cfg.frac).tolist()
+            required = math.ceil(cfg.min_fit_fraction * len(sampled) - 1e-9)
+        else:
+            sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
+            required = cfg.min_updates
         # FedAvg sums the updates while the stragglers train; it is only used if every sampled
         # client's update arrives, otherwise the survivors are averaged afresh below.
         num_examples = self.pool.num_examples()
+        needs_aggregate = getattr(self.strategy, "needs_aggregate", True)
         fold = (aggregate.FedAvgFold([num_examples[c] for c in sampled], len(self.weights))
-                if cfg.aggregator == "fedavg" else None)
+                if cfg.aggregator == "fedavg" and needs_aggregate and sampled else None)
         position = {c: i for i, c in enumerate(sampled)}
         last_arrival = t0
         updates: dict[int, Update] = {}
@@ -358,7 +386,7 @@ class Coordinator:
         if isinstance(self.strategy, Scaffold):
             length = len(self.weights)
             extras = lambda cid: self.strategy.controls(cid, length)  # noqa: E731 - (c, c_i)
-        for _attempt in range(MAX_ATTEMPTS):
+        for _attempt in range(MAX_ATTEMPTS if sampled else 0):
             failed_now = []
             for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras):
                 if isinstance(result, Failure):
@@ -373,17 +401,19 @@ class Coordinator:
                     if fold is not None and result.num_examples == num_examples[result.client_id]:
                         fold.add(position[result.client_id], result.weights)
             # Enough updates (all of them unless --min-fit-fraction allows fewer), or nothing to retry.
-            if len(updates) >= cfg.min_updates or not failed_now:
+            if len(updates) >= required or not failed_now:
                 break
             retried.extend(failed_now)
             todo = failed_now
         wait_seconds = last_arrival - t0  # to the last update's arrival, before folding it in
         dropped = [c for c in sampled if c not in updates]
-        if len(updates) < cfg.min_updates:
-            raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected))
+        if len(updates) < required:
+            raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected, required))
         ordered = [updates[c] for c in sampled if c in updates]  # sampled order: same bytes whatever arrived first
         if fold is not None and fold.complete:
             combined = fold.result()
+        elif not needs_aggregate or not ordered:
+            combined = self.weights  # the strategy works from the updates (or nobody was sampled)
         else:
             try:
                 combined = aggregate.combine(cfg.aggregator, [u.weights for u in ordered],
@@ -404,10 +434,12 @@ class Coordinator:
             clients=sampled,
             num_updates=len(ordered),
             round_seconds=0.0,
-            train_seconds=max(per_host.values()),
+            train_seconds=max(per_host.values(), default=0.0),
             wait_seconds=wait_seconds,
             aggregate_seconds=aggregate_seconds,
-            train_loss=float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered])),
+            train_loss=(float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered]))
+                        if ordered else None),
+            epsilon=self.strategy.epsilon() if hasattr(self.strategy, "epsilon") else None,
             retried=retried,
             dropped=dropped,
             rejected=rejected,
@@ -415,7 +447,7 @@ class Coordinator:
             hosts={u.client_id: u.host for u in ordered},
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
         )
-        if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds:
+        if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds or last:
             t2 = time.perf_counter()
             parts = self.pool.evaluate(self.weights, self.num_test)
             count = sum(p.count for p in parts)
@@ -430,7 +462,7 @@ class Coordinator:
         return stats
 
     def _shortfall(self, round_idx: int, sampled: list[int], dropped: list[int], failures: list[Failure],
-                   rejected: list[int]) -> str:
+                   rejected: list[int], required: int) -> str:
         """Why round `round_idx` cannot be aggregated without the `dropped` clients: the RoundFailed message."""
         cfg = self.config
         failed = [c for c in dropped if c not in rejected]
@@ -439,7 +471,7 @@ class Coordinator:
             parts.append(f"clients {sorted(rejected)} returned NaN or infinite weights, which are never aggregated")
         errors = "; ".join(dict.fromkeys(f.error for f in failures if f.client_id in failed))
         message = (f"round {round_idx}: {' and '.join(parts)}, leaving {len(sampled) - len(dropped)} of {len(sampled)} "
-                   f"updates where {cfg.min_updates} are required")
+                   f"updates where {required} are required")
         if failed:
             message += f" (errors: {errors})"
         if rejected and cfg.min_fit_fraction == 1:

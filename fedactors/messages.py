@@ -15,7 +15,7 @@ import numpy as np
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
-    "failures",
+    "failures", "epsilon",
 )
 
 
@@ -63,7 +63,7 @@ class RoundStats:
     train_seconds: float  # the slowest host's training time this round
     wait_seconds: float  # from dispatch until the last update arrived
     aggregate_seconds: float
-    train_loss: float = 0.0  # example-weighted mean of the clients' last-epoch losses
+    train_loss: float | None = 0.0  # example-weighted mean of the clients' last-epoch losses (None: nobody sampled)
     eval_seconds: float = 0.0
     accuracy: float | None = None
     loss: float | None = None
@@ -75,6 +75,7 @@ class RoundStats:
     hosts: dict[int, int] = field(default_factory=dict)  # client id -> host that trained it
     lost_hosts: dict[int, str] = field(default_factory=dict)  # hosts Ray gave up on this round -> why
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
+    epsilon: float | None = None  # dp-fedavg: the privacy spent so far, at --delta
 
     def metrics_row(self) -> dict:
         """The JSON object metrics.jsonl holds for this round."""

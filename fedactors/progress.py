@@ -42,6 +42,12 @@ def _variant(c: RunConfig) -> str:
         parts.append(f"byzantine={c.byzantine}:{c.attack}{scale}")
     if c.precision != "fp32":
         parts.append(c.precision)
+    if c.strategy == "dp-fedavg":
+        parts.append(f"dp-fedavg(clip={c.clip:g},z={c.noise_multiplier:g},delta={c.delta:g})")
+    elif c.strategy != "fedavg":
+        parts.append(c.strategy)
+    if c.task != "mnist-cnn":
+        parts.insert(0, c.task)
     return "".join(" " + p for p in parts)
 
 
@@ -96,8 +102,10 @@ class Renderer:
         extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
         extra += f"  rejected {len(ev['rejected'])}" if ev.get("rejected") else ""
         ckpt = "" if ev.get("checkpoint_seconds") is None else f", checkpoint {ev['checkpoint_seconds']:.2f}"
+        eps = "" if ev.get("epsilon") is None else f"  epsilon {ev['epsilon']:.3f}"
+        loss = "-" if ev["train_loss"] is None else f"{ev['train_loss']:.4f}"
         return (
-            f"round {ev['round']:>{self.width}}/{self.config.rounds}{acc}  train_loss {ev['train_loss']:.4f}  "
+            f"round {ev['round']:>{self.width}}/{self.config.rounds}{acc}{eps}  train_loss {loss}  "
             f"{ev['round_seconds']:.2f} s (train {ev['train_seconds']:.2f}, eval {ev['eval_seconds']:.2f}{ckpt}){extra}"
         )
 
@@ -154,7 +162,7 @@ class JsonRenderer(Renderer):
         self.emit("warning", message=text)
 
     def round(self, ev: dict) -> None:
-        row = {k: ev[k] for k in METRIC_KEYS}
+        row = {k: ev.get(k) for k in METRIC_KEYS}
         self.emit("round", **row, checkpoint_seconds=ev.get("checkpoint_seconds"))
 
     def summary(self, summary: dict, wall_seconds: float) -> None:
@@ -205,6 +213,8 @@ class RichRenderer(Renderer):
         super().round(ev)  # the line goes above the bar, so the history stays on screen
         if self.task is not None:
             status = f"acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}" if ev["accuracy"] is not None else ""
+            if ev.get("epsilon") is not None:
+                status += f"  epsilon {ev['epsilon']:.3f}"
             if self.best is not None:
                 status += f"  best {self.best:.4f}"
             self.round_seconds.append(ev["round_seconds"])

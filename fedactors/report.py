@@ -110,6 +110,7 @@ class RunSummary:
     evaluated_rounds: int
     wall_seconds: float | None  # None until the run has stopped
     median_round_seconds: float | None
+    epsilon: float | None = None  # dp-fedavg: the privacy spent by the last evaluated round
 
     def history(self) -> list[dict]:
         return [{"round": r, "accuracy": a} for r, a in zip(self.rounds, self.accuracies)]
@@ -133,7 +134,9 @@ def config_label(config: dict) -> str:
         label = f"{config['task']} {label}"
     if config.get("aggregator", "fedavg") != "fedavg":
         label += f" {config['aggregator']}"
-    if config.get("strategy", "fedavg") != "fedavg":
+    if config.get("strategy", "fedavg") == "dp-fedavg":
+        label += f" dp(S={_num(config.get('clip'))},z={_num(config.get('noise_multiplier'))})"
+    elif config.get("strategy", "fedavg") != "fedavg":
         label += f" {config['strategy']}"
     if config.get("byzantine"):
         label += f" byz={config['byzantine']}:{config.get('attack')}"
@@ -189,6 +192,7 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         evaluated_rounds=len(curve),
         wall_seconds=float(wall) if wall is not None else None,
         median_round_seconds=statistics.median(round_seconds) if round_seconds else None,
+        epsilon=next((float(row["epsilon"]) for row in reversed(history) if row.get("epsilon") is not None), None),
     )
 
 
@@ -245,6 +249,10 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
     headers = ["run", "configuration", "status", "evaluated", "best acc (round)", "target",
                "rounds to target", "interpolated", "wall s", "median s/round"]
     align = "lllrrrrrrr"
+    private = any(s.epsilon is not None for s in summaries)  # a column of its own only where DP runs are
+    if private:
+        headers.append("epsilon")
+        align += "r"
     rows = []
     for s in summaries:
         rows.append([
@@ -255,6 +263,7 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
             "-" if s.rounds_to_target_interpolated is None else f"{s.rounds_to_target_interpolated:.1f}",
             "-" if s.wall_seconds is None else f"{s.wall_seconds:.1f}",
             "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
+            *(["-" if s.epsilon is None else f"{s.epsilon:.3g}"] if private else []),
         ])
     return _render(headers, rows, align, markdown)
 

@@ -20,6 +20,7 @@ class Purpose(IntEnum):
     INIT = 4
     BYZANTINE = 5
     ATTACK = 6
+    DP_NOISE = 7
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:
@@ -33,6 +34,14 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, num_sampled: int
     """Round `round_idx`'s clients: `num_sampled` of `num_clients`, uniform without replacement, sorted."""
     rng = generator(Purpose.SAMPLE, seed, round_idx)
     return np.sort(rng.choice(num_clients, size=num_sampled, replace=False))
+
+
+def sample_clients_poisson(seed: int, round_idx: int, num_clients: int, rate: float) -> np.ndarray:
+    """Round `round_idx`'s clients under Poisson sampling: each one independently with probability `rate`, sorted.
+
+    What DP-FedAvg's privacy accounting assumes (a round may sample nobody)."""
+    rng = generator(Purpose.SAMPLE, seed, round_idx)
+    return np.flatnonzero(rng.random(num_clients) < rate)
 
 
 def torch_seed(seed: int) -> int:

@@ -11,6 +11,7 @@ decides what the clients train and what the server does with the aggregate:
     fedyogi     Yogi on the pseudo-gradient (Reddi et al.)                        --server-lr --beta1 --beta2 --tau
     fedprox     clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)    --mu
     scaffold    clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020)
+    dp-fedavg   client-level differential privacy (McMahan et al., ICLR 2018)    --clip --noise-multiplier --delta
 
 The pseudo-gradient is the global model minus the aggregate; the server optimizers' step is one
 native pass (fedactors._kernels.server_step), so e.g. `--aggregator median --strategy fedadam`
@@ -39,7 +40,7 @@ from fedactors.errors import ConfigError, RoundFailed
 
 SERVER_OPTIMIZERS = ("fedavgm", "fedadagrad", "fedadam", "fedyogi")
 OBJECT_PREFIX = "python:"  # config.strategy of a run given a strategy object (fedactors.run(strategy=...))
-STRATEGIES = ("fedavg", *SERVER_OPTIMIZERS, "fedprox", "scaffold")
+STRATEGIES = ("fedavg", *SERVER_OPTIMIZERS, "fedprox", "scaffold", "dp-fedavg")
 
 
 @runtime_checkable
@@ -202,6 +203,89 @@ class Scaffold:
         return {}
 
 
+@dataclass
+class DPFedAvg:
+    """DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018): client-level (epsilon, delta)-DP.
+
+    Each round samples every client independently with probability q = --frac (Poisson
+    sampling, what the accountant assumes; a round may have nobody). Each sampled client's
+    update d_i = w_i - x is clipped to L2 norm S (--clip); the clipped updates are summed
+    (one native call: _kernels.clipped_sum), Gaussian noise of standard deviation z*S
+    (--noise-multiplier z) is added to the sum, and the sum is divided by q*K, the *expected*
+    number of clients: the fixed-denominator estimator, unbiased, whose sensitivity to one
+    client is S/(qK) whoever is sampled (dividing by the number actually sampled would leak
+    it). Clients count alike, whatever their size. The noise comes from the generator keyed by
+    (seed, round), so a resumed or retried round adds the same noise; it exists only inside
+    this step, never written anywhere but into the new weights. Epsilon at --delta after t
+    rounds is Google's dp-accounting RDP accountant on t compositions of
+    PoissonSampledDpEvent(q, GaussianDpEvent(z)).
+    """
+
+    name: str = "dp-fedavg"
+    needs_aggregate = False  # it sums the clipped updates itself
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    rate: float = 0.1
+    num_clients: int = 100
+    delta: float = 1e-5
+    seed: int = 0
+    rounds_accounted: int = 0
+    last_norms: list[float] = field(default_factory=list)
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        from fedactors import _kernels
+        from fedactors.seeding import Purpose, generator
+
+        total, norms = _kernels.clipped_sum(list(updates), weights, clip=self.clip)
+        self.last_norms = [float(v) for v in norms]
+        std = np.float32(self.noise_multiplier * self.clip)
+        if std > 0:
+            total += std * generator(Purpose.DP_NOISE, self.seed, round_idx).standard_normal(len(weights), dtype=np.float32)
+        self.rounds_accounted = round_idx
+        return weights + total / np.float32(self.rate * self.num_clients)
+
+    def epsilon(self, rounds: int | None = None) -> float:
+        """Epsilon at `delta` after `rounds` rounds (default: the rounds so far)."""
+        return dp_epsilon(self.rate, self.noise_multiplier, self.rounds_accounted if rounds is None else rounds,
+                          self.delta)
+
+    def state(self):
+        return {}, {"rounds_accounted": self.rounds_accounted}
+
+    def load_state(self, buffers, scalars):
+        self.rounds_accounted = int(scalars.get("rounds_accounted", 0))
+
+    def settings(self):
+        return {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
+
+
+def dp_epsilon(rate: float, noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Epsilon at `delta` of `rounds` Poisson-sampled (rate) Gaussian (noise_multiplier) steps: dp-accounting's RDP accountant."""
+    import logging
+
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    if rounds == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return float("inf")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # it warns of orders it cannot use, and uses the others
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise_multiplier)), rounds))
+    return float(accountant.get_epsilon(delta))
+
+
+def clipped_sum_reference(updates: Sequence[np.ndarray], weights: np.ndarray, clip: float,
+                          norms: Sequence[float]) -> np.ndarray:
+    """NumPy oracle of _kernels.clipped_sum's sum, given its norms: clients in order, float32, one rounding a term."""
+    total = np.zeros_like(weights)
+    for w, norm in zip(updates, norms, strict=True):
+        total = total + np.float32(clip / norm if norm > clip else 1.0) * (w - weights)
+    return total
+
+
 def _zeros(length: int) -> np.ndarray:
     return np.zeros(length, np.float32)
 
@@ -219,6 +303,9 @@ def make_strategy(config) -> Strategy:
         return FedProx(mu=config.mu)
     if name == "scaffold":
         return Scaffold(num_clients=config.clients)
+    if name == "dp-fedavg":
+        return DPFedAvg(clip=config.clip, noise_multiplier=config.noise_multiplier, rate=config.frac,
+                        num_clients=config.clients, delta=config.delta, seed=config.seed)
     return load_user_strategy(name)
 
 

@@ -571,3 +571,28 @@ def test_krum_picks_an_honest_update_and_multi_krum_averages_the_honest_ones() -
         fedavg([buffers[i] for i in chosen], [counts[i] for i in chosen]).tobytes()
     with pytest.raises(ValueError, match="Krum with f = 3 needs at least 6 updates"):
         krum_scores(d[:5, :5], 3)
+
+
+# ---- DP-FedAvg's clipped sum -----------------------------------------------------------------------
+
+def test_clipped_sum_norms_and_sum_match_numpy_at_any_thread_count_and_isa() -> None:
+    from fedactors.strategy import clipped_sum_reference
+
+    rng = np.random.default_rng(11)
+    n = 70_001
+    x = rng.standard_normal(n).astype(np.float32)
+    updates = [(x + s * rng.standard_normal(n)).astype(np.float32) for s in (1e-4, 0.003, 0.01, 0.5)]
+    results = [_kernels.clipped_sum(updates, x, clip=1.0, threads=t, isa=isa)
+               for t in (1, 2, 3) for isa in _kernels.available_isas()]
+    assert len({s.tobytes() for s, _ in results}) == 1 and len({nrm.tobytes() for _, nrm in results}) == 1
+    total, norms = results[0]
+    want = [np.sqrt(np.sum((u - x).astype(np.float64) ** 2)) for u in updates]
+    np.testing.assert_allclose(norms, want, rtol=1e-12)
+    assert norms[0] < 1.0 < norms[3]  # some clipped, some not
+    assert total.tobytes() == clipped_sum_reference(updates, x, 1.0, norms).tobytes()
+    empty, no_norms = _kernels.clipped_sum([], x, clip=1.0)
+    assert not empty.any() and len(no_norms) == 0
+    with pytest.raises(ValueError, match="clip is 0"):
+        _kernels.clipped_sum(updates, x, clip=0.0)
+    with pytest.raises(ValueError, match="buffer 1 has length 3"):
+        _kernels.clipped_sum([x, x[:3]], x, clip=1.0)

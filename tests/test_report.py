@@ -237,3 +237,15 @@ def test_table2_puts_our_rounds_beside_the_papers(tmp_path):
     assert sum("no run" in line for line in rows.values()) == 16
     md = format_table2(runs, markdown=True).splitlines()
     assert len(md) == 20 and md[0].startswith("| partition | E | B | paper |")
+
+
+def test_dp_runs_get_an_epsilon_column(tmp_path):
+    plain = load_run(make_run(tmp_path / "plain", [0.9, 0.95]))
+    private = make_run(tmp_path / "dp", [0.8, 0.85], strategy="dp-fedavg", clip=1.0, noise_multiplier=2.0)
+    rows = [json.loads(line) for line in (private / "metrics.jsonl").read_text().splitlines()]
+    (private / "metrics.jsonl").write_text("".join(json.dumps({**r, "epsilon": 0.5 * r["round"]}) + "\n" for r in rows))
+    dp = load_run(private)
+    assert dp.epsilon == 1.0 and plain.epsilon is None and "dp(S=1,z=2)" in dp.label
+    text = format_table([plain, dp])
+    assert text.splitlines()[0].rstrip().endswith("epsilon") and text.splitlines()[3].rstrip().endswith("1")
+    assert "epsilon" not in format_table([plain])

@@ -193,3 +193,91 @@ def test_scaffolds_client_state_survives_the_death_of_a_host(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["failures"] >= 1 and run["retried"] >= 1, run
     assert np.load(out / "weights.npy").tobytes() == in_process_weights(args, ROUNDS).tobytes()
+
+
+# ---- DP-FedAvg -------------------------------------------------------------------------------------
+
+def test_the_accountant_reproduces_dp_accountings_own_worked_example():
+    from fedactors.strategy import dp_epsilon
+
+    # dp-accounting's rdp_privacy_accountant_test: noise multiplier 4.530877117 with q = 1 is exactly (1, 1e-6)-DP.
+    assert dp_epsilon(1.0, 4.530877117, 1, 1e-6) == pytest.approx(1.0, abs=1e-4)
+    assert dp_epsilon(0.1, 1.0, 0, 1e-5) == 0.0 and dp_epsilon(0.1, 0.0, 5, 1e-5) == float("inf")
+    assert dp_epsilon(0.1, 1.0, 100, 1e-5) < dp_epsilon(0.1, 1.0, 200, 1e-5) < dp_epsilon(0.1, 0.5, 200, 1e-5)
+
+
+def test_dp_fedavg_is_the_clipped_sum_plus_seeded_noise_over_the_expected_count():
+    from fedactors import _kernels
+    from fedactors.strategy import DPFedAvg
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(1000).astype(np.float32)
+    updates = [x + rng.standard_normal(1000).astype(np.float32) * s for s in (0.01, 1.0)]
+    quiet = DPFedAvg(clip=0.5, noise_multiplier=0.0, rate=0.1, num_clients=20)
+    total, norms = _kernels.clipped_sum(updates, x, clip=0.5)
+    assert quiet.step(x, x, updates, [1, 1], 3).tobytes() == (x + total / np.float32(2.0)).tobytes()
+    assert quiet.last_norms == list(norms)
+    noisy = [DPFedAvg(clip=0.5, noise_multiplier=1.0, rate=0.1, num_clients=20, seed=s).step(x, x, updates, [1, 1], r)
+             for s, r in ((0, 3), (0, 3), (0, 4), (1, 3))]
+    assert noisy[0].tobytes() == noisy[1].tobytes()  # keyed by (seed, round): a retried or resumed round adds the same
+    assert noisy[0].tobytes() != noisy[2].tobytes() and noisy[0].tobytes() != noisy[3].tobytes()
+    noise = (noisy[0] - x) * np.float32(2.0) - total
+    assert 0.4 < float(np.std(noise)) < 0.6  # z * S = 0.5
+    assert DPFedAvg().state() == ({}, {"rounds_accounted": 0})  # no buffer: the noise is never stored apart
+
+
+def test_poisson_sampling_is_seeded_and_independent_per_client():
+    from fedactors.seeding import sample_clients_poisson
+
+    draws = [sample_clients_poisson(0, r, 1000, 0.1) for r in range(1, 201)]
+    assert all(np.array_equal(d, sample_clients_poisson(0, r, 1000, 0.1)) for r, d in enumerate(draws, 1))
+    sizes = [len(d) for d in draws]
+    assert 95 < np.mean(sizes) < 105 and np.std(sizes) > 5  # about q K, varying as binomial draws do
+    assert len(sample_clients_poisson(0, 1, 5, 0.0)) == 0
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"strategy": "dp-fedavg", "clip": 0.0}, "--clip must be a positive number"),
+    ({"strategy": "dp-fedavg", "noise_multiplier": -0.5}, "--noise-multiplier must be a number >= 0"),
+    ({"strategy": "dp-fedavg", "delta": 1.0}, r"--delta must be in \(0, 1\)"),
+    ({"strategy": "dp-fedavg", "delta": 0.0}, r"--delta must be in \(0, 1\)"),
+    ({"strategy": "dp-fedavg", "target_epsilon": 0.0}, "--target-epsilon must be a positive number"),
+    ({"strategy": "dp-fedavg", "aggregator": "median"}, "dp-fedavg clips and sums the updates itself"),
+])
+def test_bad_dp_settings_are_one_clear_error(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**settings)
+
+
+def dp_args() -> list[str]:
+    return ["--task", "digits-mlp", "--clients", "100", "--frac", "0.2", "--partition", "iid", "--epochs", "1",
+            "--batch-size", "5", "--lr", "0.1", "--strategy", "dp-fedavg", "--clip", "0.5", "--noise-multiplier", "1.0",
+            "--eval-every", "10", "--hosts", "2", "--seed", "4"]
+
+
+@pytest.mark.slow
+def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
+    import json
+
+    from conftest import fedactors
+    from fedactors.strategy import dp_epsilon
+    from test_resume import start_and_kill_mid_round
+
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "dp", args=dp_args(), rounds=ROUNDS, after_rounds=6)
+    result = fedactors("run", "--resume", "dp", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert np.load(out / "weights.npy").tobytes() == in_process_weights(dp_args(), ROUNDS).tobytes()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epsilon"] == pytest.approx(dp_epsilon(0.2, 1.0, ROUNDS, 1e-5))
+    # A budget: the run stops cleanly before the round that would spend more, and says so.
+    budget = dp_epsilon(0.2, 1.0, 7, 1e-5) + 1e-9
+    stopped = fedactors("run", *dp_args(), "--rounds", str(ROUNDS), "--target-epsilon", str(budget), "--out", str(tmp_path / "b"))
+    assert stopped.returncode == 0, stopped.stderr
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == 7 and "stopped before round 8" in run["stopped"]
+    assert "warning: stopped before round 8" in stopped.stdout
+    # Resuming it with a budget it has already spent is refused.
+    over = fedactors("run", "--resume", run["run_id"], "--out", str(tmp_path / "b"), "--target-epsilon", "0.5")
+    assert over.returncode == 2 and "has already spent epsilon" in over.stderr
+    assert len(over.stderr.strip().splitlines()) == 1

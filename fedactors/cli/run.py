@@ -94,6 +94,13 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--beta2", type=float, default=D.beta2, show_default=True, help="fedadam, fedyogi: second-moment decay.")
 @click.option("--tau", type=float, default=D.tau, show_default=True, help="fedadagrad, fedadam, fedyogi: the adaptivity (epsilon).")
 @click.option("--mu", type=float, default=D.mu, show_default=True, help="fedprox: the weight of the proximal term (mu/2)||w - w_global||^2.")
+@click.option("--clip", type=float, default=D.clip, show_default=True,
+              help="dp-fedavg: each client update's L2 norm is clipped to this (S).")
+@click.option("--noise-multiplier", "noise_multiplier", type=float, default=D.noise_multiplier, show_default=True,
+              help="dp-fedavg: Gaussian noise of standard deviation this times --clip is added to the clipped sum (z).")
+@click.option("--delta", type=float, default=D.delta, show_default=True, help="dp-fedavg: epsilon is reported at this delta.")
+@click.option("--target-epsilon", "target_epsilon", type=float, default=None,
+              help="dp-fedavg: stop cleanly before the round that would spend more than this epsilon.")
 @click.option("--trim-fraction", "trim_fraction", type=float, default=D.trim_fraction, show_default=True,
               help="trimmed-mean: drop floor(F * m) of the m values at each end of every coordinate; in [0, 0.5).")
 @click.option("--byzantine", type=int, default=D.byzantine, show_default=True,
@@ -177,7 +184,8 @@ def _refuse_idle_flags(flags: dict) -> None:
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {flags['aggregator']}")
     uses = {"server_lr": ("fedavgm", "fedadagrad", "fedadam", "fedyogi"), "server_momentum": ("fedavgm",),
             "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
-            "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",)}
+            "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",), "clip": ("dp-fedavg",),
+            "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",)}
     for name, strategies in uses.items():
         if name in given and flags["strategy"] not in strategies and ":" not in str(flags["strategy"]):
             raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
@@ -199,6 +207,8 @@ def show_plan(plan: dict, mode: str) -> None:
         f"{(plan['resume_after_round'] or 0) + 1}..{plan['rounds']}; checkpoints in {plan['store']}; outputs in {plan['out']}"
     )
     click.echo(f"task {plan['task']}; data: {plan['data']}")
+    if plan["epsilon"] is not None:
+        click.echo(f"privacy: the {plan['rounds']} rounds would spend epsilon {plan['epsilon']:.3f} at delta {config['delta']:g}")
     p = plan["partition"]
     if p is None:
         return
