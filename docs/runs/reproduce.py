@@ -46,6 +46,7 @@ class Cell:
     partition: str = "noniid"
     target: float = 0.99
     extra: tuple[str, ...] = ()  # more flags: a strategy and its settings
+    clients: int = 100
 
 
 CELLS = [
@@ -67,6 +68,11 @@ CELLS = [
                                                                              "--checkpoint-every", "10")),
     Cell("fedadam-noniid-E1-B10-C0.1", 1, "10", 2, 400, 100, 1200, extra=("--strategy", "fedadam",
                                                                             "--checkpoint-every", "10")),
+    # DP-FedAvg (issue 17): the 2NN, K = 1,000 clients of 60 examples, q = 0.1 (100 expected a round),
+    # clip 1, 200 rounds at three noise multipliers and none (clipping alone), IID and non-IID.
+    *(Cell(f"dp-2nn-{p}-z{z:g}", 1, "10", 5, 200, 0, 200, task="mnist-2nn", partition=p, target=0.97, clients=1000,
+           extra=("--strategy", "dp-fedavg", "--clip", "1.0", "--noise-multiplier", str(z)))
+      for p in ("iid", "noniid") for z in (0.0, 0.5, 1.0, 2.0)),
 ]
 
 
@@ -96,7 +102,7 @@ def run_cell(cell: Cell, work: Path, fedactors: str) -> None:
     while True:
         info = run_json(out)
         if info is None or (info.get("status") == "failed" and not info.get("rounds_completed")):
-            command = [fedactors, "run", "--task", cell.task, "--target", str(cell.target), "--clients", "100",
+            command = [fedactors, "run", "--task", cell.task, "--target", str(cell.target), "--clients", str(cell.clients),
                        "--frac", "0.1", "--partition", cell.partition, "--lr", "0.1",
                        "--epochs", str(cell.epochs), "--batch-size", cell.batch, "--seed", str(cell.seed),
                        "--eval-every", str(cell.eval_every), "--rounds", str(cell.first_rounds),
