@@ -24,11 +24,11 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from aggregate import measure  # bench/aggregate.py: interleaved repeats after a second of warm-up
 from fedactors import _kernels
 
 # Floats read and written per parameter by each step.
@@ -45,18 +45,6 @@ def parse_args() -> argparse.Namespace:
     if args.length < 1 or args.repeats < 1 or min(args.threads) < 1 or min(args.clients) < 2:
         parser.error("--length, --repeats and --threads must be >= 1, --clients >= 2")
     return args
-
-
-def timed(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    seconds: dict[str, list[float]] = {name: [] for name in methods}
-    for fn in methods.values():
-        fn()  # warm up
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            t0 = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - t0)
-    return seconds
 
 
 def ratio(seconds: dict[str, list[float]], a: str, b: str) -> float:
@@ -114,7 +102,7 @@ def main() -> None:
     print(f"{'method':<11} {'threads':>7} {'kernel ms':>10} {'floor ms':>9} {'kernel/floor':>13} {'torch ms':>9} {'torch/kernel':>13}")
     for threads in args.threads:
         methods, floors = step_methods(n, threads)
-        seconds = timed(methods, args.repeats)
+        seconds = measure(methods, args.repeats)
         for name in TRAFFIC:
             kernel = statistics.median(seconds[f"{name}:kernel"])
             floor = statistics.median(seconds[f"{name}:floor"]) * floors[name]
@@ -132,7 +120,7 @@ def main() -> None:
     print(f"{'updates':>7} {'threads':>7} {'kernel ms':>10} {'numpy ms':>9} {'numpy/kernel':>13} {'cdist ms':>9} {'cdist/kernel':>13}")
     for k in args.clients:
         for threads in args.threads:
-            seconds = timed(krum_methods(k, n, threads), max(3, args.repeats // 3))
+            seconds = measure(krum_methods(k, n, threads), max(3, args.repeats // 3))
             kernel = statistics.median(seconds["kernel"])
             row = {"kernel_seconds": kernel, "numpy_seconds": statistics.median(seconds["numpy"]),
                    "cdist_seconds": statistics.median(seconds["torch.cdist"]),

@@ -64,15 +64,11 @@ FEDACTORS_MULTIVERSIONED(void, clipped_sum_block, clipped_sum_block_body,
 inline void clipped_sum(const float* const* in, std::size_t k, const float* x, double clip, std::size_t n,
                         float* out, double* norms, int threads, Isa isa = Isa::automatic) {
     const auto blocks = detail::num_blocks(n);
-    const int nt = detail::resolve_threads(threads);
     const auto sq = detail::sq_diff_block(resolve_isa(isa));
     std::vector<double> part(blocks * k);
-#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
-    for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(blocks); ++b) {
-        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-        const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
-        for (std::size_t j = 0; j < k; ++j) part[static_cast<std::size_t>(b) * k + j] = sq(in[j] + lo, x + lo, len);
-    }
+    detail::for_each_block(n, threads, [&](std::size_t lo, std::size_t len) {
+        for (std::size_t j = 0; j < k; ++j) part[lo / kBlock * k + j] = sq(in[j] + lo, x + lo, len);
+    });
     std::vector<float> scale(k);
     for (std::size_t j = 0; j < k; ++j) {
         double s = 0.0;
@@ -81,12 +77,9 @@ inline void clipped_sum(const float* const* in, std::size_t k, const float* x, d
         scale[j] = static_cast<float>(norms[j] > clip ? clip / norms[j] : 1.0);
     }
     const auto sum = detail::clipped_sum_block(resolve_isa(isa));
-#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
-    for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(blocks); ++b) {
-        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-        const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
+    detail::for_each_block(n, threads, [&](std::size_t lo, std::size_t len) {
         sum(in, scale.data(), k, x, lo, len, out + lo);
-    }
+    });
 }
 
 }  // namespace fedactors

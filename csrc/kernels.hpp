@@ -33,6 +33,19 @@ inline std::size_t num_blocks(std::size_t n) { return (n + kBlock - 1) / kBlock;
 
 inline int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
+// fn(lo, len) for every kBlock-float block of [0, n), the blocks shared among the threads (static
+// schedule: the same blocks whatever the timing). A block's result must depend on it alone.
+template <typename Fn>
+inline void for_each_block(std::size_t n, int threads, Fn&& fn) {
+    const auto blocks = static_cast<std::ptrdiff_t>(num_blocks(n));
+    const int nt = resolve_threads(threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
+    for (std::ptrdiff_t b = 0; b < blocks; ++b) {
+        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
+        fn(lo, lo + kBlock < n ? kBlock : n - lo);
+    }
+}
+
 // o[0:len] (+)= sum_j float(w[j] / total) * in[j][lo:lo+len], clients in order, rounding to float
 // after each term. With `init` the sum starts from the first term (o is only written); without
 // it, from o's values, so folding clients in over several calls gives the one-call bytes.
@@ -128,14 +141,9 @@ FEDACTORS_MULTIVERSIONED(double, block_read, block_read_body,
 inline void weighted_fold(const float* const* in, const double* w, std::size_t k, double total, bool init,
                           std::size_t n, float* out, int threads, Isa isa = Isa::automatic) {
     const auto block = detail::block_f32(resolve_isa(isa));
-    const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
-    const int nt = detail::resolve_threads(threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
-    for (std::ptrdiff_t b = 0; b < blocks; ++b) {
-        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-        const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
+    detail::for_each_block(n, threads, [&](std::size_t lo, std::size_t len) {
         block(in, w, total, k, init, lo, len, out + lo);
-    }
+    });
 }
 
 // out[i] = sum_j (w[j] / sum(w)) * in[j][i], j = 0..k-1 in order.

@@ -95,14 +95,9 @@ FEDACTORS_MULTIVERSIONED(void, step_block, step_block_body,
 inline void server_step(ServerOpt opt, ServerHyper h, const float* a, const float* x, float* m, float* v,
                         float* out, std::size_t n, int threads, Isa isa = Isa::automatic) {
     const auto step = detail::step_block(resolve_isa(isa));
-    const auto blocks = static_cast<std::ptrdiff_t>(detail::num_blocks(n));
-    const int nt = detail::resolve_threads(threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (blocks > 1)
-    for (std::ptrdiff_t b = 0; b < blocks; ++b) {
-        const std::size_t lo = static_cast<std::size_t>(b) * kBlock;
-        const std::size_t len = lo + kBlock < n ? kBlock : n - lo;
+    detail::for_each_block(n, threads, [&](std::size_t lo, std::size_t len) {
         step(opt, h, a + lo, x + lo, m + lo, v ? v + lo : nullptr, out + lo, len);
-    }
+    });
 }
 
 }  // namespace fedactors
