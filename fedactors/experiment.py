@@ -324,7 +324,8 @@ def _start_ray(address: str | None, preload_torch: bool = False) -> None:
         with _keeping_signal_handlers():
             if address is None:
                 with _on_loopback(), _without_idle_daemons() as lean:
-                    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not lean)
+                    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                             log_to_driver=not lean)
             else:
                 ray.init(address=address, logging_level=logging.WARNING)
     except FedActorsError:
@@ -389,51 +390,57 @@ def _attach_auth(address: str) -> None:
     the first refusal, where ray.init would retry for 20 s and report only "Failed to
     connect"); if it wants one, Ray's own token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
     ~/.ray/auth_token) is switched on and asked again. A RAY_AUTH_MODE the user set is kept.
+    The question is asked in a child process: Ray's native client logs a refusal to stderr and
+    may end its process on errors of its own, neither of which should reach this one.
     """
     hostport = address.strip()
     if hostport == "auto" or hostport.startswith("ray://") or ":" not in hostport:
         return  # Ray handles "auto" itself; a Ray Client server is not a GCS
     try:
         from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
-        from ray._raylet import GcsClient
-        from ray.exceptions import AuthenticationError
     except ImportError:  # a Ray without token authentication
         return
-
-    def accepted() -> bool:
-        try:
-            with _native_stderr_silenced():  # its one native log line of a refusal
-                GcsClient(address=hostport)
-        except AuthenticationError:
-            return False
-        except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it properly
-            pass
-        return True
-
-    if accepted():
+    if _gcs_answer(hostport) != "refused":
         return
     if os.environ.get("RAY_AUTH_MODE") is None and _token_source() is not None:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-        if accepted():
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # this process, and so its children
+        if _gcs_answer(hostport) != "refused":
             return
     raise ClusterError(f"the Ray cluster at {address} requires token authentication and refused {_token_advice()}")
 
 
-@contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 goes to /dev/null meanwhile (native code writes there, not to sys.stderr)."""
+_GCS_PROBE = """
+import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    print("refused")
+except Exception:
+    print("other")
+else:
+    print("accepted")
+"""
+
+
+def _gcs_answer(hostport: str) -> str:
+    """"accepted", "refused" (an authentication error) or "other", from a GcsClient made in a child process."""
+    import subprocess
     import sys
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    answer = "other"
+    for _ in range(3):  # "other" is mostly a GCS too busy to answer in time: ask again
+        try:
+            result = subprocess.run([sys.executable, "-c", _GCS_PROBE, hostport], capture_output=True, text=True,
+                                    timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = result.stdout.strip().splitlines()
+        answer = lines[-1] if lines and lines[-1] in ("accepted", "refused") else "other"
+        if answer != "other":
+            break
+    return answer
 
 
 def _is_auth_failure(exc: BaseException) -> bool:

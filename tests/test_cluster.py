@@ -39,8 +39,9 @@ def in_private_network(script: str, tmp_path, timeout: float = 600) -> subproces
 
 def test_a_cluster_started_with_ray_start_as_the_readme_says_trains_on_both_nodes_with_the_single_node_weights(
         reference, tmp_path):
-    """ray start --head, ray start --address on a second node, then fedactors run/sweep --address: with the
-    token Ray writes (~/.ray/auth_token), without one, and with a wrong one."""
+    """ray start --head, ray start --address on a second node, then fedactors run/sweep --address (or RAY_ADDRESS):
+    with the token Ray writes (~/.ray/auth_token), without one, and with a wrong one; and a run without an address
+    beside the cluster starts a Ray of its own."""
     out, empty = tmp_path / "run", tmp_path / "empty-home"
     empty.mkdir()
     args = " ".join(without_hosts(ARGS))
@@ -51,17 +52,20 @@ def test_a_cluster_started_with_ray_start_as_the_readme_says_trains_on_both_node
         trap 'ray stop --force > /dev/null 2>&1' EXIT
         fedactors run {args} --rounds {ROUNDS} --address 127.0.0.1:6379 --out {out} > {tmp_path}/run.log 2>&1
         echo "run: $?"
+        fedactors run --clients 100 --frac 0.02 --partition iid --epochs 1 --batch-size 50 --hosts 1 --rounds 1 \
+            --out {tmp_path}/local > {tmp_path}/local.log 2>&1
+        echo "local: $?"
         HOME={empty} fedactors run --address 127.0.0.1:6379 --rounds 1 --out {tmp_path}/a 2> {tmp_path}/no-token.err
         echo "no token: $?"
         RAY_AUTH_TOKEN=0123456789abcdef0123456789abcdef fedactors run --address 127.0.0.1:6379 --rounds 1 \
             --out {tmp_path}/b 2> {tmp_path}/wrong-token.err
         echo "wrong token: $?"
-        HOME={empty} fedactors sweep --address 127.0.0.1:6379 --epochs 1 --batch-sizes 50 --partitions iid \
+        HOME={empty} RAY_ADDRESS=127.0.0.1:6379 fedactors sweep --epochs 1 --batch-sizes 50 --partitions iid \
             --rounds 1 --out {tmp_path}/sweep > /dev/null 2> {tmp_path}/sweep.err
         echo "sweep: $?"
     """
     result = in_private_network(script, tmp_path)
-    assert result.stdout.split("\n")[:4] == ["run: 0", "no token: 2", "wrong token: 2", "sweep: 2"], (
+    assert result.stdout.split("\n")[:5] == ["run: 0", "local: 0", "no token: 2", "wrong token: 2", "sweep: 2"], (
         result.stdout + result.stderr + (tmp_path / "run.log").read_text())
     run = json.loads((out / "run.json").read_text())
     hosts = run["host_info"]
@@ -70,6 +74,9 @@ def test_a_cluster_started_with_ray_start_as_the_readme_says_trains_on_both_node
     assert all(h["clients_trained"] > 0 for h in hosts)
     assert "2 client hosts on 2 nodes" in (tmp_path / "run.log").read_text()
     assert_same_as_reference(out, reference)
+    # Without --address, a Ray of its own (Ray alone would attach to the cluster it finds running here).
+    local = json.loads((tmp_path / "local" / "run.json").read_text())["host_info"]
+    assert len(local) == 1 and local[0]["node_id"] not in {h["node_id"] for h in hosts}, (local, hosts)
     token = (tmp_path / "home" / ".ray" / "auth_token").read_text().strip()
     assert token not in (out / "run.json").read_text() and token not in (tmp_path / "run.log").read_text()
     for name, sent in [("no-token", "refused a connection without one (no RAY_AUTH_TOKEN, no ~/.ray/auth_token)"),

@@ -74,7 +74,7 @@ def _csv(kind: type, name: str):
 @click.option("--lr", type=float, default=None, help="Learning rate for every cell.")
 @click.option("--seed", type=int, default=None, help="Seed for every cell.")
 @click.option("--hosts", type=int, default=None, help="Client hosts per run.")
-@click.option("--address", default=None, help="Ray cluster to attach every run to.")
+@click.option("--address", default=None, envvar="RAY_ADDRESS", show_envvar=True, help="Ray cluster to attach every run to.")
 @redis_option("each cell's embedded store, in its run directory.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"), show_default=True,
               help="Root directory: one run directory per cell, named like noniid-E5-B10-C0.1.")

@@ -111,7 +111,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
               help="sign-flip: factor on the reversed update; gaussian: standard deviation of the noise.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision, show_default=True,
               help="bf16: bfloat16 convolutions and matrix products with float32 master weights (faster on CPUs with bf16 instructions).")
-@click.option("--address", default=None, help="Attach to an existing Ray cluster ('auto', HOST:PORT or ray://HOST:PORT) instead of starting a local one.")
+@click.option("--address", default=None, envvar="RAY_ADDRESS", show_envvar=True,
+              help="Attach to an existing Ray cluster ('auto', HOST:PORT or ray://HOST:PORT) instead of starting a local one "
+                   "(without it, a local Ray is started even when another runs on this machine).")
 @click.option("--data-dir", "data_dir", default=None, help="MNIST directory (torchvision layout). Default: $FEDACTORS_DATA, else the per-user cache; downloaded when absent.")
 @click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the 10,000 test images every N rounds (and after the last).")
 @click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy whose first crossing is reported as rounds-to-target.")
