@@ -24,9 +24,26 @@ ARGS = ["--clients", "100", "--frac", "0.05", "--partition", "iid", "--epochs", 
         "--seed", "2", "--hosts", "2", "--eval-every", str(ROUNDS)]
 
 
-def fedactors(*args, timeout=600):
-    """Run the CLI as a user does."""
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def fedactors(*args, timeout=240):
+    """Run the CLI as a user does. Past `timeout` (inside pytest-timeout's 300 s), the command is asked for
+    its stacks (SIGUSR1: fedactors.cli.main registers faulthandler) before it is killed, so a hang says where."""
+    import signal
+
+    proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            stdout, stderr = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"fedactors {' '.join(args)} did not end in {timeout} s; its stacks:\n{stderr}\n"
+                             f"stdout:\n{stdout}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def accuracies(out: Path) -> list[float]:

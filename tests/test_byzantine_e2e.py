@@ -10,11 +10,13 @@ pytestmark = pytest.mark.slow
 
 # K = 50, C = 0.2 and 10 faulty clients: with seed 0 both rounds sample exactly two of them among
 # their ten (test_two_of_ten_attack_in_each_round checks it). 1,200 images per client keep a round short.
+# Only round 2 is evaluated: what is compared is where the model got to.
 ATTACKED = ["--clients", "50", "--frac", "0.2", "--partition", "iid", "--epochs", "1", "--batch-size", "50",
-            "--rounds", "2", "--seed", "0", "--byzantine", "10", "--attack", "sign-flip", "--attack-scale", "10"]
-AGGREGATORS = {"fedavg": [], "median": ["--aggregator", "median"],
-               "trimmed-mean": ["--aggregator", "trimmed-mean", "--trim-fraction", "0.2"],
-               "krum": ["--aggregator", "krum", "--krum-f", "2"], "multi-krum": ["--aggregator", "multi-krum", "--krum-f", "2"]}
+            "--rounds", "2", "--eval-every", "2", "--seed", "0", "--byzantine", "10", "--attack", "sign-flip",
+            "--attack-scale", "10"]
+# The trimmed mean is the median's sibling (the same native sort): its kernel is tested against NumPy, not run here.
+AGGREGATORS = {"fedavg": [], "median": ["--aggregator", "median"], "krum": ["--aggregator", "krum", "--krum-f", "2"],
+               "multi-krum": ["--aggregator", "multi-krum", "--krum-f", "2"]}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def attacked_runs(tmp_path_factory, mnist_dir):
     return base
 
 
-def test_sign_flipping_collapses_fedavg_while_median_trimmed_mean_and_krum_learn(attacked_runs):
+def test_sign_flipping_collapses_fedavg_while_median_and_krum_learn(attacked_runs):
     final = {name: accuracies(attacked_runs / name)[-1] for name in AGGREGATORS}
     robust = [name for name in AGGREGATORS if name != "fedavg"]
     assert final["fedavg"] < 0.3, final
@@ -40,7 +42,8 @@ def test_the_attackers_and_aggregator_are_recorded(attacked_runs):
     faulty = byzantine_clients(0, 50, 10)
     for name in AGGREGATORS:
         rows = [json.loads(line) for line in (attacked_runs / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rows] == [2]
         assert all(len(r["byzantine"]) == 2 and r["num_updates"] == 10 and r["rejected"] == [] for r in rows)
-        assert set(rows[0]["byzantine"]) | set(rows[1]["byzantine"]) <= faulty  # fixed for the run
+        assert set(rows[0]["byzantine"]) <= faulty  # fixed for the run
         config = json.loads((attacked_runs / name / "run.json").read_text())["config"]
         assert (config["aggregator"], config["byzantine"], config["attack"]) == (name, 10, "sign-flip")

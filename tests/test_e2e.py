@@ -48,14 +48,3 @@ def test_two_rounds_reach_93_percent_and_write_the_output_contract(issue_run, mn
     # Progress: a line per round with its accuracy, and the closing summary.
     assert "round 1/2  acc" in result.stdout and "round 2/2  acc" in result.stdout
     assert "best accuracy" in result.stdout
-
-
-def test_same_seed_same_weights_bytes_with_another_host_count(reference, tmp_path):
-    """The reference ran on two hosts; one host trains every client itself, and the bytes are the same."""
-    from conftest import ARGS, ROUNDS, assert_same_as_reference, fedactors
-
-    i = ARGS.index("--hosts")
-    result = fedactors("run", *ARGS[:i], "--hosts", "1", *ARGS[i + 2:], "--rounds", str(ROUNDS), "--out", str(tmp_path / "one"))
-    assert result.returncode == 0, result.stderr
-    assert "1 client host on 1 node" in result.stdout
-    assert_same_as_reference(tmp_path / "one", reference)

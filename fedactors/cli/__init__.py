@@ -36,7 +36,17 @@ def exit_on_interrupt() -> Iterator[None]:
 
 
 def main() -> None:
-    """Console entry point: user errors are one line on stderr and exit status 2 (3 for a store outage)."""
+    """Console entry point: user errors are one line on stderr and exit status 2 (3 for a store outage).
+
+    `kill -USR1 PID` prints every thread's Python stack to stderr (faulthandler): where a run
+    that seems stuck is waiting, without stopping it."""
+    import faulthandler
+    import signal
+
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # no SIGUSR1 (Windows), or a stderr without a file descriptor
+        pass
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
