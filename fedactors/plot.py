@@ -7,9 +7,13 @@ switch, so it is safe to call from anywhere (a headless node, a test, a process 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedactors.errors import ConfigError, DataError
-from fedactors.report import RunSummary, load_run
+from fedactors.report import PAPER_TABLE2_TARGET, RunSummary, load_run, paper_rounds
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGSIZE_INCHES = (8.0, 5.0)
 DPI = 100  # so the PNG is exactly 800 x 500 pixels
@@ -20,17 +24,14 @@ SKIP_EARLY_MAX = 5
 
 
 def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float | None = None,
-              title: str | None = None) -> Path:
+              title: str | None = None, paper: bool = False) -> Path:
     """Plot the runs in `run_dirs` to the PNG `out_png` and return its path.
 
     `target` draws one dashed horizontal line; by default each distinct configured target of the
-    runs gets one. ConfigError for a bad output path or run directory, DataError if no run has an
-    evaluated round.
+    runs gets one. `paper` marks, on the 99% line and in the run's colour, the paper's rounds to
+    99% (Table 2) for each run of one of its cells. ConfigError for a bad output path or run
+    directory, DataError if no run has an evaluated round.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
         raise ConfigError(f"-o {out_png}: the plot is written as PNG; name the file *.png")
@@ -41,13 +42,35 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     runs = [load_run(d) for d in run_dirs]
     if not any(s.rounds for s in runs):
         raise DataError(f"nothing to plot: no evaluated rounds in {', '.join(str(s.path) for s in runs)}")
-    targets = sorted({s.target for s in runs}) if target is None else [target]
+    fig = draw(runs, target=target, title=title, paper=paper)
+    # print_png renders at the figure's own size and dpi; savefig would honour a user's
+    # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
+    fig.canvas.print_png(str(out_png))
+    return out_png
 
+
+def draw(runs: list[RunSummary], *, target: float | None = None, title: str | None = None,
+         paper: bool = False) -> Figure:
+    """The figure plot_runs writes, on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    targets = sorted({s.target for s in runs}) if target is None else [target]
     fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    marked = False
     for s, label in zip(runs, legend_labels(runs)):
-        ax.plot(s.rounds, s.accuracies, linewidth=1.5, label=label)
+        (line,) = ax.plot(s.rounds, s.accuracies, linewidth=1.5, label=label)
+        rounds = paper_rounds(s) if paper else None
+        if rounds is not None:
+            ax.plot([rounds], [PAPER_TABLE2_TARGET], marker="v", markersize=9, linestyle="none",
+                    color=line.get_color(), markeredgecolor="black", markeredgewidth=0.6,
+                    label=None if marked else "paper's rounds to 99% (Table 2)", zorder=3)
+            marked = True
+    if marked and PAPER_TABLE2_TARGET not in targets:
+        targets.append(PAPER_TABLE2_TARGET)
     for t in targets:
         ax.axhline(t, color="0.3", linestyle="--", linewidth=1.0, label=f"target {t:.2%}".replace(".00%", "%"))
     ax.set_ylim(*y_limits(runs, targets))
@@ -59,10 +82,7 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
         ax.set_title(title)
     ax.grid(True, alpha=0.4)
     ax.legend(loc="lower right", fontsize="small")
-    # print_png renders at the figure's own size and dpi; savefig would honour a user's
-    # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
-    fig.canvas.print_png(str(out_png))
-    return out_png
+    return fig
 
 
 def legend_labels(runs: list[RunSummary]) -> list[str]:

@@ -108,7 +108,7 @@ class RunSummary:
     rounds_to_target: int | None
     rounds_to_target_interpolated: float | None
     evaluated_rounds: int
-    wall_seconds: float | None  # None until the run has stopped
+    wall_seconds: float | None  # the run in all, resumed parts included; None until the run has stopped
     median_round_seconds: float | None
     epsilon: float | None = None  # dp-fedavg: the privacy spent by the last evaluated round
 
@@ -174,7 +174,7 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
     curve = _curve(history)
     summary = summarise(history, target)
     round_seconds = [float(row["round_seconds"]) for row in history if row.get("round_seconds") is not None]
-    wall = info.get("wall_seconds")
+    wall = info.get("total_wall_seconds", info.get("wall_seconds"))  # a resumed run's parts in all
     return RunSummary(
         path=path,
         run_id=info.get("run_id"),
@@ -268,8 +268,24 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
     return _render(headers, rows, align, markdown)
 
 
+def is_table2_setup(s: RunSummary) -> bool:
+    """The paper's Table 2 setting apart from E, B and the partition: its CNN on MNIST, K=100,
+    C=0.1, plain FedAvg in fp32 with no faulty clients (another model, strategy or aggregator is
+    another experiment, not a cell of the table)."""
+    c = s.config
+    return (s.clients == PAPER_TABLE2_CLIENTS and math.isclose(s.frac, PAPER_TABLE2_FRAC)
+            and c.get("task", "mnist-cnn") == "mnist-cnn" and c.get("strategy", "fedavg") == "fedavg"
+            and c.get("aggregator", "fedavg") == "fedavg" and not c.get("byzantine")
+            and c.get("precision", "fp32") == "fp32")
+
+
+def paper_rounds(s: RunSummary) -> int | None:
+    """The paper's rounds to 99% for the Table 2 cell `s` runs, or None when it runs none."""
+    return PAPER_TABLE2.get((s.epochs, s.batch_size, s.partition)) if is_table2_setup(s) else None
+
+
 def match_table2_cell(summaries: list[RunSummary], cell: tuple[int, int | None, str]) -> RunSummary | None:
-    """The run shown for a Table 2 cell: K=100, C=0.1 and the cell's E, B and partition.
+    """The run shown for a Table 2 cell: the paper's setup (is_table2_setup) with the cell's E, B and partition.
 
     The paper reports each cell at its best learning rate, so among several matching runs (an lr
     grid, or seeds) the one reaching 99% in the fewest interpolated rounds is taken; if none
@@ -278,8 +294,7 @@ def match_table2_cell(summaries: list[RunSummary], cell: tuple[int, int | None, 
     epochs, batch, partition = cell
     matches = [
         s for s in summaries
-        if (s.epochs, s.batch_size, s.partition) == (epochs, batch, partition)
-        and s.clients == PAPER_TABLE2_CLIENTS and math.isclose(s.frac, PAPER_TABLE2_FRAC)
+        if (s.epochs, s.batch_size, s.partition) == (epochs, batch, partition) and is_table2_setup(s)
     ]
     if not matches:
         return None
@@ -295,10 +310,12 @@ def format_table2(summaries: list[RunSummary], *, markdown: bool = False) -> str
     """Our rounds to 99% beside the paper's Table 2 (CNN, C=0.1), with the ratio ours / paper.
 
     The ratio uses the interpolated rounds, as the paper's numbers are. Cells without a matching
-    run say "no run"; runs that never reached 99% say "not reached (best X)".
+    run say "no run"; runs that never reached 99% say "not reached (best X)". Each run's rounds,
+    wall time and median seconds per round follow.
     """
-    headers = ["partition", "E", "B", "paper", "ours (first)", "ours (interp.)", "ratio", "lr", "run"]
-    align = "lrrrrrrrl"
+    headers = ["partition", "E", "B", "paper", "ours (first)", "ours (interp.)", "ratio", "lr", "rounds run",
+               "wall s", "s/round", "run"]
+    align = "lrrrrrrrrrrl"
     rows = []
     for cell in paper_table2_grid():
         epochs, batch, partition = cell
@@ -306,7 +323,7 @@ def format_table2(summaries: list[RunSummary], *, markdown: bool = False) -> str
         row = [partition, str(epochs), "inf" if batch is None else str(batch), str(paper)]
         s = match_table2_cell(summaries, cell)
         if s is None:
-            row += ["no run", "-", "-", "-", "-"]
+            row += ["no run", "-", "-", "-", "-", "-", "-", "-"]
         else:
             first, interp = s.reached(PAPER_TABLE2_TARGET)
             if first is None:
@@ -314,7 +331,10 @@ def format_table2(summaries: list[RunSummary], *, markdown: bool = False) -> str
                 row += [f"not reached (best {best})", "-", "-"]
             else:
                 row += [str(first), f"{interp:.1f}", f"{interp / paper:.2f}x"]
-            row += [_num(s.lr), s.path.name or str(s.path)]
+            row += [_num(s.lr), str(s.rounds[-1]) if s.rounds else "0",
+                    "-" if s.wall_seconds is None else f"{s.wall_seconds:.0f}",
+                    "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
+                    s.path.name or str(s.path)]
         rows.append(row)
     return _render(headers, rows, align, markdown)
 

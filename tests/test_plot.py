@@ -89,3 +89,19 @@ def test_bad_outputs_and_empty_runs_are_clear_errors(tmp_path, two_runs):
     with pytest.raises(DataError, match=r"no evaluated rounds in .*empty"):
         plot_runs([empty], tmp_path / "acc.png")
     assert not (tmp_path / "acc.png").exists()
+
+
+def test_paper_marks_sit_at_table2s_rounds_in_each_runs_colour_and_only_for_its_cells(tmp_path):
+    from fedactors.plot import draw
+
+    runs = [load_run(make_run(tmp_path / "e5b10", [0.9, 0.95, 0.97])),  # noniid E=5 B=10: the paper's 229
+            load_run(make_run(tmp_path / "e1b50", [0.9, 0.96], epochs=1, batch_size=50)),  # noniid E=1 B=50: 600
+            load_run(make_run(tmp_path / "2nn", [0.9, 0.93], task="mnist-2nn")),  # not a Table 2 model
+            load_run(make_run(tmp_path / "prox", [0.9, 0.93], strategy="fedprox"))]  # nor its algorithm
+    ax = draw(runs, paper=True).axes[0]
+    curves = [line for line in ax.lines if line.get_marker() in ("None", None, "")]
+    marks = [line for line in ax.lines if line.get_marker() == "v"]
+    assert [(list(m.get_xdata()), list(m.get_ydata())) for m in marks] == [([229], [0.99]), ([600], [0.99])]
+    assert [m.get_color() for m in marks] == [curves[0].get_color(), curves[1].get_color()]
+    assert ax.get_xlim()[1] >= 600 and ax.get_ylim()[0] < 0.99 < ax.get_ylim()[1]
+    assert not [line for line in draw(runs).axes[0].lines if line.get_marker() == "v"]  # only when asked

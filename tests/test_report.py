@@ -229,9 +229,10 @@ def test_table2_puts_our_rounds_beside_the_papers(tmp_path):
     assert len(rows) == 18
     iid = rows[("iid", "5", "10")].split()
     # The faster of the two lr runs is shown; ratio = interpolated / paper (20).
-    assert iid[3:] == ["20", "6", "5.5", f"{5.5 / 20:.2f}x", "0.1", "iid-lr0.1"]
+    # Then its lr, rounds run, wall time (12.5 s) and median seconds per round (2.0 + 0.1 i, i = 0..5).
+    assert iid[3:] == ["20", "6", "5.5", f"{5.5 / 20:.2f}x", "0.1", "6", "12", "2.25", "iid-lr0.1"]
     assert "not reached (best 0.9810)" in rows[("noniid", "5", "10")]
-    assert rows[("noniid", "5", "10")].split()[-2:] == ["0.1", "noniid"]
+    assert rows[("noniid", "5", "10")].split()[-5:] == ["0.1", "4", "12", "2.15", "noniid"]
     # C = 0.2 is not a Table 2 setting, so E=20, B=10 has no run.
     assert "no run" in rows[("iid", "20", "10")]
     assert sum("no run" in line for line in rows.values()) == 16
@@ -249,3 +250,17 @@ def test_dp_runs_get_an_epsilon_column(tmp_path):
     text = format_table([plain, dp])
     assert text.splitlines()[0].rstrip().endswith("epsilon") and text.splitlines()[3].rstrip().endswith("1")
     assert "epsilon" not in format_table([plain])
+
+
+def test_table2_takes_only_the_papers_model_and_algorithm_and_shows_time(tmp_path):
+    curve = [0.9, 0.98, 0.995]
+    other = [load_run(make_run(tmp_path / name, curve, partition="iid", **config)) for name, config in [
+        ("2nn", {"task": "mnist-2nn"}), ("prox", {"strategy": "fedprox"}), ("krum", {"aggregator": "krum"}),
+        ("byz", {"byzantine": 2}), ("bf16", {"precision": "bf16"})]]
+    assert all("no run" in line for line in format_table2(other).splitlines()[2:])
+    run = make_run(tmp_path / "cnn", curve, partition="iid", round_seconds=[3.0, 4.0, 9.0], wall_seconds=20.0)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "total_wall_seconds": 61.0}))  # resumed: its parts in all
+    row = next(line for line in format_table2([*other, load_run(run)]).splitlines() if line.startswith("iid") and
+               line.split()[1:3] == ["5", "10"]).split()
+    assert row[-5:] == ["0.1", "3", "61", "4.00", "cnn"]

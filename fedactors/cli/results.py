@@ -20,11 +20,13 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
               show_default=True, help="PNG file to write (800 x 500 px).")
 @click.option("--target", type=float, default=None, help="Accuracy line to draw. Default: each run's configured target.")
 @click.option("--title", default=None, help="Figure title.")
-def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None) -> None:
+@click.option("--paper", is_flag=True, help="Mark the paper's rounds to 99% (Table 2) on each run of one of its cells "
+              "(the CNN, K=100, C=0.1, FedAvg), in the run's colour.")
+def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool) -> None:
     """Test accuracy against communication rounds for one or more run directories."""
     from fedactors.plot import plot_runs
 
-    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title)))
+    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper)))
 
 
 @cli.command()
