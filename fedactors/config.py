@@ -71,6 +71,10 @@ class RunConfig:
     noise_multiplier: float = 1.0  # dp-fedavg: the noise on the sum has standard deviation noise_multiplier * clip (z)
     delta: float = 1e-5  # dp-fedavg: epsilon is reported at this delta
     target_epsilon: float | None = None  # dp-fedavg: stop before the round that would spend more
+    # dp-fedavg: who is sampled and the noise come from a secret drawn from the OS when the run
+    # starts, kept only in its checkpoints; dp_seed derives them from this number instead, which
+    # makes the run reproducible and its privacy void (anyone with the seed can take the noise off).
+    dp_seed: int | None = None
     byzantine: int = 0  # faulty clients, fixed for the run by the seed (fedactors.attacks)
     attack: str = "sign-flip"
     attack_scale: float = 10.0
@@ -159,17 +163,15 @@ class RunConfig:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta!r}")
         if self.target_epsilon is not None and not (_is_real(self.target_epsilon) and self.target_epsilon > 0):
             raise ConfigError(f"--target-epsilon must be a positive number, got {self.target_epsilon!r}")
+        if self.dp_seed is not None and (isinstance(self.dp_seed, bool) or not isinstance(self.dp_seed, int)
+                                         or self.dp_seed < 0):
+            raise ConfigError(f"--dp-seed must be an integer >= 0, got {self.dp_seed!r}")
         if self.strategy == "dp-fedavg" and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy dp-fedavg clips and sums the updates itself: it needs --aggregator fedavg, "
                               f"not {self.aggregator}")
         if self.strategy == "scaffold" and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy scaffold averages its clients' models and control variates: it needs "
                               f"--aggregator fedavg, not {self.aggregator}")
-
-    @property
-    def poisson_sampling(self) -> bool:
-        """Whether each client is sampled independently with probability --frac (DP-FedAvg) instead of m of K."""
-        return self.strategy == "dp-fedavg"
 
     @property
     def server_lr_value(self) -> float:
@@ -212,7 +214,10 @@ class RunConfig:
     def experiment(self) -> dict:
         """The fields that define what is computed (see EXPERIMENT_FIELDS)."""
         full = self.to_dict()
-        return {k: full[k] for k in EXPERIMENT_FIELDS}
+        fields = {k: full[k] for k in EXPERIMENT_FIELDS}
+        if self.dp_seed is not None:  # only then: the fingerprints of every other run stay what they were
+            fields["dp_seed"] = self.dp_seed
+        return fields
 
     def fingerprint(self, identity: dict) -> str:
         """sha256 over the experiment-defining fields and `identity`: what the run found its task and data to be

@@ -20,8 +20,8 @@ from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, RoundStats, Update
-from fedactors.seeding import sample_clients, sample_clients_poisson
-from fedactors.strategy import Scaffold, Strategy, checked_step, make_strategy
+from fedactors.seeding import sample_clients
+from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
 
 if TYPE_CHECKING:
     import ray.actor
@@ -197,11 +197,18 @@ class RayPool:
             return
         weights_ref = self._weights_ref(global_weights)
         plan = balance(client_ids, self.num_examples(), self.alive)
-        refs: dict[int, ray.ObjectRef] = {}  # each extra array into the object store once, shared by the calls
+        # Each extra array into the object store once, shared by the calls (SCAFFOLD's c goes to every
+        # client): keyed by identity, with the arrays held here so that no id is reused meanwhile.
+        refs: dict[int, tuple[np.ndarray, ray.ObjectRef]] = {}
+
+        def put_once(a: np.ndarray) -> ray.ObjectRef:
+            if id(a) not in refs:
+                refs[id(a)] = (a, ray.put(a))
+            return refs[id(a)][1]
 
         def args(cid: int) -> tuple:
             extra = extras(cid) if extras else ()
-            return tuple(refs.setdefault(id(a), ray.put(a)) if isinstance(a, np.ndarray) else a for a in extra)
+            return tuple(put_once(a) if isinstance(a, np.ndarray) else a for a in extra)
 
         pending = {
             self.actors[h].train.remote(weights_ref, cid, round_idx, *args(cid)): (cid, h)
@@ -328,7 +335,7 @@ class Coordinator:
     def _over_budget(self, round_idx: int) -> str | None:
         """Why round `round_idx` may not run (it would spend more than --target-epsilon), or None."""
         target = self.config.target_epsilon
-        if target is None or not hasattr(self.strategy, "epsilon"):
+        if target is None or not isinstance(self.strategy, DPFedAvg):
             return None
         spent = self.strategy.epsilon(round_idx)
         if spent <= target:
@@ -363,8 +370,8 @@ class Coordinator:
         """
         cfg = self.config
         t0 = time.perf_counter()
-        if cfg.poisson_sampling:
-            sampled = sample_clients_poisson(cfg.seed, round_idx, cfg.clients, cfg.frac).tolist()
+        if isinstance(self.strategy, DPFedAvg):  # Poisson sampling, keyed by its secret
+            sampled = self.strategy.sample(round_idx)
             required = math.ceil(cfg.min_fit_fraction * len(sampled) - 1e-9)
         else:
             sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
@@ -439,7 +446,8 @@ class Coordinator:
             aggregate_seconds=aggregate_seconds,
             train_loss=(float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered]))
                         if ordered else None),
-            epsilon=self.strategy.epsilon() if hasattr(self.strategy, "epsilon") else None,
+            epsilon=self.strategy.epsilon() if isinstance(self.strategy, DPFedAvg) else None,
+            private=isinstance(self.strategy, DPFedAvg),
             retried=retried,
             dropped=dropped,
             rejected=rejected,

@@ -17,6 +17,16 @@ METRIC_KEYS = (
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
     "failures", "epsilon",
 )
+# What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
+# secret), how many, and what their data gave (the training loss); what is released is the model
+# and its accuracy on the test set.
+PRIVATE_KEYS = ("train_loss", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine", "failures")
+
+
+def metrics_fields(row: dict) -> dict:
+    """The keys of METRIC_KEYS in `row` (an event or a RoundStats' fields), less PRIVATE_KEYS if row["private"]."""
+    hidden = PRIVATE_KEYS if row.get("private") else ()
+    return {k: row[k] for k in METRIC_KEYS if k in row and k not in hidden}
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,8 @@ class RoundStats:
     lost_hosts: dict[int, str] = field(default_factory=dict)  # hosts Ray gave up on this round -> why
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
     epsilon: float | None = None  # dp-fedavg: the privacy spent so far, at --delta
+    private: bool = False  # dp-fedavg: PRIVATE_KEYS stay out of the metrics
 
     def metrics_row(self) -> dict:
         """The JSON object metrics.jsonl holds for this round."""
-        d = asdict(self)
-        return {k: d[k] for k in METRIC_KEYS}
+        return metrics_fields(asdict(self))

@@ -14,7 +14,7 @@ import numpy as np
 
 from fedactors.config import RunConfig
 from fedactors.errors import ConfigError
-from fedactors.messages import METRIC_KEYS
+from fedactors.messages import metrics_fields
 
 
 class RunDirectory:
@@ -79,12 +79,12 @@ class RunDirectory:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
-        rows = ({k: row[k] for k in METRIC_KEYS if k in row} for row in history)
+        rows = (metrics_fields(row) for row in history)
         _atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def append_metrics(self, event: dict) -> None:
-        """Append one evaluated round (the keys of METRIC_KEYS present in `event`)."""
-        line = json.dumps({k: event[k] for k in METRIC_KEYS if k in event})
+        """Append one evaluated round (messages.metrics_fields of `event`)."""
+        line = json.dumps(metrics_fields(event))
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
             f.flush()

@@ -12,7 +12,7 @@ import json
 import sys
 
 from fedactors.config import RunConfig
-from fedactors.messages import METRIC_KEYS
+from fedactors.messages import METRIC_KEYS, PRIVATE_KEYS
 
 
 def make_renderer(mode: str, config: RunConfig) -> Renderer:
@@ -162,7 +162,8 @@ class JsonRenderer(Renderer):
         self.emit("warning", message=text)
 
     def round(self, ev: dict) -> None:
-        row = {k: ev.get(k) for k in METRIC_KEYS}
+        hidden = PRIVATE_KEYS if ev.get("private") else ()
+        row = {k: ev.get(k) for k in METRIC_KEYS if k not in hidden}
         self.emit("round", **row, checkpoint_seconds=ev.get("checkpoint_seconds"))
 
     def summary(self, summary: dict, wall_seconds: float) -> None:

@@ -170,12 +170,18 @@ class Scaffold:
     num_clients: int = 0
     c: np.ndarray | None = None
     client_c: dict[int, np.ndarray] = field(default_factory=dict)
+    _zero: np.ndarray | None = field(default=None, repr=False, compare=False)  # c_i of the clients not seen yet
 
     def controls(self, client_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(c, c_i) for training client `client_id`: zeros for what has not been set yet."""
         if self.c is None:
             self.c = np.zeros(length, np.float32)
-        return self.c, self.client_c.get(client_id, _zeros(length))
+        if client_id in self.client_c:
+            return self.c, self.client_c[client_id]
+        if self._zero is None or len(self._zero) != length:
+            self._zero = _zeros(length)  # one array for every client not seen yet, so it is put once a round
+            self._zero.flags.writeable = False
+        return self.c, self._zero
 
     def step(self, weights, aggregate, updates, num_examples, round_idx):
         return aggregate
@@ -214,9 +220,11 @@ class DPFedAvg:
     (--noise-multiplier z) is added to the sum, and the sum is divided by q*K, the *expected*
     number of clients: the fixed-denominator estimator, unbiased, whose sensitivity to one
     client is S/(qK) whoever is sampled (dividing by the number actually sampled would leak
-    it). Clients count alike, whatever their size. The noise comes from the generator keyed by
-    (seed, round), so a resumed or retried round adds the same noise; it exists only inside
-    this step, never written anywhere but into the new weights. Epsilon at --delta after t
+    it). Clients count alike, whatever their size. Who is sampled and the noise come from
+    generators keyed by (`secret`, round): a secret drawn from the OS when the run starts (or
+    --dp-seed, which gives the privacy away), kept in the run's checkpoints and nowhere else, so
+    a resumed or retried round samples the same clients and adds the same noise. The noise
+    exists only inside this step, never written anywhere but into the new weights. Epsilon at --delta after t
     rounds is Google's dp-accounting RDP accountant on t compositions of
     PoissonSampledDpEvent(q, GaussianDpEvent(z)).
     """
@@ -228,7 +236,8 @@ class DPFedAvg:
     rate: float = 0.1
     num_clients: int = 100
     delta: float = 1e-5
-    seed: int = 0
+    secret: int = 0  # keys the sampling and the noise; make_strategy draws it (see RunConfig.dp_seed)
+    seed: int = 0  # the run's --seed: the key in checkpoints written before the secret was
     rounds_accounted: int = 0
     last_norms: list[float] = field(default_factory=list)
 
@@ -240,7 +249,7 @@ class DPFedAvg:
         self.last_norms = [float(v) for v in norms]
         std = np.float32(self.noise_multiplier * self.clip)
         if std > 0:
-            total += std * generator(Purpose.DP_NOISE, self.seed, round_idx).standard_normal(len(weights), dtype=np.float32)
+            total += std * generator(Purpose.DP_NOISE, self.secret, round_idx).standard_normal(len(weights), dtype=np.float32)
         self.rounds_accounted = round_idx
         return weights + total / np.float32(self.rate * self.num_clients)
 
@@ -249,11 +258,19 @@ class DPFedAvg:
         return dp_epsilon(self.rate, self.noise_multiplier, self.rounds_accounted if rounds is None else rounds,
                           self.delta)
 
+    def sample(self, round_idx: int) -> list[int]:
+        """Round `round_idx`'s clients: each one independently with probability `rate` (Poisson sampling)."""
+        from fedactors.seeding import sample_clients_poisson
+
+        return sample_clients_poisson(self.secret, round_idx, self.num_clients, self.rate).tolist()
+
     def state(self):
-        return {}, {"rounds_accounted": self.rounds_accounted}
+        return {}, {"rounds_accounted": self.rounds_accounted, "secret": f"{self.secret:x}"}
 
     def load_state(self, buffers, scalars):
         self.rounds_accounted = int(scalars.get("rounds_accounted", 0))
+        # A checkpoint written before there was a secret: its rounds were keyed by the run's --seed.
+        self.secret = int(scalars["secret"], 16) if "secret" in scalars else self.seed
 
     def settings(self):
         return {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
@@ -304,8 +321,11 @@ def make_strategy(config) -> Strategy:
     if name == "scaffold":
         return Scaffold(num_clients=config.clients)
     if name == "dp-fedavg":
+        import secrets
+
         return DPFedAvg(clip=config.clip, noise_multiplier=config.noise_multiplier, rate=config.frac,
-                        num_clients=config.clients, delta=config.delta, seed=config.seed)
+                        num_clients=config.clients, delta=config.delta, seed=config.seed,
+                        secret=config.dp_seed if config.dp_seed is not None else secrets.randbits(128))
     return load_user_strategy(name)
 
 

@@ -1,5 +1,7 @@
 """fedactors.strategy: the built-ins' arithmetic, SCAFFOLD's control variates, a user's strategy, and bad values."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -150,7 +152,6 @@ def in_process_weights(args: list[str], rounds: int) -> np.ndarray:
     from fedactors.task import load_arrays, load_task
 
     plan = CliRunner().invoke(cli, ["run", *args, "--rounds", str(rounds), "--dry-run", "--json"])
-    import json
 
     cfg = RunConfig.from_dict(json.loads(plan.output)["config"])
     threads = torch.get_num_threads()
@@ -180,8 +181,6 @@ def test_every_strategy_resumes_bit_exactly_after_sigkill(strategy, tmp_path):
 
 @pytest.mark.slow
 def test_scaffolds_client_state_survives_the_death_of_a_host(tmp_path):
-    import json
-
     from test_cluster import _kill_host_after_rounds, _start
 
     args = spirals("scaffold")
@@ -217,13 +216,32 @@ def test_dp_fedavg_is_the_clipped_sum_plus_seeded_noise_over_the_expected_count(
     total, norms = _kernels.clipped_sum(updates, x, clip=0.5)
     assert quiet.step(x, x, updates, [1, 1], 3).tobytes() == (x + total / np.float32(2.0)).tobytes()
     assert quiet.last_norms == list(norms)
-    noisy = [DPFedAvg(clip=0.5, noise_multiplier=1.0, rate=0.1, num_clients=20, seed=s).step(x, x, updates, [1, 1], r)
-             for s, r in ((0, 3), (0, 3), (0, 4), (1, 3))]
-    assert noisy[0].tobytes() == noisy[1].tobytes()  # keyed by (seed, round): a retried or resumed round adds the same
+    noisy = [DPFedAvg(clip=0.5, noise_multiplier=1.0, rate=0.1, num_clients=20, secret=s).step(x, x, updates, [1, 1], r)
+             for s, r in ((2**100, 3), (2**100, 3), (2**100, 4), (2**100 + 1, 3))]
+    assert noisy[0].tobytes() == noisy[1].tobytes()  # keyed by (secret, round): a retried or resumed round adds the same
     assert noisy[0].tobytes() != noisy[2].tobytes() and noisy[0].tobytes() != noisy[3].tobytes()
     noise = (noisy[0] - x) * np.float32(2.0) - total
     assert 0.4 < float(np.std(noise)) < 0.6  # z * S = 0.5
-    assert DPFedAvg().state() == ({}, {"rounds_accounted": 0})  # no buffer: the noise is never stored apart
+    assert DPFedAvg(secret=0xABC).state() == ({}, {"rounds_accounted": 0, "secret": "abc"})  # the noise is not stored
+
+
+def test_the_dp_secret_is_drawn_per_run_kept_in_the_state_and_out_of_the_configuration():
+    from fedactors.strategy import DPFedAvg
+
+    config = RunConfig(strategy="dp-fedavg", clients=1000, frac=0.1, seed=3)
+    a, b = make_strategy(config), make_strategy(config)
+    assert a.secret != b.secret and min(a.secret, b.secret) > 2**64  # from the OS: 128 bits, not the --seed
+    assert a.sample(5) != b.sample(5)  # so who is sampled cannot be had from the configuration
+    resumed = make_strategy(config)
+    resumed.load_state(*a.state())
+    assert resumed.secret == a.secret and resumed.sample(5) == a.sample(5)
+    legacy = make_strategy(config)  # a checkpoint written before the secret: its rounds were keyed by --seed
+    legacy.load_state({}, {"rounds_accounted": 4})
+    assert legacy.secret == 3
+    assert make_strategy(RunConfig(strategy="dp-fedavg", dp_seed=7)).secret == 7  # reproducible, and not private
+    assert "dp_seed" not in config.experiment()  # every fingerprint without --dp-seed stays what it was
+    assert RunConfig(strategy="dp-fedavg", dp_seed=7).experiment()["dp_seed"] == 7
+    assert isinstance(a, DPFedAvg) and f"{a.secret:x}" not in json.dumps(config.to_dict())
 
 
 def test_poisson_sampling_is_seeded_and_independent_per_client():
@@ -243,6 +261,7 @@ def test_poisson_sampling_is_seeded_and_independent_per_client():
     ({"strategy": "dp-fedavg", "delta": 0.0}, r"--delta must be in \(0, 1\)"),
     ({"strategy": "dp-fedavg", "target_epsilon": 0.0}, "--target-epsilon must be a positive number"),
     ({"strategy": "dp-fedavg", "aggregator": "median"}, "dp-fedavg clips and sums the updates itself"),
+    ({"strategy": "dp-fedavg", "dp_seed": -1}, "--dp-seed must be an integer >= 0"),
 ])
 def test_bad_dp_settings_are_one_clear_error(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -257,9 +276,9 @@ def dp_args() -> list[str]:
 
 @pytest.mark.slow
 def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
-    import json
-
     from conftest import fedactors
+    from fedactors.api import open_store
+    from fedactors.messages import PRIVATE_KEYS
     from fedactors.strategy import dp_epsilon
     from test_resume import start_and_kill_mid_round
 
@@ -267,9 +286,18 @@ def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
     start_and_kill_mid_round(out, "--run-id", "dp", args=dp_args(), rounds=ROUNDS, after_rounds=6)
     result = fedactors("run", "--resume", "dp", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert np.load(out / "weights.npy").tobytes() == in_process_weights(dp_args(), ROUNDS).tobytes()
+    # The run drew its secret; the resumed part took it from the checkpoint: the bytes are those of the
+    # same run computed in one go with that secret given (--dp-seed).
+    with open_store(None, out, 5.0) as (store, _):
+        secret = store.latest("dp")[0].extra["strategy"]["secret"]
+    assert int(secret, 16) > 2**64
+    reference = in_process_weights([*dp_args(), "--dp-seed", str(int(secret, 16))], ROUNDS)
+    assert np.load(out / "weights.npy").tobytes() == reference.tobytes()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epsilon"] == pytest.approx(dp_epsilon(0.2, 1.0, ROUNDS, 1e-5))
+    # What the run writes says nothing of who was sampled, nor of the secret.
+    assert rows and all(not set(PRIVATE_KEYS) & set(row) for row in rows) and {"accuracy", "epsilon"} <= set(rows[-1])
+    assert all(secret not in f.read_text() for f in (out / "metrics.jsonl", out / "run.json"))
     # A budget: the run stops cleanly before the round that would spend more, and says so.
     budget = dp_epsilon(0.2, 1.0, 7, 1e-5) + 1e-9
     stopped = fedactors("run", *dp_args(), "--rounds", str(ROUNDS), "--target-epsilon", str(budget), "--out", str(tmp_path / "b"))

@@ -101,6 +101,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--delta", type=float, default=D.delta, show_default=True, help="dp-fedavg: epsilon is reported at this delta.")
 @click.option("--target-epsilon", "target_epsilon", type=float, default=None,
               help="dp-fedavg: stop cleanly before the round that would spend more than this epsilon.")
+@click.option("--dp-seed", "dp_seed", type=int, default=None,
+              help="dp-fedavg: take who is sampled and the noise from this seed instead of a secret from the OS, so "
+              "that a run can be repeated; its result is then NOT private (the seed gives the noise away).")
 @click.option("--trim-fraction", "trim_fraction", type=float, default=D.trim_fraction, show_default=True,
               help="trimmed-mean: drop floor(F * m) of the m values at each end of every coordinate; in [0, 0.5).")
 @click.option("--byzantine", type=int, default=D.byzantine, show_default=True,
@@ -187,7 +190,8 @@ def _refuse_idle_flags(flags: dict) -> None:
     uses = {"server_lr": ("fedavgm", "fedadagrad", "fedadam", "fedyogi"), "server_momentum": ("fedavgm",),
             "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
             "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",), "clip": ("dp-fedavg",),
-            "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",)}
+            "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",),
+            "dp_seed": ("dp-fedavg",)}
     for name, strategies in uses.items():
         if name in given and flags["strategy"] not in strategies and ":" not in str(flags["strategy"]):
             raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
