@@ -25,7 +25,7 @@ import numpy as np
 from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.config import RunConfig
 from fedactors.messages import EvalPart, Update
-from fedactors.seeding import Purpose, generator, torch_seed
+from fedactors.seeding import Purpose, client_torch_seed, generator, torch_seed
 from fedactors.task import Task, load_task
 
 if TYPE_CHECKING:
@@ -238,6 +238,7 @@ class ClientHost:
             hook = prox_hook(self.model, global_weights, cfg.mu)
         elif cfg.strategy == "scaffold":
             hook = scaffold_hook(self.model, c, c_i)
+        torch.manual_seed(client_torch_seed(cfg.seed, round_idx, client_id))
         loss = local_update(
             self.model,
             images,

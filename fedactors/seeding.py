@@ -21,6 +21,7 @@ class Purpose(IntEnum):
     BYZANTINE = 5
     ATTACK = 6
     DP_NOISE = 7
+    TORCH = 8  # torch's own generator during a client's training (dropout and other random layers)
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:
@@ -42,6 +43,12 @@ def sample_clients_poisson(seed: int, round_idx: int, num_clients: int, rate: fl
     What DP-FedAvg's privacy accounting assumes (a round may sample nobody)."""
     rng = generator(Purpose.SAMPLE, seed, round_idx)
     return np.flatnonzero(rng.random(num_clients) < rate)
+
+
+def client_torch_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """The seed of torch's generator while client `client_id` trains in round `round_idx`: a model's own
+    randomness (dropout) then depends on the keys alone, not on which host trained it or what it ran before."""
+    return int(generator(Purpose.TORCH, seed, round_idx, client_id).integers(2**63 - 1))
 
 
 def torch_seed(seed: int) -> int:

@@ -142,3 +142,26 @@ def test_importing_the_module_does_not_import_torch():
     code = "import sys, fedactors.client, fedactors.coordinator; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def test_a_model_with_dropout_trains_to_the_same_bytes_whatever_ran_before_on_the_host():
+    """torch's generator (dropout) is keyed by (seed, round, client) while a client trains, like its shuffling."""
+    import torch
+    from torch import nn
+
+    from fedactors.partition import partition
+    from fedactors.task import Arrays, Task
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((400, 8)).astype(np.float32), rng.integers(0, 2, 400)
+    task = Task(name="dropout", model=lambda: nn.Sequential(nn.Linear(8, 32), nn.Dropout(0.5), nn.Linear(32, 2)),
+                load=lambda _: Arrays(x, y, x[:50], y[:50]), num_classes=2)
+    cfg = RunConfig(task="dropout", clients=4, partition="iid", epochs=2, batch_size=10)
+    parts = partition(y, 4, "iid", 0)
+    hosts = [ClientHost(cfg, x, y, parts, x[:50], y[:50], threads=1, task=task) for _ in range(2)]
+    w0 = hosts[0].initial_weights()
+    torch.rand(1000)  # another history of the global generator on one host
+    hosts[0].train(w0, 1, 1)
+    a, b = hosts[0].train(w0, 2, 1), hosts[1].train(w0, 2, 1)
+    assert a.weights.tobytes() == b.weights.tobytes()
+    assert hosts[1].train(w0, 2, 2).weights.tobytes() != a.weights.tobytes()  # another round, other dropout masks
