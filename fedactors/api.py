@@ -151,15 +151,33 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
 
 def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, changes: dict,
                  progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
-    """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change."""
+    """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change.
+
+    The directory is written only once the cluster, the task and the strategy are there: a resume
+    refused before its first round leaves run.json and metrics.jsonl as it found them."""
+    from fedactors.experiment import check_cluster
+    from fedactors.task import load_task
+
+    run_dir = RunDirectory(out)
+    other = run_dir.run_id()
+    if other is not None and other != run_id:
+        raise ConfigError(f"--out {out} holds run {other}, not {run_id}: resume a run into its own directory "
+                          "(or a new one)")
     if redis_url is None and not (out / STORE_DIR).is_dir():
         raise ConfigError(f"no run {run_id} at {out} (no {out / STORE_DIR}); pass its --out DIR, or --redis URL")
     with open_store(redis_url, out, retry) as (store, url):
         ckpt, config, skipped = latest(store, run_id, out, changes)
+        check_cluster(config.address)
+        if task_object is None:
+            load_task(config.task)
+        if strategy_object is None:
+            from fedactors.strategy import make_strategy
+
+            make_strategy(config)
         renderer = _renderer(progress, config)
         for bad in skipped:
             renderer.warning(f"skipping round {bad.round}: {bad.reason}")
-        run_dir = RunDirectory(out)
+        before = run_dir.snapshot()
         run_dir.reopen(ckpt.history)
         if ckpt.round >= config.rounds:
             renderer.already_finished(run_id, ckpt.round)
@@ -167,8 +185,13 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
             info = {"run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0, "total_wall_seconds": total}
             result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer)
         else:
-            result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(), task_object,
-                            strategy_object)
+            try:
+                result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),
+                                task_object, strategy_object)
+            except FedActorsError:
+                if (run_dir.rounds_completed() or 0) <= ckpt.round:  # it never got to run (Ray did not start...)
+                    run_dir.restore(before)
+                raise
         store.mark_finished(run_id)
         return result
 

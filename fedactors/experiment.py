@@ -430,7 +430,7 @@ def _gcs_answer(hostport: str) -> str:
     import sys
 
     answer = "other"
-    for _ in range(3):  # "other" is mostly a GCS too busy to answer in time: ask again
+    for _ in range(2):  # "other" is mostly a GCS too busy to answer in time: ask once more
         try:
             result = subprocess.run([sys.executable, "-c", _GCS_PROBE, hostport], capture_output=True, text=True,
                                     timeout=60, stdin=subprocess.DEVNULL)

@@ -73,6 +73,20 @@ class RunDirectory:
         except OSError as exc:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
 
+    def rounds_completed(self) -> int | None:
+        """run.json's rounds_completed, if it has one."""
+        done = self._info().get("rounds_completed")
+        return done if isinstance(done, int) else None
+
+    def snapshot(self) -> dict[Path, str]:
+        """run.json's and metrics.jsonl's text as they are (those that exist), for restore."""
+        return {p: p.read_text() for p in (self.run_path, self.metrics_path) if p.is_file()}
+
+    def restore(self, snapshot: dict[Path, str]) -> None:
+        """Put back what snapshot() saw: a resume that never got to run leaves the directory as it found it."""
+        for path, text in snapshot.items():
+            _atomic_write_text(path, text)
+
     def reopen(self, history: list[dict]) -> None:
         """For a resumed run: metrics.jsonl becomes exactly the checkpoint's history."""
         try:

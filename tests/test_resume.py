@@ -213,3 +213,26 @@ def test_a_redis_password_from_the_environment_stays_out_of_command_lines_logs_a
     sessions = [d for d in Path("/tmp/ray").glob("session_2*") if d.stat().st_mtime >= started - 1]
     assert sessions
     assert all(password.encode() not in f.read_bytes() for d in sessions for f in d.rglob("*") if f.is_file())
+
+
+def test_a_resume_refused_before_it_runs_leaves_the_directory_as_it_was(reference):
+    before = {name: (reference / name).read_bytes() for name in ("run.json", "metrics.jsonl", "weights.npy")}
+    result = fedactors("run", "--resume", "ref", "--out", str(reference), "--rounds", "8", "--address", "127.0.0.1:1")
+    assert result.returncode == 2 and "could not start or reach the Ray cluster at 127.0.0.1:1" in result.stderr
+    assert {name: (reference / name).read_bytes() for name in before} == before  # not "failed", not 8 rounds
+
+
+def test_a_resume_into_another_runs_directory_is_refused(reference, tmp_path, make_redis_server):
+    """With a shared store, --resume A --out B would have rewritten B's results with A's."""
+    server = make_redis_server()
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.2", "--epochs", "1", "--rounds", "1", "--hosts", "1",
+            "--redis", server.url]
+    for out, run_id in ((a, "run-a"), (b, "run-b")):
+        assert fedactors("run", *tiny, "--run-id", run_id, "--out", str(out)).returncode == 0
+    before = {f.name: f.read_bytes() for f in b.iterdir() if f.is_file()}
+    result = fedactors("run", "--resume", "run-a", "--out", str(b), "--rounds", "2", "--redis", server.url)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"fedactors: error: --out {b} holds run run-b, not run-a: resume a run into its "
+                                     "own directory (or a new one)")
+    assert {f.name: f.read_bytes() for f in b.iterdir() if f.is_file()} == before
