@@ -165,7 +165,7 @@ def run(
 def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, list, str, dict]:
     """The prepared data set, its partition into the run's clients, its digest and the partition's summary."""
     data = load_arrays(task, config.data, data_dir)
-    if not task.builtin:
+    if not task.builtin or config.data is not None:  # a user's model, or a built-in one on the user's arrays
         check_model(task, data)
     parts = partition(data.y_train, config.clients, config.partition, config.seed,
                       shards_per_client=config.shards_per_client, alpha=config.alpha, sigma=config.sigma)

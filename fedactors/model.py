@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedactors.config import PRECISIONS
-from fedactors.errors import ConfigError
+from fedactors.errors import ConfigError, DataError
 
 NUM_PARAMETERS = 1_663_370
 # Test images per forward pass when evaluating. bench/evaluate.py (one thread, 5,000 images, a
@@ -49,10 +49,25 @@ class CNN(nn.Module):
 def build(factory: Callable[[], nn.Module], init_seed: int | None = None) -> nn.Module:
     """factory(), with torch's default initialisation seeded by `init_seed` (global RNG state untouched)."""
     if init_seed is None:
-        return _checked(factory())
+        return _checked(_made(factory))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return _checked(factory())
+        return _checked(_made(factory))
+
+
+def _made(factory: Callable[[], nn.Module]) -> object:
+    """factory(); a user's factory that raises is one ConfigError line, not a traceback."""
+    try:
+        return factory()
+    except (ConfigError, DataError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any error of a user's code, named
+        raise ConfigError(f"the task's model factory failed: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else repr(exc)
 
 
 def _checked(module: object) -> nn.Module:

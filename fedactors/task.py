@@ -80,6 +80,20 @@ class Task:
     local: Callable[[Path], bool] | None = None  # whether load(data_dir) reads local files only (no download)
     builtin: bool = field(default=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a Task needs a name (a non-empty string), got {self.name!r}")
+        if not callable(self.model) or (hasattr(self.model, "parameters") and not isinstance(self.model, type)):
+            # a module itself (a class is a factory): each host builds its own
+            raise ConfigError(f"task {self.name}: model must be a function returning a torch.nn.Module "
+                              "(model=lambda: MyNet(), not model=MyNet())")
+        for what in ("load", "prepare", "loss", "local"):
+            if getattr(self, what) is not None and not callable(getattr(self, what)):
+                raise ConfigError(f"task {self.name}: {what} must be callable, got {type(getattr(self, what)).__name__}")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 1):
+            raise ConfigError(f"task {self.name}: num_classes must be a positive integer or None, got {self.num_classes!r}")
+
 
 def builtin_tasks() -> dict[str, Task]:
     """The tasks fedactors ships, by name (imports neither torch nor the data)."""
@@ -170,7 +184,15 @@ def load_arrays(task: Task, data: str | None, data_dir: Path) -> Arrays:
     elif task.load is None:
         raise ConfigError(f"task {task.name} brings no data of its own; pass --data npz:PATH")
     else:
-        raw = task.load(data_dir)
+        try:
+            raw = task.load(data_dir)
+        except (ConfigError, DataError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of a user's loader, named in one line
+            text = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise DataError(f"task {task.name}'s loader failed: {type(exc).__name__}: {text}") from None
+        if not isinstance(raw, Arrays):
+            raise DataError(f"task {task.name}'s loader returned a {type(raw).__name__}, not fedactors.task.Arrays")
     return check_arrays(task, Arrays(
         x_train=_prepared(task, raw.x_train, "x_train"), y_train=_labels(raw.y_train, "y_train"),
         x_test=_prepared(task, raw.x_test, "x_test"), y_test=_labels(raw.y_test, "y_test"),

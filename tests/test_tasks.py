@@ -299,3 +299,46 @@ def test_resume_with_other_data_under_the_same_path_is_refused(tmp_path):
     assert again.returncode == 2
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot resume run d: the data (its digest) differ from its checkpoint's" in lines[0], again.stderr
+
+
+def test_a_users_task_code_that_fails_is_one_clear_line(tmp_path):
+    """A loader or model factory that raises, a loader returning something else, a built-in model that cannot
+    take the user's arrays: one line and exit 2 before anything is created (--dry-run checks what a run would)."""
+    import numpy as np
+
+    from conftest import fedactors
+
+    (tmp_path / "bad.py").write_text(
+        "import numpy as np\nfrom torch import nn\nfrom fedactors.task import Arrays, Task\n"
+        "def boom(_):\n    raise FileNotFoundError('no such thing')\n"
+        "def ok(_):\n    x = np.zeros((20, 4), np.float32)\n    return Arrays(x, np.arange(20) % 2, x, np.arange(20) % 2)\n"
+        "def factory():\n    raise RuntimeError('factory broke')\n"
+        "loader_raises = Task(name='a', model=lambda: nn.Linear(4, 2), load=boom)\n"
+        "loader_wrong = Task(name='b', model=lambda: nn.Linear(4, 2), load=lambda _: (1, 2))\n"
+        "factory_raises = Task(name='c', model=factory, load=ok)\n")
+    np.savez(tmp_path / "points.npz", x_train=np.zeros((50, 2), np.float32), y_train=np.arange(50) % 2,
+             x_test=np.zeros((10, 2), np.float32), y_test=np.arange(10) % 2)
+    for args, message in [
+        (["--task", f"{tmp_path}/bad.py:loader_raises"], "task a's loader failed: FileNotFoundError: no such thing"),
+        (["--task", f"{tmp_path}/bad.py:loader_wrong"], "task b's loader returned a tuple, not fedactors.task.Arrays"),
+        (["--task", f"{tmp_path}/bad.py:factory_raises"], "the task's model factory failed: RuntimeError: factory broke"),
+        (["--task", "digits-mlp", "--data", f"npz:{tmp_path}/points.npz"],
+         "task digits-mlp's model cannot take examples of shape (2,)"),
+    ]:
+        result = fedactors("run", *args, "--clients", "2", "--partition", "iid", "--dry-run", "--out", str(tmp_path / "o"))
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith(f"fedactors: error: {message}") and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()
+
+
+def test_a_task_with_a_bad_field_is_refused_where_it_is_made():
+    from torch import nn
+
+    from fedactors.errors import ConfigError
+    from fedactors.task import Task
+
+    with pytest.raises(ConfigError, match="num_classes must be a positive integer or None, got '3'"):
+        Task(name="t", model=lambda: nn.Linear(2, 2), num_classes="3")
+    with pytest.raises(ConfigError, match="model must be a function"):
+        Task(name="t", model=nn.Linear(2, 2))
+    assert Task(name="t", model=nn.Identity).model is nn.Identity  # a class is a factory
