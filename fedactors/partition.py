@@ -94,6 +94,9 @@ def unbalanced(num_examples: int, num_clients: int, seed: int, sigma: float) -> 
     rng = generator(Purpose.PARTITION, seed)
     order = rng.permutation(num_examples)
     weights = rng.lognormal(0.0, sigma, num_clients)
+    if not (np.isfinite(weights.sum()) and weights.sum() > 0):
+        raise ConfigError(f"--sigma {sigma:g} is too large: the log-normal draws overflow; use a smaller one "
+                          "(sigma 2 already gives some clients hundreds of times the examples of others)")
     sizes = 1 + np.floor(weights / weights.sum() * (num_examples - num_clients)).astype(np.int64)
     sizes[np.argsort(-weights, kind="stable")[: num_examples - sizes.sum()]] += 1  # deal the remainder to the largest
     return [np.sort(chunk) for chunk in np.split(order, np.cumsum(sizes)[:-1])]

@@ -99,6 +99,10 @@ def test_unbalanced_sizes_spread_with_sigma_and_cover_everything():
     assert {len(p) for p in equal} == {600}
     with pytest.raises(ConfigError, match="--sigma must be >= 0"):
         unbalanced(100, 10, seed=0, sigma=-1.0)
+    with pytest.raises(ConfigError, match="--sigma 1000 is too large"):  # overflowed into empty, overlapping clients
+        unbalanced(1437, 100, seed=0, sigma=1000.0)
+    wide = unbalanced(1437, 100, seed=0, sigma=50.0)  # as skewed as it gets, and still a partition
+    assert min(map(len, wide)) >= 1 and np.array_equal(np.sort(np.concatenate(wide)), np.arange(1437))
 
 
 def test_more_clients_than_examples_is_refused():
