@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -65,16 +66,27 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
         store_retry_seconds: float = 30.0, strategy: object = None, **settings: object) -> RunResult:
     """Run a new experiment to its last round: `config`, or RunConfig(**settings), with `task`.
 
-    `strategy`: a built-in's name or an import spec (as --strategy), or a Strategy object."""
+    `strategy`: a built-in's name or an import spec (as --strategy), or a Strategy object of your own.
+    As on the command line, RAY_ADDRESS stands in for `address` (as under `ray job submit`); a store's URL
+    is passed as `redis` (the command line's FEDACTORS_REDIS_URL is not read here)."""
     from fedactors.checkpoint import check_run_id
-    from fedactors.strategy import OBJECT_PREFIX
+    from fedactors.strategy import BUILTIN_CLASSES, OBJECT_PREFIX
 
     if config is not None and settings:
         raise ConfigError("pass a RunConfig or settings, not both")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)} - {"task"})
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)} (see fedactors.RunConfig)")
     spec = task.name if isinstance(task, Task) else task
     strategy_object = strategy if strategy is not None and not isinstance(strategy, str) else None
+    if isinstance(strategy_object, BUILTIN_CLASSES):
+        raise ConfigError(f"strategy={type(strategy_object).__name__}(...): pass a built-in strategy by its name and its "
+                          f"settings, e.g. strategy={strategy_object.name!r} with its own keywords (mu=..., clip=...), "
+                          "so that its clients and sampling follow it")
     if strategy is not None:
         settings["strategy"] = f"{OBJECT_PREFIX}{strategy.name}" if strategy_object is not None else strategy
+    if config is None:
+        settings.setdefault("address", os.environ.get("RAY_ADDRESS") or None)
     config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]
     if config.task != spec:
         config = dataclasses.replace(config, task=spec)

@@ -276,6 +276,10 @@ class DPFedAvg:
         return {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
 
 
+# The built-ins' classes: run by name (make_strategy), since their clients and sampling follow the name.
+BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg)
+
+
 def dp_epsilon(rate: float, noise_multiplier: float, rounds: int, delta: float) -> float:
     """Epsilon at `delta` of `rounds` Poisson-sampled (rate) Gaussian (noise_multiplier) steps: dp-accounting's RDP accountant."""
     import logging

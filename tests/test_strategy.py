@@ -309,3 +309,16 @@ def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
     over = fedactors("run", "--resume", run["run_id"], "--out", str(tmp_path / "b"), "--target-epsilon", "0.5")
     assert over.returncode == 2 and "has already spent epsilon" in over.stderr
     assert len(over.stderr.strip().splitlines()) == 1
+
+
+def test_the_python_api_takes_built_in_strategies_by_name_and_refuses_unknown_settings(tmp_path):
+    """A FedProx(mu=0.1) object would have trained without the proximal term (its clients follow the name)."""
+    import fedactors
+    from fedactors.strategy import DPFedAvg, FedProx, Scaffold
+
+    for obj in (FedProx(mu=0.1), Scaffold(), DPFedAvg()):
+        with pytest.raises(ConfigError, match=f"pass a built-in strategy by its name .* strategy='{obj.name}'"):
+            fedactors.run("digits-mlp", strategy=obj, out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="unknown settings: bogus, lrate"):
+        fedactors.run("digits-mlp", lrate=0.1, bogus=1, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
