@@ -106,8 +106,8 @@ def krum_scores(distances: np.ndarray, f: int) -> np.ndarray:
     """Krum's score of each of n updates: the sum of its squared distances to its n - f - 2 nearest others."""
     n = len(distances)
     nearest = n - f - 2
-    if nearest < 1:
-        raise ValueError(f"Krum with f = {f} needs at least {f + 3} updates (n > 2f + 2 for its guarantee), got {n}")
+    if n < 2 * f + 3:  # the run was configured so; fewer came (--min-fit-fraction), and the guarantee is gone
+        raise ValueError(f"Krum with f = {f} needs more than 2f + 2 = {2 * f + 2} updates for its guarantee, got {n}")
     others = np.sort(distances + np.diag(np.full(n, np.inf)), axis=1)[:, :nearest]  # self excluded
     return others.sum(axis=1)
 
