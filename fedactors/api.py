@@ -35,7 +35,7 @@ from fedactors.interrupts import Interrupts
 from fedactors.outputs import RunDirectory
 from fedactors.progress import Renderer, make_renderer
 from fedactors.report import summarise
-from fedactors.task import DEFAULT_TASK, Task
+from fedactors.task import DEFAULT_TASK, Task, with_absolute_paths
 
 STORE_DIR = "checkpoints"  # the embedded Redis keeps its files in OUT/checkpoints
 
@@ -77,7 +77,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)} - {"task"})
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)} (see fedactors.RunConfig)")
-    spec = task.name if isinstance(task, Task) else task
+    spec = task.name if isinstance(task, Task) else with_absolute_paths({"task": task})["task"]
     strategy_object = strategy if strategy is not None and not isinstance(strategy, str) else None
     if isinstance(strategy_object, BUILTIN_CLASSES):
         raise ConfigError(f"strategy={type(strategy_object).__name__}(...): pass a built-in strategy by its name and its "
@@ -87,6 +87,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
         settings["strategy"] = f"{OBJECT_PREFIX}{strategy.name}" if strategy_object is not None else strategy
     if config is None:
         settings.setdefault("address", os.environ.get("RAY_ADDRESS") or None)
+        settings = with_absolute_paths(settings)
     config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]
     if config.task != spec:
         config = dataclasses.replace(config, task=spec)
@@ -106,6 +107,7 @@ def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = No
 
     run_id = check_run_id(run_id)
     out = Path(out) if out is not None else Path("runs") / run_id
+    changes = with_absolute_paths(changes)
     return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task,
                         strategy_object=strategy)
 

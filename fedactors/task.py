@@ -129,6 +129,23 @@ def load_task(spec: str | Task) -> Task:
     return value
 
 
+def with_absolute_paths(settings: dict) -> dict:
+    """`settings` with the files it names made absolute: a file.py:attr --task or --strategy and --data npz:PATH.
+
+    Stored so, a run resumes from any directory, and every node of a cluster reads the same file."""
+    out = dict(settings)
+    for key in ("task", "strategy"):
+        value = out.get(key)
+        if isinstance(value, str):
+            where, sep, attr = value.rpartition(":")
+            if sep and where.endswith(".py"):
+                out[key] = f"{Path(where).expanduser().resolve()}:{attr}"
+    data = out.get("data")
+    if isinstance(data, str) and data.startswith("npz:") and len(data) > 4:
+        out["data"] = f"npz:{Path(data[4:]).expanduser().resolve()}"
+    return out
+
+
 def _import(where: str, spec: str, flag: str = "--task") -> Any:
     """The module `where` names: a .py file's path, or an importable module (for --task and --strategy)."""
     if where.endswith(".py"):

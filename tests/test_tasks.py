@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +343,23 @@ def test_a_task_with_a_bad_field_is_refused_where_it_is_made():
     with pytest.raises(ConfigError, match="model must be a function"):
         Task(name="t", model=nn.Linear(2, 2))
     assert Task(name="t", model=nn.Identity).model is nn.Identity  # a class is a factory
+
+
+def test_files_a_run_names_are_stored_absolute(tmp_path, monkeypatch):
+    """Typed relative, a resume from another directory (or a host on another node) would not find them."""
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+    from fedactors.task import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    given = {"task": "tasks/mine.py:task", "strategy": "~/s.py:S", "data": "npz:d/x.npz", "lr": 0.1}
+    assert with_absolute_paths(given) == {"task": f"{tmp_path}/tasks/mine.py:task", "strategy": f"{Path.home()}/s.py:S",
+                                          "data": f"npz:{tmp_path}/d/x.npz", "lr": 0.1}
+    assert with_absolute_paths({"task": "mnist-2nn", "strategy": "mypkg.strats:Mine"}) == \
+        {"task": "mnist-2nn", "strategy": "mypkg.strats:Mine"}  # names, not files
+    (tmp_path / "spirals.py").write_text((Path(__file__).parents[1] / "examples" / "spirals.py").read_text())
+    result = CliRunner().invoke(cli, ["run", "--task", "spirals.py:task", "--clients", "4", "--partition", "iid",
+                                      "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["task"] == f"{tmp_path}/spirals.py:task"

@@ -138,7 +138,10 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
     from fedactors import api
     from fedactors.checkpoint import check_run_id
 
+    from fedactors.task import with_absolute_paths
+
     forget_redis_variable()
+    flags.update(with_absolute_paths(flags))
     flags["batch_size"] = parse_batch_size(batch_size)
     if resume and run_id:
         raise ConfigError("--resume names the run to continue; drop --run-id")
