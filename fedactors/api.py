@@ -235,7 +235,7 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
         raise CheckpointError(f"checkpoint of run {run_id} does not match its own configuration (fingerprint differs; "
                               "a checkpoint of an earlier fedactors is resumed by that version)")
     stored = config.to_dict()
-    for name in EXPERIMENT_FIELDS:
+    for name in (*EXPERIMENT_FIELDS, "dp_seed"):
         if name in changes and changes[name] != getattr(config, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(

@@ -322,3 +322,15 @@ def test_the_python_api_takes_built_in_strategies_by_name_and_refuses_unknown_se
     with pytest.raises(ConfigError, match="unknown settings: bogus, lrate"):
         fedactors.run("digits-mlp", lrate=0.1, bogus=1, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_resume_may_not_change_the_dp_seed():
+    from types import SimpleNamespace
+
+    from fedactors.api import resumed_config
+
+    config = RunConfig(strategy="dp-fedavg", dp_seed=1)
+    ckpt = SimpleNamespace(config=config.to_dict(), extra={"identity": {}}, fingerprint=config.fingerprint({}), round=3)
+    assert resumed_config(ckpt, {"dp_seed": 1, "rounds": 9}, "r").rounds == 9
+    with pytest.raises(ConfigError, match="--dp-seed 2 differs from run r's 1"):
+        resumed_config(ckpt, {"dp_seed": 2}, "r")

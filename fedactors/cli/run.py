@@ -85,7 +85,8 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
               "averages the m - F updates of best score.")
 @click.option("--strategy", default=D.strategy, show_default=True,
               help="What happens around the aggregate: fedavg; server optimizers fedavgm, fedadagrad, fedadam, fedyogi; "
-              "client-side fedprox (--mu) or scaffold; or module:attr / file.py:attr (see README, Strategies).")
+              "client-side fedprox (--mu) or scaffold; dp-fedavg (--clip, --noise-multiplier); or module:attr / "
+              "file.py:attr (see README, Strategies).")
 @click.option("--server-lr", "server_lr", type=float, default=None,
               help="Server optimizers' learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR.items()) + ".")
 @click.option("--server-momentum", "server_momentum", type=float, default=D.server_momentum, show_default=True,
@@ -117,8 +118,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--address", default=None, envvar="RAY_ADDRESS", show_envvar=True,
               help="Attach to an existing Ray cluster ('auto', HOST:PORT or ray://HOST:PORT) instead of starting a local one "
                    "(without it, a local Ray is started even when another runs on this machine).")
-@click.option("--data-dir", "data_dir", default=None, help="MNIST directory (torchvision layout). Default: $FEDACTORS_DATA, else the per-user cache; downloaded when absent.")
-@click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the 10,000 test images every N rounds (and after the last).")
+@click.option("--data-dir", "data_dir", default=None, help="The directory the task's loader reads (the MNIST tasks: torchvision's layout, downloaded there when "
+              "absent). Default: $FEDACTORS_DATA, else the per-user cache.")
+@click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the whole test set every N rounds (and after the last).")
 @click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy whose first crossing is reported as rounds-to-target.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output directory for metrics.jsonl, run.json, weights.npy. Default: runs/RUN_ID.")
 @redis_option("an embedded Redis server keeping its data in OUT/checkpoints.")
