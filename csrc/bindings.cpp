@@ -273,7 +273,8 @@ py::array server_step(const std::string& method, const py::handle& aggregate, co
     return result;
 }
 
-py::array pairwise_sq_distances(const py::sequence& buffers, int threads, const std::string& isa_name) {
+py::array pairwise_sq_distances(const py::sequence& buffers, int threads, const std::string& isa_name,
+                                std::size_t max_partials) {
     const auto arrays = check_buffers(buffers);
     const auto isa = parse_isa(isa_name);
     const auto in = pointers(arrays);
@@ -283,7 +284,7 @@ py::array pairwise_sq_distances(const py::sequence& buffers, int threads, const 
     auto* dst = result.mutable_data();
     {
         py::gil_scoped_release nogil;
-        fedactors::pairwise_sq_distances(in.data(), k, n, dst, threads, isa);
+        fedactors::pairwise_sq_distances(in.data(), k, n, dst, threads, isa, max_partials);
     }
     return result;
 }
@@ -394,13 +395,15 @@ float32, 1-D, C-contiguous, equal length (read-only is fine); m and v: the same,
 tau > 0. threads and isa as for weighted_average; the same bytes at any thread count and isa,
 and as NumPy doing the same float32 steps. The GIL is released while the kernel runs.)doc");
     m.def("pairwise_sq_distances", &pairwise_sq_distances, py::arg("buffers"), py::kw_only(),
-          py::arg("threads") = 0, py::arg("isa") = "auto",
+          py::arg("threads") = 0, py::arg("isa") = "auto", py::arg("max_partials") = fedactors::kDistMaxPartials,
           R"doc(Return the (k, k) float64 matrix of squared Euclidean distances between the k buffers.
 
 For Krum (Blanchard et al., NeurIPS 2017). Blocks of 2,048 floats; within a block a pair's
 float32 squared differences are summed over 32 fixed lanes, the lanes added in double, the
 blocks added in order: the same bytes at any thread count and isa. buffers, threads and isa as
-for weighted_average. The GIL is released while the kernel runs.)doc");
+for weighted_average. At most max_partials doubles of per-block partial sums are held at once
+(default 64 MiB; blocks are formed in groups that fit, with the same bytes). The GIL is released
+while the kernel runs.)doc");
     m.def("clipped_sum", &clipped_sum, py::arg("buffers"), py::arg("weights"), py::kw_only(), py::arg("clip"),
           py::arg("threads") = 0, py::arg("isa") = "auto",
           R"doc(Return (sum, norms): DP-FedAvg's clipped sum of the updates buffers[j] - weights, and their L2 norms.

@@ -91,8 +91,10 @@ def pairwise_sq_distances(
     *,
     threads: int = 0,
     isa: Isa = "auto",
+    max_partials: int = 8 << 20,
 ) -> npt.NDArray[np.float64]:
-    """Return the (k, k) float64 matrix of squared distances between the buffers; same bytes at any thread count and isa."""
+    """Return the (k, k) float64 matrix of squared distances between the buffers; same bytes at any thread count and
+    isa, and whatever max_partials (the partial sums held at once, in doubles) makes of the grouping of its blocks."""
 
 def clipped_sum(
     buffers: Sequence[npt.NDArray[np.float32]],

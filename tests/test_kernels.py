@@ -542,6 +542,9 @@ def test_pairwise_distances_match_numpy_and_are_the_same_bytes_at_any_thread_cou
     rng = np.random.default_rng(k)
     buffers = [rng.standard_normal(20_011).astype(np.float32) for _ in range(k)]
     got = [_kernels.pairwise_sq_distances(buffers, threads=t, isa=isa) for t in (1, 2, 3) for isa in _kernels.available_isas()]
+    # Memory bounded by max_partials: blocks (10 of them here) formed one, three or all at a time, the same bytes.
+    pairs = k * (k - 1) // 2
+    got += [_kernels.pairwise_sq_distances(buffers, threads=2, max_partials=m) for m in (1, 3 * pairs, 10**9)]
     assert len({g.tobytes() for g in got}) == 1
     want = pairwise_sq_distances_reference(buffers)
     np.testing.assert_allclose(got[0], want, rtol=1e-6)
