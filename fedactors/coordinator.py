@@ -300,7 +300,8 @@ class Coordinator:
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
         self.strategy = strategy if strategy is not None else make_strategy(config)
         if strategy_state is not None:
-            self.strategy.load_state(*strategy_state)
+            buffers, scalars = strategy_state  # writable copies: the checkpoint's arrays are read-only views
+            self.strategy.load_state({name: np.array(b) for name, b in buffers.items()}, dict(scalars))
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.

@@ -173,18 +173,21 @@ def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, l
 
 
 def check_client_state(config: RunConfig, weights: int) -> None:
-    """SCAFFOLD's control variates must fit: one copy of the weights per client, in the coordinator and in
-    each of the --keep checkpoints; refused with one line when that is more than half this machine's memory."""
+    """SCAFFOLD's control variates must fit: one copy of the weights per client, in the coordinator (twice
+    while a checkpoint is encoded) and in the store (each of the --keep checkpoints, and the one being
+    written until the oldest is dropped); refused with one line when that is more than half this
+    machine's memory (the embedded store runs here; a --redis elsewhere is counted as if it did)."""
     if config.strategy != "scaffold":
         return
-    need = config.clients * weights * 4 * (1 + config.keep)
+    need = config.clients * weights * 4 * (3 + config.keep)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if total and need > total / 2:
         gib = 2**30
         raise ConfigError(
             f"--strategy scaffold keeps a control variate per client: {config.clients} x {weights:,} floats = "
-            f"{config.clients * weights * 4 / gib:.1f} GiB in the coordinator and again in each of the --keep {config.keep} "
-            f"checkpoints, {need / gib:.1f} GiB in all, more than half of this machine's {total / gib:.1f} GiB; "
+            f"{config.clients * weights * 4 / gib:.1f} GiB, twice in the coordinator while a checkpoint is encoded and "
+            f"again in each of the --keep {config.keep} checkpoints and the one being written, {need / gib:.1f} GiB at "
+            f"the peak, more than half of this machine's {total / gib:.1f} GiB; "
             "use fewer clients, a smaller model or --keep 1")
 
 

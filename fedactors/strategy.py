@@ -373,4 +373,29 @@ def checked_step(strategy: Strategy, weights: np.ndarray, aggregate: np.ndarray,
         raise RoundFailed(f"round {round_idx}: strategy {strategy.name} returned {got}, expected float32 {weights.shape}")
     if not all_finite(new):
         raise RoundFailed(f"round {round_idx}: strategy {strategy.name} returned weights holding NaN or infinity")
+    if not isinstance(strategy, BUILTIN_CLASSES):
+        problem = state_problem(strategy.state())
+        if problem:
+            raise RoundFailed(f"round {round_idx}: strategy {strategy.name}'s state() {problem}; a checkpoint holds "
+                              "1-D float32 buffers named by strings and JSON scalars")
     return np.ascontiguousarray(new)
+
+
+def state_problem(state: object) -> str | None:
+    """What makes a strategy's state() unfit for a checkpoint, or None."""
+    if not (isinstance(state, tuple) and len(state) == 2 and all(isinstance(part, dict) for part in state)):
+        return f"returned a {type(state).__name__}, not (buffers, scalars), two dicts"
+    buffers, scalars = state
+    for name, buf in buffers.items():
+        if not isinstance(name, str) or not name:
+            return f"names a buffer {name!r}"
+        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
+            got = f"{buf.dtype} {buf.shape}" if isinstance(buf, np.ndarray) else type(buf).__name__
+            return f"holds buffer {name!r} as {got}"
+    if not all(isinstance(name, str) for name in scalars):
+        return f"names scalars {[n for n in scalars if not isinstance(n, str)]!r}, not by strings"
+    try:
+        json.dumps(scalars, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"holds scalars JSON cannot write ({exc})"
+    return None

@@ -69,6 +69,30 @@ def test_a_strategys_bad_output_is_a_loud_round_failure():
         checked_step(Broken(np.full(4, np.nan, np.float32)), w, w, [], [], 3)
 
 
+@pytest.mark.parametrize(("state", "message"), [
+    (({"m": np.zeros(4)}, {}), r"holds buffer 'm' as float64 \(4,\)"),
+    (({"m": np.zeros((2, 2), np.float32)}, {}), r"holds buffer 'm' as float32 \(2, 2\)"),
+    (({1: np.zeros(4, np.float32)}, {}), "names a buffer 1"),
+    (({}, {"t": np.float32(1.0)}), "holds scalars JSON cannot write"),
+    (({}, {3: 1}), r"names scalars \[3\], not by strings"),
+    ([{}, {}], "returned a list, not \\(buffers, scalars\\)"),
+])
+def test_a_users_strategy_state_that_a_checkpoint_cannot_hold_fails_the_round_at_once(state, message):
+    """Not at the first checkpoint, with a traceback from the encoder."""
+    class Stateful:
+        name = "stateful"
+
+        def step(self, weights, *args):
+            return weights
+
+        def state(self):
+            return state
+
+    w = np.zeros(4, np.float32)
+    with pytest.raises(RoundFailed, match=f"round 2: strategy stateful's state\\(\\) {message}"):
+        checked_step(Stateful(), w, w, [], [], 2)
+
+
 USER = '''
 import numpy as np
 
@@ -334,3 +358,19 @@ def test_a_resume_may_not_change_the_dp_seed():
     assert resumed_config(ckpt, {"dp_seed": 1, "rounds": 9}, "r").rounds == 9
     with pytest.raises(ConfigError, match="--dp-seed 2 differs from run r's 1"):
         resumed_config(ckpt, {"dp_seed": 2}, "r")
+
+
+def test_scaffolds_memory_check_counts_the_copies_at_the_checkpoint_peak():
+    """Per client one float32 copy of the weights: in the coordinator twice while a checkpoint is encoded, in each
+    of the --keep checkpoints and in the one being written: (3 + keep) copies, not (1 + keep)."""
+    import os
+
+    from fedactors.experiment import check_client_state
+
+    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    config = RunConfig(strategy="scaffold", clients=100, keep=2)
+    weights = int(half / 4 / 100 / 4)  # one copy for all clients is a quarter of half the memory
+    with pytest.raises(ConfigError, match=r"--strategy scaffold keeps a control variate per client: 100 x .* at the peak"):
+        check_client_state(config, weights)  # 5 quarters: too much (3 quarters, as counted before, were let through)
+    check_client_state(config, weights // 2)  # 5 eighths of half: fits
+    check_client_state(RunConfig(strategy="fedavg", clients=100), weights * 10)  # nothing kept per client
