@@ -160,7 +160,7 @@ def _import(where: str, spec: str, flag: str = "--task") -> Any:
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a module that calls exit() would end the command without a word
             del sys.modules[name]
             raise ConfigError(f"{flag} {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
         # A Task object from this file (the Python API) travels to Ray's workers by value, as a
@@ -173,6 +173,8 @@ def _import(where: str, spec: str, flag: str = "--task") -> Any:
         return importlib.import_module(where)
     except ImportError as exc:
         raise ConfigError(f"{flag} {spec}: cannot import {where}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
         raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
 
@@ -226,6 +228,9 @@ def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
     out = np.ascontiguousarray(out)
     if out.dtype != np.float32:
         raise DataError(f"task {task.name}: prepare returned {out.dtype} for {name}; it must return float32")
+    if not np.isfinite(out).all():
+        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        raise DataError(f"{name} holds NaN or infinity (example {int(np.argmin(finite))} is the first)")
     return out
 
 
@@ -234,10 +239,10 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     if y.ndim != 1:
         raise DataError(f"{name} must be one integer label per example, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
+        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
             raise DataError(f"{name} must hold integer labels, got {y.dtype}")
+    if len(y) and not (-(2**31) < y.min() and y.max() < 2**31):  # before the cast: a float or uint64 label that big wraps
+        raise DataError(f"{name} holds labels in [{y.min()}, {y.max()}]; labels are 0..C-1")
     return np.ascontiguousarray(y, dtype=np.int64)
 
 

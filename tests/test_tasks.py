@@ -363,3 +363,30 @@ def test_files_a_run_names_are_stored_absolute(tmp_path, monkeypatch):
                                       "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["config"]["task"] == f"{tmp_path}/spirals.py:task"
+
+
+def test_labels_too_big_for_the_cast_and_examples_with_nan_are_refused(tmp_path):
+    import numpy as np
+
+    from fedactors.errors import DataError
+    from fedactors.task import load_arrays, load_task
+
+    x = np.zeros((4, 64), np.float32)
+    for y, message in [(np.array([0, 1, 2, 1e30]), r"y_train holds labels in \[0.0, 1e\+30\]"),
+                       (np.array([0, 1, 2, 2**64 - 1], np.uint64), r"y_train holds labels in \[0, 18446744073709551615\]")]:
+        with pytest.raises(DataError, match=message):  # a cast to int64 would have wrapped them
+            load_arrays(load_task("digits-mlp"), _npz(tmp_path, x_train=x, y_train=y, x_test=x, y_test=y[:4] * 0), tmp_path)
+    bad = x.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(DataError, match=r"x_train holds NaN or infinity \(example 2 is the first\)"):
+        load_arrays(load_task("digits-mlp"), _npz(tmp_path, x_train=bad, y_train=np.arange(4), x_test=x,
+                                                  y_test=np.arange(4)), tmp_path)
+
+
+def test_a_task_module_that_calls_exit_is_one_clear_line(tmp_path):
+    from fedactors.errors import ConfigError
+    from fedactors.task import load_task
+
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(7)\n")
+    with pytest.raises(ConfigError, match="importing .*quits.py failed: SystemExit: 7"):
+        load_task(f"{tmp_path}/quits.py:task")
