@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.config import EXPERIMENT_FIELDS, RunConfig
+from fedactors.config import EXPERIMENT_FIELDS, RunConfig, parse_batch_size, refuse_idle_settings
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError
 from fedactors.interrupts import Interrupts
 from fedactors.outputs import RunDirectory
@@ -85,7 +85,12 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
                           "so that its clients and sampling follow it")
     if strategy is not None:
         settings["strategy"] = f"{OBJECT_PREFIX}{strategy.name}" if strategy_object is not None else strategy
+    if not (isinstance(store_retry_seconds, (int, float)) and store_retry_seconds > 0):
+        raise ConfigError(f"store_retry_seconds must be positive, got {store_retry_seconds!r}")
     if config is None:
+        if "batch_size" in settings:  # "inf" as on the command line
+            settings["batch_size"] = parse_batch_size(settings["batch_size"], "batch_size")
+        refuse_idle_settings(set(settings), {**RunConfig().to_dict(), **settings})
         settings.setdefault("address", os.environ.get("RAY_ADDRESS") or None)
         settings = with_absolute_paths(settings)
     config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]

@@ -226,6 +226,31 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
+def refuse_idle_settings(given: set[str], values: dict) -> None:
+    """A setting given (`given`: its names) that the other `values` switch off is a mistake: ConfigError saying so.
+
+    Shared by the command line (the flags it was given) and the Python API (the keywords it was called with)."""
+    if "trim_fraction" in given and values["aggregator"] != "trimmed-mean":
+        raise ConfigError(f"--trim-fraction applies to --aggregator trimmed-mean only, not {values['aggregator']}")
+    for name in ("attack", "attack_scale"):
+        if name in given and values["byzantine"] == 0:
+            raise ConfigError(f"--{name.replace('_', '-')} needs --byzantine N (how many clients attack)")
+    for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
+        if name in given and values["partition"] != scheme:
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
+    if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
+        raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
+    uses = {"server_lr": ("fedavgm", "fedadagrad", "fedadam", "fedyogi"), "server_momentum": ("fedavgm",),
+            "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
+            "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",), "clip": ("dp-fedavg",),
+            "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",),
+            "dp_seed": ("dp-fedavg",)}
+    for name, strategies in uses.items():
+        if name in given and values["strategy"] not in strategies and ":" not in str(values["strategy"]):
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
+                              f"not {values['strategy']}")
+
+
 def parse_batch_size(value: object, name: str = "--batch-size") -> int | None:
     """B = inf ('inf', 'infinity' or 'full' in any case, float('inf'), None) -> None; else a positive integer.
 

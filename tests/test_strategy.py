@@ -374,3 +374,17 @@ def test_scaffolds_memory_check_counts_the_copies_at_the_checkpoint_peak():
         check_client_state(config, weights)  # 5 quarters: too much (3 quarters, as counted before, were let through)
     check_client_state(config, weights // 2)  # 5 eighths of half: fits
     check_client_state(RunConfig(strategy="fedavg", clients=100), weights * 10)  # nothing kept per client
+
+
+def test_the_python_api_refuses_settings_the_rest_switches_off_as_the_cli_does(tmp_path):
+    import fedactors
+
+    with pytest.raises(ConfigError, match="--alpha applies to --partition dirichlet only, not iid"):
+        fedactors.run("digits-mlp", partition="iid", alpha=0.3, out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="--mu applies to --strategy fedprox only, not fedavg"):
+        fedactors.run("digits-mlp", mu=0.1, out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="store_retry_seconds must be positive"):
+        fedactors.run("digits-mlp", store_retry_seconds=0, out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer or 'inf'"):
+        fedactors.run("digits-mlp", batch_size="lots", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from fedactors.cli import cli, exit_on_interrupt
 from fedactors.config import (AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, SERVER_LR, RunConfig, parse_batch_size,
-                              read_toml)
+                              read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
 
 D = RunConfig()  # defaults, shown in --help
@@ -181,26 +181,7 @@ def _given(flags: dict, sources: tuple) -> dict:
 
 def _refuse_idle_flags(flags: dict) -> None:
     """A flag given for a setting that the rest of the command switches off is a mistake: say so."""
-    given = set(_given(flags, (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)))
-    if "trim_fraction" in given and flags["aggregator"] != "trimmed-mean":
-        raise ConfigError(f"--trim-fraction applies to --aggregator trimmed-mean only, not {flags['aggregator']}")
-    for name in ("attack", "attack_scale"):
-        if name in given and flags["byzantine"] == 0:
-            raise ConfigError(f"--{name.replace('_', '-')} needs --byzantine N (how many clients attack)")
-    for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
-        if name in given and flags["partition"] != scheme:
-            raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {flags['partition']}")
-    if "krum_f" in given and flags["aggregator"] not in ("krum", "multi-krum"):
-        raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {flags['aggregator']}")
-    uses = {"server_lr": ("fedavgm", "fedadagrad", "fedadam", "fedyogi"), "server_momentum": ("fedavgm",),
-            "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
-            "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",), "clip": ("dp-fedavg",),
-            "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",),
-            "dp_seed": ("dp-fedavg",)}
-    for name, strategies in uses.items():
-        if name in given and flags["strategy"] not in strategies and ":" not in str(flags["strategy"]):
-            raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
-                              f"not {flags['strategy']}")
+    refuse_idle_settings(set(_given(flags, (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP))), flags)
 
 
 def show_plan(plan: dict, mode: str) -> None:
