@@ -415,13 +415,11 @@ def _attach_auth(address: str) -> None:
 _GCS_PROBE = """
 import sys
 from ray._raylet import GcsClient
-from ray.exceptions import AuthenticationError
+from fedactors.experiment import _is_auth_failure
 try:
     GcsClient(address=sys.argv[1])
-except AuthenticationError:
-    print("refused")
-except Exception:
-    print("other")
+except Exception as exc:  # AuthenticationError, or a refusal Ray did not map to it but that names the token
+    print("refused" if _is_auth_failure(exc) else "other")
 else:
     print("accepted")
 """
@@ -448,7 +446,7 @@ def _gcs_answer(hostport: str) -> str:
 
 def _is_auth_failure(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
-    return any(s in text for s in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED",
+    return any(s in text for s in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED", "Unauthenticated",
                                    "Authentication token is missing or incorrect", "authentication token"))
 
 
