@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fedactors.config import EXPERIMENT_FIELDS, RunConfig, parse_batch_size, refuse_idle_settings
-from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError
+from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
 from fedactors.interrupts import Interrupts
 from fedactors.outputs import RunDirectory
 from fedactors.progress import Renderer, make_renderer
@@ -144,19 +144,10 @@ def open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tuple
 def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float,
           progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
     """A new run: checks the directory, the cluster and the store before anything is written."""
-    from fedactors.experiment import check_cluster
-    from fedactors.task import load_task
-
     config = with_data_dir(config)
     run_dir = RunDirectory(out)
     run_dir.check_fresh()
-    if task_object is None:
-        load_task(config.task)  # a task (or strategy) that cannot be had is one line before anything is created
-    if strategy_object is None:
-        from fedactors.strategy import make_strategy
-
-        make_strategy(config)
-    check_cluster(config.address)
+    _check_runnable(config, task_object, strategy_object)
     with open_store(redis_url, out, retry) as (store, url):
         if store.info(run_id) is not None:
             raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
@@ -168,15 +159,26 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
         return result
 
 
+def _check_runnable(config: RunConfig, task_object: Task | None, strategy_object: object) -> None:
+    """A task or strategy that cannot be had, or a cluster that is not there or refuses: one line, before
+    anything of the run is written."""
+    from fedactors.experiment import check_cluster
+    from fedactors.strategy import make_strategy
+    from fedactors.task import load_task
+
+    if task_object is None:
+        load_task(config.task)
+    if strategy_object is None:
+        make_strategy(config)
+    check_cluster(config.address)
+
+
 def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, changes: dict,
                  progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
     """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change.
 
     The directory is written only once the cluster, the task and the strategy are there: a resume
     refused before its first round leaves run.json and metrics.jsonl as it found them."""
-    from fedactors.experiment import check_cluster
-    from fedactors.task import load_task
-
     run_dir = RunDirectory(out)
     other = run_dir.run_id()
     if other is not None and other != run_id:
@@ -186,13 +188,7 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
         raise ConfigError(f"no run {run_id} at {out} (no {out / STORE_DIR}); pass its --out DIR, or --redis URL")
     with open_store(redis_url, out, retry) as (store, url):
         ckpt, config, skipped = latest(store, run_id, out, changes)
-        check_cluster(config.address)
-        if task_object is None:
-            load_task(config.task)
-        if strategy_object is None:
-            from fedactors.strategy import make_strategy
-
-            make_strategy(config)
+        _check_runnable(config, task_object, strategy_object)
         renderer = _renderer(progress, config)
         for bad in skipped:
             renderer.warning(f"skipping round {bad.round}: {bad.reason}")
@@ -359,12 +355,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     except Exception as exc:
         stop("failed")
         log = run_dir.write_error("".join(traceback.format_exception(exc)))
-        raise InternalError(f"unexpected {type(exc).__name__}: {_first_line(exc)} (traceback in {log})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
+        raise InternalError(f"unexpected {type(exc).__name__}: {first_line(exc)} (traceback in {log})") from exc
 
 
 def _finish(config: RunConfig, run_dir: RunDirectory, weights: np.ndarray, round_done: int, history: list[dict],

@@ -39,3 +39,9 @@ class InternalError(FedActorsError):
     """Something fedactors did not expect (a bug, or an environment it does not know); the traceback is kept."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a one-line error that names it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

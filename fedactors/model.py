@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedactors.config import PRECISIONS
-from fedactors.errors import ConfigError, DataError
+from fedactors.errors import ConfigError, DataError, first_line
 
 NUM_PARAMETERS = 1_663_370
 # Test images per forward pass when evaluating. bench/evaluate.py (one thread, 5,000 images, a
@@ -62,12 +62,7 @@ def _made(factory: Callable[[], nn.Module]) -> object:
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # noqa: BLE001 - any error of a user's code, named
-        raise ConfigError(f"the task's model factory failed: {type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else repr(exc)
+        raise ConfigError(f"the task's model factory failed: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def _checked(module: object) -> nn.Module:

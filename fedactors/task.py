@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedactors.errors import ConfigError, DataError
+from fedactors.errors import ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -208,8 +208,7 @@ def load_arrays(task: Task, data: str | None, data_dir: Path) -> Arrays:
         except (ConfigError, DataError):
             raise
         except Exception as exc:  # noqa: BLE001 - any error of a user's loader, named in one line
-            text = str(exc).splitlines()[0] if str(exc) else repr(exc)
-            raise DataError(f"task {task.name}'s loader failed: {type(exc).__name__}: {text}") from None
+            raise DataError(f"task {task.name}'s loader failed: {type(exc).__name__}: {first_line(exc)}") from None
         if not isinstance(raw, Arrays):
             raise DataError(f"task {task.name}'s loader returned a {type(raw).__name__}, not fedactors.task.Arrays")
     return check_arrays(task, Arrays(
