@@ -13,7 +13,7 @@ from fedactors.errors import ConfigError
 
 PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg")  # fedactors.strategy
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg")  # fedactors.strategy's
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
 # come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
@@ -240,7 +240,7 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
-    uses = {"server_lr": ("fedavgm", "fedadagrad", "fedadam", "fedyogi"), "server_momentum": ("fedavgm",),
+    uses = {"server_lr": tuple(SERVER_LR), "server_momentum": ("fedavgm",),
             "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
             "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",), "clip": ("dp-fedavg",),
             "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",),

@@ -12,7 +12,7 @@ import json
 import sys
 
 from fedactors.config import RunConfig
-from fedactors.messages import METRIC_KEYS, PRIVATE_KEYS
+from fedactors.messages import metrics_fields
 
 
 def make_renderer(mode: str, config: RunConfig) -> Renderer:
@@ -162,8 +162,7 @@ class JsonRenderer(Renderer):
         self.emit("warning", message=text)
 
     def round(self, ev: dict) -> None:
-        hidden = PRIVATE_KEYS if ev.get("private") else ()
-        row = {k: ev.get(k) for k in METRIC_KEYS if k not in hidden}
+        row = metrics_fields(ev)
         self.emit("round", **row, checkpoint_seconds=ev.get("checkpoint_seconds"))
 
     def summary(self, summary: dict, wall_seconds: float) -> None:

@@ -37,11 +37,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from fedactors.config import SERVER_LR, STRATEGIES
 from fedactors.errors import ConfigError, RoundFailed
 
-SERVER_OPTIMIZERS = ("fedavgm", "fedadagrad", "fedadam", "fedyogi")
+SERVER_OPTIMIZERS = tuple(SERVER_LR)  # fedavgm, fedadagrad, fedadam, fedyogi
 OBJECT_PREFIX = "python:"  # config.strategy of a run given a strategy object (fedactors.run(strategy=...))
-STRATEGIES = ("fedavg", *SERVER_OPTIMIZERS, "fedprox", "scaffold", "dp-fedavg")
 
 
 @runtime_checkable
