@@ -14,6 +14,7 @@
 
 #include "clip.hpp"
 #include "distance.hpp"
+#include "exact.hpp"
 #include "kernels.hpp"
 #include "optim.hpp"
 #include "robust.hpp"
@@ -314,6 +315,66 @@ py::tuple clipped_sum(const py::sequence& buffers, const py::handle& weights, do
     return py::make_tuple(out, norms);
 }
 
+// `acc` checked: an int64, 1-D, C-contiguous, writeable array of length n (`what` names it).
+std::int64_t* check_accumulator(const py::handle& obj, std::size_t n, const std::string& what) {
+    if (!py::isinstance<py::array>(obj)) fail(what, " is not a numpy.ndarray, expected one of int64");
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().equal(py::dtype::of<std::int64_t>())) fail(what, " has dtype ", dtype_name(a), ", expected int64");
+    if (a.ndim() != 1 || !(a.flags() & py::array::c_style))
+        fail(what, " is not a 1-D C-contiguous array");
+    if (static_cast<std::size_t>(a.shape(0)) != n) fail(what, " has length ", a.shape(0), ", expected ", n);
+    if (!a.writeable()) fail(what, " is read-only, expected a writeable array");
+    return static_cast<std::int64_t*>(a.mutable_data());
+}
+
+std::size_t exact_add(const py::object& acc, const py::handle& buffer, double weight, bool subtract, int threads,
+                      const std::string& isa_name) {
+    const auto x = check_vector(buffer, "buffer");
+    const auto n = static_cast<std::size_t>(x.shape(0));
+    auto* dst = check_accumulator(acc, n, "acc");
+    if (!(std::isfinite(weight) && weight >= 0 && weight <= 1))
+        fail("weight is ", weight, ", expected a number in [0, 1] (a client's share of the round's examples)");
+    if (overlaps(dst, x.data(), n * sizeof(float))) fail("acc overlaps buffer");
+    const auto isa = parse_isa(isa_name);
+    const auto* src = static_cast<const float*>(x.data());
+    py::gil_scoped_release nogil;
+    return fedactors::exact_add(dst, src, weight, n, subtract, threads, isa);
+}
+
+void exact_merge(const py::object& acc, const py::object& other, int threads) {
+    if (!py::isinstance<py::array>(other)) fail("other is not a numpy.ndarray, expected one of int64");
+    const auto o = py::reinterpret_borrow<py::array>(other);
+    const auto n = static_cast<std::size_t>(o.ndim() == 1 ? o.shape(0) : 0);
+    if (!o.dtype().equal(py::dtype::of<std::int64_t>()) || o.ndim() != 1 || !(o.flags() & py::array::c_style))
+        fail("other is not a 1-D C-contiguous int64 array");
+    auto* dst = check_accumulator(acc, n, "acc");
+    const auto* src = static_cast<const std::int64_t*>(o.data());
+    if (overlaps(dst, src, n * sizeof(std::int64_t))) fail("acc overlaps other");
+    py::gil_scoped_release nogil;
+    fedactors::exact_merge(dst, src, n, threads);
+}
+
+py::array exact_result(const py::object& acc, double factor, const py::object& out, int threads,
+                       const std::string& isa_name) {
+    if (!py::isinstance<py::array>(acc)) fail("acc is not a numpy.ndarray, expected one of int64");
+    const auto a = py::reinterpret_borrow<py::array>(acc);
+    if (!a.dtype().equal(py::dtype::of<std::int64_t>()) || a.ndim() != 1 || !(a.flags() & py::array::c_style))
+        fail("acc is not a 1-D C-contiguous int64 array");
+    if (!(std::isfinite(factor) && factor > 0)) fail("factor is ", factor, ", expected a finite number > 0");
+    const auto n = static_cast<std::size_t>(a.shape(0));
+    py::array result = out.is_none() ? py::array(py::array_t<float>(static_cast<py::ssize_t>(n))) : check_vector(out, "out");
+    if (static_cast<std::size_t>(result.shape(0)) != n) fail("out has length ", result.shape(0), ", expected ", n);
+    if (!result.writeable()) fail("out is read-only, expected a writeable array");
+    const auto isa = parse_isa(isa_name);
+    const auto* src = static_cast<const std::int64_t*>(a.data());
+    auto* dst = static_cast<float*>(result.mutable_data());
+    {
+        py::gil_scoped_release nogil;
+        fedactors::exact_result(src, factor, n, dst, threads, isa);
+    }
+    return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -413,6 +474,27 @@ clip / norms[j])) * (buffers[j] - weights), clients in order, float32, one round
 buffers may be empty (the sum is zeros). buffers and weights float32, 1-D, C-contiguous, equal
 length (read-only is fine); clip finite and > 0. The same bytes at any thread count and isa.
 The GIL is released while the kernel runs.)doc");
+    m.def("exact_add", &exact_add, py::arg("acc"), py::arg("buffer"), py::arg("weight"), py::kw_only(),
+          py::arg("subtract") = false, py::arg("threads") = 0, py::arg("isa") = "auto",
+          R"doc(Add weight * buffer into acc exactly: acc[i] += round(weight * buffer[i] * 2**32); return the count left out.
+
+FedAvg's exact, order-independent sum (csrc/exact.hpp): each term is a double product rounded
+once to the 2**-32 grid and added as an int64, so any order and any grouping of the same terms
+gives the same integers. acc: int64, 1-D, C-contiguous, writeable, the buffer's length. buffer:
+float32, 1-D, C-contiguous (read-only is fine). weight in [0, 1]: the client's share of the
+round's examples (the shares of one sum must add up to at most 1, which keeps it in range).
+Every |weight * value| must be below 2**18 (and finite): a block of 16,384 values holding one
+that is not is left out, and the number of such values is returned (0: added whole). Called
+again with subtract=True on the same buffer, it takes out exactly what it added. threads and
+isa as for weighted_average; the same integers at any thread count and isa. The GIL is released.)doc");
+    m.def("exact_merge", &exact_merge, py::arg("acc"), py::arg("other"), py::kw_only(), py::arg("threads") = 0,
+          R"doc(acc += other: two exact sums (int64 arrays of one length) combined, exactly. The GIL is released.)doc");
+    m.def("exact_result", &exact_result, py::arg("acc"), py::kw_only(), py::arg("factor") = 1.0,
+          py::arg("out") = py::none(), py::arg("threads") = 0, py::arg("isa") = "auto",
+          R"doc(Return the float32 array float(acc * 2**-32 * factor): an exact sum rounded once (factor 1).
+
+factor (finite, > 0) rescales first, in double: FedAvg over fewer clients than its weights were
+made for. out as for weighted_average (no aliasing check: acc is int64). The GIL is released.)doc");
     m.def("available_isas", &fedactors::available_isas,
           R"doc(Return the instruction-set variants this CPU and build can run, narrowest first.
 

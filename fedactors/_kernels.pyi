@@ -111,3 +111,32 @@ def available_isas() -> list[str]:
 
 def openmp_max_threads() -> int:
     """Return omp_get_max_threads(): the thread count used when threads <= 0."""
+
+
+def exact_add(
+    acc: npt.NDArray[np.int64],
+    buffer: npt.NDArray[np.float32],
+    weight: float,
+    *,
+    subtract: bool = False,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> int:
+    """acc += round(weight * buffer * 2**32) as int64 (csrc/exact.hpp); returns how many values were left out.
+
+    Exact and order-independent: the same terms in any order or grouping give the same integers.
+    weight in [0, 1]; a block holding a value with |weight * value| >= 2**18, NaN or infinity is left
+    out; subtract=True on the same buffer takes out exactly what was added."""
+
+def exact_merge(acc: npt.NDArray[np.int64], other: npt.NDArray[np.int64], *, threads: int = 0) -> None:
+    """acc += other: two exact sums combined, exactly."""
+
+def exact_result(
+    acc: npt.NDArray[np.int64],
+    *,
+    factor: float = 1.0,
+    out: npt.NDArray[np.float32] | None = None,
+    threads: int = 0,
+    isa: Isa = "auto",
+) -> npt.NDArray[np.float32]:
+    """float32(acc * 2**-32 * factor): the exact sum rounded once (factor 1)."""

@@ -29,49 +29,64 @@ def fedavg(
     return _kernels.weighted_average(buffers, num_examples, out=out, threads=threads)
 
 
-class FedAvgFold:
-    """FedAvg of one round's updates, summed while they arrive: fedavg's bytes, less work at the end.
+class ExactSum:
+    """FedAvg's weighted sum of a round, exact and independent of order and grouping.
 
-    The counts of every client, in client order, are known before any update is: `add(position,
-    buffer)` keeps the buffer, and whenever the next clients in order are all there, folds them
-    into the running float32 sum (_kernels.weighted_fold). Updates arriving in any order give
-    the bytes of `fedavg(buffers, num_examples)` over all of them; once the last one is in,
-    `result()` returns it. Buffers are read in place, never copied; folded ones are let go.
+    Each client's weights enter with its share of the round's examples, n_k / `total` (`total`:
+    the examples of every client sampled, known before any trains), every term rounded once to
+    a 2^-32 grid and added as an int64 (_kernels.exact_add, csrc/exact.hpp). Integer sums are
+    associative, so the same clients give the same integers in any order, split over any hosts
+    (a host's partial sum is merged in by `merge`), retried anywhere; `result` rounds once to
+    float32. Clients left out (dropped, rejected) are made up for by rescaling: the average over
+    the clients summed is acc * total / (their examples).
+
+    A value is summed only if |share * value| < 2^18 (262,144) and finite; `add` returns False,
+    with nothing added, for a buffer that holds one that is not.
     """
 
-    def __init__(self, num_examples: Sequence[int | float], length: int, *, threads: int = 0) -> None:
-        self.weights = [float(n) for n in num_examples]
-        self.total = 0.0
-        for w in self.weights:  # in order, in double: how weighted_average sums them
-            self.total += w
-        self.out = np.empty(length, dtype=np.float32)
+    def __init__(self, length: int, total: int | float, *, threads: int = 0) -> None:
+        if not total > 0:
+            raise ValueError(f"total must be > 0, got {total}")
+        self.total = float(total)
+        self.acc = np.zeros(length, dtype=np.int64)
+        self.examples = 0.0  # of the clients summed so far (here and in merged partial sums)
         self.threads = threads
-        self.folded = 0  # clients 0 .. folded-1 are in self.out
-        self.waiting: dict[int, np.ndarray] = {}
 
-    @property
-    def complete(self) -> bool:
-        return self.folded == len(self.weights)
+    def share(self, num_examples: int | float) -> float:
+        return float(num_examples) / self.total
 
-    def add(self, position: int, buffer: np.ndarray) -> None:
-        """Take client `position`'s update; fold in every client now ready in order."""
-        if not 0 <= position < len(self.weights) or position < self.folded or position in self.waiting:
-            raise ValueError(f"position {position} is out of range or already added")
-        self.waiting[position] = buffer
-        ready = []
-        while self.folded + len(ready) in self.waiting:
-            ready.append(self.waiting.pop(self.folded + len(ready)))
-        if ready:
-            _kernels.weighted_fold(ready, self.weights[self.folded : self.folded + len(ready)], total=self.total,
-                                   out=self.out, start=self.folded == 0, threads=self.threads)
-            self.folded += len(ready)
+    def add(self, buffer: np.ndarray, num_examples: int | float) -> bool:
+        """Add one client's weights; False (acc untouched) if a value is out of range or not finite."""
+        a = self.share(num_examples)
+        if _kernels.exact_add(self.acc, buffer, a, threads=self.threads):
+            _kernels.exact_add(self.acc, buffer, a, subtract=True, threads=self.threads)  # take out the blocks added
+            return False
+        self.examples += float(num_examples)
+        return True
+
+    def merge(self, acc: np.ndarray, examples: int | float) -> None:
+        """Add another ExactSum's accumulator (a host's partial sum over `examples` examples)."""
+        _kernels.exact_merge(self.acc, acc, threads=self.threads)
+        self.examples += float(examples)
 
     def result(self) -> np.ndarray:
-        """The average; raises RuntimeError while some client's update is missing."""
-        if not self.complete:
-            missing = [p for p in range(len(self.weights)) if p >= self.folded and p not in self.waiting]
-            raise RuntimeError(f"clients at positions {missing} have not been added")
-        return self.out
+        """The example-weighted average of the clients summed, in float32."""
+        if self.examples <= 0:
+            raise RuntimeError("no client has been summed")
+        factor = 1.0 if self.examples == self.total else self.total / self.examples
+        return _kernels.exact_result(self.acc, factor=factor, threads=self.threads)
+
+
+def exact_fedavg_reference(buffers: Sequence[np.ndarray], num_examples: Sequence[int | float],
+                           total: float | None = None) -> np.ndarray:
+    """NumPy oracle of ExactSum: each term rounded to the 2^-32 grid as an int64, summed, rounded once."""
+    total = float(sum(num_examples)) if total is None else float(total)
+    acc = np.zeros(np.shape(buffers[0]), dtype=np.int64)
+    for buffer, n in zip(buffers, num_examples, strict=True):
+        acc += np.rint(np.float64(float(n) / total) * np.asarray(buffer, dtype=np.float64) * 2.0**32).astype(np.int64)
+    included = float(sum(num_examples))
+    factor = 1.0 if included == total else total / included
+    return (acc.astype(np.float64) * (factor * 2.0**-32)).astype(np.float32)
 
 
 def combine(

@@ -17,14 +17,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.config import RunConfig
-from fedactors.messages import EvalPart, Update
+from fedactors.messages import EvalPart, HostSum, Update
+from fedactors.partition import Parts
 from fedactors.seeding import Purpose, client_torch_seed, generator, torch_seed
 from fedactors.task import Task, load_task
 
@@ -143,7 +144,7 @@ class ClientHost:
         config: RunConfig,
         train_images: np.ndarray | None = None,
         train_labels: np.ndarray | None = None,
-        client_indices: list[np.ndarray] | None = None,
+        client_indices: Sequence[np.ndarray] | None = None,
         test_images: np.ndarray | None = None,
         test_labels: np.ndarray | None = None,
         *,
@@ -178,14 +179,14 @@ class ClientHost:
         self,
         train_images: np.ndarray,
         train_labels: np.ndarray,
-        client_indices: list[np.ndarray],
+        client_indices: Sequence[np.ndarray],
         test_images: np.ndarray,
         test_labels: np.ndarray,
     ) -> bool:
         """Hold the (read-only) data for the run; returns True so a caller can wait on it."""
         self.train_images = train_images
         self.train_labels = train_labels
-        self.client_indices = client_indices
+        self.client_indices = client_indices if isinstance(client_indices, Parts) else Parts.of(client_indices)
         self.test_images = test_images
         self.test_labels = test_labels
         self._test_slices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -215,18 +216,13 @@ class ClientHost:
         return FlatModel(self.task.model, init_seed=torch_seed(self.config.seed)).get_weights()
 
     def num_examples(self) -> list[int]:
-        return [len(ix) for ix in self.client_indices]
+        return self.client_indices.sizes.tolist()
 
-    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
-              c_i: np.ndarray | None = None) -> Update:
-        """Client `client_id`'s update in round `round_idx`, starting from `global_weights`.
-
-        With --strategy fedprox every step adds FedProx's proximal gradient; with scaffold, `c`
-        and `c_i` (the server's and this client's control variates) correct every step, and the
-        update carries the client's new control variate."""
+    def _fit(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
+             c_i: np.ndarray | None = None) -> float:
+        """Train client `client_id` from `global_weights`, leaving its weights in the model; returns its loss."""
         import torch
 
-        start = time.perf_counter()
         idx = self.client_indices[client_id]
         # Fancy indexing copies: the tensors are private and writable, the shared arrays untouched.
         images = torch.from_numpy(self.train_images[idx]).to(self.device)
@@ -239,7 +235,7 @@ class ClientHost:
         elif cfg.strategy == "scaffold":
             hook = scaffold_hook(self.model, c, c_i)
         torch.manual_seed(client_torch_seed(cfg.seed, round_idx, client_id))
-        loss = local_update(
+        return local_update(
             self.model,
             images,
             labels,
@@ -249,27 +245,74 @@ class ClientHost:
             rng=generator(Purpose.SHUFFLE, cfg.seed, round_idx, client_id),
             grad_hook=hook,
         )
+
+    def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int) -> np.ndarray:
+        """What the client sends: its weights, or a Byzantine client's corruption of them."""
+        if client_id not in self.byzantine:
+            return weights
+        cfg = self.config
+        return corrupt(cfg.attack, weights, global_weights, scale=cfg.attack_scale, seed=cfg.seed,
+                       round_idx=round_idx, client_id=client_id)
+
+    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
+              c_i: np.ndarray | None = None) -> Update:
+        """Client `client_id`'s update in round `round_idx`, starting from `global_weights`.
+
+        With --strategy fedprox every step adds FedProx's proximal gradient; with scaffold, `c`
+        and `c_i` (the server's and this client's control variates) correct every step, and the
+        update carries the client's new control variate."""
+        start = time.perf_counter()
+        loss = self._fit(global_weights, client_id, round_idx, c, c_i)
         weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
         control = None
-        if cfg.strategy == "scaffold":
+        if self.config.strategy == "scaffold":
             # c_i+ = c_i - c + (x - y) / (K lr), over the parameters; a float buffer has no gradient.
+            cfg = self.config
             p = self.model.params.numel()
             control = np.zeros_like(weights)
-            scale = np.float32(1.0 / (local_steps(len(idx), cfg.epochs, cfg.batch_size) * cfg.lr))
+            scale = np.float32(1.0 / (local_steps(len(self.client_indices[client_id]), cfg.epochs, cfg.batch_size)
+                                      * cfg.lr))
             control[:p] = (c_i[:p] - c[:p]) + (global_weights[:p] - weights[:p]) * scale
-        if client_id in self.byzantine:
-            weights = corrupt(cfg.attack, weights, global_weights, scale=cfg.attack_scale, seed=cfg.seed,
-                              round_idx=round_idx, client_id=client_id)
         return Update(
             client_id=client_id,
             round=round_idx,
-            weights=weights,
-            num_examples=len(idx),
+            weights=self._result(weights, global_weights, client_id, round_idx),
+            num_examples=len(self.client_indices[client_id]),
             train_loss=loss,
             train_seconds=time.perf_counter() - start,
             host=self.host_id,
             control=control,
         )
+
+    def train_sum(self, global_weights: np.ndarray, client_ids: list[int], round_idx: int,
+                  total_examples: int) -> HostSum:
+        """Train `client_ids` in turn and return one exact partial sum of their weights (host-side sums).
+
+        Each client's weights are added, with its share of the round's `total_examples`, straight
+        from the model's buffer into an aggregate.ExactSum: no copy per client. A client whose
+        training raises is reported as a failure and the others go on; weights holding NaN or
+        infinity are rejected, never summed."""
+        from fedactors.aggregate import ExactSum, all_finite
+
+        total = ExactSum(self.model.size, total_examples, threads=self.threads)
+        done: dict[str, list] = {"clients": [], "num_examples": [], "train_losses": [], "train_seconds": []}
+        rejected, out_of_range, failures = [], [], []
+        for cid in client_ids:
+            start = time.perf_counter()
+            try:
+                loss = self._fit(global_weights, cid, round_idx)
+            except Exception as exc:  # noqa: BLE001 - a failure is data: the coordinator retries it elsewhere
+                failures.append((cid, f"{type(exc).__name__}: {exc}"))
+                continue
+            weights = self._result(self.model.state.detach().cpu().numpy(), global_weights, cid, round_idx)
+            n = len(self.client_indices[cid])
+            if not total.add(weights, n):  # refuses NaN and infinity too: tell them apart only then
+                (out_of_range if all_finite(weights) else rejected).append(cid)
+            else:
+                for key, value in zip(done, (cid, n, loss, time.perf_counter() - start)):
+                    done[key].append(value)
+        return HostSum(host=self.host_id, round=round_idx, acc=total.acc, rejected=rejected,
+                       out_of_range=out_of_range, failures=failures, **done)
 
     def evaluate(self, weights: np.ndarray, start: int, stop: int) -> EvalPart:
         """Loss sum and correct count of `weights` on test examples [start, stop)."""

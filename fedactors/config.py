@@ -58,6 +58,9 @@ class RunConfig:
     min_fit_fraction: float = 1.0
     round_timeout: float | None = None  # seconds; None waits as long as training takes
     aggregator: str = "fedavg"
+    # FedAvg's sum made on the hosts: each returns one exact partial sum of its clients a round instead
+    # of each client's weights (fedactors.coordinator); the bytes are the same either way.
+    host_sums: bool = True
     trim_fraction: float = 0.1  # beta of the trimmed mean: drop floor(beta * m) at each end
     krum_f: int = 1  # Krum's assumed number of faulty clients among a round's m
     strategy: str = "fedavg"  # a built-in (STRATEGIES) or module:attr / file.py:attr (fedactors.strategy)
@@ -128,6 +131,8 @@ class RunConfig:
             raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
         if not (_is_real(self.attack_scale) and self.attack_scale > 0):
             raise ConfigError(f"--attack-scale must be a positive finite number, got {self.attack_scale!r}")
+        if not isinstance(self.host_sums, bool):
+            raise ConfigError(f"host_sums must be true or false, got {self.host_sums!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.partition not in PARTITIONS:
@@ -223,6 +228,8 @@ class RunConfig:
         """sha256 over the experiment-defining fields and `identity`: what the run found its task and data to be
         (the model's parameter shapes, the prepared data's digest; experiment.run computes it)."""
         ident = {**self.experiment(), "identity": identity}
+        if self.aggregator == "fedavg":  # FedAvg's sum is exact (one rounding) since host sums: older checkpoints sum otherwise
+            ident["sum"] = "exact-2^-32"
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 

@@ -19,9 +19,10 @@ from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
-from fedactors.messages import EvalPart, Failure, RoundStats, Update
+from fedactors.messages import EvalPart, Failure, HostSum, RoundStats, Update
 from fedactors.seeding import sample_clients
-from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
+from fedactors.strategy import (DPFedAvg, FedAvg, FedProx, Scaffold, ServerOptimizer, Strategy, checked_step,
+                                make_strategy)
 
 if TYPE_CHECKING:
     import ray.actor
@@ -43,6 +44,14 @@ class HostPool(Protocol):
         extras: Callable[[int], tuple] | None = None,
     ) -> Iterator[Update | Failure]:
         """Each client's update or failure; `extras(cid)` are more arguments for ClientHost.train (SCAFFOLD's)."""
+        ...
+
+    def train_sums(
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
+        timeout: float | None = None,
+    ) -> Iterator[HostSum | Failure]:
+        """Host-side sums: each host's exact partial sum over its share of `client_ids` (ClientHost.train_sum),
+        or a failure per client of a host that failed as a whole."""
         ...
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]: ...
@@ -93,6 +102,19 @@ class LocalPool:
                     yield self.hosts[h].train(global_weights, cid, round_idx, *(extras(cid) if extras else ()))
                 except Exception as exc:  # a failure is data: the coordinator decides what it means
                     yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}")
+
+    def train_sums(
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
+        timeout: float | None = None,
+    ) -> Iterator[HostSum | Failure]:
+        plan = balance(client_ids, self.num_examples(), range(len(self.hosts)))
+        for h, cids in plan.items():
+            if not cids:
+                continue
+            try:
+                yield self.hosts[h].train_sum(global_weights, cids, round_idx, total_examples)
+            except Exception as exc:
+                yield from (Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}") for cid in cids)
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
         slices = eval_slices(num_test, len(self.hosts))
@@ -182,21 +204,25 @@ class RayPool:
                 except ray.exceptions.RayError as exc:  # out of restarts, or its node is gone
                     self.gone[host] = self._unreported[host] = f"Ray gave up restarting it ({_first_line(exc)})"
 
+    def _plan(self, client_ids: Sequence[int]) -> dict[int, list[int]] | str:
+        """The alive hosts' shares of `client_ids`, or why there is no host to train them."""
+        self._revive()
+        if not self.alive:
+            self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
+        if not self.alive:
+            return self._none_left()
+        return balance(client_ids, self.num_examples(), self.alive)
+
     def train(
         self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
         extras: Callable[[int], tuple] | None = None,
     ) -> Iterator[Update | Failure]:
         ray = self._ray
-        self._revive()
-        if not self.alive:
-            self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
-        if not self.alive:
-            why = self._none_left()
-            for cid in client_ids:
-                yield Failure(client_id=cid, host=-1, error=why)
+        plan = self._plan(client_ids)
+        if isinstance(plan, str):
+            yield from (Failure(client_id=cid, host=-1, error=plan) for cid in client_ids)
             return
         weights_ref = self._weights_ref(global_weights)
-        plan = balance(client_ids, self.num_examples(), self.alive)
         # Each extra array into the object store once, shared by the calls (SCAFFOLD's c goes to every
         # client): keyed by identity, with the arrays held here so that no id is reused meanwhile.
         refs: dict[int, tuple[np.ndarray, ray.ObjectRef]] = {}
@@ -211,28 +237,51 @@ class RayPool:
             return tuple(put_once(a) if isinstance(a, np.ndarray) else a for a in extra)
 
         pending = {
-            self.actors[h].train.remote(weights_ref, cid, round_idx, *args(cid)): (cid, h)
+            self.actors[h].train.remote(weights_ref, cid, round_idx, *args(cid)): ([cid], h)
             for h, cids in plan.items() for cid in cids
         }
+        yield from self._gather(pending, timeout)
+
+    def train_sums(
+        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
+        timeout: float | None = None,
+    ) -> Iterator[HostSum | Failure]:
+        plan = self._plan(client_ids)
+        if isinstance(plan, str):
+            yield from (Failure(client_id=cid, host=-1, error=plan) for cid in client_ids)
+            return
+        weights_ref = self._weights_ref(global_weights)
+        pending = {self.actors[h].train_sum.remote(weights_ref, cids, round_idx, total_examples): (cids, h)
+                   for h, cids in plan.items() if cids}
+        yield from self._gather(pending, timeout)
+
+    def _gather(self, pending: dict, timeout: float | None) -> Iterator:
+        """The calls' results as they finish (`pending`: ref -> (its clients, its host)); a call that fails
+        is a Failure for each of its clients, and a host still busy when `timeout` runs out is killed."""
+        ray = self._ray
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
             if not done:  # out of time: every host still busy is a straggler
-                for cid, host in pending.values():
-                    yield Failure(client_id=cid, host=host, error=f"timed out after {timeout:g} s")
+                for cids, host in pending.values():
+                    yield from (Failure(client_id=cid, host=host, error=f"timed out after {timeout:g} s") for cid in cids)
                 for host in sorted({h for _, h in pending.values()}):
                     ray.kill(self.actors[host], no_restart=False)
                     self._lost(host)
                 return
-            cid, host = pending.pop(done[0])
-            try:
-                yield ray.get(done[0])
-            except ray.exceptions.RayActorError as exc:
-                self._lost(host)
-                yield Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}")
-            except ray.exceptions.RayTaskError as exc:
-                yield Failure(client_id=cid, host=host, error=_first_line(exc))
+            if len(pending) > 1:  # take every call finished by now, not one per wait over all m pending
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in done:
+                cids, host = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    self._lost(host)
+                    yield from (Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}")
+                                for cid in cids)
+                except ray.exceptions.RayTaskError as exc:
+                    yield from (Failure(client_id=cid, host=host, error=_first_line(exc)) for cid in cids)
 
     def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
         ray = self._ray
@@ -255,6 +304,17 @@ class RayPool:
                     except ray.exceptions.RayActorError:
                         self._lost(h)
         raise RoundFailed(f"evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
+
+
+def uses_host_sums(config: RunConfig, strategy: Strategy) -> bool:
+    """Whether FedAvg's sum is made on the hosts (one partial sum per host a round, not one buffer per client).
+
+    For --aggregator fedavg with a built-in strategy that needs only the average (FedAvg, FedProx and the
+    server optimizers), unless --no-host-sums. Robust aggregators, SCAFFOLD (each client's control
+    variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
+    each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
+    return (config.host_sums and config.aggregator == "fedavg"
+            and type(strategy) in (FedAvg, FedProx, ServerOptimizer))
 
 
 class Coordinator:
@@ -377,49 +437,73 @@ class Coordinator:
         else:
             sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
             required = cfg.min_updates
-        # FedAvg sums the updates while the stragglers train; it is only used if every sampled
-        # client's update arrives, otherwise the survivors are averaged afresh below.
+        # FedAvg's exact sum (aggregate.ExactSum) takes each update as it arrives, in any order, or
+        # each host's partial sum of its clients (host-side sums: linear built-in strategies only).
         num_examples = self.pool.num_examples()
         needs_aggregate = getattr(self.strategy, "needs_aggregate", True)
-        fold = (aggregate.FedAvgFold([num_examples[c] for c in sampled], len(self.weights))
-                if cfg.aggregator == "fedavg" and needs_aggregate and sampled else None)
-        position = {c: i for i, c in enumerate(sampled)}
+        exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in sampled))
+                 if cfg.aggregator == "fedavg" and needs_aggregate and sampled else None)
+        on_hosts = exact is not None and uses_host_sums(cfg, self.strategy)
         last_arrival = t0
-        updates: dict[int, Update] = {}
+        updates: dict[int, Update] = {}  # per-client mode: each client's update
+        done: dict[int, tuple[int, int, float, float]] = {}  # client -> (host, examples, loss, train seconds)
         failures: list[Failure] = []
         retried: list[int] = []
         rejected: list[int] = []
+        too_large: list[int] = []
         todo = sampled
         extras = None
         if isinstance(self.strategy, Scaffold):
             length = len(self.weights)
             extras = lambda cid: self.strategy.controls(cid, length)  # noqa: E731 - (c, c_i)
+
+        def reject(cid: int, host: int, finite: bool) -> None:
+            why = ("returned values too large for FedAvg's exact sum (|share x value| >= 2^18): rejected" if finite
+                   else "returned NaN or infinite weights: rejected")
+            failures.append(Failure(cid, host, why))
+            (too_large if finite else rejected).append(cid)
+
         for _attempt in range(MAX_ATTEMPTS if sampled else 0):
             failed_now = []
-            for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras):
+            results = (self.pool.train_sums(self.weights, round_idx, todo, int(exact.total), timeout=cfg.round_timeout)
+                       if on_hosts else
+                       self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras))
+            for result in results:
                 if isinstance(result, Failure):
                     failures.append(result)
                     failed_now.append(result.client_id)
-                elif not aggregate.all_finite(result.weights):
-                    failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
-                    rejected.append(result.client_id)
+                elif isinstance(result, HostSum):
+                    last_arrival = time.perf_counter()
+                    exact.merge(result.acc, sum(result.num_examples))
+                    for cid, n, loss, seconds in zip(result.clients, result.num_examples, result.train_losses,
+                                                     result.train_seconds):
+                        done[cid] = (result.host, n, loss, seconds)
+                    for cids, finite in ((result.rejected, False), (result.out_of_range, True)):
+                        for cid in cids:
+                            reject(cid, result.host, finite)
+                    for cid, error in result.failures:
+                        failures.append(Failure(cid, result.host, error))
+                        failed_now.append(cid)
+                elif (not exact.add(result.weights, num_examples[result.client_id]) if exact is not None
+                      else not aggregate.all_finite(result.weights)):  # the exact sum refuses NaN and inf too
+                    reject(result.client_id, result.host, aggregate.all_finite(result.weights))
                 else:
                     last_arrival = time.perf_counter()
                     updates[result.client_id] = result
-                    if fold is not None and result.num_examples == num_examples[result.client_id]:
-                        fold.add(position[result.client_id], result.weights)
+                    done[result.client_id] = (result.host, result.num_examples, result.train_loss, result.train_seconds)
             # Enough updates (all of them unless --min-fit-fraction allows fewer), or nothing to retry.
-            if len(updates) >= required or not failed_now:
+            if len(done) >= required or not failed_now:
                 break
             retried.extend(failed_now)
             todo = failed_now
-        wait_seconds = last_arrival - t0  # to the last update's arrival, before folding it in
-        dropped = [c for c in sampled if c not in updates]
-        if len(updates) < required:
-            raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected, required))
-        ordered = [updates[c] for c in sampled if c in updates]  # sampled order: same bytes whatever arrived first
-        if fold is not None and fold.complete:
-            combined = fold.result()
+        wait_seconds = last_arrival - t0  # to the last update's arrival, before the result is made
+        dropped = [c for c in sampled if c not in done]
+        if len(done) < required:
+            raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected, too_large, required))
+        kept = [c for c in sampled if c in done]  # sampled order: same bytes whatever arrived first
+        ordered = [updates[c] for c in kept if c in updates]
+        if exact is not None and kept:
+            combined = exact.result()
         elif not needs_aggregate or not ordered:
             combined = self.weights  # the strategy works from the updates (or nobody was sampled)
         else:
@@ -435,25 +519,25 @@ class Coordinator:
             self.strategy.accept({u.client_id: u.control for u in ordered})
         aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
         per_host: dict[int, float] = {}
-        for u in ordered:
-            per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds
+        for host, _, _, seconds in done.values():
+            per_host[host] = per_host.get(host, 0.0) + seconds
         stats = RoundStats(
             round=round_idx,
             clients=sampled,
-            num_updates=len(ordered),
+            num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
             wait_seconds=wait_seconds,
             aggregate_seconds=aggregate_seconds,
-            train_loss=(float(np.average([u.train_loss for u in ordered], weights=[u.num_examples for u in ordered]))
-                        if ordered else None),
+            train_loss=(float(np.average([done[c][2] for c in kept], weights=[done[c][1] for c in kept]))
+                        if kept else None),
             epsilon=self.strategy.epsilon() if isinstance(self.strategy, DPFedAvg) else None,
             private=isinstance(self.strategy, DPFedAvg),
             retried=retried,
             dropped=dropped,
-            rejected=rejected,
+            rejected=rejected + too_large,
             byzantine=[c for c in sampled if c in self.byzantine],
-            hosts={u.client_id: u.host for u in ordered},
+            hosts={c: done[c][0] for c in kept},
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
         )
         if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds or last:
@@ -471,19 +555,22 @@ class Coordinator:
         return stats
 
     def _shortfall(self, round_idx: int, sampled: list[int], dropped: list[int], failures: list[Failure],
-                   rejected: list[int], required: int) -> str:
+                   rejected: list[int], too_large: list[int], required: int) -> str:
         """Why round `round_idx` cannot be aggregated without the `dropped` clients: the RoundFailed message."""
         cfg = self.config
-        failed = [c for c in dropped if c not in rejected]
+        failed = [c for c in dropped if c not in rejected and c not in too_large]
         parts = [f"clients {failed} failed {MAX_ATTEMPTS} times"] if failed else []
         if rejected:
             parts.append(f"clients {sorted(rejected)} returned NaN or infinite weights, which are never aggregated")
+        if too_large:
+            parts.append(f"clients {sorted(too_large)} returned values too large for FedAvg's exact sum "
+                         "(|share x value| >= 2^18)")
         errors = "; ".join(dict.fromkeys(f.error for f in failures if f.client_id in failed))
         message = (f"round {round_idx}: {' and '.join(parts)}, leaving {len(sampled) - len(dropped)} of {len(sampled)} "
                    f"updates where {required} are required")
         if failed:
             message += f" (errors: {errors})"
-        if rejected and cfg.min_fit_fraction == 1:
+        if (rejected or too_large) and cfg.min_fit_fraction == 1:
             message += "; --min-fit-fraction below 1 accepts rounds without them"
         return message
 

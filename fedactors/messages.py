@@ -44,6 +44,26 @@ class Update:
 
 
 @dataclass(frozen=True)
+class HostSum:
+    """A host's share of a round under host-side sums: one exact partial sum of its clients' weights.
+
+    `acc` is fedactors.aggregate.ExactSum's int64 accumulator over the clients in `clients`, each
+    weighted by its share of the round's sampled examples; the other lists say what became of the
+    rest of the clients it was handed (each client appears in exactly one list)."""
+
+    host: int
+    round: int
+    acc: np.ndarray  # int64, the weights' length
+    clients: list[int]  # summed into acc, in the order trained
+    num_examples: list[int]
+    train_losses: list[float]
+    train_seconds: list[float]
+    rejected: list[int] = field(default_factory=list)  # NaN or infinite weights: never summed
+    out_of_range: list[int] = field(default_factory=list)  # values beyond what the exact sum holds
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (client, error) of clients whose training raised
+
+
+@dataclass(frozen=True)
 class Failure:
     """A client whose training did not come back, and why."""
 

@@ -7,7 +7,6 @@ import pytest
 
 from fedactors.aggregate import (
     krum_select,
-    FedAvgFold,
     all_finite,
     combine,
     fedavg,
@@ -156,38 +155,6 @@ def test_all_finite_finds_one_bad_value_anywhere(bad: float, where: int) -> None
     assert all_finite(w)
     w[where] = bad
     assert not all_finite(w)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_fold_in_any_arrival_order_gives_fedavgs_bytes(seed: int) -> None:
-    # Prepare: read-only updates arriving in a random order
-    buffers, counts = make_updates(10, 40_000)
-    for b in buffers:
-        b.flags.writeable = False
-    order = np.random.default_rng(seed).permutation(10)
-    fold = FedAvgFold(counts, 40_000)
-    # Execute
-    for i, position in enumerate(order):
-        assert not fold.complete
-        fold.add(int(position), buffers[position])
-        assert fold.folded == next(p for p in range(11) if p == 10 or p not in order[: i + 1])
-    # Assert
-    assert fold.complete
-    assert fold.result().tobytes() == fedavg(buffers, counts).tobytes()
-
-
-def test_fold_refuses_a_result_with_a_missing_update_and_a_repeated_one() -> None:
-    buffers, counts = make_updates(4, 100)
-    fold = FedAvgFold(counts, 100)
-    fold.add(1, buffers[1])
-    fold.add(0, buffers[0])
-    with pytest.raises(ValueError, match="position 0 is out of range or already added"):
-        fold.add(0, buffers[0])
-    with pytest.raises(ValueError, match="position 4 is out of range"):
-        fold.add(4, buffers[0])
-    fold.add(3, buffers[3])
-    with pytest.raises(RuntimeError, match=r"positions \[2\] have not been added"):
-        fold.result()
 
 
 def test_weighted_fold_validates_its_total_and_output() -> None:

@@ -3,7 +3,6 @@ import time
 import numpy as np
 import pytest
 
-from fedactors.aggregate import fedavg
 from fedactors.client import ClientHost
 from fedactors.config import RunConfig
 from fedactors.coordinator import Coordinator, LocalPool, balance, eval_slices
@@ -59,18 +58,30 @@ def test_rounds_learn_and_do_not_depend_on_host_count(mnist):
     assert all(r["num_updates"] == 3 and r["round_seconds"] >= r["train_seconds"] > 0 for r in rounds1)
 
 
-def test_fedavg_summed_while_updates_arrive_is_the_one_shot_average(mnist):
-    # LocalPool returns the updates in its balance() order, not the sampled order the sum uses.
-    cfg = RunConfig(**{**CFG.to_dict(), "frac": 0.05, "rounds": 1})
-    pool = _pool(mnist, cfg, 2)
-    w0 = pool.initial_weights()
-    rounds, done = _run(Coordinator(cfg, pool, num_test=500))
+@pytest.mark.parametrize("host_sums", [True, False])
+def test_fedavg_is_the_exact_sum_of_the_updates_whatever_the_hosts_and_their_grouping(mnist, host_sums):
+    # Five clients on 1, 2 and 3 hosts: summed per client as they arrive (in balance() order, not the
+    # sampled one) or per host: the exact sum of the same updates, to the byte, every time.
+    from fedactors.aggregate import exact_fedavg_reference, fedavg
+
+    cfg = RunConfig(**{**CFG.to_dict(), "frac": 0.05, "rounds": 1, "host_sums": host_sums})
+    results = {}
+    for hosts in (1, 2, 3):
+        pool = _pool(mnist, cfg, hosts)
+        rounds, done = _run(Coordinator(cfg, pool, num_test=500))
+        results[hosts] = done["weights"].tobytes()
+        assert sorted(rounds[0]["hosts"]) == sorted(rounds[0]["clients"]) and len(set(rounds[0]["hosts"].values())) == hosts
     sampled = rounds[0]["clients"]
-    arrival = [c for cids in balance(sampled, pool.num_examples(), range(2)).values() for c in cids]
+    arrival = [c for cids in balance(sampled, pool.num_examples(), range(3)).values() for c in cids]
     assert arrival != sampled
+    w0 = pool.initial_weights()
     updates = [pool.hosts[0].train(w0, c, 1) for c in sampled]
-    expected = fedavg([u.weights for u in updates], [u.num_examples for u in updates])
-    assert done["weights"].tobytes() == expected.tobytes()
+    expected = exact_fedavg_reference([u.weights for u in updates], [u.num_examples for u in updates])
+    assert results[1] == results[2] == results[3] == expected.tobytes()
+    # What it replaced, the float32 sum in client order, rounds after every client: other bytes, same values.
+    floated = fedavg([u.weights for u in updates], [u.num_examples for u in updates])
+    assert floated.tobytes() != expected.tobytes()
+    np.testing.assert_allclose(floated, expected, rtol=1e-6, atol=1e-7)
 
 
 class FlakyHost(ClientHost):
@@ -78,20 +89,21 @@ class FlakyHost(ClientHost):
 
     failed = False
 
-    def train(self, global_weights, client_id, round_idx):
+    def _fit(self, global_weights, client_id, round_idx, *controls):
         if not FlakyHost.failed:
             FlakyHost.failed = True
             raise RuntimeError("injected fault")
-        return super().train(global_weights, client_id, round_idx)
+        return super()._fit(global_weights, client_id, round_idx, *controls)
 
 
 class BrokenHost(ClientHost):
-    def train(self, global_weights, client_id, round_idx):
+    def _fit(self, global_weights, client_id, round_idx, *controls):
         raise RuntimeError("always broken")
 
 
-def test_a_failed_client_is_retried_and_the_round_is_unchanged(mnist):
-    cfg = RunConfig(**{**CFG.to_dict(), "rounds": 1, "batch_size": 50})
+@pytest.mark.parametrize("host_sums", [True, False])
+def test_a_failed_client_is_retried_and_the_round_is_unchanged(mnist, host_sums):
+    cfg = RunConfig(**{**CFG.to_dict(), "rounds": 1, "batch_size": 50, "host_sums": host_sums})
     _, clean = _run(Coordinator(cfg, _pool(mnist, cfg, 2), num_test=500))
     FlakyHost.failed = False
     rounds, flaky = _run(Coordinator(cfg, _pool(mnist, cfg, 2, FlakyHost), num_test=500))
@@ -114,13 +126,13 @@ def test_min_fit_fraction_accepts_fewer_updates_without_retrying(mnist):
     r = rounds[0]
     assert r["num_updates"] == 2 and len(r["dropped"]) == 1 and r["retried"] == []
     assert set(r["hosts"].values()) == {0}
-    # The average is over the two clients that returned, nothing else.
-    from fedactors.aggregate import fedavg_reference
+    # The average is over the two clients that returned, nothing else: their exact sum, rescaled.
+    from fedactors.aggregate import exact_fedavg_reference
 
     w0 = pool.initial_weights()
     kept = [c for c in r["clients"] if c not in r["dropped"]]
-    expected = fedavg_reference([pool.hosts[0].train(w0, c, 1).weights for c in kept], [600, 600])
-    np.testing.assert_allclose(done["weights"], expected, rtol=1e-6, atol=1e-7)
+    expected = exact_fedavg_reference([pool.hosts[0].train(w0, c, 1).weights for c in kept], [600, 600], total=1800)
+    assert done["weights"].tobytes() == expected.tobytes()
 
 
 def _nan_cfg(**kw):
@@ -137,8 +149,9 @@ def _nan_cfg(**kw):
     raise AssertionError("no seed puts exactly one faulty client in round 1")
 
 
-def test_a_nan_update_fails_the_round_loudly_and_is_never_averaged(mnist):
-    cfg, bad = _nan_cfg()
+@pytest.mark.parametrize("host_sums", [True, False])
+def test_a_nan_update_fails_the_round_loudly_and_is_never_averaged(mnist, host_sums):
+    cfg, bad = _nan_cfg(host_sums=host_sums)
     coordinator = Coordinator(cfg, _pool(mnist, cfg, 2), num_test=500)
     before = coordinator.weights.copy()
     with pytest.raises(RoundFailed, match=rf"round 1: clients \[{bad}\] returned NaN or infinite weights, which are never "
@@ -147,21 +160,22 @@ def test_a_nan_update_fails_the_round_loudly_and_is_never_averaged(mnist):
     np.testing.assert_array_equal(coordinator.weights, before)
 
 
-@pytest.mark.parametrize("aggregator", ["fedavg", "median"])
-def test_under_min_fit_fraction_a_nan_update_is_rejected_and_the_rest_averaged(mnist, aggregator):
-    cfg, bad = _nan_cfg(min_fit_fraction=0.6, aggregator=aggregator)
+@pytest.mark.parametrize("aggregator, host_sums", [("fedavg", True), ("fedavg", False), ("median", False)])
+def test_under_min_fit_fraction_a_nan_update_is_rejected_and_the_rest_averaged(mnist, aggregator, host_sums):
+    cfg, bad = _nan_cfg(min_fit_fraction=0.6, aggregator=aggregator, host_sums=host_sums)
     pool = _pool(mnist, cfg, 2)
     rounds, done = _run(Coordinator(cfg, pool, num_test=500))
     r = rounds[0]
     assert r["rejected"] == [bad] and r["dropped"] == [bad] and r["byzantine"] == [bad] and r["retried"] == []
     assert r["num_updates"] == 2 and "returned NaN or infinite weights: rejected" in r["failures"][0]
     assert np.isfinite(done["weights"]).all() and r["accuracy"] > 0.3
-    from fedactors.aggregate import fedavg_reference, median_reference
+    from fedactors.aggregate import exact_fedavg_reference, median_reference
 
     w0 = pool.initial_weights()
     kept = [pool.hosts[0].train(w0, c, 1).weights for c in r["clients"] if c != bad]
-    expected = fedavg_reference(kept, [600, 600]) if aggregator == "fedavg" else median_reference(kept)
-    np.testing.assert_allclose(done["weights"], expected, rtol=1e-6, atol=1e-7)
+    expected = (exact_fedavg_reference(kept, [600, 600], total=1800) if aggregator == "fedavg"
+                else median_reference(kept))
+    assert done["weights"].tobytes() == expected.tobytes()
 
 
 # ---- RayPool over real Ray actors (light stand-ins for ClientHost: no torch, no data) ----------

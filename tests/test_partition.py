@@ -114,3 +114,42 @@ def test_summary_counts_examples_and_labels_per_client(mnist):
     s = summary(partition(mnist.train_labels, 100, "noniid", 0), mnist.train_labels)
     assert s["clients"] == 100 and s["examples"] == {"min": 600, "median": 600.0, "max": 600}
     assert s["labels"]["min"] >= 1 and s["labels"]["max"] <= 4 and s["labels"]["median"] == 2.0
+
+
+@pytest.mark.parametrize("n, k", [(60_000, 100), (60_000, 7), (1003, 1003), (60_000, 60_000)])
+def test_iid_is_the_shuffle_dealt_in_array_split_runs_each_sorted(n, k):
+    # The definition, one small array per client, against the vectorised Parts that replaced it.
+    from fedactors.seeding import Purpose, generator
+
+    order = generator(Purpose.PARTITION, 5).permutation(n)
+    expected = [np.sort(chunk) for chunk in np.array_split(order, k)]
+    got = iid(n, k, 5)
+    assert len(got) == k and all(np.array_equal(a, b) for a, b in zip(expected, got))
+
+
+def test_parts_is_a_read_only_sequence_of_every_clients_indices():
+    from fedactors.partition import Parts
+
+    lists = [np.array([4, 9]), np.array([0]), np.array([1, 2, 3])]
+    parts = Parts.of(lists)
+    assert len(parts) == 3 and parts.sizes.tolist() == [2, 1, 3]
+    assert [p.tolist() for p in parts] == [[4, 9], [0], [1, 2, 3]] and parts[-1].tolist() == [1, 2, 3]
+    assert [p.tolist() for p in parts[1:]] == [[0], [1, 2, 3]]
+    with pytest.raises(IndexError, match="client 3 of 3"):
+        parts[3]
+    with pytest.raises(ValueError, match="read-only"):
+        parts[0][0] = 1
+    import pickle
+
+    again = pickle.loads(pickle.dumps(parts))  # how it travels to the hosts: two arrays, whatever K is
+    assert [p.tolist() for p in again] == [p.tolist() for p in parts]
+
+
+@pytest.mark.parametrize("scheme", ["iid", "noniid", "dirichlet", "unbalanced"])
+def test_summary_is_the_per_client_count_of_examples_and_distinct_labels(mnist, scheme):
+    parts = partition(mnist.train_labels, 100, scheme, 0)
+    sizes = np.array([len(p) for p in parts])
+    distinct = np.array([len(np.unique(mnist.train_labels[p])) for p in parts])
+    s = summary(parts, mnist.train_labels)
+    assert s["examples"] == {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
+    assert s["labels"] == {"min": int(distinct.min()), "median": float(np.median(distinct)), "max": int(distinct.max())}

@@ -80,6 +80,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--round-timeout", "round_timeout", type=float, default=None, help="Seconds a round's training may take; clients still training then count as failed (their host is restarted).")
 @click.option("--aggregator", type=click.Choice(AGGREGATORS), default=D.aggregator, show_default=True,
               help="How updates are combined: FedAvg's example-weighted mean, or the coordinate-wise median or trimmed mean.")
+@click.option("--host-sums/--no-host-sums", "host_sums", default=D.host_sums, show_default=True,
+              help="FedAvg's sum made on the hosts: one exact partial sum per host a round instead of one weights buffer per "
+              "client (fedavg aggregator with fedavg, fedprox or a server optimizer; others send each update). Same bytes either way.")
 @click.option("--krum-f", "krum_f", type=int, default=D.krum_f, show_default=True,
               help="krum, multi-krum: the faulty clients assumed among a round's m (m must exceed 2F + 2); multi-krum "
               "averages the m - F updates of best score.")
