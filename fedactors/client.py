@@ -234,7 +234,11 @@ class ClientHost:
             hook = prox_hook(self.model, global_weights, cfg.mu)
         elif cfg.strategy == "scaffold":
             hook = scaffold_hook(self.model, c, c_i)
-        torch.manual_seed(client_torch_seed(cfg.seed, round_idx, client_id))
+        seed = client_torch_seed(cfg.seed, round_idx, client_id)
+        if self.device.type == "cpu":  # the generator a CPU model draws from; torch.manual_seed would also queue
+            torch.default_generator.manual_seed(seed)  # a lazy seeding of every other device (0.4 ms, with a stack trace)
+        else:
+            torch.manual_seed(seed)
         return local_update(
             self.model,
             images,
