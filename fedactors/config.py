@@ -17,6 +17,8 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox"
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
 # come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
+# The strategies that need only the round's average, so that hosts may sum their clients (coordinator.uses_host_sums).
+HOST_SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
 PRECISIONS = ("fp32", "bf16")
 
@@ -245,6 +247,11 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
         if name in given and values["partition"] != scheme:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
+    if values.get("host_sums") and "host_sums" in given and not (
+            values["aggregator"] == "fedavg" and values["strategy"] in HOST_SUM_STRATEGIES):
+        raise ConfigError(f"--host-sums applies to --aggregator fedavg with --strategy {', '.join(HOST_SUM_STRATEGIES)}, "
+                          f"not --aggregator {values['aggregator']} --strategy {values['strategy']} (which sends each "
+                          "client's weights)")
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
     uses = {"server_lr": tuple(SERVER_LR), "server_momentum": ("fedavgm",),

@@ -17,7 +17,7 @@ import numpy as np
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import Checkpoint, RedisStore
-from fedactors.config import RunConfig
+from fedactors.config import HOST_SUM_STRATEGIES, RunConfig
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, HostSum, RoundStats, Update
 from fedactors.seeding import sample_clients
@@ -313,8 +313,8 @@ def uses_host_sums(config: RunConfig, strategy: Strategy) -> bool:
     server optimizers), unless --no-host-sums. Robust aggregators, SCAFFOLD (each client's control
     variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
     each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
-    return (config.host_sums and config.aggregator == "fedavg"
-            and type(strategy) in (FedAvg, FedProx, ServerOptimizer))
+    return (config.host_sums and config.aggregator == "fedavg" and config.strategy in HOST_SUM_STRATEGIES
+            and type(strategy) in (FedAvg, FedProx, ServerOptimizer))  # the built-in itself, not a user's subclass
 
 
 class Coordinator:

@@ -60,6 +60,9 @@ def _fedactors(*args, env=None, cwd=None):
         (["--byzantine", "2", "--attack-scale", "0"], "--attack-scale must be a positive finite number"),
         (["--byzantine", "100"], "--byzantine must be an integer in [0, --clients), got 100"),
         (["--precision", "fp16"], "Invalid value for '--precision'"),
+        (["--aggregator", "median", "--host-sums"], "--host-sums applies to --aggregator fedavg with --strategy fedavg, "
+                                                     "fedprox, fedavgm, fedadagrad, fedadam, fedyogi, not --aggregator median"),
+        (["--strategy", "scaffold", "--host-sums"], "not --aggregator fedavg --strategy scaffold"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(args, message, tmp_path):
