@@ -484,10 +484,12 @@ class Coordinator:
                     for cid, error in result.failures:
                         failures.append(Failure(cid, result.host, error))
                         failed_now.append(cid)
-                elif (not exact.add(result.weights, num_examples[result.client_id]) if exact is not None
-                      else not aggregate.all_finite(result.weights)):  # the exact sum refuses NaN and inf too
-                    reject(result.client_id, result.host, aggregate.all_finite(result.weights))
                 else:
+                    summed = (exact.add(result.weights, num_examples[result.client_id]) if exact is not None
+                              else aggregate.all_finite(result.weights))
+                    if not summed:  # the exact sum refuses NaN and inf too: tell the two apart only then
+                        reject(result.client_id, result.host, aggregate.all_finite(result.weights))
+                        continue
                     last_arrival = time.perf_counter()
                     updates[result.client_id] = result
                     done[result.client_id] = (result.host, result.num_examples, result.train_loss, result.train_seconds)
