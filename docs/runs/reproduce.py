@@ -8,8 +8,8 @@ C=0.1, IID and non-IID.
 Every cell is K = 100, C = 0.1, lr = 0.1, fp32, seed 0 (one cell again with seed 1), on the
 machine's default hosts. A cell first runs to a round count a little past the paper's; if it
 has not crossed 99% by then it is resumed further in steps (bit-exact, so the pieces make one
-run), and once it has, it is resumed to 20 evaluated rounds past the first crossing, up to the
-cell's cap. Interrupted, it continues where it stopped when run again. A finished cell's
+run). The script follows metrics.jsonl: once the run is 20 rounds past its first crossing it
+stops it (SIGTERM, a clean stop) and closes it at the rounds it completed, up to the cell's cap. Interrupted, it continues where it stopped when run again. A finished cell's
 metrics.jsonl and run.json (not its checkpoints or weights) go to docs/runs/<cell>/, from which
 `fedactors plot` and `fedactors report --table2` regenerate the README's figure and table.
 
@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,24 +98,68 @@ def next_rounds(cell: Cell, info: dict) -> int | None:
     return min(done + cell.step, cell.cap) if done < cell.cap else None
 
 
+def evaluated(out: Path) -> list[tuple[int, float]]:
+    """(round, accuracy) of every evaluated round the run has written so far."""
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if row.get("accuracy") is not None:
+            rows.append((row["round"], row["accuracy"]))
+    return rows
+
+
+def enough(cell: Cell, out: Path) -> int | None:
+    """The last evaluated round once it is PAST_TARGET rounds past the first crossing of the target, else None."""
+    rows = evaluated(out)
+    crossed = next((r for r, acc in rows if acc >= cell.target), None)
+    if crossed is None or rows[-1][0] < crossed + PAST_TARGET:
+        return None
+    return rows[-1][0]
+
+
+def follow(command: list[str], cell: Cell, out: Path, watch: bool) -> int:
+    """Run one fedactors command; if watched, stop it (SIGTERM: a clean, resumable stop) once the cell has what it
+    needs, instead of running to its round count."""
+    process = subprocess.Popen(command)
+    while process.poll() is None:
+        time.sleep(5)
+        if watch and enough(cell, out) is not None:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            return 0
+    return process.returncode
+
+
 def run_cell(cell: Cell, work: Path, fedactors: str) -> None:
     out = work / cell.name
     run_id = cell.name
     while True:
         info = run_json(out)
+        closing = False
         if info is None or (info.get("status") == "failed" and not info.get("rounds_completed")):
             command = [fedactors, "run", "--task", cell.task, "--target", str(cell.target), "--clients", str(cell.clients),
                        "--frac", "0.1", "--partition", cell.partition, "--lr", "0.1",
                        "--epochs", str(cell.epochs), "--batch-size", cell.batch, "--seed", str(cell.seed),
                        "--eval-every", str(cell.eval_every), "--rounds", str(cell.first_rounds),
                        "--run-id", run_id, "--out", str(out), *cell.extra]
+        elif info.get("status") != "finished" and enough(cell, out) is not None:
+            # stopped once it had what it needs: close the run at the rounds it completed
+            command = [fedactors, "run", "--resume", run_id, "--out", str(out), "--rounds", str(info["rounds_completed"])]
+            closing = True
         else:
             rounds = next_rounds(cell, info)
             if rounds is None:
                 break
             command = [fedactors, "run", "--resume", run_id, "--out", str(out), "--rounds", str(rounds)]
         print("$", " ".join(command), flush=True)
-        status = subprocess.run(command).returncode
+        status = follow(command, cell, out, watch=not closing)
         if status != 0:
             sys.exit(f"{cell.name}: fedactors exited with {status}; run this script again to continue")
     target = DOCS / cell.name
