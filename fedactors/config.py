@@ -17,7 +17,7 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox"
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
 # come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
-# The strategies that need only the round's average, so that hosts may sum their clients (coordinator.uses_host_sums).
+# The strategies that need only the round's average, so that hosts may sum their clients (host_sums_apply).
 HOST_SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
 PRECISIONS = ("fp32", "bf16")
@@ -235,6 +235,12 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
+def host_sums_apply(aggregator: str, strategy: str) -> bool:
+    """Whether hosts may sum their clients' weights: FedAvg's average with a built-in strategy that needs only
+    it. A strategy of your own (an import spec, or a Python object's "python:" name) is handed every update."""
+    return aggregator == "fedavg" and strategy in HOST_SUM_STRATEGIES
+
+
 def refuse_idle_settings(given: set[str], values: dict) -> None:
     """A setting given (`given`: its names) that the other `values` switch off is a mistake: ConfigError saying so.
 
@@ -247,8 +253,7 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
         if name in given and values["partition"] != scheme:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
-    if values.get("host_sums") and "host_sums" in given and not (
-            values["aggregator"] == "fedavg" and values["strategy"] in HOST_SUM_STRATEGIES):
+    if values.get("host_sums") and "host_sums" in given and not host_sums_apply(values["aggregator"], values["strategy"]):
         raise ConfigError(f"--host-sums applies to --aggregator fedavg with --strategy {', '.join(HOST_SUM_STRATEGIES)}, "
                           f"not --aggregator {values['aggregator']} --strategy {values['strategy']} (which sends each "
                           "client's weights)")

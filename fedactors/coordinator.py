@@ -17,12 +17,11 @@ import numpy as np
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import Checkpoint, RedisStore
-from fedactors.config import HOST_SUM_STRATEGIES, RunConfig
+from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, HostSum, RoundStats, Update
 from fedactors.seeding import sample_clients
-from fedactors.strategy import (DPFedAvg, FedAvg, FedProx, Scaffold, ServerOptimizer, Strategy, checked_step,
-                                make_strategy)
+from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
 
 if TYPE_CHECKING:
     import ray.actor
@@ -306,15 +305,14 @@ class RayPool:
         raise RoundFailed(f"evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
 
 
-def uses_host_sums(config: RunConfig, strategy: Strategy) -> bool:
+def uses_host_sums(config: RunConfig) -> bool:
     """Whether FedAvg's sum is made on the hosts (one partial sum per host a round, not one buffer per client).
 
     For --aggregator fedavg with a built-in strategy that needs only the average (FedAvg, FedProx and the
     server optimizers), unless --no-host-sums. Robust aggregators, SCAFFOLD (each client's control
     variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
     each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
-    return (config.host_sums and config.aggregator == "fedavg" and config.strategy in HOST_SUM_STRATEGIES
-            and type(strategy) in (FedAvg, FedProx, ServerOptimizer))  # the built-in itself, not a user's subclass
+    return config.host_sums and host_sums_apply(config.aggregator, config.strategy)
 
 
 class Coordinator:
@@ -443,7 +441,7 @@ class Coordinator:
         needs_aggregate = getattr(self.strategy, "needs_aggregate", True)
         exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in sampled))
                  if cfg.aggregator == "fedavg" and needs_aggregate and sampled else None)
-        on_hosts = exact is not None and uses_host_sums(cfg, self.strategy)
+        on_hosts = exact is not None and uses_host_sums(cfg)
         last_arrival = t0
         updates: dict[int, Update] = {}  # per-client mode: each client's update
         done: dict[int, tuple[int, int, float, float]] = {}  # client -> (host, examples, loss, train seconds)
