@@ -9,7 +9,8 @@ Every cell is K = 100, C = 0.1, lr = 0.1, fp32, seed 0 (one cell again with seed
 machine's default hosts. A cell first runs to a round count a little past the paper's; if it
 has not crossed 99% by then it is resumed further in steps (bit-exact, so the pieces make one
 run). The script follows metrics.jsonl: once the run is 20 rounds past its first crossing it
-stops it (SIGTERM, a clean stop) and closes it at the rounds it completed, up to the cell's cap. Interrupted, it continues where it stopped when run again. A finished cell's
+stops it (SIGTERM, a clean stop) and closes it at the rounds it completed, up to the cell's cap.
+Interrupted, it continues where it stopped when run again. A finished cell's
 metrics.jsonl and run.json (not its checkpoints or weights) go to docs/runs/<cell>/, from which
 `fedactors plot` and `fedactors report --table2` regenerate the README's figure and table.
 
@@ -115,13 +116,11 @@ def evaluated(out: Path) -> list[tuple[int, float]]:
     return rows
 
 
-def enough(cell: Cell, out: Path) -> int | None:
-    """The last evaluated round once it is PAST_TARGET rounds past the first crossing of the target, else None."""
+def enough(cell: Cell, out: Path) -> bool:
+    """Whether the run has an evaluated round PAST_TARGET rounds past its first crossing of the target."""
     rows = evaluated(out)
     crossed = next((r for r, acc in rows if acc >= cell.target), None)
-    if crossed is None or rows[-1][0] < crossed + PAST_TARGET:
-        return None
-    return rows[-1][0]
+    return crossed is not None and rows[-1][0] >= crossed + PAST_TARGET
 
 
 def follow(command: list[str], cell: Cell, out: Path, watch: bool) -> int:
@@ -130,7 +129,7 @@ def follow(command: list[str], cell: Cell, out: Path, watch: bool) -> int:
     process = subprocess.Popen(command)
     while process.poll() is None:
         time.sleep(5)
-        if watch and enough(cell, out) is not None:
+        if watch and enough(cell, out):
             process.send_signal(signal.SIGTERM)
             process.wait()
             return 0
@@ -149,7 +148,7 @@ def run_cell(cell: Cell, work: Path, fedactors: str) -> None:
                        "--epochs", str(cell.epochs), "--batch-size", cell.batch, "--seed", str(cell.seed),
                        "--eval-every", str(cell.eval_every), "--rounds", str(cell.first_rounds),
                        "--run-id", run_id, "--out", str(out), *cell.extra]
-        elif info.get("status") != "finished" and enough(cell, out) is not None:
+        elif info.get("status") != "finished" and enough(cell, out):
             # stopped once it had what it needs: close the run at the rounds it completed
             command = [fedactors, "run", "--resume", run_id, "--out", str(out), "--rounds", str(info["rounds_completed"])]
             closing = True
