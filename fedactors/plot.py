@@ -24,25 +24,28 @@ SKIP_EARLY_MAX = 5
 
 
 def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float | None = None,
-              title: str | None = None, paper: bool = False) -> Path:
+              title: str | None = None, paper: bool = False, y_min: float | None = None) -> Path:
     """Plot the runs in `run_dirs` to the PNG `out_png` and return its path.
 
     `target` draws one dashed horizontal line; by default each distinct configured target of the
     runs gets one. `paper` marks, on the 99% line and in the run's colour, the paper's rounds to
-    99% (Table 2) for each run of one of its cells. ConfigError for a bad output path or run
-    directory, DataError if no run has an evaluated round.
+    99% (Table 2) for each run of one of its cells. `y_min` is the bottom of the accuracy axis
+    (default: a margin below the lowest accuracy after the first few evaluated rounds). ConfigError
+    for a bad output path, run directory or `y_min`, DataError if no run has an evaluated round.
     """
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
         raise ConfigError(f"-o {out_png}: the plot is written as PNG; name the file *.png")
     if not out_png.parent.is_dir():
         raise ConfigError(f"-o {out_png}: directory {out_png.parent} does not exist")
+    if y_min is not None and not 0.0 <= y_min < 1.0:
+        raise ConfigError(f"--y-min {y_min}: the accuracy axis starts at a value in [0, 1)")
     if not run_dirs:
         raise ConfigError("no run directories to plot")
     runs = [load_run(d) for d in run_dirs]
     if not any(s.rounds for s in runs):
         raise DataError(f"nothing to plot: no evaluated rounds in {', '.join(str(s.path) for s in runs)}")
-    fig = draw(runs, target=target, title=title, paper=paper)
+    fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min)
     # print_png renders at the figure's own size and dpi; savefig would honour a user's
     # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
     fig.canvas.print_png(str(out_png))
@@ -50,7 +53,7 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
 
 
 def draw(runs: list[RunSummary], *, target: float | None = None, title: str | None = None,
-         paper: bool = False) -> Figure:
+         paper: bool = False, y_min: float | None = None) -> Figure:
     """The figure plot_runs writes, on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -73,7 +76,7 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
         targets.append(PAPER_TABLE2_TARGET)
     for t in targets:
         ax.axhline(t, color="0.3", linestyle="--", linewidth=1.0, label=f"target {t:.2%}".replace(".00%", "%"))
-    ax.set_ylim(*y_limits(runs, targets))
+    ax.set_ylim(*y_limits(runs, targets, y_min))
     ax.set_xlim(left=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Communication rounds")
@@ -91,14 +94,17 @@ def legend_labels(runs: list[RunSummary]) -> list[str]:
     return [f"{s.label} ({s.path.name})" if labels.count(s.label) > 1 else s.label for s in runs]
 
 
-def y_limits(runs: list[RunSummary], targets: list[float]) -> tuple[float, float]:
-    """(bottom, top): a margin below the lowest accuracy after the early rounds, top <= 1.0,
-    and every target line inside with room to spare."""
+def y_limits(runs: list[RunSummary], targets: list[float], y_min: float | None = None) -> tuple[float, float]:
+    """(bottom, top): a margin below the lowest accuracy after the early rounds (or `y_min`),
+    top <= 1.0, and every target line inside with room to spare (those above `y_min`)."""
     late = []
     for s in runs:
         skip = min(SKIP_EARLY_MAX, int(len(s.accuracies) * SKIP_EARLY_FRACTION))
         late.extend(s.accuracies[skip:])
     values = late + list(targets)
     low, high = min(values), max(values)
+    if y_min is not None:
+        top = high + max(0.1 * (high - y_min), 0.005)
+        return y_min, min(1.0, top) if top > y_min else 1.0
     margin = max(0.1 * (high - low), 0.005)
     return max(0.0, low - margin), min(1.0, high + margin)

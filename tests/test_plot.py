@@ -105,3 +105,19 @@ def test_paper_marks_sit_at_table2s_rounds_in_each_runs_colour_and_only_for_its_
     assert [m.get_color() for m in marks] == [curves[0].get_color(), curves[1].get_color()]
     assert ax.get_xlim()[1] >= 600 and ax.get_ylim()[0] < 0.99 < ax.get_ylim()[1]
     assert not [line for line in draw(runs).axes[0].lines if line.get_marker() == "v"]  # only when asked
+
+
+def test_y_min_sets_the_bottom_of_the_accuracy_axis_and_bad_values_are_refused(tmp_path, two_runs):
+    from fedactors.plot import draw
+
+    runs = [load_run(d) for d in two_runs]
+    assert draw(runs).axes[0].get_ylim()[0] < 0.95  # the default follows the curves' low points
+    low, high = draw(runs, y_min=0.95).axes[0].get_ylim()
+    top = max(0.99, *(a for s in runs for a in s.accuracies))
+    assert low == 0.95 and high == pytest.approx(min(1.0, top + 0.1 * (top - 0.95)))  # the margin of the zoomed axis
+    # Above every curve and target the top moves to 1.0 rather than turning the axis upside down.
+    assert draw(runs, target=0.5, y_min=0.9995).axes[0].get_ylim() == (0.9995, 1.0)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ConfigError, match=rf"--y-min {bad}: the accuracy axis starts at a value in \[0, 1\)"):
+            plot_runs(two_runs, tmp_path / "acc.png", y_min=bad)
+    assert not (tmp_path / "acc.png").exists()

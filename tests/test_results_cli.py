@@ -2,6 +2,7 @@
 
 import json
 import struct
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -30,6 +31,19 @@ def test_plot_writes_a_png_of_the_expected_size(tmp_path):
     blob = out.read_bytes()
     assert blob[:8] == b"\x89PNG\r\n\x1a\n" and blob[12:16] == b"IHDR"
     assert struct.unpack(">II", blob[16:24]) == (800, 500)
+
+
+def test_plot_refuses_a_y_min_outside_the_accuracy_range_in_one_line(tmp_path, monkeypatch, capsys):
+    from fedactors.cli import main
+
+    run = fake_run(tmp_path / "a", [0.9, 0.95, 0.97])
+    out = tmp_path / "zoom.png"
+    monkeypatch.setattr(sys, "argv", ["fedactors", "plot", str(run), "-o", str(out), "--y-min", "1.2"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "fedactors: error: --y-min 1.2: the accuracy axis starts at a value in [0, 1)\n"
+    assert not out.exists()
 
 
 def test_report_recomputes_rounds_to_target(tmp_path):

@@ -22,11 +22,14 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
 @click.option("--title", default=None, help="Figure title.")
 @click.option("--paper", is_flag=True, help="Mark the paper's rounds to 99% (Table 2) on each run of one of its cells "
               "(the CNN, K=100, C=0.1, FedAvg), in the run's colour.")
-def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool) -> None:
+@click.option("--y-min", type=float, default=None, help="Bottom of the accuracy axis, e.g. 0.95 to look at the last "
+              "stretch to 99%. Default: just below the lowest accuracy after each run's first few evaluated rounds.")
+def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool,
+         y_min: float | None) -> None:
     """Test accuracy against communication rounds for one or more run directories."""
     from fedactors.plot import plot_runs
 
-    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper)))
+    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper, y_min=y_min)))
 
 
 @cli.command()
