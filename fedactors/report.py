@@ -109,7 +109,7 @@ class RunSummary:
     rounds_to_target_interpolated: float | None
     evaluated_rounds: int
     wall_seconds: float | None  # the run in all, resumed parts included; None until the run has stopped
-    median_round_seconds: float | None
+    median_round_seconds: float | None  # a round evaluated every k rounds counts 1/k of its evaluation
     epsilon: float | None = None  # dp-fedavg: the privacy spent by the last evaluated round
 
     def history(self) -> list[dict]:
@@ -173,7 +173,7 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
     history = _read_metrics_rows(path / "metrics.jsonl")
     curve = _curve(history)
     summary = summarise(history, target)
-    round_seconds = [float(row["round_seconds"]) for row in history if row.get("round_seconds") is not None]
+    round_seconds = _round_seconds(history, config.get("eval_every", 1))
     wall = info.get("total_wall_seconds", info.get("wall_seconds"))  # a resumed run's parts in all
     return RunSummary(
         path=path,
@@ -194,6 +194,23 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         median_round_seconds=statistics.median(round_seconds) if round_seconds else None,
         epsilon=next((float(row["epsilon"]) for row in reversed(history) if row.get("epsilon") is not None), None),
     )
+
+
+def _round_seconds(history: list[dict], eval_every) -> list[float]:
+    """Each recorded round's seconds as a typical round of the run costs: metrics.jsonl holds only
+    the evaluated rounds, so with evaluation every k rounds each of them carries its evaluation
+    at 1/k (the k - 1 rounds between train and aggregate alike, and are not written)."""
+    try:
+        k = max(1, int(eval_every))
+    except (TypeError, ValueError):
+        k = 1
+    seconds = []
+    for row in history:
+        if row.get("round_seconds") is None:
+            continue
+        evaluation = float(row.get("eval_seconds") or 0.0)
+        seconds.append(float(row["round_seconds"]) - evaluation + evaluation / k)
+    return seconds
 
 
 def _read_run_json(file: Path) -> dict:

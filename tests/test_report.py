@@ -122,6 +122,20 @@ def test_load_run_recomputes_its_numbers_from_metrics(tmp_path):
     assert s.target == 0.99 and s.batch_size == 10 and s.partition == "noniid"
 
 
+def test_median_round_seconds_counts_a_share_of_each_evaluation_when_not_every_round_is_evaluated(tmp_path):
+    run = make_run(tmp_path / "every10", [0.9, 0.95, 0.97], rounds=[10, 20, 30], eval_every=10)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row, (total, evaluation) in zip(rows, [(6.0, 2.0), (5.5, 2.0), (7.0, 3.0)]):
+        row.update(round_seconds=total, eval_seconds=evaluation)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # 4.0 + 0.2, 3.5 + 0.2, 4.0 + 0.3: the nine rounds between train alike and are not written
+    assert load_run(run).median_round_seconds == pytest.approx(4.2)
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["eval_every"] = 1  # every round evaluated: the rounds' own seconds
+    (run / "run.json").write_text(json.dumps(info))
+    assert load_run(run).median_round_seconds == pytest.approx(6.0)
+
+
 def test_load_run_with_another_target_and_full_batch(tmp_path):
     run = make_run(tmp_path / "r", [0.9, 0.96, 0.975], batch_size="inf", partition="iid", frac=0.2, lr=0.05,
                    clients=50, status="running", wall_seconds=None)
