@@ -37,7 +37,7 @@ class RunDirectory:
         has_rows = self.metrics_path.exists() and self.metrics_path.stat().st_size > 0
         if not (self.weights_path.exists() or has_rows or self.run_path.exists()):
             return
-        status = self._info().get("status")
+        status = self.info().get("status")
         if self.weights_path.exists() or has_rows or status not in ("failed", "interrupted"):
             running = " (status running: if it is not running any more, remove the directory)" if status == "running" else ""
             raise ConfigError(f"--out {self.path} already holds a run{running}; choose another directory, or --resume it")
@@ -53,10 +53,10 @@ class RunDirectory:
 
     def run_id(self) -> str | None:
         """The run id its run.json names, if it has a readable one."""
-        run_id = self._info().get("run_id")
+        run_id = self.info().get("run_id")
         return run_id if isinstance(run_id, str) else None
 
-    def _info(self) -> dict:
+    def info(self) -> dict:
         """run.json as a dict ({} if absent or not ours)."""
         try:
             info = json.loads(self.run_path.read_text())
@@ -75,7 +75,7 @@ class RunDirectory:
 
     def rounds_completed(self) -> int | None:
         """run.json's rounds_completed, if it has one."""
-        done = self._info().get("rounds_completed")
+        done = self.info().get("rounds_completed")
         return done if isinstance(done, int) else None
 
     def snapshot(self) -> dict[Path, str]:

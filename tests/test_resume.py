@@ -99,11 +99,17 @@ def test_a_stop_signal_stops_cleanly_and_says_how_to_resume(reference, tmp_path,
 
 def test_resume_of_a_finished_run_does_no_work(reference):
     before = (reference / "weights.npy").read_bytes()
+    info = json.loads((reference / "run.json").read_text())
     result = fedactors("run", "--resume", "ref", "--out", str(reference))
     assert result.returncode == 0
     assert "already finished: 5 of 5 rounds are done" in result.stdout
     assert "client hosts" not in result.stdout  # no Ray, no training
     assert (reference / "weights.npy").read_bytes() == before
+    # run.json still says all it said of the run (identity, partition, hosts); only this call's wall time is new.
+    after = json.loads((reference / "run.json").read_text())
+    assert {"identity", "partition", "host_info"} <= info.keys()
+    assert {k: v for k, v in after.items() if k != "wall_seconds"} == {k: v for k, v in info.items() if k != "wall_seconds"}
+    assert after["wall_seconds"] == 0.0
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--lr", "0.2"), ("--seed", "3"), ("--batch-size", "inf"), ("--partition", "noniid")])
