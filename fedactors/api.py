@@ -193,12 +193,12 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
         for bad in skipped:
             renderer.warning(f"skipping round {bad.round}: {bad.reason}")
         before = run_dir.snapshot()
-        earlier = run_dir.info()
         run_dir.reopen(ckpt.history)
         if ckpt.round >= config.rounds:
             renderer.already_finished(run_id, ckpt.round)
             # What run.json said of this run (its identity, partition, hosts, wall time to its last
             # write) stays: nothing ran to replace it.
+            earlier = run_dir.info()
             kept = {k: v for k, v in earlier.items() if k != "config"} if earlier.get("fingerprint") == ckpt.fingerprint else {}
             total = float(kept.get("total_wall_seconds", ckpt.extra.get("wall_seconds", 0.0)))
             info = {**kept, "run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0,
