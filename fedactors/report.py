@@ -167,13 +167,14 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
             lr=float(config["lr"]),
         )
         configured_target = float(config["target"])
+        eval_every = max(1, int(config.get("eval_every", 1)))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path / 'run.json'}: configuration lacks or garbles {exc}") from None
     target = configured_target if target is None else target
     history = _read_metrics_rows(path / "metrics.jsonl")
     curve = _curve(history)
     summary = summarise(history, target)
-    round_seconds = _round_seconds(history, config.get("eval_every", 1))
+    round_seconds = _round_seconds(history, eval_every)
     wall = info.get("total_wall_seconds", info.get("wall_seconds"))  # a resumed run's parts in all
     return RunSummary(
         path=path,
@@ -196,14 +197,10 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
     )
 
 
-def _round_seconds(history: list[dict], eval_every) -> list[float]:
+def _round_seconds(history: list[dict], k: int) -> list[float]:
     """Each recorded round's seconds as a typical round of the run costs: metrics.jsonl holds only
     the evaluated rounds, so with evaluation every k rounds each of them carries its evaluation
     at 1/k (the k - 1 rounds between train and aggregate alike, and are not written)."""
-    try:
-        k = max(1, int(eval_every))
-    except (TypeError, ValueError):
-        k = 1
     seconds = []
     for row in history:
         if row.get("round_seconds") is None:
