@@ -46,6 +46,18 @@ def fedactors(*args, timeout=240):
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def run_main(monkeypatch, capsys, *args):
+    """fedactors.cli.main as the console script runs it, in this process: (exit status, stdout, stderr)."""
+    from fedactors.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fedactors", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
 def accuracies(out: Path) -> list[float]:
     return [json.loads(line)["accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 

@@ -9,6 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_main
 from fedactors.cli import cli
 
 
@@ -161,18 +162,6 @@ def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
 
 # ---- How a run ends, driven in-process with the experiment replaced ------------------------------
 
-def _main(monkeypatch, capsys, *args):
-    """fedactors.cli.main as the console script runs it: (exit status, stdout, stderr)."""
-    from fedactors.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["fedactors", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
-
-
 SMALL = ["--clients", "10", "--partition", "iid", "--rounds", "1"]
 
 
@@ -203,7 +192,7 @@ def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback
 
     monkeypatch.setattr(experiment, "run", broken)
     out = tmp_path / "run"
-    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
     assert status == 1
     assert err.strip().splitlines() == [f"fedactors: error: unexpected ValueError: a bug deep inside (traceback in {out / 'error.log'})"]
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
@@ -220,18 +209,18 @@ def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_comman
 
     out = tmp_path / "run"
     monkeypatch.setattr(experiment, "run", no_data)
-    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
     assert status == 2 and "MNIST not found" in err
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
-    status, _, err = _main(monkeypatch, capsys, "run", "--resume", "first", "--out", str(out))
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "first", "--out", str(out))
     assert status == 2 and "stopped before its first checkpoint" in err and "start it again" in err
     monkeypatch.setattr(experiment, "run", _one_round)
-    status, stdout, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
+    status, stdout, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
     assert status == 0, err
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     # Now it holds a round: the same command is refused, and nothing is overwritten.
     before = (out / "run.json").read_bytes()
-    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
     assert status == 2 and "already holds a run" in err and (out / "run.json").read_bytes() == before
 
 
@@ -240,7 +229,7 @@ def test_run_json_records_the_data_directory_actually_used(tmp_path, monkeypatch
 
     monkeypatch.setattr(experiment, "run", _one_round)
     monkeypatch.setenv("FEDACTORS_DATA", str(tmp_path / "from-env"))
-    status, _, err = _main(monkeypatch, capsys, "run", *SMALL, "--out", str(tmp_path / "run"))
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(tmp_path / "run"))
     assert status == 0, err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data_dir"] == str(tmp_path / "from-env")
 

@@ -2,12 +2,11 @@
 
 import json
 import struct
-import sys
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import fedactors
+from conftest import fedactors, run_main
 from fedactors.cli import cli
 
 
@@ -34,15 +33,11 @@ def test_plot_writes_a_png_of_the_expected_size(tmp_path):
 
 
 def test_plot_refuses_a_y_min_outside_the_accuracy_range_in_one_line(tmp_path, monkeypatch, capsys):
-    from fedactors.cli import main
-
     run = fake_run(tmp_path / "a", [0.9, 0.95, 0.97])
     out = tmp_path / "zoom.png"
-    monkeypatch.setattr(sys, "argv", ["fedactors", "plot", str(run), "-o", str(out), "--y-min", "1.2"])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert exited.value.code == 2
-    assert capsys.readouterr().err == "fedactors: error: --y-min 1.2: the accuracy axis starts at a value in [0, 1)\n"
+    status, _, err = run_main(monkeypatch, capsys, "plot", str(run), "-o", str(out), "--y-min", "1.2")
+    assert status == 2
+    assert err == "fedactors: error: --y-min 1.2: the accuracy axis starts at a value in [0, 1)\n"
     assert not out.exists()
 
 
