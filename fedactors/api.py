@@ -91,6 +91,8 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
         if "batch_size" in settings:  # "inf" as on the command line
             settings["batch_size"] = parse_batch_size(settings["batch_size"], "batch_size")
         refuse_idle_settings(set(settings), {**RunConfig().to_dict(), **settings})
+        if settings.get("partition") == "natural":
+            settings["clients"] = None  # one client per owner, counted when the data is read
         settings.setdefault("address", os.environ.get("RAY_ADDRESS") or None)
         settings = with_absolute_paths(settings)
     config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]
@@ -300,8 +302,11 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
 
     def on_event(event: dict) -> None:
         interrupts.check()
+        nonlocal config
         if event["type"] == "identity":
             info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
+            if config.clients is None:  # --partition natural: run.json records the clients the data gave
+                config = dataclasses.replace(config, clients=event["clients"])
         elif event["type"] == "start":
             hosts = event["hosts"]
             info["hosts"] = len(hosts)
@@ -387,10 +392,12 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
 
     config = with_data_dir(config)
     task = task if task is not None else load_task(config.task)
-    hosts, source = plan_hosts(config)
     data_dir = Path(config.data_dir)
     present = config.data is not None or task.local is None or task.local(data_dir)
-    split = _load_data(config, task, data_dir)[3] if present else None
+    split = _load_data(config, task, data_dir)[3] if present or config.clients is None else None
+    if config.clients is None:  # --partition natural: as many clients as the data has owners
+        config = dataclasses.replace(config, clients=split["clients"])
+    hosts, source = plan_hosts(config)
     if config.data is not None:
         data = config.data
     elif task.local is not None:

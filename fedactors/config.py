@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedactors.errors import ConfigError
 
-PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced")  # fedactors.partition implements them
+PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg")  # fedactors.strategy's
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
@@ -37,7 +37,7 @@ class RunConfig:
 
     task: str = "mnist-cnn"  # a built-in name, module:attr or file.py:attr (fedactors.task)
     data: str | None = None  # npz:PATH: arrays in place of the task's own data
-    clients: int = 100
+    clients: int | None = 100  # None only with partition "natural" until the data is read: one client per owner
     frac: float = 0.1
     rounds: int = 200
     epochs: int = 5
@@ -88,9 +88,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task.strip():
             raise ConfigError(f"--task must name a task, got {self.task!r}")
-        if self.data is not None and not (isinstance(self.data, str) and self.data.startswith("npz:") and len(self.data) > 4):
-            raise ConfigError(f"--data must be npz:PATH, got {self.data!r}")
-        _positive_int("--clients", self.clients)
+        if self.data is not None and not (isinstance(self.data, str) and self.data.partition(":")[0] in ("npz", "leaf")
+                                          and self.data.partition(":")[2]):
+            raise ConfigError(f"--data must be npz:PATH or leaf:DIR, got {self.data!r}")
+        if self.clients is None:  # natural: the data decides, and experiment.run fills it in before anything uses it
+            if self.partition != "natural":
+                raise ConfigError(f"--clients is needed with --partition {self.partition}")
+        else:
+            _positive_int("--clients", self.clients)
         _positive_int("--shards-per-client", self.shards_per_client)
         if not (_is_real(self.alpha) and self.alpha > 0):
             raise ConfigError(f"--alpha must be a positive number, got {self.alpha!r}")
@@ -127,7 +132,8 @@ class RunConfig:
             raise ConfigError(f"--aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
         if not (_is_real(self.trim_fraction) and 0.0 <= self.trim_fraction < 0.5):
             raise ConfigError(f"--trim-fraction must be in [0, 0.5), got {self.trim_fraction!r}")
-        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.clients:
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not (
+                0 <= self.byzantine < (self.clients if self.clients is not None else 2**63)):
             raise ConfigError(f"--byzantine must be an integer in [0, --clients), got {self.byzantine!r}")
         if self.attack not in ATTACKS:
             raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
@@ -158,8 +164,8 @@ class RunConfig:
             raise ConfigError(f"--mu must be a number >= 0, got {self.mu!r}")
         if isinstance(self.krum_f, bool) or not isinstance(self.krum_f, int) or self.krum_f < 0:
             raise ConfigError(f"--krum-f must be an integer >= 0, got {self.krum_f!r}")
-        m = self.clients_per_round
-        if self.aggregator in ("krum", "multi-krum") and m < 2 * self.krum_f + 3:
+        m = self.clients_per_round if self.clients is not None else None
+        if self.aggregator in ("krum", "multi-krum") and m is not None and m < 2 * self.krum_f + 3:
             raise ConfigError(f"--aggregator {self.aggregator} with --krum-f {self.krum_f} needs at least "
                               f"{2 * self.krum_f + 3} clients a round (m > 2f + 2), and m is {m}")
         if not (_is_real(self.clip) and self.clip > 0):
@@ -245,6 +251,8 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     """A setting given (`given`: its names) that the other `values` switch off is a mistake: ConfigError saying so.
 
     Shared by the command line (the flags it was given) and the Python API (the keywords it was called with)."""
+    if values.get("partition") == "natural" and "clients" in given:
+        raise ConfigError("--clients does not go with --partition natural: every owner in the data is one client")
     if "trim_fraction" in given and values["aggregator"] != "trimmed-mean":
         raise ConfigError(f"--trim-fraction applies to --aggregator trimmed-mean only, not {values['aggregator']}")
     for name in ("attack", "attack_scale"):

@@ -17,6 +17,7 @@ data differ from the checkpoint's is refused, naming which.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -74,10 +75,12 @@ def run(
     task = task if task is not None else load_task(config.task)
     from fedactors.strategy import make_strategy
 
-    strategy = strategy if strategy is not None else make_strategy(config)  # a user's is imported (and checked) here
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedactors-data")
     loading = loader.submit(_load_data, config, task, data_dir)  # ~0.7 s for MNIST, during ray.init
     loader.shutdown(wait=False)
+    if config.clients is None:  # --partition natural: the data says how many clients there are
+        config = dataclasses.replace(config, clients=loading.result()[3]["clients"])
+    strategy = strategy if strategy is not None else make_strategy(config)  # a user's is imported (and checked) here
     if not task.builtin or config.data is not None or (task.local is not None and not task.local(data_dir)):
         loading.result()  # a download or a user's task or data, and their failures, come before a cluster start-up
 
@@ -140,7 +143,8 @@ def run(
         fingerprint = config.fingerprint(identity)
         if resume is not None and fingerprint != resume.fingerprint:
             raise CheckpointError(_identity_change(run_id, resume, identity))
-        on_event({"type": "identity", "fingerprint": fingerprint, "identity": identity, "partition": split})
+        on_event({"type": "identity", "fingerprint": fingerprint, "identity": identity, "partition": split,
+                  "clients": config.clients})
         on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         done: dict = {}
         # The store URL (it may hold a password) goes in a method call: Ray keeps an actor's
@@ -168,8 +172,9 @@ def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, l
     if not task.builtin or config.data is not None:  # a user's model, or a built-in one on the user's arrays
         check_model(task, data)
     parts = partition(data.y_train, config.clients, config.partition, config.seed,
-                      shards_per_client=config.shards_per_client, alpha=config.alpha, sigma=config.sigma)
-    return data, parts, digest(data), summary(parts, data.y_train)
+                      shards_per_client=config.shards_per_client, alpha=config.alpha, sigma=config.sigma,
+                      owners=data.client_train)
+    return data, parts, digest(data), summary(parts, data.y_train, owners=data.owners, values=task.labels == "values")
 
 
 def check_client_state(config: RunConfig, weights: int) -> None:
@@ -204,7 +209,8 @@ def check_model(task: Task, data: Arrays) -> None:
         with torch.no_grad():
             out = model.module(x)
     except Exception as exc:
-        raise DataError(f"task {task.name}'s model cannot take examples of shape {tuple(data.x_test.shape[1:])}: "
+        raise DataError(f"task {task.name}'s model cannot take {data.x_test.dtype} examples of shape "
+                        f"{tuple(data.x_test.shape[1:])}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     classes = num_classes(task, data)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < classes:

@@ -6,6 +6,7 @@
     dirichlet   label skew after Hsu et al. 2019: each label's examples split among the clients in
                 proportions drawn from Dirichlet(alpha); small alpha, few labels per client
     unbalanced  IID labels, client sizes proportional to log-normal(0, sigma) draws (at least 1 each)
+    natural     the data's own: every owner of training examples (Arrays.client_train) is one client
 
 Every draw comes from seeding.generator(PARTITION, seed), so a partition depends on the seed
 and the labels alone. A scheme that would leave a client without examples is refused with one
@@ -21,7 +22,7 @@ import numpy as np
 from fedactors.errors import ConfigError
 from fedactors.seeding import Purpose, generator
 
-SCHEMES = ("iid", "noniid", "shards", "dirichlet", "unbalanced")
+SCHEMES = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")
 MAX_DRAWS = 100
 
 
@@ -59,10 +60,21 @@ class Parts(Sequence):
         return self.indices[self.offsets[k] : self.offsets[k + 1]]
 
 
-def partition(labels: np.ndarray, num_clients: int, scheme: str, seed: int, *, shards_per_client: int = 2,
-              alpha: float = 0.5, sigma: float = 1.0) -> Parts:
-    """Client k's training indices (sorted), for every k < num_clients."""
+def partition(labels: np.ndarray, num_clients: int | None, scheme: str, seed: int, *, shards_per_client: int = 2,
+              alpha: float = 0.5, sigma: float = 1.0, owners: np.ndarray | None = None) -> Parts:
+    """Client k's training indices (sorted), for every k < num_clients.
+
+    `owners`: each example's owner as a client number 0..K-1 (fedactors.task.owner_numbers), which
+    "natural" needs and the synthetic schemes ignore; num_clients is then K (or None)."""
     n = len(labels)
+    if scheme == "natural":
+        if owners is None:
+            raise ConfigError("--partition natural needs data that says who owns each example (client_train in the "
+                              "npz or the task's Arrays, or --data leaf:DIR)")
+        parts = natural(owners)
+        if num_clients is not None and num_clients != len(parts):
+            raise ConfigError(f"--partition natural: the data has {len(parts)} owners, not {num_clients} clients")
+        return parts
     if num_clients > n:
         raise ConfigError(f"--clients {num_clients} is more than the {n} training examples")
     if scheme == "iid":
@@ -76,6 +88,16 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, seed: int, *, s
     else:
         raise ConfigError(f"--partition must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     return parts if isinstance(parts, Parts) else Parts.of(parts)
+
+
+def natural(owners: np.ndarray) -> Parts:
+    """Client k's examples are those `owners` gives to k (each client's in ascending order): one stable sort,
+    so a million owners cost what sorting the examples costs."""
+    owners = np.asarray(owners, dtype=np.int64)
+    sizes = np.bincount(owners)
+    if len(sizes) == 0 or (sizes == 0).any():
+        raise ConfigError("--partition natural: owner numbers must run 0..K-1 with every owner holding an example")
+    return Parts(np.argsort(owners, kind="stable"), np.concatenate([[0], np.cumsum(sizes)]))
 
 
 def iid(num_examples: int, num_clients: int, seed: int) -> Parts:
@@ -144,14 +166,30 @@ def unbalanced(num_examples: int, num_clients: int, seed: int, sigma: float) -> 
     return [np.sort(chunk) for chunk in np.split(order, np.cumsum(sizes)[:-1])]
 
 
-def summary(parts: Parts, labels: np.ndarray) -> dict:
-    """Examples and distinct labels per client: min, median, max (for --dry-run and run.json)."""
-    sizes = parts.sizes
-    owner = np.repeat(np.arange(len(parts)), sizes)
-    pairs = np.unique(owner * (int(labels.max()) + 1) + labels[parts.indices])  # (client, label) present
-    distinct = np.bincount(pairs // (int(labels.max()) + 1), minlength=len(parts))
+SMALLEST_SHOWN = 5  # a natural partition's summary names this many of the owners with the fewest examples
+
+
+def summary(parts: Parts, labels: np.ndarray, *, owners: np.ndarray | None = None, values: bool = False) -> dict:
+    """Examples and distinct labels per client: min, median, max (for --dry-run and run.json).
+
+    With `owners` (a natural partition: client k is owners[k]) it also names the owners with the
+    fewest examples; with `values` (regression targets) there are no labels to count."""
 
     def spread(values: np.ndarray) -> dict:
         return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
 
-    return {"clients": len(parts), "examples": spread(sizes), "labels": spread(distinct)}
+    sizes = parts.sizes
+    out = {"clients": len(parts), "examples": spread(sizes)}
+    if not values:
+        owner = np.repeat(np.arange(len(parts)), sizes)
+        pairs = np.unique(owner * (int(labels.max()) + 1) + labels[parts.indices])  # (client, label) present
+        out["labels"] = spread(np.bincount(pairs // (int(labels.max()) + 1), minlength=len(parts)))
+    if owners is not None:
+        fewest = np.argsort(sizes, kind="stable")[:SMALLEST_SHOWN]
+        out["fewest"] = [{"owner": _plain(owners[k]), "examples": int(sizes[k])} for k in fewest]
+    return out
+
+
+def _plain(value: object) -> object:
+    """A NumPy scalar as the JSON-able Python value (an owner id for run.json)."""
+    return value.item() if hasattr(value, "item") else value

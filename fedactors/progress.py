@@ -67,7 +67,7 @@ class Renderer:
         if resumed_from is not None:
             self.echo(f"resuming run {run_id} after round {resumed_from}")
         self.echo(
-            f"fedactors run {run_id}: K={c.clients} C={c.frac} (m={c.clients_per_round}) E={c.epochs} "
+            f"fedactors run {run_id}: {_clients(c)} E={c.epochs} "
             f"B={_bs(c)} lr={c.lr} {c.partition}{_variant(c)}, {c.rounds} rounds -> {out}"
         )
 
@@ -227,3 +227,10 @@ class RichRenderer(Renderer):
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _clients(c: RunConfig) -> str:
+    """K, C and m; a natural partition's K (and so m) is known only once the data is read."""
+    if c.clients is None:
+        return f"K=one per owner C={c.frac}"
+    return f"K={c.clients} C={c.frac} (m={c.clients_per_round})"

@@ -34,7 +34,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,21 +49,46 @@ if TYPE_CHECKING:
 
 DEFAULT_TASK = "mnist-cnn"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+DATA_KINDS = ("npz", "leaf")  # --data KIND:PATH
+NPZ_OWNER_KEYS = ("client_train", "client_test")  # optional: who owns each example (--partition natural)
+LABELS = ("classes", "values")
+# Names every evaluated round already carries (metrics.jsonl): a task's own metrics may not shadow them.
+RESERVED_METRICS = frozenset({"accuracy", "loss", "train_loss", "round", "clients"})
 
 
 @dataclass(frozen=True)
 class Arrays:
-    """A data set as arrays: examples (N, ...) and integer labels (N,), for training and for testing."""
+    """A data set as arrays: examples (N, ...) and labels (N,), for training and for testing.
+
+    `client_train` (N,) and `client_test` (M,), optional, say who owns each example: any
+    hashable ids (integers, strings). With them `--partition natural` makes every owner of a
+    training example one client, and the owners' test examples evaluate each client on its own
+    data. load_arrays turns them into client numbers 0..K-1 (the owners in sorted order, kept in
+    `owners`; a test owner with no training example is refused).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    client_train: np.ndarray | Sequence | None = None
+    client_test: np.ndarray | Sequence | None = None
+    owners: np.ndarray | None = None  # set by load_arrays: client k is owners[k]
+
+    @property
+    def natural(self) -> bool:
+        """Whether the data says who owns each training example."""
+        return self.client_train is not None
 
 
 def as_float32(x: np.ndarray) -> np.ndarray:
     """The default `prepare`: the examples as float32, unchanged otherwise."""
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def as_int64(x: np.ndarray) -> np.ndarray:
+    """A `prepare` for integer examples (token ids for an embedding): int64, unchanged otherwise."""
+    return np.ascontiguousarray(x, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,14 @@ class Task:
     description: str = ""
     local: Callable[[Path], bool] | None = None  # whether load(data_dir) reads local files only (no download)
     builtin: bool = field(default=False, compare=False)
+    # The labels as the loader returns them (characters, strings) -> int64 class ids 0..C-1 (or float targets).
+    prepare_labels: Callable[[np.ndarray], np.ndarray] | None = None
+    # "classes": integer labels 0..C-1, accuracy and cross-entropy; "values": float targets (regression),
+    # mean squared error as the default loss and no accuracy.
+    labels: str = "classes"
+    # More metrics, name -> f(outputs, labels) giving one value per example (B,): summed over the test
+    # examples and divided by their count, reported by name beside accuracy and loss.
+    metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -87,7 +120,16 @@ class Task:
             # a module itself (a class is a factory): each host builds its own
             raise ConfigError(f"task {self.name}: model must be a function returning a torch.nn.Module "
                               "(model=lambda: MyNet(), not model=MyNet())")
-        for what in ("load", "prepare", "loss", "local"):
+        if self.labels not in LABELS:
+            raise ConfigError(f"task {self.name}: labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
+        if self.metrics is not None:
+            if not isinstance(self.metrics, dict) or not all(isinstance(k, str) and k and callable(v)
+                                                             for k, v in self.metrics.items()):
+                raise ConfigError(f"task {self.name}: metrics must be a dict of name -> function(outputs, labels)")
+            taken = sorted(set(self.metrics) & RESERVED_METRICS)
+            if taken:
+                raise ConfigError(f"task {self.name}: metric names {', '.join(taken)} are fedactors' own; rename them")
+        for what in ("load", "prepare", "loss", "local", "prepare_labels"):
             if getattr(self, what) is not None and not callable(getattr(self, what)):
                 raise ConfigError(f"task {self.name}: {what} must be callable, got {type(getattr(self, what)).__name__}")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
@@ -141,8 +183,9 @@ def with_absolute_paths(settings: dict) -> dict:
             if sep and where.endswith(".py"):
                 out[key] = f"{Path(where).expanduser().resolve()}:{attr}"
     data = out.get("data")
-    if isinstance(data, str) and data.startswith("npz:") and len(data) > 4:
-        out["data"] = f"npz:{Path(data[4:]).expanduser().resolve()}"
+    kind, sep, where = data.partition(":") if isinstance(data, str) else ("", "", "")
+    if sep and kind in DATA_KINDS and where:
+        out["data"] = f"{kind}:{Path(where).expanduser().resolve()}"
     return out
 
 
@@ -186,7 +229,8 @@ def load_npz(path: Path) -> Arrays:
             missing = [k for k in NPZ_KEYS if k not in npz.files]
             if missing:
                 raise DataError(f"--data npz:{path} lacks {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
-            return Arrays(*(npz[k] for k in NPZ_KEYS))
+            owners = {k: npz[k] for k in NPZ_OWNER_KEYS if k in npz.files}
+            return Arrays(*(npz[k] for k in NPZ_KEYS), **owners)
     except FileNotFoundError:
         raise DataError(f"--data npz:{path}: no such file") from None
     except (OSError, ValueError) as exc:
@@ -194,12 +238,18 @@ def load_npz(path: Path) -> Arrays:
 
 
 def load_arrays(task: Task, data: str | None, data_dir: Path) -> Arrays:
-    """The task's data (or `--data npz:PATH` in its place), prepared and checked: float32 examples, int64 labels."""
+    """The task's data (or `--data npz:PATH` / `leaf:DIR` in its place), prepared and checked: float32 or int64
+    examples, int64 labels (float32 targets for labels="values"), owners as client numbers."""
     if data is not None:
         kind, _, where = data.partition(":")
-        if kind != "npz" or not where:
-            raise ConfigError(f"--data must be npz:PATH, got {data!r}")
-        raw = load_npz(Path(where).expanduser())
+        if kind not in DATA_KINDS or not where:
+            raise ConfigError(f"--data must be npz:PATH or leaf:DIR, got {data!r}")
+        if kind == "npz":
+            raw = load_npz(Path(where).expanduser())
+        else:
+            from fedactors.leaf import load_leaf
+
+            raw = load_leaf(Path(where).expanduser())
     elif task.load is None:
         raise ConfigError(f"task {task.name} brings no data of its own; pass --data npz:PATH")
     else:
@@ -211,10 +261,52 @@ def load_arrays(task: Task, data: str | None, data_dir: Path) -> Arrays:
             raise DataError(f"task {task.name}'s loader failed: {type(exc).__name__}: {first_line(exc)}") from None
         if not isinstance(raw, Arrays):
             raise DataError(f"task {task.name}'s loader returned a {type(raw).__name__}, not fedactors.task.Arrays")
+    client_train, client_test, owners = owner_numbers(raw)
     return check_arrays(task, Arrays(
-        x_train=_prepared(task, raw.x_train, "x_train"), y_train=_labels(raw.y_train, "y_train"),
-        x_test=_prepared(task, raw.x_test, "x_test"), y_test=_labels(raw.y_test, "y_test"),
+        x_train=_prepared(task, raw.x_train, "x_train"), y_train=_labels(task, raw.y_train, "y_train"),
+        x_test=_prepared(task, raw.x_test, "x_test"), y_test=_labels(task, raw.y_test, "y_test"),
+        client_train=client_train, client_test=client_test, owners=owners,
     ))
+
+
+def owner_numbers(raw: Arrays) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(client_train, client_test, owners): each example's owner as a client number 0..K-1, the owners sorted.
+
+    One vectorised np.unique, so a million owners cost what sorting N ids costs. A test owner
+    that owns no training example is refused (it would be a client that never trains)."""
+    if raw.client_train is None:
+        if raw.client_test is not None:
+            raise DataError("client_test is given without client_train: the owners of the training examples "
+                            "decide the clients")
+        return None, None, None
+    ids_train = _owner_ids(raw.client_train, "client_train", len(raw.y_train))
+    owners, codes = np.unique(ids_train, return_inverse=True)
+    if raw.client_test is None:
+        return codes.astype(np.int64), None, owners
+    ids_test = _owner_ids(raw.client_test, "client_test", len(raw.y_test))
+    if ids_test.dtype.kind != ids_train.dtype.kind and not {ids_test.dtype.kind, ids_train.dtype.kind} <= {"i", "u"}:
+        raise DataError(f"client_train holds {ids_train.dtype} ids but client_test {ids_test.dtype}: use one kind")
+    test_codes = np.searchsorted(owners, ids_test)
+    unknown = (test_codes >= len(owners)) | (owners[np.minimum(test_codes, len(owners) - 1)] != ids_test)
+    if unknown.any():
+        raise DataError(f"client_test names owners with no training example (e.g. {ids_test[unknown][0]!r}): "
+                        "every client must have training data")
+    return codes.astype(np.int64), test_codes.astype(np.int64), owners
+
+
+def _owner_ids(ids: object, name: str, count: int) -> np.ndarray:
+    """The owner ids as a 1-D array of integers or strings, one per example; DataError otherwise."""
+    try:
+        out = np.asarray(ids)
+    except Exception as exc:  # ragged lists and the like
+        raise DataError(f"{name} cannot be read as one owner id per example: {type(exc).__name__}") from None
+    if out.dtype == object:  # hashable ids of mixed or Python types: compared as their text
+        out = np.array([str(v) for v in out.ravel()]).reshape(out.shape)
+    if out.ndim != 1 or len(out) != count:
+        raise DataError(f"{name} must hold one owner id per example ({count}), got shape {out.shape}")
+    if out.dtype.kind not in "iuUS":
+        raise DataError(f"{name} must hold integer or string owner ids, got {out.dtype}")
+    return out
 
 
 def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
@@ -225,16 +317,33 @@ def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
     except Exception as exc:
         raise DataError(f"task {task.name} cannot prepare {name} of shape {np.shape(x)}: {type(exc).__name__}: {exc}") from None
     out = np.ascontiguousarray(out)
+    if out.dtype == np.int64:  # token ids (an embedding's input): nothing can be NaN
+        return out
     if out.dtype != np.float32:
-        raise DataError(f"task {task.name}: prepare returned {out.dtype} for {name}; it must return float32")
+        raise DataError(f"task {task.name}: prepare returned {out.dtype} for {name}; it must return float32 "
+                        "(or int64 token ids)")
     if not np.isfinite(out).all():
         finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
         raise DataError(f"{name} holds NaN or infinity (example {int(np.argmin(finite))} is the first)")
     return out
 
 
-def _labels(y: np.ndarray, name: str) -> np.ndarray:
+def _labels(task: Task, y: np.ndarray, name: str) -> np.ndarray:
     y = np.asarray(y)
+    if task.prepare_labels is not None:
+        try:
+            y = np.asarray(task.prepare_labels(y))
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"task {task.name} cannot prepare {name}: {type(exc).__name__}: {first_line(exc)}") from None
+    if task.labels == "values":
+        if not np.issubdtype(y.dtype, np.number) or y.ndim == 0:
+            raise DataError(f"{name} must hold numeric targets, got {y.dtype}")
+        out = np.ascontiguousarray(y, dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise DataError(f"{name} holds NaN or infinity")
+        return out
     if y.ndim != 1:
         raise DataError(f"{name} must be one integer label per example, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
@@ -254,6 +363,10 @@ def check_arrays(task: Task, a: Arrays) -> Arrays:
             raise DataError(f"x_{part} has no examples")
     if a.x_train.shape[1:] != a.x_test.shape[1:]:
         raise DataError(f"x_train examples are {a.x_train.shape[1:]} but x_test's {a.x_test.shape[1:]}")
+    if task.labels == "values":
+        if a.y_train.shape[1:] != a.y_test.shape[1:]:
+            raise DataError(f"y_train targets are {a.y_train.shape[1:]} but y_test's {a.y_test.shape[1:]}")
+        return a
     classes = num_classes(task, a)
     for y, part in ((a.y_train, "y_train"), (a.y_test, "y_test")):
         low, high = int(y.min()), int(y.max())
@@ -267,9 +380,12 @@ def num_classes(task: Task, a: Arrays) -> int:
 
 
 def digest(a: Arrays) -> str:
-    """sha256 of the prepared arrays (shapes, dtypes and bytes): the data's part of a run's identity."""
+    """sha256 of the prepared arrays (shapes, dtypes and bytes): the data's part of a run's identity.
+
+    The owners count only where the data has them, so a data set without owners keeps the digest it had."""
     h = hashlib.sha256()
-    for x in (a.x_train, a.y_train, a.x_test, a.y_test):
+    owned = [x for x in (a.client_train, a.client_test) if x is not None]
+    for x in (a.x_train, a.y_train, a.x_test, a.y_test, *owned):
         h.update(f"{x.dtype.str}{x.shape}".encode())
         h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
     return h.hexdigest()

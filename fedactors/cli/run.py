@@ -57,9 +57,11 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
               callback=load_config_file, help="TOML file of settings (keys as the flags: clients, frac, batch_size, ...); flags override it.")
 @click.option("--task", default=D.task, show_default=True,
               help="What to train: a built-in task (fedactors tasks lists them), package.module:attr or path/to/file.py:attr.")
-@click.option("--data", default=None, metavar="npz:PATH",
-              help="Arrays in place of the task's data: an .npz with x_train, y_train, x_test, y_test (integer labels 0..C-1).")
-@click.option("--clients", type=int, default=D.clients, show_default=True, help="Number of clients K.")
+@click.option("--data", default=None, metavar="npz:PATH|leaf:DIR",
+              help="Arrays in place of the task's data: an .npz with x_train, y_train, x_test, y_test (integer labels 0..C-1) "
+                   "and optionally client_train, client_test (owner ids, for --partition natural); or a LEAF data set's "
+                   "directory (train/ and test/ of JSON files).")
+@click.option("--clients", type=int, default=D.clients, show_default=True, help="Number of clients K (not with --partition natural).")
 @click.option("--frac", type=float, default=D.frac, show_default=True, help="Fraction C of clients sampled each round, in (0, 1].")
 @click.option("--rounds", type=int, default=D.rounds, show_default=True, help="Communication rounds to run (on --resume: the new total).")
 @click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Local epochs E per round.")
@@ -67,7 +69,8 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--lr", type=float, default=D.lr, show_default=True, help="Client SGD learning rate (no momentum, no weight decay).")
 @click.option("--partition", type=click.Choice(PARTITIONS), default=D.partition, show_default=True,
               help="iid: n/K shuffled examples each; noniid: the paper's 2 label-sorted shards each; shards: --shards-per-client of them; "
-              "dirichlet: label skew by Dirichlet(--alpha); unbalanced: IID labels, log-normal(--sigma) client sizes.")
+              "dirichlet: label skew by Dirichlet(--alpha); unbalanced: IID labels, log-normal(--sigma) client sizes; "
+              "natural: one client per owner the data names (client_train, LEAF users; K is theirs, --clients is refused).")
 @click.option("--shards-per-client", "shards_per_client", type=int, default=D.shards_per_client, show_default=True,
               help="shards: label-sorted shards per client (noniid is 2).")
 @click.option("--alpha", type=float, default=D.alpha, show_default=True, help="dirichlet: the concentration; smaller is more skewed.")
@@ -168,6 +171,8 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
             api.continue_run(run_id, out, redis_url, store_retry_seconds, changes, mode)
         return
     _refuse_idle_flags(flags)
+    if flags["partition"] == "natural":
+        flags["clients"] = None  # one client per owner, counted when the data is read
     config = RunConfig(**flags)  # type: ignore[arg-type]
     if dry_run:
         show_plan(api.plan(config, run_id, out, redis_url), mode)
@@ -207,6 +212,9 @@ def show_plan(plan: dict, mode: str) -> None:
     p = plan["partition"]
     if p is None:
         return
+    labels = (f"; labels per client min {p['labels']['min']}, median {p['labels']['median']:g}, max {p['labels']['max']}"
+              if "labels" in p else "")
     click.echo(f"partition {config['partition']}: {p['clients']} clients; examples per client min {p['examples']['min']}, "
-               f"median {p['examples']['median']:g}, max {p['examples']['max']}; labels per client min {p['labels']['min']}, "
-               f"median {p['labels']['median']:g}, max {p['labels']['max']}")
+               f"median {p['examples']['median']:g}, max {p['examples']['max']}{labels}")
+    if "fewest" in p:
+        click.echo("owners with the fewest examples: " + ", ".join(f"{o['owner']} ({o['examples']})" for o in p["fewest"]))

@@ -1,4 +1,4 @@
-"""The built-in tasks: the paper's two MNIST models, and a small one on data shipped with scikit-learn.
+"""The built-in tasks: the paper's MNIST and Shakespeare models, and small ones on data that needs no download.
 
 Importing this package imports neither torch nor any data: a model factory imports torch when
 it is called, a loader reads its files when it is called.
@@ -7,5 +7,6 @@ it is called, a loader reads its files when it is called.
 from fedactors.task import Task
 from fedactors.tasks.digits import DIGITS_MLP
 from fedactors.tasks.mnist import MNIST_2NN, MNIST_CNN
+from fedactors.tasks.shakespeare import CHAR_LM_TINY, SHAKESPEARE_LSTM
 
-BUILTIN: dict[str, Task] = {t.name: t for t in (MNIST_CNN, MNIST_2NN, DIGITS_MLP)}
+BUILTIN: dict[str, Task] = {t.name: t for t in (MNIST_CNN, MNIST_2NN, DIGITS_MLP, SHAKESPEARE_LSTM, CHAR_LM_TINY)}

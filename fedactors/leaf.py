@@ -1,0 +1,101 @@
+"""LEAF's data layout (Caldas et al. 2018), the convention federated data sets ship in: `--data leaf:DIR`.
+
+    DIR/train/*.json and DIR/test/*.json, each file one JSON object:
+        {"users": ["u1", ...], "num_samples": [n1, ...],
+         "user_data": {"u1": {"x": [example, ...], "y": [label, ...]}, ...}}
+
+FEMNIST's examples are lists of 784 pixel values and its labels integers; Shakespeare's are
+80-character strings and its labels the next character. The files of a directory are read in
+name order, their users in the order `users` lists them. Every user is one owner
+(Arrays.client_train / client_test), so `--partition natural` makes each one client. The
+examples come back as NumPy arrays as they are (numbers or strings): the task's `prepare` and
+`prepare_labels` turn them into the model's input and class ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedactors.errors import DataError
+from fedactors.task import Arrays
+
+SPLITS = ("train", "test")
+
+
+def load_leaf(root: Path) -> Arrays:
+    """The train/ and test/ splits of a LEAF directory as Arrays with owners; DataError naming what is wrong."""
+    if not root.is_dir():
+        raise DataError(f"--data leaf:{root}: no such directory")
+    split = {}
+    for name in SPLITS:
+        where = root / name
+        files = sorted(where.glob("*.json")) if where.is_dir() else []
+        if not files:
+            raise DataError(f"--data leaf:{root}: no {name}/*.json files (LEAF keeps a split's users in JSON files "
+                            f"under {name}/)")
+        split[name] = _read_split(files)
+    (x_train, y_train, c_train), (x_test, y_test, c_test) = split["train"], split["test"]
+    return Arrays(x_train, y_train, x_test, y_test, client_train=c_train, client_test=c_test)
+
+
+def _read_split(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every user's examples, labels and (repeated) user id, over `files` in order."""
+    xs: list = []
+    ys: list = []
+    owners: list[str] = []
+    seen: set[str] = set()
+    for path in files:
+        doc = _read_json(path)
+        users, counts, data = doc.get("users"), doc.get("num_samples"), doc.get("user_data")
+        if not isinstance(users, list) or not isinstance(data, dict):
+            raise DataError(f"{path} is not a LEAF file: it needs a 'users' list and a 'user_data' object")
+        if counts is not None and (not isinstance(counts, list) or len(counts) != len(users)):
+            raise DataError(f"{path}: 'num_samples' must list one count per user ({len(users)})")
+        for i, user in enumerate(users):
+            user = str(user)
+            if user in seen:
+                raise DataError(f"{path}: user {user!r} appears twice in the split")
+            seen.add(user)
+            if user not in data:
+                raise DataError(f"{path}: user {user!r} is in 'users' but not in 'user_data'")
+            record = data[user]
+            x, y = (record.get("x"), record.get("y")) if isinstance(record, dict) else (None, None)
+            if not isinstance(x, list) or not isinstance(y, list) or len(x) != len(y):
+                raise DataError(f"{path}: user {user!r} needs lists 'x' and 'y' of the same length")
+            if counts is not None and counts[i] != len(x):
+                raise DataError(f"{path}: user {user!r} has {len(x)} examples but num_samples says {counts[i]}")
+            if not x:
+                continue  # an owner with nothing to learn from is not a client
+            xs.extend(x)
+            ys.extend(y)
+            owners.extend([user] * len(x))
+    if not xs:
+        raise DataError(f"{files[0].parent}: the LEAF files hold no examples")
+    return _array(xs, files[0].parent, "x"), _array(ys, files[0].parent, "y"), np.array(owners)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path} is not a LEAF file: it holds a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _array(values: list, where: Path, what: str) -> np.ndarray:
+    """A list of examples (numbers, lists of numbers, strings) as one NumPy array; DataError if they are ragged."""
+    try:
+        out = np.asarray(values)
+    except ValueError:
+        out = None
+    if out is None or out.dtype == object:
+        raise DataError(f"{where}: the '{what}' values do not all have one shape and type (e.g. examples of "
+                        "different lengths)")
+    return out
