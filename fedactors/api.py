@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.config import EXPERIMENT_FIELDS, RunConfig, parse_batch_size, refuse_idle_settings
+from fedactors.config import EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig, parse_batch_size, refuse_idle_settings
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
 from fedactors.interrupts import Interrupts
 from fedactors.outputs import RunDirectory
@@ -243,7 +243,7 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
         raise CheckpointError(f"checkpoint of run {run_id} does not match its own configuration (fingerprint differs; "
                               "a checkpoint of an earlier fedactors is resumed by that version)")
     stored = config.to_dict()
-    for name in (*EXPERIMENT_FIELDS, "dp_seed"):
+    for name in (*EXPERIMENT_FIELDS, *OPTIONAL_EXPERIMENT_FIELDS):
         if name in changes and changes[name] != getattr(config, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(
@@ -329,7 +329,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
                     info["host_info"][host]["clients_trained"] += 1
             if "startup_seconds" in event:
                 info["startup_seconds"] = round(event["startup_seconds"], 3)
-            if event["accuracy"] is not None:
+            if event["loss"] is not None:  # evaluated
                 history.append(event)
                 run_dir.append_metrics(event)
             out.round(event)

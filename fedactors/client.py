@@ -167,7 +167,8 @@ class ClientHost:
         self.threads = threads
         device, self.fallback = choose_device(gpus, torch.cuda.is_available())
         self.device = torch.device(device)
-        self.model = FlatModel(self.task.model, device=self.device, precision=config.precision, loss=self.task.loss)
+        self.model = FlatModel(self.task.model, device=self.device, precision=config.precision, loss=self.task.loss,
+                               labels=self.task.labels)
         slow = precision_warning(config.precision, self.device.type, self.device.type != "cpu" or cpu_has_bf16())
         self.warnings = [w for w in (self.fallback, slow) if w]  # what the user should hear about this host
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
@@ -182,14 +183,17 @@ class ClientHost:
         client_indices: Sequence[np.ndarray],
         test_images: np.ndarray,
         test_labels: np.ndarray,
+        held_out: np.ndarray | None = None,
     ) -> bool:
-        """Hold the (read-only) data for the run; returns True so a caller can wait on it."""
+        """Hold the (read-only) data for the run; returns True so a caller can wait on it. `held_out`: the training
+        examples (indices) that --eval-clients keeps out of training, in client order, for per-client evaluation."""
         self.train_images = train_images
         self.train_labels = train_labels
         self.client_indices = client_indices if isinstance(client_indices, Parts) else Parts.of(client_indices)
         self.test_images = test_images
         self.test_labels = test_labels
-        self._test_slices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.held_out = held_out
+        self._test_slices: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         self.loaded = True
         return True
 
@@ -318,16 +322,22 @@ class ClientHost:
         return HostSum(host=self.host_id, round=round_idx, acc=total.acc, rejected=rejected,
                        out_of_range=out_of_range, failures=failures, **done)
 
-    def evaluate(self, weights: np.ndarray, start: int, stop: int) -> EvalPart:
-        """Loss sum and correct count of `weights` on test examples [start, stop)."""
+    def evaluate(self, weights: np.ndarray, start: int, stop: int, *, hits: bool = False,
+                 held_out: bool = False) -> EvalPart:
+        """Loss sum, correct count and the task's metrics of `weights` on test examples [start, stop); with `hits`
+        each example's correctness too; with `held_out`, on those held-out training examples instead."""
         import torch
 
         t0 = time.perf_counter()
         self.model.set_weights(weights)
-        if (start, stop) not in self._test_slices:  # a host evaluates the same slice every round
-            self._test_slices[(start, stop)] = (
-                torch.from_numpy(np.array(self.test_images[start:stop])).to(self.device),
-                torch.from_numpy(np.array(self.test_labels[start:stop])).to(self.device),
-            )
-        loss_sum, correct = self.model.evaluate(*self._test_slices[(start, stop)])
-        return EvalPart(loss_sum=loss_sum, correct=correct, count=stop - start, seconds=time.perf_counter() - t0)
+        key = (start, stop, held_out)
+        if key not in self._test_slices:  # a host evaluates the same slice every round
+            if held_out:
+                idx = self.held_out[start:stop]
+                x, y = self.train_images[idx], self.train_labels[idx]  # fancy indexing copies
+            else:
+                x, y = np.array(self.test_images[start:stop]), np.array(self.test_labels[start:stop])
+            self._test_slices[key] = (torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
+        result = self.model.evaluate_all(*self._test_slices[key], metrics=self.task.metrics, hits=hits)
+        return EvalPart(loss_sum=result.loss_sum, correct=result.correct, count=stop - start,
+                        seconds=time.perf_counter() - t0, sums=result.sums, hits=result.hits)

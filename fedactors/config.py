@@ -30,6 +30,10 @@ EXPERIMENT_FIELDS = (
     "strategy", "server_lr", "server_momentum", "beta1", "beta2", "tau", "mu", "clip", "noise_multiplier",
 )
 
+# Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
+# made before they existed keep theirs).
+OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -84,6 +88,10 @@ class RunConfig:
     attack: str = "sign-flip"
     attack_scale: float = 10.0
     precision: str = "fp32"  # bf16: bfloat16 compute, float32 master weights
+    # A seeded fraction of the clients keeps a share of its examples out of training and is evaluated on it
+    # every evaluated round (fedactors.partition.hold_out). None: only clients with test data of their own
+    # (a natural partition's client_test) are evaluated one by one.
+    eval_clients: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task.strip():
@@ -143,6 +151,8 @@ class RunConfig:
             raise ConfigError(f"host_sums must be true or false, got {self.host_sums!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.eval_clients is not None and not (_is_real(self.eval_clients) and 0 < self.eval_clients <= 1):
+            raise ConfigError(f"--eval-clients must be a fraction in (0, 1], got {self.eval_clients!r}")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()
@@ -228,8 +238,9 @@ class RunConfig:
         """The fields that define what is computed (see EXPERIMENT_FIELDS)."""
         full = self.to_dict()
         fields = {k: full[k] for k in EXPERIMENT_FIELDS}
-        if self.dp_seed is not None:  # only then: the fingerprints of every other run stay what they were
-            fields["dp_seed"] = self.dp_seed
+        for name in OPTIONAL_EXPERIMENT_FIELDS:  # only when set: the fingerprints of every other run stay what they were
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
         return fields
 
     def fingerprint(self, identity: dict) -> str:

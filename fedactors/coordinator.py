@@ -53,7 +53,10 @@ class HostPool(Protocol):
         or a failure per client of a host that failed as a whole."""
         ...
 
-    def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]: ...
+    def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
+                 held_out: bool = False) -> list[EvalPart]:
+        """The test set's [0, num_test) in slices, one a host (ClientHost.evaluate's `hits` and `held_out`)."""
+        ...
 
     def newly_lost(self) -> dict[int, str]:
         """Hosts gone for good since the last call (host -> why), for the round to report."""
@@ -115,9 +118,10 @@ class LocalPool:
             except Exception as exc:
                 yield from (Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}") for cid in cids)
 
-    def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
+    def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
+                 held_out: bool = False) -> list[EvalPart]:
         slices = eval_slices(num_test, len(self.hosts))
-        return [self.hosts[i].evaluate(weights, a, b) for i, (a, b) in enumerate(slices)]
+        return [self.hosts[i].evaluate(weights, a, b, hits=hits, held_out=held_out) for i, (a, b) in enumerate(slices)]
 
     def newly_lost(self) -> dict[int, str]:
         return {}  # in-process hosts cannot die apart from the process
@@ -282,7 +286,8 @@ class RayPool:
                 except ray.exceptions.RayTaskError as exc:
                     yield from (Failure(client_id=cid, host=host, error=_first_line(exc)) for cid in cids)
 
-    def evaluate(self, weights: np.ndarray, num_test: int) -> list[EvalPart]:
+    def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
+                 held_out: bool = False) -> list[EvalPart]:
         ray = self._ray
         weights_ref = self._weights_ref(weights)
         for _ in range(MAX_ATTEMPTS):
@@ -293,7 +298,8 @@ class RayPool:
                 raise RoundFailed(f"evaluation: {self._none_left()}")
             hosts = list(self.alive)
             slices = eval_slices(num_test, len(hosts))
-            refs = [self.actors[h].evaluate.remote(weights_ref, a, b) for h, (a, b) in zip(hosts, slices)]
+            refs = [self.actors[h].evaluate.remote(weights_ref, a, b, hits=hits, held_out=held_out)
+                    for h, (a, b) in zip(hosts, slices)]
             try:
                 return ray.get(refs)
             except ray.exceptions.RayActorError:
@@ -313,6 +319,17 @@ def uses_host_sums(config: RunConfig) -> bool:
     variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
     each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
     return config.host_sums and host_sums_apply(config.aggregator, config.strategy)
+
+
+def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:
+    """The distribution over clients of their own accuracy (each client's share of its examples classified right):
+    mean, 10th/50th/90th percentiles, worst, the fraction at or above `target`, and how many clients."""
+    counts = np.bincount(owners)
+    right = np.bincount(owners, weights=hits.astype(np.float64), minlength=len(counts))
+    accuracy = right[counts > 0] / counts[counts > 0]
+    p10, p50, p90 = np.percentile(accuracy, [10, 50, 90])
+    return {"clients": len(accuracy), "mean": float(accuracy.mean()), "p10": float(p10), "p50": float(p50),
+            "p90": float(p90), "worst": float(accuracy.min()), "at_target": float((accuracy >= target).mean())}
 
 
 class Coordinator:
@@ -339,8 +356,13 @@ class Coordinator:
         identity: dict | None = None,
         strategy: Strategy | None = None,
         strategy_state: tuple[dict, dict] | None = None,
+        eval_owners: np.ndarray | None = None,
+        held_out: bool = False,
+        classes: bool = True,
     ) -> None:
-        """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: its (buffers, scalars) to resume."""
+        """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: its (buffers, scalars) to resume.
+        `eval_owners`: the client each example of the per-client evaluation belongs to: of the test set, or with
+        `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation)."""
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
         # Unix time the run would have started at had it never stopped: checkpoints record its wall time.
@@ -356,6 +378,9 @@ class Coordinator:
         self.fingerprint = fingerprint  # of the run: its settings, task and data (experiment.run)
         self.identity = identity or {}
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
+        self.eval_owners = eval_owners
+        self.held_out = held_out
+        self.classes = classes  # False for a task of float targets ("values"): no accuracy, the loss and metrics
         self.strategy = strategy if strategy is not None else make_strategy(config)
         if strategy_state is not None:
             buffers, scalars = strategy_state  # writable copies: the checkpoint's arrays are read-only views
@@ -377,7 +402,7 @@ class Coordinator:
             last = self.round + 1 == cfg.rounds or budget_end is not None
             stats = self.run_round(self.round + 1, last=last)
             self.round = stats.round
-            if stats.accuracy is not None:
+            if stats.loss is not None:  # evaluated
                 self.history.append(stats.metrics_row())
             if self.store is not None and (self.round % cfg.checkpoint_every == 0 or last):
                 t0 = time.perf_counter()
@@ -542,12 +567,19 @@ class Coordinator:
         )
         if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds or last:
             t2 = time.perf_counter()
-            parts = self.pool.evaluate(self.weights, self.num_test)
+            owners_test = self.eval_owners is not None and not self.held_out  # the test set's owners are clients
+            parts = self.pool.evaluate(self.weights, self.num_test, hits=owners_test)
             count = sum(p.count for p in parts)
             if count == 0:
                 raise RoundFailed(f"round {round_idx}: evaluation returned no test examples")
-            stats.accuracy = sum(p.correct for p in parts) / count
+            stats.accuracy = sum(p.correct for p in parts) / count if self.classes else None
             stats.loss = sum(p.loss_sum for p in parts) / count
+            stats.metrics = {name: sum(p.sums[name] for p in parts) / count for name in parts[0].sums}
+            if self.eval_owners is not None:
+                own = (self.pool.evaluate(self.weights, len(self.eval_owners), hits=True, held_out=True)
+                       if self.held_out else parts)
+                stats.client_accuracy = client_spread(np.concatenate([p.hits for p in own]), self.eval_owners,
+                                                      cfg.target)
             stats.eval_seconds = time.perf_counter() - t2
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
@@ -597,12 +629,16 @@ class CoordinatorActor:
         run_started_at: float | None = None,
         strategy: Strategy | None = None,
         strategy_state: tuple[dict, dict] | None = None,
+        eval_owners: np.ndarray | None = None,
+        held_out: bool = False,
+        classes: bool = True,
     ) -> None:
         self.store_retry_seconds = store_retry_seconds
         self.coordinator = Coordinator(
             config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
             weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
-            strategy=strategy, strategy_state=strategy_state,
+            strategy=strategy, strategy_state=strategy_state, eval_owners=eval_owners, held_out=held_out,
+            classes=classes,
         )
 
     def run(self, store_url: str | None = None, fingerprint: str = "", identity: dict | None = None) -> Iterator[dict]:

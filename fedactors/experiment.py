@@ -27,11 +27,13 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from fedactors.checkpoint import Checkpoint
 from fedactors.config import RunConfig
 from fedactors.data import resolve_data_dir
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
-from fedactors.partition import partition, summary
+from fedactors.partition import Parts, hold_out, partition, summary
 from fedactors.task import Arrays, Task, digest, load_arrays, load_task
 
 EventHandler = Callable[[dict], None]
@@ -105,13 +107,14 @@ def run(
                             task=task_object)
             for i in range(num_hosts)
         ]
-        data, client_indices, data_digest, split = loading.result()
+        data, client_indices, data_digest, split, holdout = loading.result()
         loading = None  # the future holds the arrays too, and the driver keeps no copy once they are put
         data_refs = [
             ray.put(data.x_train), ray.put(data.y_train), ray.put(client_indices),
-            ray.put(data.x_test), ray.put(data.y_test),
+            ray.put(data.x_test), ray.put(data.y_test), ray.put(None if holdout is None else holdout.indices),
         ]
         num_test = len(data.y_test)
+        owners = eval_owners(data, holdout)
         del data  # the object store holds the only copy from here on
         loads = [h.load.remote(*data_refs) for h in hosts]
         # Its process starts while the hosts still import torch; it waits for them on its own.
@@ -126,6 +129,7 @@ def run(
                 run_started_at=run_started_at,
                 strategy=strategy,
                 strategy_state=(resume.state, resume.extra.get("strategy", {})) if resume else None,
+                eval_owners=owners, held_out=holdout is not None, classes=task.labels == "classes",
             )
         )
         try:
@@ -166,15 +170,32 @@ def run(
         ray.shutdown()
 
 
-def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, list, str, dict]:
-    """The prepared data set, its partition into the run's clients, its digest and the partition's summary."""
+def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, Parts, str, dict, Parts | None]:
+    """The prepared data set, its partition into the run's clients, its digest, the partition's summary, and the
+    examples held out for per-client evaluation (--eval-clients; else None)."""
     data = load_arrays(task, config.data, data_dir)
     if not task.builtin or config.data is not None:  # a user's model, or a built-in one on the user's arrays
         check_model(task, data)
     parts = partition(data.y_train, config.clients, config.partition, config.seed,
                       shards_per_client=config.shards_per_client, alpha=config.alpha, sigma=config.sigma,
                       owners=data.client_train)
-    return data, parts, digest(data), summary(parts, data.y_train, owners=data.owners, values=task.labels == "values")
+    split = summary(parts, data.y_train, owners=data.owners, values=task.labels == "values")
+    holdout = None
+    if config.eval_clients is not None:
+        if data.client_test is not None:
+            raise ConfigError("--eval-clients: the data gives its owners test examples of their own (client_test), "
+                              "and every client is evaluated on them; drop --eval-clients")
+        parts, holdout = hold_out(parts, config.eval_clients, config.seed)
+        split["held_out"] = {"clients": int((holdout.sizes > 0).sum()), "examples": int(holdout.sizes.sum())}
+    return data, parts, digest(data), split, holdout
+
+
+def eval_owners(data: Arrays, holdout: Parts | None) -> np.ndarray | None:
+    """Whose each example of the per-client evaluation is (client numbers), or None when clients are not evaluated
+    one by one: the owners of the test set (a natural partition's client_test), or of the held-out examples."""
+    if holdout is not None:
+        return np.repeat(np.arange(len(holdout)), holdout.sizes)
+    return data.client_test
 
 
 def check_client_state(config: RunConfig, weights: int) -> None:

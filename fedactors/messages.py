@@ -15,18 +15,25 @@ import numpy as np
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
-    "failures", "epsilon",
+    "failures", "epsilon", "client_accuracy",
 )
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
 # and its accuracy on the test set.
-PRIVATE_KEYS = ("train_loss", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine", "failures")
+# The clients' own accuracies are measured on their data too, so they stay out as well.
+PRIVATE_KEYS = ("train_loss", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine", "failures",
+                "client_accuracy")
 
 
 def metrics_fields(row: dict) -> dict:
-    """The keys of METRIC_KEYS in `row` (an event or a RoundStats' fields), less PRIVATE_KEYS if row["private"]."""
+    """The keys of METRIC_KEYS in `row` (an event or a RoundStats' fields), less PRIVATE_KEYS if row["private"],
+    then the task's own metrics by name. client_accuracy only where clients were evaluated one by one."""
     hidden = PRIVATE_KEYS if row.get("private") else ()
-    return {k: row[k] for k in METRIC_KEYS if k in row and k not in hidden}
+    out = {k: row[k] for k in METRIC_KEYS if k in row and k not in hidden}
+    if out.get("client_accuracy") is None:
+        out.pop("client_accuracy", None)
+    out.update(row.get("metrics") or {})
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class EvalPart:
     correct: int
     count: int
     seconds: float
+    sums: dict[str, float] = field(default_factory=dict)  # the task's own metrics, summed over the slice
+    hits: np.ndarray | None = None  # bool per example: classified right (for per-client evaluation)
 
 
 @dataclass
@@ -107,6 +116,8 @@ class RoundStats:
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
     epsilon: float | None = None  # dp-fedavg: the privacy spent so far, at --delta
     private: bool = False  # dp-fedavg: PRIVATE_KEYS stay out of the metrics
+    metrics: dict[str, float] = field(default_factory=dict)  # the task's own metrics on the test set, by name
+    client_accuracy: dict | None = None  # per-client evaluation: coordinator.client_spread
 
     def metrics_row(self) -> dict:
         """The JSON object metrics.jsonl holds for this round."""

@@ -12,6 +12,7 @@ refused. The CNN (conv 5x5x32 + ReLU + 2x2 max-pool, conv 5x5x64 + ReLU + 2x2 ma
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -94,6 +95,36 @@ def _batchnorm_counter(module: nn.Module, name: str) -> bool:
     return leaf == "num_batches_tracked" and isinstance(sub, nn.modules.batchnorm._BatchNorm)
 
 
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Sums over a set of examples: the loss, the correct count, a task's metrics; and each example's correctness."""
+
+    loss_sum: float
+    correct: int
+    sums: dict[str, float]
+    hits: np.ndarray | None = None  # bool per example, when asked for
+
+
+def per_example(metric: Metric, name: str, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A task metric's values for a batch, one per example; DataError naming the metric if it gives anything else."""
+    try:
+        values = metric(outputs, labels)
+    except Exception as exc:  # noqa: BLE001 - the user's metric, named
+        raise DataError(f"the task's metric {name!r} failed: {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(values, torch.Tensor) or values.shape != (len(labels),):
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise DataError(f"the task's metric {name!r} must return one value per example ({len(labels)},), got {shape}")
+    return values.float()
+
+
+def _per_example(y: torch.Tensor) -> int:
+    """Target values per example: the summed squared error of a (B, d) target counts d values for one example."""
+    return 1 if y.ndim <= 1 or not y.is_floating_point() else int(np.prod(y.shape[1:]))
+
+
 class FlatModel:
     """A module whose parameters live in `self.params` and gradients in `self.grads` (1-D float32).
 
@@ -106,15 +137,22 @@ class FlatModel:
     """
 
     def __init__(self, factory: Callable[[], nn.Module] = CNN, init_seed: int | None = None,
-                 device: str | torch.device = "cpu", precision: str = "fp32", loss: Loss | None = None) -> None:
+                 device: str | torch.device = "cpu", precision: str = "fp32", loss: Loss | None = None,
+                 labels: str = "classes") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
         self.module = build(factory, init_seed).to(device)
         self.precision = precision
-        self.loss = loss if loss is not None else F.cross_entropy
-        # Evaluation sums the loss: cross-entropy sums directly, a task's own loss is its mean times the batch.
-        self.loss_sum = ((lambda logits, y: F.cross_entropy(logits, y, reduction="sum")) if loss is None
-                         else (lambda logits, y: loss(logits, y) * len(y)))
+        self.classes = labels == "classes"  # else "values": float targets, mean squared error by default
+        default = F.cross_entropy if self.classes else F.mse_loss
+        self.loss = loss if loss is not None else default
+        # Evaluation sums the loss: the defaults sum directly, a task's own loss is its mean times the batch.
+        if loss is not None:
+            self.loss_sum = lambda logits, y: loss(logits, y) * len(y)
+        elif self.classes:
+            self.loss_sum = lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
+        else:  # a (B, d) target's mean squared error is over its d values, so each example's is their mean
+            self.loss_sum = lambda logits, y: F.mse_loss(logits, y, reduction="sum") / _per_example(y)
         parameters = list(self.module.parameters())
         buffers = [b for _, b in self.module.named_buffers() if b.dtype == torch.float32]
         num_params = sum(p.numel() for p in parameters)
@@ -173,7 +211,7 @@ class FlatModel:
         self.grads.zero_()
         with self._autocast():
             logits = self.module(images)
-        loss = self.loss(logits.float(), labels)
+        loss = self.loss(self._shaped(logits.float(), labels), labels)
         loss.backward()
         with torch.no_grad():
             if grad_hook is not None:
@@ -184,12 +222,36 @@ class FlatModel:
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH) -> tuple[float, int]:
         """(sum of the losses, number correct) over the given examples."""
+        result = self.evaluate_all(images, labels, batch_size)
+        return result.loss_sum, result.correct
+
+    @torch.no_grad()
+    def evaluate_all(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH, *,
+                     metrics: dict[str, Metric] | None = None, hits: bool = False) -> Evaluation:
+        """The sums `evaluate` gives, plus each of `metrics` summed over the examples and, with `hits`, whether each
+        example was classified right (per-client evaluation groups them by owner). A "values" model has no
+        accuracy: correct stays 0."""
         self.module.eval()
         loss_sum, correct = 0.0, 0
+        sums = dict.fromkeys(metrics or {}, 0.0)
+        right = []
         for start in range(0, len(images), batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
             with self._autocast():
-                logits = self.module(x).float()
+                logits = self._shaped(self.module(x).float(), y)
             loss_sum += float(self.loss_sum(logits, y))
-            correct += int((logits.argmax(1) == y).sum())
-        return loss_sum, correct
+            if self.classes:
+                ok = logits.argmax(1) == y
+                correct += int(ok.sum())
+                if hits:
+                    right.append(ok.cpu().numpy())
+            for name, metric in (metrics or {}).items():
+                sums[name] += float(per_example(metric, name, logits, y).sum())
+        flags = np.concatenate(right) if right else np.zeros(0, dtype=bool)
+        return Evaluation(loss_sum, correct, sums, flags if hits and self.classes else None)
+
+    def _shaped(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A "values" model's outputs in its targets' shape ((B, 1) -> (B,)), so the loss compares like with like."""
+        if not self.classes and outputs.shape != labels.shape and outputs.numel() == labels.numel():
+            return outputs.reshape(labels.shape)
+        return outputs

@@ -15,6 +15,7 @@ line (dirichlet first redraws, up to MAX_DRAWS times, as most papers' code does)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -164,6 +165,31 @@ def unbalanced(num_examples: int, num_clients: int, seed: int, sigma: float) -> 
     sizes = 1 + np.floor(weights / weights.sum() * (num_examples - num_clients)).astype(np.int64)
     sizes[np.argsort(-weights, kind="stable")[: num_examples - sizes.sum()]] += 1  # deal the remainder to the largest
     return [np.sort(chunk) for chunk in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+HOLDOUT_FRACTION = 0.2  # --eval-clients: the share of a chosen client's examples kept for its own evaluation
+
+
+def hold_out(parts: Parts, fraction: float, seed: int) -> tuple[Parts, Parts]:
+    """(training parts, evaluation parts): a seeded `fraction` of the clients (at least one) each keep
+    HOLDOUT_FRACTION of their examples (rounded, at least one, never all) out of training, to be
+    evaluated on; the other clients train on everything and are not evaluated on their own.
+
+    Vectorised over the examples (a random key each, ranked within its client), so it costs the
+    same for a million clients as one sort of the examples."""
+    rng = generator(Purpose.EVAL_CLIENTS, seed)
+    k = len(parts)
+    chosen = np.zeros(k, dtype=bool)
+    chosen[rng.choice(k, size=max(1, math.ceil(fraction * k - 1e-9)), replace=False)] = True
+    sizes = parts.sizes
+    held = np.where(chosen & (sizes >= 2), np.clip(np.round(HOLDOUT_FRACTION * sizes), 1, sizes - 1), 0).astype(np.int64)
+    owner = np.repeat(np.arange(k), sizes)
+    order = np.lexsort((rng.random(len(owner)), owner))  # within each client, its examples in a random order
+    rank = np.empty(len(owner), dtype=np.int64)
+    rank[order] = np.arange(len(owner)) - parts.offsets[owner[order]]
+    out = rank < held[owner]
+    train = Parts(parts.indices[~out], np.concatenate([[0], np.cumsum(sizes - held)]))
+    return train, Parts(parts.indices[out], np.concatenate([[0], np.cumsum(held)]))
 
 
 SMALLEST_SHOWN = 5  # a natural partition's summary names this many of the owners with the fewest examples

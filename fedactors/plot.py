@@ -24,7 +24,8 @@ SKIP_EARLY_MAX = 5
 
 
 def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float | None = None,
-              title: str | None = None, paper: bool = False, y_min: float | None = None) -> Path:
+              title: str | None = None, paper: bool = False, y_min: float | None = None,
+              clients: bool = False) -> Path:
     """Plot the runs in `run_dirs` to the PNG `out_png` and return its path.
 
     `target` draws one dashed horizontal line; by default each distinct configured target of the
@@ -32,6 +33,8 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     99% (Table 2) for each run of one of its cells. `y_min` is the bottom of the accuracy axis
     (default: a margin below the lowest accuracy after the first few evaluated rounds). ConfigError
     for a bad output path, run directory or `y_min`, DataError if no run has an evaluated round.
+    `clients` shades, around each run's curve, the band from the 10th to the 90th percentile of
+    its clients' own accuracies (runs evaluated client by client; DataError if none was).
     """
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
@@ -45,7 +48,10 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     runs = [load_run(d) for d in run_dirs]
     if not any(s.rounds for s in runs):
         raise DataError(f"nothing to plot: no evaluated rounds in {', '.join(str(s.path) for s in runs)}")
-    fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min)
+    if clients and not any(s.clients_curve for s in runs):
+        raise DataError("--clients: none of these runs evaluated its clients one by one (natural data with "
+                        "client_test, or --eval-clients)")
+    fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min, clients=clients)
     # print_png renders at the figure's own size and dpi; savefig would honour a user's
     # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
     fig.canvas.print_png(str(out_png))
@@ -53,7 +59,7 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
 
 
 def draw(runs: list[RunSummary], *, target: float | None = None, title: str | None = None,
-         paper: bool = False, y_min: float | None = None) -> Figure:
+         paper: bool = False, y_min: float | None = None, clients: bool = False) -> Figure:
     """The figure plot_runs writes, on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -66,6 +72,11 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     marked = False
     for s, label in zip(runs, legend_labels(runs)):
         (line,) = ax.plot(s.rounds, s.accuracies, linewidth=1.5, label=label)
+        if clients and s.clients_curve:
+            rounds = [r for r, _ in s.clients_curve]
+            ax.fill_between(rounds, [c["p10"] for _, c in s.clients_curve], [c["p90"] for _, c in s.clients_curve],
+                            color=line.get_color(), alpha=0.2, linewidth=0,
+                            label=f"{label}: clients' own accuracy, 10th-90th percentile")
         rounds = paper_rounds(s) if paper else None
         if rounds is not None:
             ax.plot([rounds], [PAPER_TABLE2_TARGET], marker="v", markersize=9, linestyle="none",
@@ -76,7 +87,7 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
         targets.append(PAPER_TABLE2_TARGET)
     for t in targets:
         ax.axhline(t, color="0.3", linestyle="--", linewidth=1.0, label=f"target {t:.2%}".replace(".00%", "%"))
-    ax.set_ylim(*y_limits(runs, targets, y_min))
+    ax.set_ylim(*y_limits(runs, targets, y_min, clients))
     ax.set_xlim(left=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Communication rounds")
@@ -94,13 +105,18 @@ def legend_labels(runs: list[RunSummary]) -> list[str]:
     return [f"{s.label} ({s.path.name})" if labels.count(s.label) > 1 else s.label for s in runs]
 
 
-def y_limits(runs: list[RunSummary], targets: list[float], y_min: float | None = None) -> tuple[float, float]:
+def y_limits(runs: list[RunSummary], targets: list[float], y_min: float | None = None,
+             clients: bool = False) -> tuple[float, float]:
     """(bottom, top): a margin below the lowest accuracy after the early rounds (or `y_min`),
-    top <= 1.0, and every target line inside with room to spare (those above `y_min`)."""
+    top <= 1.0, and every target line inside with room to spare (those above `y_min`); with
+    `clients` the clients' bands count as well."""
     late = []
     for s in runs:
         skip = min(SKIP_EARLY_MAX, int(len(s.accuracies) * SKIP_EARLY_FRACTION))
         late.extend(s.accuracies[skip:])
+        if clients:
+            band = s.clients_curve[min(SKIP_EARLY_MAX, int(len(s.clients_curve) * SKIP_EARLY_FRACTION)):]
+            late.extend(v for _, c in band for v in (c["p10"], c["p90"]))
     values = late + list(targets)
     low, high = min(values), max(values)
     if y_min is not None:

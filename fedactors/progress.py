@@ -97,7 +97,7 @@ class Renderer:
         self.echo(self.round_text(ev))
 
     def round_text(self, ev: dict) -> str:
-        acc = "" if ev["accuracy"] is None else f"  acc {ev['accuracy']:.4f}  loss {ev['loss']:.4f}"
+        acc = evaluated_text(ev)
         extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
         extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
         extra += f"  rejected {len(ev['rejected'])}" if ev.get("rejected") else ""
@@ -212,7 +212,7 @@ class RichRenderer(Renderer):
     def round(self, ev: dict) -> None:
         super().round(ev)  # the line goes above the bar, so the history stays on screen
         if self.task is not None:
-            status = f"acc {ev['accuracy']:.4f} loss {ev['loss']:.4f}" if ev["accuracy"] is not None else ""
+            status = evaluated_text(ev).strip()
             if ev.get("epsilon") is not None:
                 status += f"  epsilon {ev['epsilon']:.3f}"
             if self.best is not None:
@@ -234,3 +234,16 @@ def _clients(c: RunConfig) -> str:
     if c.clients is None:
         return f"K=one per owner C={c.frac}"
     return f"K={c.clients} C={c.frac} (m={c.clients_per_round})"
+
+
+def evaluated_text(ev: dict) -> str:
+    """A round's evaluation for its progress line: accuracy (a classifier's), loss, the task's own metrics, and the
+    clients' own accuracies where they were evaluated one by one; empty for a round not evaluated."""
+    if ev.get("loss") is None:
+        return ""
+    text = ("" if ev["accuracy"] is None else f"  acc {ev['accuracy']:.4f}") + f"  loss {ev['loss']:.4f}"
+    text += "".join(f"  {name} {value:.4f}" for name, value in (ev.get("metrics") or {}).items())
+    spread = ev.get("client_accuracy")
+    if spread:
+        text += f"  clients mean {spread['mean']:.4f} p10 {spread['p10']:.4f} worst {spread['worst']:.4f}"
+    return text

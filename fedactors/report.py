@@ -111,6 +111,8 @@ class RunSummary:
     wall_seconds: float | None  # the run in all, resumed parts included; None until the run has stopped
     median_round_seconds: float | None  # a round evaluated every k rounds counts 1/k of its evaluation
     epsilon: float | None = None  # dp-fedavg: the privacy spent by the last evaluated round
+    # Per-client evaluation, by evaluated round: (round, its client_accuracy row: mean, p10, p50, p90, worst, ...).
+    clients_curve: tuple[tuple[int, dict], ...] = ()
 
     def history(self) -> list[dict]:
         return [{"round": r, "accuracy": a} for r, a in zip(self.rounds, self.accuracies)]
@@ -194,7 +196,28 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         wall_seconds=float(wall) if wall is not None else None,
         median_round_seconds=statistics.median(round_seconds) if round_seconds else None,
         epsilon=next((float(row["epsilon"]) for row in reversed(history) if row.get("epsilon") is not None), None),
+        clients_curve=_clients_curve(history, path / "metrics.jsonl"),
     )
+
+
+CLIENT_KEYS = ("mean", "p10", "p50", "p90", "worst", "at_target")
+
+
+def _clients_curve(history: list[dict], file: Path) -> tuple[tuple[int, dict], ...]:
+    """(round, client_accuracy) for the rows that have it, each checked to hold CLIENT_KEYS as numbers."""
+    curve = []
+    for row in history:
+        spread = row.get("client_accuracy")
+        if spread is None:
+            continue
+        if not isinstance(spread, dict) or not all(_is_number(spread.get(k)) for k in CLIENT_KEYS):
+            raise DataError(f"{file}: round {row['round']}'s client_accuracy lacks numbers for {', '.join(CLIENT_KEYS)}")
+        curve.append((row["round"], spread))
+    return tuple(sorted(curve, key=lambda item: item[0]))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _round_seconds(history: list[dict], k: int) -> list[float]:
@@ -267,6 +290,10 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
     if private:
         headers.append("epsilon")
         align += "r"
+    per_client = any(s.clients_curve for s in summaries)  # likewise where clients were evaluated one by one
+    if per_client:
+        headers += ["clients mean", "p10", "worst", "at target"]
+        align += "rrrr"
     rows = []
     for s in summaries:
         rows.append([
@@ -278,8 +305,17 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
             "-" if s.wall_seconds is None else f"{s.wall_seconds:.1f}",
             "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
             *(["-" if s.epsilon is None else f"{s.epsilon:.3g}"] if private else []),
+            *(_last_clients(s) if per_client else []),
         ])
     return _render(headers, rows, align, markdown)
+
+
+def _last_clients(s: RunSummary) -> list[str]:
+    """The last evaluated round's clients: mean, 10th percentile and worst accuracy, and the share at the target."""
+    if not s.clients_curve:
+        return ["-"] * 4
+    last = s.clients_curve[-1][1]
+    return [f"{last['mean']:.4f}", f"{last['p10']:.4f}", f"{last['worst']:.4f}", f"{last['at_target']:.0%}"]
 
 
 def is_table2_setup(s: RunSummary) -> bool:

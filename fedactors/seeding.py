@@ -22,6 +22,7 @@ class Purpose(IntEnum):
     ATTACK = 6
     DP_NOISE = 7
     TORCH = 8  # torch's own generator during a client's training (dropout and other random layers)
+    EVAL_CLIENTS = 9  # --eval-clients: which clients hold out a share of their examples, and which examples
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedactors.errors import ConfigError, DataError, first_line
+from fedactors.messages import METRIC_KEYS
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +54,7 @@ DATA_KINDS = ("npz", "leaf")  # --data KIND:PATH
 NPZ_OWNER_KEYS = ("client_train", "client_test")  # optional: who owns each example (--partition natural)
 LABELS = ("classes", "values")
 # Names every evaluated round already carries (metrics.jsonl): a task's own metrics may not shadow them.
-RESERVED_METRICS = frozenset({"accuracy", "loss", "train_loss", "round", "clients"})
+RESERVED_METRICS = frozenset({*METRIC_KEYS, "metrics", "private", "type"})
 
 
 @dataclass(frozen=True)

@@ -184,15 +184,15 @@ def test_the_shakespeare_lstm_is_the_papers_model():
 
 
 def test_shakespeare_lstm_runs_on_leaf_files_with_a_client_per_role(tmp_path):
-    write_leaf(tmp_path / "leaf", shakespeare_like())
+    write_leaf(tmp_path / "leaf", shakespeare_like(per_user=6))  # 4 lines a role to train on: the LSTM is not small
     out = tmp_path / "run"
     result = fedactors("run", "--task", "shakespeare-lstm", "--data", f"leaf:{tmp_path / 'leaf'}", "--partition", "natural",
-                       "--frac", "0.5", "--rounds", "1", "--epochs", "1", "--batch-size", "4", "--lr", "0.8",
+                       "--frac", "0.5", "--rounds", "1", "--epochs", "1", "--batch-size", "2", "--lr", "0.8",
                        "--hosts", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["clients"] == 4 and run["partition"]["clients"] == 4
-    assert run["partition"]["examples"] == {"min": 8, "median": 8.0, "max": 8}
+    assert run["partition"]["examples"] == {"min": 4, "median": 4.0, "max": 4}
     assert np.load(out / "weights.npy").size == run["identity"]["weights"]
     assert 0 <= accuracies(out)[0] <= 1
 
@@ -221,4 +221,104 @@ def test_int_examples_for_a_model_that_needs_floats_are_one_line(tmp_path):
     result = fedactors("run", "--task", f"{tmp_path}/inty.py:task", "--clients", "2", "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "model cannot take int64 examples" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- Per-client evaluation --------------------------------------------------------------------------
+
+def test_the_client_spread_is_each_clients_own_accuracy_summarised():
+    from fedactors.coordinator import client_spread
+
+    owners = np.array([0, 0, 1, 1, 1, 1, 3, 3])  # client 2 has no evaluation examples: not counted
+    hits = np.array([1, 1, 0, 1, 0, 0, 1, 0], dtype=bool)
+    spread = client_spread(hits, owners, target=0.5)
+    own = np.array([1.0, 0.25, 0.5])
+    assert spread["clients"] == 3 and spread["worst"] == 0.25 and spread["mean"] == pytest.approx(own.mean())
+    assert spread["p10"] == pytest.approx(np.percentile(own, 10)) and spread["p90"] == pytest.approx(np.percentile(own, 90))
+    assert spread["at_target"] == pytest.approx(2 / 3)
+
+
+def test_held_out_examples_leave_training_for_a_seeded_fraction_of_clients():
+    from fedactors.partition import HOLDOUT_FRACTION, hold_out, partition
+
+    parts = partition(np.arange(1000) % 10, 50, "unbalanced", seed=1)
+    train, held = hold_out(parts, 0.3, seed=4)
+    assert (held.sizes > 0).sum() == 15  # ceil(0.3 * 50) clients, every one of them with at least 2 examples here
+    for k in range(50):
+        assert np.array_equal(np.sort(np.concatenate([train[k], held[k]])), parts[k])
+        assert len(train[k]) >= 1
+        if len(held[k]):
+            assert len(held[k]) == max(1, min(round(HOLDOUT_FRACTION * len(parts[k])), len(parts[k]) - 1))
+    again = hold_out(parts, 0.3, seed=4)
+    assert np.array_equal(again[1].indices, held.indices) and not np.array_equal(hold_out(parts, 0.3, 5)[1].indices,
+                                                                                  held.indices)
+
+
+TINY = ["--task", "char-lm-tiny", "--partition", "natural", "--frac", "0.5", "--epochs", "3", "--batch-size", "10",
+        "--lr", "1.0", "--hosts", "2", "--seed", "1"]
+TINY_ROUNDS = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "ref"
+    result = fedactors("run", *TINY, "--rounds", str(TINY_ROUNDS), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_text_task_of_natural_clients_learns_and_evaluates_every_client_on_its_own_lines(tiny_reference):
+    from fedactors.task import load_arrays, load_task
+
+    rows = _rows(tiny_reference)
+    assert len(rows) == TINY_ROUNDS and rows[-1]["accuracy"] > 0.25  # above the ~0.17 of always guessing ' '
+    data = load_arrays(load_task("char-lm-tiny"), None, tiny_reference)
+    tested = np.bincount(data.client_test, minlength=len(data.owners))
+    for row in rows:
+        spread = row["client_accuracy"]
+        assert spread["clients"] == (tested > 0).sum()
+        assert spread["worst"] <= spread["p10"] <= spread["p50"] <= spread["p90"] <= 1
+    run = json.loads((tiny_reference / "run.json").read_text())
+    assert run["config"]["clients"] == len(data.owners) == 17 and run["partition"]["fewest"][0]["owner"] == "MIRANDA"
+    assert "clients mean" in fedactors("report", str(tiny_reference)).stdout
+
+
+@pytest.mark.slow
+def test_a_natural_text_run_resumes_after_sigkill_to_the_same_bytes(tiny_reference, tmp_path):
+    from test_resume import start_and_kill_mid_round
+
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "tiny", args=TINY, rounds=TINY_ROUNDS, after_rounds=2)
+    result = fedactors("run", "--resume", "tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "weights.npy").read_bytes() == (tiny_reference / "weights.npy").read_bytes()
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]  # noqa: E731
+    assert strip(_rows(out)) == strip(_rows(tiny_reference))  # the clients' spreads too
+
+
+def test_eval_clients_reports_held_out_clients_and_plots_their_band(tmp_path):
+    out = tmp_path / "run"
+    result = fedactors("run", "--task", "digits-mlp", "--clients", "20", "--partition", "dirichlet", "--frac", "0.5",
+                       "--epochs", "2", "--rounds", "4", "--eval-every", "2", "--eval-clients", "0.5", "--hosts", "2",
+                       "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = _rows(out)
+    assert [r["round"] for r in rows] == [2, 4] and all(r["client_accuracy"]["clients"] == 10 for r in rows)
+    assert "clients mean" in result.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["partition"]["held_out"]["clients"] == 10 and run["config"]["eval_clients"] == 0.5
+    picture = fedactors("plot", str(out), "--clients", "-o", str(tmp_path / "band.png"))
+    assert picture.returncode == 0, picture.stderr
+    assert (tmp_path / "band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_clients_with_data_that_has_owners_test_sets_is_refused(tmp_path):
+    result = fedactors("run", "--task", "char-lm-tiny", "--partition", "natural", "--eval-clients", "0.5",
+                       "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "drop --eval-clients" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

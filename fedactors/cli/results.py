@@ -24,12 +24,16 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
               "(the CNN, K=100, C=0.1, FedAvg), in the run's colour.")
 @click.option("--y-min", type=float, default=None, help="Bottom of the accuracy axis, e.g. 0.95 to look at the last "
               "stretch to 99%. Default: just below the lowest accuracy after each run's first few evaluated rounds.")
+@click.option("--clients", is_flag=True, help="Shade the band from the 10th to the 90th percentile of the clients' own "
+              "accuracies around each run's curve (runs evaluated client by client: natural data with client_test, "
+              "or --eval-clients).")
 def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool,
-         y_min: float | None) -> None:
+         y_min: float | None, clients: bool) -> None:
     """Test accuracy against communication rounds for one or more run directories."""
     from fedactors.plot import plot_runs
 
-    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper, y_min=y_min)))
+    click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper, y_min=y_min,
+                             clients=clients)))
 
 
 @cli.command()

@@ -127,6 +127,10 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--data-dir", "data_dir", default=None, help="The directory the task's loader reads (the MNIST tasks: torchvision's layout, downloaded there when "
               "absent). Default: $FEDACTORS_DATA, else the per-user cache.")
 @click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the whole test set every N rounds (and after the last).")
+@click.option("--eval-clients", "eval_clients", type=float, default=None,
+              help="Evaluate clients one by one as well: this seeded fraction of them keeps 20% of its examples out of "
+                   "training and is evaluated on them (mean, 10th percentile, worst, share at --target); data with "
+                   "owners' test sets (client_test, LEAF) evaluates every client on its own without it.")
 @click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy whose first crossing is reported as rounds-to-target.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output directory for metrics.jsonl, run.json, weights.npy. Default: runs/RUN_ID.")
 @redis_option("an embedded Redis server keeping its data in OUT/checkpoints.")
