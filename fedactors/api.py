@@ -32,6 +32,7 @@ import numpy as np
 from fedactors.config import EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig, parse_batch_size, refuse_idle_settings
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
 from fedactors.interrupts import Interrupts
+from fedactors.messages import metrics_fields
 from fedactors.outputs import RunDirectory
 from fedactors.progress import Renderer, make_renderer
 from fedactors.report import summarise
@@ -205,7 +206,8 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
             total = float(kept.get("total_wall_seconds", ckpt.extra.get("wall_seconds", 0.0)))
             info = {**kept, "run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0,
                     "total_wall_seconds": total}
-            result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer)
+            lower = kept.get("target_lower", config.target_metric == "loss")  # the task said so when it ran
+            result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer, lower)
         else:
             try:
                 result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),
@@ -300,11 +302,14 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     if store_warning:
         out.warning(store_warning)
 
+    lower = config.target_metric == "loss"  # the task's say on its own metrics comes with the identity event
+
     def on_event(event: dict) -> None:
         interrupts.check()
-        nonlocal config
+        nonlocal config, lower
         if event["type"] == "identity":
             info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
+            lower = event["target_lower"]
             if config.clients is None:  # --partition natural: run.json records the clients the data gave
                 config = dataclasses.replace(config, clients=event["clients"])
         elif event["type"] == "start":
@@ -330,7 +335,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             if "startup_seconds" in event:
                 info["startup_seconds"] = round(event["startup_seconds"], 3)
             if event["loss"] is not None:  # evaluated
-                history.append(event)
+                history.append(metrics_fields(event))  # as metrics.jsonl and the checkpoints hold it
                 run_dir.append_metrics(event)
             out.round(event)
         run_dir.write_run(config, info)
@@ -341,7 +346,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
 
     def stop(status: str) -> None:
         out.close()
-        info.update(status=status, **wall(), **summarise(history, config.target))
+        info.update(status=status, **wall(), **summarise(history, config.target, config.target_metric, lower))
         run_dir.write_run(config, info)
 
     interrupts = Interrupts()
@@ -351,7 +356,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
                                   resume=resume, wall_seconds_before=wall_before, task=task_object,
                                   strategy=strategy_object)
             out.close()
-            return _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out)
+            return _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out, lower)
     except KeyboardInterrupt:
         stop("interrupted")
         out.interrupted(f"fedactors run --resume {run_id} --out {run_dir.path}")
@@ -369,10 +374,11 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
 
 
 def _finish(config: RunConfig, run_dir: RunDirectory, weights: np.ndarray, round_done: int, history: list[dict],
-            info: dict, out: Renderer) -> RunResult:
-    """Write weights.npy and the finished run.json (`info` carries the wall times), and show the summary."""
+            info: dict, out: Renderer, lower: bool = False) -> RunResult:
+    """Write weights.npy and the finished run.json (`info` carries the wall times), and show the summary.
+    `lower`: whether --target-metric is better smaller."""
     run_dir.write_weights(weights)
-    summary = summarise(history, config.target)
+    summary = summarise(history, config.target, config.target_metric, lower)
     info = {**info, "status": "finished", "rounds_completed": round_done, **summary}
     run_dir.write_run(config, info)
     out.summary(summary, info["wall_seconds"])

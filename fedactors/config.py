@@ -54,6 +54,8 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 1
     target: float = 0.99
+    # What --target is a value of: accuracy, "loss", or a task's own metric (fedactors.task.Task.metrics).
+    target_metric: str = "accuracy"
     hosts: int | None = None
     address: str | None = None
     data_dir: str | None = None
@@ -124,8 +126,12 @@ class RunConfig:
             raise ConfigError(f"--frac must be in (0, 1], got {self.frac!r}")
         if not (_is_real(self.lr) and self.lr > 0.0):
             raise ConfigError(f"--lr must be a positive finite number, got {self.lr!r}")
-        if not (_is_real(self.target) and 0.0 < self.target <= 1.0):
+        if not isinstance(self.target_metric, str) or not self.target_metric.strip():
+            raise ConfigError(f"--target-metric must name a metric, got {self.target_metric!r}")
+        if self.target_metric == "accuracy" and not (_is_real(self.target) and 0.0 < self.target <= 1.0):
             raise ConfigError(f"--target must be an accuracy in (0, 1], got {self.target!r}")
+        if not _is_real(self.target):
+            raise ConfigError(f"--target must be a finite number, got {self.target!r}")
         if not (_is_real(self.cpus_per_host) and self.cpus_per_host > 0):
             raise ConfigError(f"--cpus-per-host must be positive, got {self.cpus_per_host!r}")
         if not (_is_real(self.gpus_per_host) and self.gpus_per_host >= 0):

@@ -34,7 +34,7 @@ from fedactors.config import RunConfig
 from fedactors.data import resolve_data_dir
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
 from fedactors.partition import Parts, hold_out, partition, summary
-from fedactors.task import Arrays, Task, digest, load_arrays, load_task
+from fedactors.task import Arrays, Task, digest, load_arrays, load_task, target_direction
 
 EventHandler = Callable[[dict], None]
 # The coordinator's worker process skips fedactors._preload's torch import (see _start_ray).
@@ -75,6 +75,7 @@ def run(
     data_dir = resolve_data_dir(config.data_dir)
     task_object = task
     task = task if task is not None else load_task(config.task)
+    target_lower = target_direction(task, config.target_metric)
     from fedactors.strategy import make_strategy
 
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedactors-data")
@@ -148,7 +149,7 @@ def run(
         if resume is not None and fingerprint != resume.fingerprint:
             raise CheckpointError(_identity_change(run_id, resume, identity))
         on_event({"type": "identity", "fingerprint": fingerprint, "identity": identity, "partition": split,
-                  "clients": config.clients})
+                  "clients": config.clients, "target_lower": target_lower})
         on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         done: dict = {}
         # The store URL (it may hold a password) goes in a method call: Ray keeps an actor's
@@ -224,7 +225,7 @@ def check_model(task: Task, data: Arrays) -> None:
     from fedactors.model import FlatModel
     from fedactors.task import num_classes
 
-    model = FlatModel(task.model, loss=task.loss)  # ConfigError for what it cannot train
+    model = FlatModel(task.model, loss=task.loss, labels=task.labels)  # ConfigError for what it cannot train
     x = torch.from_numpy(data.x_test[:2].copy())
     try:
         with torch.no_grad():
@@ -233,11 +234,19 @@ def check_model(task: Task, data: Arrays) -> None:
         raise DataError(f"task {task.name}'s model cannot take {data.x_test.dtype} examples of shape "
                         f"{tuple(data.x_test.shape[1:])}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    classes = num_classes(task, data)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"task {task.name}'s model returns {shape} for 2 examples; it must return (2, C) scores "
-                        f"with C >= {classes}, the number of classes")
+    y = torch.from_numpy(data.y_test[:2].copy())
+    if task.labels == "values":
+        if not isinstance(out, torch.Tensor) or out.numel() != y.numel():
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(f"task {task.name}'s model returns {shape} for 2 examples; it must return their targets' "
+                            f"shape {tuple(y.shape)}")
+    else:
+        classes = num_classes(task, data)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < classes:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(f"task {task.name}'s model returns {shape} for 2 examples; it must return (2, C) scores "
+                            f"with C >= {classes}, the number of classes")
+    model.evaluate_all(x, y, metrics=task.metrics)  # a metric that raises, or gives other than one value an example
 
 
 def _identity_change(run_id: str, resume: Checkpoint, identity: dict) -> str:

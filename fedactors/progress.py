@@ -110,12 +110,17 @@ class Renderer:
         )
 
     def summary(self, summary: dict, wall_seconds: float) -> None:
-        if summary["best_accuracy"] is None:
+        metric = summary.get("target_metric")
+        best = ((summary["best_accuracy"], summary["best_round"], "accuracy") if metric is None
+                else (summary["best_value"], summary["best_value_round"], metric))
+        if best[0] is None:
             return
         reached = summary["rounds_to_target"]
+        target = (f"target {self.config.target}" if metric is None
+                  else f"target {metric} {'<=' if summary['target_lower'] else '>='} {self.config.target}")
         self.echo(
-            f"best accuracy {summary['best_accuracy']:.4f} at round {summary['best_round']}; "
-            f"target {self.config.target}: {'reached at round ' + str(reached) if reached else 'not reached'}; "
+            f"best {best[2]} {best[0]:.4f} at round {best[1]}; "
+            f"{target}: {'reached at round ' + str(reached) if reached else 'not reached'}; "
             f"{wall_seconds:.1f} s in all"
         )
 

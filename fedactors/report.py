@@ -36,19 +36,19 @@ def paper_table2_grid() -> list[tuple[int, int | None, str]]:
     return list(PAPER_TABLE2)
 
 
-def _curve(history: list[dict]) -> list[tuple[int, float]]:
-    """(round, accuracy) of the evaluated rows, by round; rows without a finite accuracy are skipped."""
+def _curve(history: list[dict], metric: str = "accuracy") -> list[tuple[int, float]]:
+    """(round, accuracy or `metric`) of the evaluated rows, by round; rows without a finite value are skipped."""
     points = [
-        (int(row["round"]), float(row["accuracy"]))
+        (int(row["round"]), float(row[metric]))
         for row in history
-        if row.get("accuracy") is not None and math.isfinite(row["accuracy"])
+        if _is_number(row.get(metric))
     ]
     return sorted(points, key=lambda p: p[0])
 
 
-def rounds_to_target(history: list[dict], target: float) -> int | None:
-    """The first evaluated round whose test accuracy is >= target; None if none is."""
-    return next((r for r, acc in _curve(history) if acc >= target), None)
+def rounds_to_target(history: list[dict], target: float, metric: str = "accuracy", lower: bool = False) -> int | None:
+    """The first evaluated round whose test accuracy (or `metric`) is >= target (<= with `lower`); None if none is."""
+    return next((r for r, value in _curve(history, metric) if (value <= target if lower else value >= target)), None)
 
 
 def rounds_to_target_interpolated(history: list[dict], target: float) -> float | None:
@@ -75,14 +75,23 @@ def rounds_to_target_interpolated(history: list[dict], target: float) -> float |
     return None
 
 
-def summarise(history: list[dict], target: float) -> dict:
-    """What run.json reports of a history: best accuracy (earliest round of it), final accuracy, first round >= target."""
+def summarise(history: list[dict], target: float, metric: str = "accuracy", lower: bool = False) -> dict:
+    """What run.json reports of a history: best accuracy (earliest round of it), final accuracy, first round >= target.
+
+    With another target `metric` (--target-metric: the loss, or a task's own metric; `lower` when smaller is
+    better) rounds_to_target is its first crossing, and best_value / best_value_round its best."""
     curve = _curve(history)
-    if not curve:
-        return {"best_accuracy": None, "best_round": None, "final_accuracy": None, "rounds_to_target": None}
-    best_round, best_accuracy = max(curve, key=lambda p: (p[1], -p[0]))
-    return {"best_accuracy": best_accuracy, "best_round": best_round, "final_accuracy": curve[-1][1],
-            "rounds_to_target": rounds_to_target(history, target)}
+    out = {"best_accuracy": None, "best_round": None, "final_accuracy": None}
+    if curve:
+        best_round, best_accuracy = max(curve, key=lambda p: (p[1], -p[0]))
+        out = {"best_accuracy": best_accuracy, "best_round": best_round, "final_accuracy": curve[-1][1]}
+    out["rounds_to_target"] = rounds_to_target(history, target, metric, lower)
+    if metric != "accuracy":
+        values = _curve(history, metric)
+        pick = min if lower else max
+        best = pick(values, key=lambda p: (p[1], -p[0] if not lower else p[0])) if values else (None, None)
+        out.update(target_metric=metric, target_lower=lower, best_value=best[1], best_value_round=best[0])
+    return out
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class Task:
     # More metrics, name -> f(outputs, labels) giving one value per example (B,): summed over the test
     # examples and divided by their count, reported by name beside accuracy and loss.
     metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None
+    minimize: tuple[str, ...] = ()  # the metrics that are better smaller (an error), for --target-metric
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -130,6 +131,8 @@ class Task:
             taken = sorted(set(self.metrics) & RESERVED_METRICS)
             if taken:
                 raise ConfigError(f"task {self.name}: metric names {', '.join(taken)} are fedactors' own; rename them")
+        if not isinstance(self.minimize, tuple) or not set(self.minimize) <= set(self.metrics or {}):
+            raise ConfigError(f"task {self.name}: minimize must be a tuple of names from its metrics")
         for what in ("load", "prepare", "loss", "local", "prepare_labels"):
             if getattr(self, what) is not None and not callable(getattr(self, what)):
                 raise ConfigError(f"task {self.name}: {what} must be callable, got {type(getattr(self, what)).__name__}")
@@ -390,3 +393,13 @@ def digest(a: Arrays) -> str:
         h.update(f"{x.dtype.str}{x.shape}".encode())
         h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
     return h.hexdigest()
+
+
+def target_direction(task: Task, metric: str) -> bool:
+    """Whether `metric` (--target-metric) is better smaller; ConfigError if the task does not report it."""
+    known = (["accuracy"] if task.labels == "classes" else []) + ["loss", *(task.metrics or {})]
+    if metric == "accuracy" and task.labels == "values":
+        return False  # the default, where there is no accuracy: no round reaches a target then
+    if metric not in known:
+        raise ConfigError(f"--target-metric {metric}: task {task.name} reports {', '.join(known)}")
+    return metric == "loss" or metric in task.minimize

@@ -131,7 +131,10 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
               help="Evaluate clients one by one as well: this seeded fraction of them keeps 20% of its examples out of "
                    "training and is evaluated on them (mean, 10th percentile, worst, share at --target); data with "
                    "owners' test sets (client_test, LEAF) evaluates every client on its own without it.")
-@click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy whose first crossing is reported as rounds-to-target.")
+@click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy (or --target-metric's value) whose first crossing is reported as rounds-to-target.")
+@click.option("--target-metric", "target_metric", default=D.target_metric, show_default=True,
+              help="What --target is a value of: accuracy, loss (reached at or below it), or a metric of the task's own "
+                   "(reached at or above it, or below for those the task lists in minimize).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output directory for metrics.jsonl, run.json, weights.npy. Default: runs/RUN_ID.")
 @redis_option("an embedded Redis server keeping its data in OUT/checkpoints.")
 @click.option("--run-id", "run_id", default=None, help="Name of a new run (letters, digits, . _ -). Default: generated from the time.")
