@@ -57,7 +57,7 @@ def round_bytes(floats: int, clients_per_round: int) -> int:
 
 
 def frozen_text(host: dict, clients_per_round: int) -> str | None:
-    """What frozen parameters save each round against full fine-tuning (every parameter trained), or None."""
+    """What frozen parameters save each round against training every parameter of the same module, or None."""
     if "frozen" not in host:
         return None
     sent, frozen = host["weights"], host["frozen"]["floats"]
@@ -65,7 +65,7 @@ def frozen_text(host: dict, clients_per_round: int) -> str | None:
     names = host["frozen"]["names"]
     return (f"frozen: {len(names)} parameter{'s' * (len(names) != 1)} ({frozen:,} floats) stay in the hosts; "
             f"{sent:,} floats travel: {now:,} bytes a round each way (down and up), "
-            f"{100 * now / full:.1f}% of full fine-tuning's {full:,}")
+            f"{100 * now / full:.1f}% of the {full:,} with every parameter trained")
 
 
 class Renderer:

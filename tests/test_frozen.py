@@ -71,7 +71,7 @@ def test_only_the_trainable_floats_are_in_the_weights_and_the_identity_says_what
     assert identity["frozen"]["names"] == ["0.weight", "0.bias"]
     bytes_each_way = CLIENTS_PER_ROUND * 4 * HEAD_FLOATS
     assert f"{HEAD_FLOATS:,} floats travel: {bytes_each_way:,} bytes a round each way" in stdout
-    assert f"of full fine-tuning's {CLIENTS_PER_ROUND * 4 * (HEAD_FLOATS + BODY_FLOATS):,}" in stdout
+    assert f"of the {CLIENTS_PER_ROUND * 4 * (HEAD_FLOATS + BODY_FLOATS):,} with every parameter trained" in stdout
 
 
 def test_one_host_killed_and_resumed_gives_the_bytes_of_two_uninterrupted(frozen_reference, task_file, tmp_path):
