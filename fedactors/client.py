@@ -167,7 +167,11 @@ class ClientHost:
         self.threads = threads
         device, self.fallback = choose_device(gpus, torch.cuda.is_available())
         self.device = torch.device(device)
-        self.model = FlatModel(self.task.model, device=self.device, precision=config.precision, loss=self.task.loss,
+        # Built with the run's init seed, as initial_weights() builds round 0's: a frozen parameter never travels,
+        # so every host must make the same one itself. (For the rest this changes no byte: set_weights overwrites
+        # them, and build() forks the RNG, leaving the global one as it was.)
+        self.model = FlatModel(self.task.model, init_seed=torch_seed(config.seed), device=self.device,
+                               precision=config.precision, loss=self.task.loss,
                                labels=self.task.labels)
         slow = precision_warning(config.precision, self.device.type, self.device.type != "cpu" or cpu_has_bf16())
         self.warnings = [w for w in (self.fallback, slow) if w]  # what the user should hear about this host
@@ -198,12 +202,19 @@ class ClientHost:
         return True
 
     def describe(self) -> dict:
-        """Who and where this host is: for placement reports and fault injection in tests."""
+        """Who and where this host is: for placement reports and fault injection in tests.
+
+        `parameters` are the shapes of the trained parameters and `weights` the floats that travel;
+        a model with frozen parameters adds `frozen`: their names, how many floats they hold, and a
+        digest of their values (every host must have built the same ones)."""
         info = {
             "host": self.host_id, "pid": os.getpid(), "device": str(self.device), "threads": self.threads,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "fallback": self.fallback,
             "warnings": self.warnings, "parameters": self.model.shapes, "weights": self.model.size,
         }
+        if self.model.frozen:  # only then: what every other run's hosts report stays as it was
+            info["frozen"] = {"names": self.model.frozen, "floats": self.model.frozen_floats(),
+                              "sha256": self.model.frozen_digest()}
         if "ray" in sys.modules:  # running as a Ray actor: say which node and accelerators
             import ray
 

@@ -11,7 +11,8 @@ cluster start-up, and so does a user's task (its data and model are checked firs
 is put into the object store once, and every host maps it from there.
 
 A run's identity (fingerprint) is its experiment settings plus what it found: the task's
-parameter shapes and the prepared data's digest. Checkpoints carry it; a resume whose task or
+parameter shapes and the prepared data's digest (and, for a model with frozen parameters,
+which are frozen and a digest of their values). Checkpoints carry it; a resume whose task or
 data differ from the checkpoint's is refused, naming which.
 """
 
@@ -144,6 +145,8 @@ def run(
         identity = {"task": config.task, "data": config.data or "the task's own", "digest": data_digest,
                     "parameters": described[0]["parameters"], "weights": described[0]["weights"],
                     "strategy": {"name": strategy.name, "settings": strategy.settings()}}
+        if "frozen" in described[0]:  # only then: the identity (fingerprint) of every other model stays as it was
+            identity["frozen"] = frozen_identity(described)
         check_client_state(config, described[0]["weights"])
         fingerprint = config.fingerprint(identity)
         if resume is not None and fingerprint != resume.fingerprint:
@@ -218,6 +221,21 @@ def check_client_state(config: RunConfig, weights: int) -> None:
             "use fewer clients, a smaller model or --keep 1")
 
 
+def frozen_identity(described: list[dict]) -> dict:
+    """Which parameters are frozen and a digest of their values, the same in every host; ConfigError if not.
+
+    A frozen parameter never travels: each host makes its own with the task's factory and the run's seed.
+    A factory that reads pretrained weights from a file that differs between nodes would train each
+    client against another model without a word; this is where that is caught."""
+    first = described[0]["frozen"]
+    for host in described[1:]:
+        if host.get("frozen", {}).get("sha256") != first["sha256"]:
+            raise ConfigError(f"host {host['host']} built other frozen parameters than host {described[0]['host']} "
+                              "(their values differ): the task's model factory must build the same frozen "
+                              "parameters in every host (a file of pretrained weights must be the same on every node)")
+    return {"names": first["names"], "sha256": first["sha256"]}
+
+
 def check_model(task: Task, data: Arrays) -> None:
     """A user's model: one fedactors can train (fedactors.model), taking these examples, with an output per class."""
     import torch
@@ -256,7 +274,7 @@ def _identity_change(run_id: str, resume: Checkpoint, identity: dict) -> str:
     if not changed:
         return f"run {run_id}'s checkpoint was written with another configuration (fingerprint differs)"
     what = {"digest": "the data (its digest)", "parameters": "the model's parameter shapes", "weights": "the model's size",
-            "task": "the task", "data": "the data's source"}
+            "task": "the task", "data": "the data's source", "frozen": "the frozen parameters"}
     return (f"cannot resume run {run_id}: {', '.join(what.get(k, k) for k in changed)} differ from its checkpoint's "
             f"({', '.join(f'{k}: {str(stored.get(k))[:20]} then, {str(identity[k])[:20]} now' for k in changed)})")
 

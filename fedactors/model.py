@@ -4,13 +4,16 @@ FlatModel(factory) builds the module and re-points its parameters at slices of `
 their gradients at slices of `grads`, so reading or writing the weights is one memcpy and an
 SGD step is one fused `params -= lr * grads` over the whole buffer, not a Python loop over
 layers. Float buffers (BatchNorm's running statistics) follow the parameters in `state`, the
-buffer that travels: weights = parameters then float buffers. See fedactors.task for what is
-refused. The CNN (conv 5x5x32 + ReLU + 2x2 max-pool, conv 5x5x64 + ReLU + 2x2 max-pool, fc 512
+buffer that travels: weights = trainable parameters then float buffers. A frozen parameter
+(requires_grad=False) is not in it: it stays an ordinary tensor of the module, made by the
+factory in every host (seeded with the run's seed, so the same everywhere), never sent,
+averaged or checkpointed. See fedactors.task for what is refused. The CNN (conv 5x5x32 + ReLU + 2x2 max-pool, conv 5x5x64 + ReLU + 2x2 max-pool, fc 512
 + ReLU, fc 10, 'same' padding: 1,663,370 parameters) is the default task's model.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,6 +76,11 @@ def _checked(module: object) -> nn.Module:
     params = list(module.named_parameters())
     if not params:
         raise ConfigError("the task's model has no parameters to train")
+    params = [(name, p) for name, p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("the task's model has no parameters to train: every one is frozen (requires_grad=False); "
+                          "leave at least one trainable")
+    # Only trainable parameters travel in the float32 buffer; a frozen one stays as the factory made it.
     wrong = [name for name, p in params if p.dtype != torch.float32]
     if wrong:
         raise ConfigError(f"the task's model has parameters that are not float32 ({', '.join(wrong[:3])}); "
@@ -129,7 +137,9 @@ class FlatModel:
     """A module whose parameters live in `self.params` and gradients in `self.grads` (1-D float32).
 
     `self.state` is the buffer that travels: `params` followed by the float buffers (empty for
-    modules without them, when `state` and `params` are the same tensor). precision="bf16" runs
+    modules without them, when `state` and `params` are the same tensor). Only parameters with
+    requires_grad are in `params`; `self.frozen` names the others (empty for most models), which
+    keep the values the factory gave them. precision="bf16" runs
     the forward and backward passes (training and evaluation) under bfloat16 autocast:
     convolutions and matrix products in bf16, the loss, the parameters, the gradients and the
     SGD update in float32 (master weights), so updates as small as lr * grad are not lost to
@@ -153,7 +163,8 @@ class FlatModel:
             self.loss_sum = lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
         else:  # a (B, d) target's mean squared error is over its d values, so each example's is their mean
             self.loss_sum = lambda logits, y: F.mse_loss(logits, y, reduction="sum") / _per_example(y)
-        parameters = list(self.module.parameters())
+        parameters = [p for p in self.module.parameters() if p.requires_grad]
+        self.frozen = [name for name, p in self.module.named_parameters() if not p.requires_grad]
         buffers = [b for _, b in self.module.named_buffers() if b.dtype == torch.float32]
         num_params = sum(p.numel() for p in parameters)
         total = num_params + sum(b.numel() for b in buffers)
@@ -184,6 +195,20 @@ class FlatModel:
     def size(self) -> int:
         """Floats in the weights that travel."""
         return self.state.numel()
+
+    def frozen_floats(self) -> int:
+        """Values in the frozen parameters: what full fine-tuning would send on top of `size`."""
+        return sum(p.numel() for p in self.module.parameters() if not p.requires_grad)
+
+    def frozen_digest(self) -> str:
+        """sha256 of the frozen parameters (names, dtypes, shapes and bytes): equal in every host that built the same ones."""
+        h = hashlib.sha256()
+        for name, p in self.module.named_parameters():
+            if not p.requires_grad:
+                h.update(f"{name}{p.dtype}{list(p.shape)}".encode())
+                # As bytes: a frozen parameter may be of any dtype, bfloat16 too, which NumPy has not.
+                h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.state.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")

@@ -51,6 +51,23 @@ def _variant(c: RunConfig) -> str:
     return "".join(" " + p for p in parts)
 
 
+def round_bytes(floats: int, clients_per_round: int) -> int:
+    """Bytes a round moves each way: the global weights to each of m clients (down), as many back (up); float32."""
+    return clients_per_round * 4 * floats
+
+
+def frozen_text(host: dict, clients_per_round: int) -> str | None:
+    """What frozen parameters save each round against training every parameter of the same module, or None."""
+    if "frozen" not in host:
+        return None
+    sent, frozen = host["weights"], host["frozen"]["floats"]
+    now, full = round_bytes(sent, clients_per_round), round_bytes(sent + frozen, clients_per_round)
+    names = host["frozen"]["names"]
+    return (f"frozen: {len(names)} parameter{'s' * (len(names) != 1)} ({frozen:,} floats) stay in the hosts; "
+            f"{sent:,} floats travel: {now:,} bytes a round each way (down and up), "
+            f"{100 * now / full:.1f}% of the {full:,} with every parameter trained")
+
+
 class Renderer:
     """Plain text, one line per round."""
 
@@ -75,6 +92,9 @@ class Renderer:
         nodes = len({h.get("node_id") for h in hosts})
         self.echo(f"{len(hosts)} client host{'s' * (len(hosts) != 1)} on {nodes} node{'s' * (nodes > 1)}; "
                   f"{clients_per_round} clients per round")
+        frozen = frozen_text(hosts[0], clients_per_round) if hosts else None
+        if frozen:
+            self.echo(frozen)
         self.host_warnings(hosts)
 
     def warning(self, text: str) -> None:

@@ -3,7 +3,7 @@
     Task(name, model, load, prepare=..., loss=None, num_classes=None, description="")
 
 `model` is a factory for any `torch.nn.Module` (it is called in every client host, and once per
-run with the run's seed to make the initial weights); `load(data_dir)` returns the raw arrays
+run to make the initial weights, each time with torch seeded from the run's seed); `load(data_dir)` returns the raw arrays
 (`Arrays`: x_train, y_train, x_test, y_test, integer labels 0..C-1), and `prepare` turns
 examples into the model's input once, at load time (float32; nothing is transformed per
 sample while training). `loss(logits, labels)` is a batch's mean loss (default: cross-entropy);
@@ -26,6 +26,10 @@ weights, after the parameters in the flat buffer, and are averaged like them; Ba
 integer `num_batches_tracked` stays in each host, unused (it only matters for
 momentum=None). Any other integer buffer, BatchNorm with momentum=None, or a parameter that
 is not float32 is refused with one line: averaging could not be right for them.
+
+Frozen parameters (requires_grad=False) are not in the flat buffer: each host's factory makes
+them (seeded as above, so alike everywhere), and they are never sent, averaged or checkpointed.
+A model whose every parameter is frozen is refused with one line.
 """
 
 from __future__ import annotations

@@ -94,3 +94,60 @@ def test_bf16_computes_in_bfloat16_but_keeps_float32_master_weights():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
         FlatModel(precision="fp16")
+
+
+# ---- Frozen parameters: only what trains travels ---------------------------------------------------
+
+def frozen_body():
+    """A 4-16 body whose first layer is frozen, a trainable 16-3 head: 4*16+16 frozen, 16*3+3 trained."""
+    from torch import nn
+
+    body = nn.Linear(4, 16)
+    body.requires_grad_(False)
+    return nn.Sequential(body, nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_frozen_parameters_are_not_in_the_flat_buffer():
+    m = FlatModel(frozen_body, init_seed=0)
+    assert m.size == m.params.numel() == m.grads.numel() == 16 * 3 + 3
+    assert m.frozen == ["0.weight", "0.bias"] and m.frozen_floats() == 4 * 16 + 16
+    assert m.shapes == [[3, 16], [3]]
+    end = m.params.data_ptr() + 4 * m.size
+    for p in m.module[0].parameters():  # ordinary tensors of their own, not views into the buffer
+        assert not m.params.data_ptr() <= p.data_ptr() < end
+
+
+def test_sgd_step_moves_the_trained_parameters_and_leaves_the_frozen_ones():
+    m = FlatModel(frozen_body, init_seed=1)
+    ref = frozen_body()
+    ref.load_state_dict(m.module.state_dict())  # copies: the same model, trained by torch's own SGD below
+    frozen = [p.detach().clone() for p in m.module[0].parameters()]
+    before = m.get_weights()
+    x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 3
+    m.sgd_step(x, y, lr=0.1)
+    assert not np.array_equal(before, m.get_weights())
+    for was, p in zip(frozen, m.module[0].parameters()):
+        assert torch.equal(was, p) and p.grad is None  # autograd never touched it
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], lr=0.1).step()
+    expected = torch.cat([ref[2].weight.detach().flatten(), ref[2].bias.detach()]).numpy()
+    np.testing.assert_allclose(m.get_weights(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_the_same_factory_and_seed_give_the_same_frozen_parameters():
+    a, b, c = FlatModel(frozen_body, init_seed=7), FlatModel(frozen_body, init_seed=7), FlatModel(frozen_body, init_seed=8)
+    for p, q in zip(a.module[0].parameters(), b.module[0].parameters()):
+        assert torch.equal(p, q)
+    assert a.frozen_digest() == b.frozen_digest() != c.frozen_digest()
+    assert FlatModel(init_seed=0).frozen == []  # the paper's CNN: everything trains, as before
+
+
+def test_a_model_whose_every_parameter_is_frozen_is_refused_with_one_line():
+    from torch import nn
+
+    from fedactors.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        FlatModel(lambda: nn.Linear(4, 3).requires_grad_(False))
+    assert "every one is frozen (requires_grad=False)" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
