@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -274,8 +275,8 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
            out: Renderer, store_warning: str | None, task_object: Task | None, strategy_object: object) -> RunResult:
     """Run (or continue) the experiment, writing the run directory as events arrive.
 
-    However it stops, run.json says how: finished, interrupted (a signal; the resume command is
-    shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
+    However it stops, run.json says how: finished, interrupted (a signal, or stdout closed, as
+    SIGPIPE; the resume command is shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
     whose traceback goes to OUT/error.log, raised as InternalError).
     """
     from fedactors import experiment
@@ -298,8 +299,14 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     if store_warning:
         out.warning(store_warning)
 
+    def stop_if_output_closed() -> None:
+        # `| head` has what it wanted: stop as a signal would, resumable, rather than fail on the next write.
+        if out.output_closed:
+            interrupts.stop(signal.SIGPIPE)
+
     def on_event(event: dict) -> None:
         interrupts.check()
+        stop_if_output_closed()
         if event["type"] == "identity":
             info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
         elif event["type"] == "start":
@@ -329,6 +336,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
                 run_dir.append_metrics(event)
             out.round(event)
         run_dir.write_run(config, info)
+        stop_if_output_closed()
 
     def wall() -> dict:
         part = time.perf_counter() - started

@@ -247,3 +247,36 @@ def test_help_names_every_json_event_and_the_redis_variable(runner):
     assert "header, start, warning, round, summary" in text and "FEDACTORS_REDIS_URL" in text
     runs_help = " ".join(runner.invoke(cli, ["runs", "list", "--help"]).output.split())
     assert "OUT/checkpoints" not in runs_help and "embedded store of each run directory under --runs-dir" in runs_help
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_interrupts_the_run_resumably(tmp_path):
+    """`fedactors run ... | head`: once the reader is gone the run stops as interrupted (exit 141, 128 + SIGPIPE),
+    with the resume command on stderr and no traceback; --resume continues it."""
+    from conftest import EXE, fedactors
+
+    out = tmp_path / "run"
+    args = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.5", "--partition", "iid", "--epochs", "1",
+            "--hosts", "2", "--rounds", "200", "--out", str(out)]  # rounds of 0.05 s: far from done when the pipe closes
+    with subprocess.Popen([EXE, "run", *args, "--run-id", "piped"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as proc:
+        try:
+            while not proc.stdout.readline().startswith("round "):  # like `head`: read up to the first round, then go
+                assert proc.poll() is None, proc.stderr.read()
+            proc.stdout.close()
+            stderr = proc.stderr.read()
+            assert proc.wait(timeout=60) == 141, stderr
+        finally:
+            proc.kill()
+    assert stderr.strip().splitlines()[-1] == \
+        f"fedactors: stdout was closed; interrupted; continue with: fedactors run --resume piped --out {out}"
+    assert "Traceback" not in stderr and not (out / "error.log").exists()
+    run = json.loads((out / "run.json").read_text())
+    done = run["rounds_completed"]
+    assert run["status"] == "interrupted" and 1 <= done < 200
+    resumed = fedactors("run", "--resume", "piped", "--out", str(out), "--rounds", str(done + 2))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run piped after round {done}" in resumed.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == done + 2
+
