@@ -165,23 +165,23 @@ def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
 SMALL = ["--clients", "10", "--partition", "iid", "--rounds", "1"]
 
 
-def _one_round(config, on_event, *, run_id, store_url, **kwargs):
-    """A stand-in for experiment.run: one evaluated round, checkpointed, and the final weights."""
+def _one_round(config, on_event, *, run_id, store_url, round_done=1, **kwargs):
+    """A stand-in for experiment.run: one evaluated round (`round_done`), checkpointed, and the final weights."""
     import numpy as np
 
     from fedactors.checkpoint import Checkpoint, RedisStore
 
     identity = {"digest": "stand-in"}
     with RedisStore(store_url) as store:
-        store.save(Checkpoint(run_id, 1, np.zeros(4, np.float32), config.fingerprint(identity), config.to_dict(), [],
-                              extra={"identity": identity}), keep=1)
+        store.save(Checkpoint(run_id, round_done, np.zeros(4, np.float32), config.fingerprint(identity),
+                              config.to_dict(), [], extra={"identity": identity}), keep=1)
     on_event({"type": "identity", "fingerprint": config.fingerprint(identity), "identity": identity, "partition": {}})
     on_event({"type": "start", "hosts": [], "clients_per_round": 1})
-    on_event({"type": "round", "round": 1, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0, "round_seconds": 1.0,
-              "train_seconds": 1.0, "wait_seconds": 1.0, "aggregate_seconds": 0.0, "eval_seconds": 0.0,
-              "num_updates": 1, "clients": [0], "retried": [], "dropped": [], "rejected": [], "byzantine": [],
-              "failures": [], "hosts": {}, "lost_hosts": {}, "checkpoint_seconds": None})
-    return {"type": "done", "round": 1, "weights": np.zeros(4, np.float32)}
+    on_event({"type": "round", "round": round_done, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0,
+              "round_seconds": 1.0, "train_seconds": 1.0, "wait_seconds": 1.0, "aggregate_seconds": 0.0,
+              "eval_seconds": 0.0, "num_updates": 1, "clients": [0], "retried": [], "dropped": [], "rejected": [],
+              "byzantine": [], "failures": [], "hosts": {}, "lost_hosts": {}, "checkpoint_seconds": None})
+    return {"type": "done", "round": round_done, "weights": np.zeros(4, np.float32)}
 
 
 def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback(tmp_path, monkeypatch, capsys):
@@ -198,6 +198,33 @@ def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
     log = (out / "error.log").read_text()
     assert "Traceback" in log and "in broken" in log and "ValueError: a bug deep inside" in log
+
+
+def test_error_log_goes_once_a_resume_gets_past_the_failure_it_describes(tmp_path, monkeypatch, capsys):
+    from fedactors import experiment
+    from fedactors.errors import DataError
+
+    def round_then_bug(config, on_event, **kwargs):
+        _one_round(config, on_event, **kwargs)
+        raise ValueError("a bug after round 1")
+
+    def no_data(config, on_event, **kwargs):
+        raise DataError("MNIST not found (offline)")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(experiment, "run", round_then_bug)
+    status, _, _ = run_main(monkeypatch, capsys, "run", *SMALL, "--rounds", "2", "--out", str(out), "--run-id", "r")
+    assert status == 1 and "ValueError: a bug after round 1" in (out / "error.log").read_text()
+    # A resume refused before it ran leaves the directory as it was: the failed run and its traceback.
+    monkeypatch.setattr(experiment, "run", no_data)
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "r", "--out", str(out))
+    assert status == 2 and "MNIST not found" in err
+    assert "a bug after round 1" in (out / "error.log").read_text()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(experiment, "run", lambda config, on_event, **kw: _one_round(config, on_event, round_done=2, **kw))
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "r", "--out", str(out))
+    assert status == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "finished" and not (out / "error.log").exists()
 
 
 def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_command(tmp_path, monkeypatch, capsys):
