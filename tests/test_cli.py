@@ -251,6 +251,25 @@ def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_comman
     assert status == 2 and "already holds a run" in err and (out / "run.json").read_bytes() == before
 
 
+def test_runs_list_names_each_runs_task(tmp_path, monkeypatch, capsys):
+    from conftest import REPO
+    from fedactors import experiment
+
+    monkeypatch.setattr(experiment, "run", _one_round)
+    runs_dir = tmp_path / "runs"
+    for run_id, task in [("cnn", "mnist-cnn"), ("digits", "digits-mlp"), ("mine", f"{REPO}/examples/spirals.py:task")]:
+        status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--task", task, "--run-id", run_id,
+                                  "--out", str(runs_dir / run_id))
+        assert status == 0, err
+    status, out, err = run_main(monkeypatch, capsys, "runs", "list", "--runs-dir", str(runs_dir))
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:6] == ["run", "id", "status", "round", "task", "configuration"]
+    column = header.index("task")
+    assert {row.split()[0]: row[column:].split()[0] for row in rows} == \
+        {"cnn": "mnist-cnn", "digits": "digits-mlp", "mine": "spirals.py:task"}  # a file by its name: `show` has the path
+
+
 def test_run_json_records_the_data_directory_actually_used(tmp_path, monkeypatch, capsys):
     from fedactors import experiment
 
