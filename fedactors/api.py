@@ -386,6 +386,8 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
          task: Task | None = None) -> dict:
     """What a run would do (for --dry-run): hosts, data, partition, store; it starts nothing and writes nothing.
 
+    `data` says what the run would read, `data_dir` the directory its task's loader is given (None when
+    nothing reads one) and `data_present` whether the files are there (None: only the loader knows).
     The data is read (not downloaded) to summarise the partition; a local Ray is not started
     (its size is this machine's CPUs), a cluster is asked for its nodes.
     """
@@ -397,14 +399,19 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     task = task if task is not None else load_task(config.task)
     hosts, source = plan_hosts(config)
     data_dir = Path(config.data_dir)
-    present = config.data is not None or task.local is None or task.local(data_dir)
-    split = _load_data(config, task, data_dir)[3] if present else None
+    # What the run reads: the .npz (there, or _load_data says not), or the directory a task's loader is
+    # given; a built-in without a `local` check (digits-mlp) reads none. Only `local` knows if data is there.
+    reads_dir = config.data is None and (task.local is not None or not task.builtin)
+    present = True if config.data is not None else task.local(data_dir) if task.local is not None else None
+    split = _load_data(config, task, data_dir)[3] if present is not False else None
     if config.data is not None:
         data = config.data
     elif task.local is not None:
         data = f"{data_dir} ({'present' if present else 'absent: it would be downloaded there'})"
+    elif task.builtin:
+        data = f"task {task.name}'s own (it reads no data directory)"
     else:
-        data = f"task {task.name}'s own"
+        data = f"task {task.name}'s own loader, given {data_dir}"
     epsilon = None
     if config.strategy == "dp-fedavg":
         from fedactors.strategy import dp_epsilon
@@ -413,7 +420,7 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     return {
         "run_id": run_id, "out": str(out), "resume_after_round": resume_round, "task": config.task,
         "epsilon": epsilon,
-        "data": data, "data_dir": config.data_dir, "data_present": present, "partition": split,
+        "data": data, "data_dir": config.data_dir if reads_dir else None, "data_present": present, "partition": split,
         "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
         "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,
         "gpus_per_host": config.gpus_per_host, "threads_per_host": config.threads_per_host,

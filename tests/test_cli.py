@@ -288,6 +288,31 @@ def test_dry_run_says_where_mnist_is_read_and_whether_it_is_there(tmp_path, mnis
     assert f"task mnist-cnn; data: {tmp_path / 'empty'} (absent: it would be downloaded there)" in absent.stdout
 
 
+def test_dry_run_of_a_task_that_is_not_mnist_shows_what_it_reads(tmp_path, mnist_dir, runner):
+    """Not the MNIST directory: the .npz, a user's loader's directory, or nothing for a built-in's own data."""
+    import numpy as np
+
+    from conftest import REPO
+
+    def plan(*args):
+        result = runner.invoke(cli, ["run", "--dry-run", "--json", *SMALL, "--out", str(tmp_path / "o"), *args])
+        assert result.exit_code == 0, result.output
+        found = json.loads(result.output)
+        return found["data"], found["data_dir"], found["data_present"]
+
+    assert plan("--task", "digits-mlp") == ("task digits-mlp's own (it reads no data directory)", None, None)
+    spirals = f"{REPO}/examples/spirals.py:task"
+    given = tmp_path / "theirs"
+    assert plan("--task", spirals, "--data-dir", str(given)) == \
+        (f"task spirals's own loader, given {given}", str(given), None)  # what it reads there only it knows
+    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+    assert plan("--task", "mnist-2nn", "--data", f"npz:{tmp_path}/d.npz") == (f"npz:{tmp_path}/d.npz", None, True)
+    text = runner.invoke(cli, ["run", "--dry-run", *SMALL, "--task", "digits-mlp", "--out", str(tmp_path / "o")]).output
+    assert "task digits-mlp; data: task digits-mlp's own (it reads no data directory)" in text and str(mnist_dir) not in \
+        text.split("would run")[1]  # the configuration above it records the directory, as run.json does
+
+
 def test_help_names_every_json_event_and_the_redis_variable(runner):
     text = " ".join(runner.invoke(cli, ["run", "--help"]).output.split())
     assert "header, start, warning, round, summary" in text and "FEDACTORS_REDIS_URL" in text
