@@ -75,9 +75,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
 
     if config is not None and settings:
         raise ConfigError("pass a RunConfig or settings, not both")
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)} - {"task"})
-    if unknown:
-        raise ConfigError(f"unknown settings: {', '.join(unknown)} (see fedactors.RunConfig)")
+    refuse_unknown_settings(settings)
     spec = task.name if isinstance(task, Task) else with_absolute_paths({"task": task})["task"]
     strategy_object = strategy if strategy is not None and not isinstance(strategy, str) else None
     if isinstance(strategy_object, BUILTIN_CLASSES):
@@ -111,11 +109,27 @@ def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = No
     A run given a Task or Strategy object is resumed with the same objects again."""
     from fedactors.checkpoint import check_run_id
 
+    refuse_unknown_settings(changes)
     run_id = check_run_id(run_id)
     out = Path(out) if out is not None else Path("runs") / run_id
     changes = with_absolute_paths(changes)
     return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task,
                         strategy_object=strategy)
+
+
+# Command-line flags that are not settings, as a newcomer passes them to run() or resume(): what to write instead.
+API_SPELLING = {"quiet": 'quiet output is progress="quiet"', "q": 'quiet output is progress="quiet"',
+                "json": 'JSON events are progress="json"', "as_json": 'JSON events are progress="json"',
+                "resume": "resuming is fedactors.resume(run_id, ...)"}
+
+
+def refuse_unknown_settings(settings: dict) -> None:
+    """A keyword that is no RunConfig field is a ConfigError naming it (and what to write instead, where the
+    command line has a flag of that name), not Python's TypeError from deep inside."""
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)} - {"task"})
+    if unknown:
+        instead = "".join(f"; {API_SPELLING[name]}" for name in unknown if name in API_SPELLING)
+        raise ConfigError(f"unknown settings: {', '.join(unknown)} (see fedactors.RunConfig){instead}")
 
 
 def _object(task: str | Task) -> Task | None:

@@ -348,6 +348,21 @@ def test_the_python_api_takes_built_in_strategies_by_name_and_refuses_unknown_se
     assert not (tmp_path / "x").exists()
 
 
+def test_the_python_apis_unknown_keywords_are_one_config_error_saying_what_to_write(tmp_path):
+    """quiet=True, as the command line's --quiet, was a Python traceback to a newcomer: one line naming it instead."""
+    import fedactors
+
+    for call in (lambda: fedactors.run("digits-mlp", quiet=True, out=tmp_path / "x"),
+                 lambda: fedactors.resume("r", quiet=True, out=tmp_path / "x")):  # before the store is looked for
+        with pytest.raises(ConfigError) as refused:
+            call()
+        assert str(refused.value) == 'unknown settings: quiet (see fedactors.RunConfig); quiet output is progress="quiet"'
+    with pytest.raises(ConfigError, match=r"unknown settings: json, lrate \(see fedactors.RunConfig\); JSON events are "
+                                          r'progress="json"$'):
+        fedactors.resume("r", lrate=0.1, json=True, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_resume_may_not_change_the_dp_seed():
     from types import SimpleNamespace
 
