@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -75,9 +76,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
 
     if config is not None and settings:
         raise ConfigError("pass a RunConfig or settings, not both")
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)} - {"task"})
-    if unknown:
-        raise ConfigError(f"unknown settings: {', '.join(unknown)} (see fedactors.RunConfig)")
+    refuse_unknown_settings(settings)
     spec = task.name if isinstance(task, Task) else with_absolute_paths({"task": task})["task"]
     strategy_object = strategy if strategy is not None and not isinstance(strategy, str) else None
     if isinstance(strategy_object, BUILTIN_CLASSES):
@@ -113,11 +112,27 @@ def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = No
     A run given a Task or Strategy object is resumed with the same objects again."""
     from fedactors.checkpoint import check_run_id
 
+    refuse_unknown_settings(changes)
     run_id = check_run_id(run_id)
     out = Path(out) if out is not None else Path("runs") / run_id
     changes = with_absolute_paths(changes)
     return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task,
                         strategy_object=strategy)
+
+
+# Command-line flags that are not settings, as a newcomer passes them to run() or resume(): what to write instead.
+API_SPELLING = {"quiet": 'quiet output is progress="quiet"', "q": 'quiet output is progress="quiet"',
+                "json": 'JSON events are progress="json"', "as_json": 'JSON events are progress="json"',
+                "resume": "resuming is fedactors.resume(run_id, ...)"}
+
+
+def refuse_unknown_settings(settings: dict) -> None:
+    """A keyword that is no RunConfig field is a ConfigError naming it (and what to write instead, where the
+    command line has a flag of that name), not Python's TypeError from deep inside."""
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)} - {"task"})
+    if unknown:
+        instead = "".join(f"; {API_SPELLING[name]}" for name in unknown if name in API_SPELLING)
+        raise ConfigError(f"unknown settings: {', '.join(unknown)} (see fedactors.RunConfig){instead}")
 
 
 def _object(task: str | Task) -> Task | None:
@@ -278,8 +293,8 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
            out: Renderer, store_warning: str | None, task_object: Task | None, strategy_object: object) -> RunResult:
     """Run (or continue) the experiment, writing the run directory as events arrive.
 
-    However it stops, run.json says how: finished, interrupted (a signal; the resume command is
-    shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
+    However it stops, run.json says how: finished, interrupted (a signal, or stdout closed, as
+    SIGPIPE; the resume command is shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
     whose traceback goes to OUT/error.log, raised as InternalError).
     """
     from fedactors import experiment
@@ -304,9 +319,15 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
 
     lower = config.target_metric == "loss"  # the task's say on its own metrics comes with the identity event
 
+    def stop_if_output_closed() -> None:
+        # `| head` has what it wanted: stop as a signal would, resumable, rather than fail on the next write.
+        if out.output_closed:
+            interrupts.stop(signal.SIGPIPE)
+
     def on_event(event: dict) -> None:
-        interrupts.check()
         nonlocal config, lower
+        interrupts.check()
+        stop_if_output_closed()
         if event["type"] == "identity":
             info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
             lower = event["target_lower"]
@@ -339,6 +360,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
                 run_dir.append_metrics(event)
             out.round(event)
         run_dir.write_run(config, info)
+        stop_if_output_closed()
 
     def wall() -> dict:
         part = time.perf_counter() - started
@@ -389,6 +411,8 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
          task: Task | None = None) -> dict:
     """What a run would do (for --dry-run): hosts, data, partition, store; it starts nothing and writes nothing.
 
+    `data` says what the run would read, `data_dir` the directory its task's loader is given (None when
+    nothing reads one) and `data_present` whether the files are there (None: only the loader knows).
     The data is read (not downloaded) to summarise the partition; a local Ray is not started
     (its size is this machine's CPUs), a cluster is asked for its nodes.
     """
@@ -399,8 +423,11 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     config = with_data_dir(config)
     task = task if task is not None else load_task(config.task)
     data_dir = Path(config.data_dir)
-    present = config.data is not None or task.local is None or task.local(data_dir)
-    split = _load_data(config, task, data_dir)[3] if present or config.clients is None else None
+    # What the run reads: the .npz (there, or _load_data says not), or the directory a task's loader is
+    # given; a built-in without a `local` check (digits-mlp) reads none. Only `local` knows if data is there.
+    reads_dir = config.data is None and (task.local is not None or not task.builtin)
+    present = True if config.data is not None else task.local(data_dir) if task.local is not None else None
+    split = _load_data(config, task, data_dir)[3] if present is not False or config.clients is None else None
     if config.clients is None:  # --partition natural: as many clients as the data has owners
         config = dataclasses.replace(config, clients=split["clients"])
     hosts, source = plan_hosts(config)
@@ -408,8 +435,10 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
         data = config.data
     elif task.local is not None:
         data = f"{data_dir} ({'present' if present else 'absent: it would be downloaded there'})"
+    elif task.builtin:
+        data = f"task {task.name}'s own (it reads no data directory)"
     else:
-        data = f"task {task.name}'s own"
+        data = f"task {task.name}'s own loader, given {data_dir}"
     epsilon = None
     if config.strategy == "dp-fedavg":
         from fedactors.strategy import dp_epsilon
@@ -418,7 +447,7 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     return {
         "run_id": run_id, "out": str(out), "resume_after_round": resume_round, "task": config.task,
         "epsilon": epsilon,
-        "data": data, "data_dir": config.data_dir, "data_present": present, "partition": split,
+        "data": data, "data_dir": config.data_dir if reads_dir else None, "data_present": present, "partition": split,
         "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
         "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,
         "gpus_per_host": config.gpus_per_host, "threads_per_host": config.threads_per_host,

@@ -17,6 +17,13 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox"
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
 # come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
+# Each strategy setting (a RunConfig field) and the built-in strategies that use it; for another, it is refused.
+STRATEGY_SETTINGS = {
+    "server_lr": tuple(SERVER_LR), "server_momentum": ("fedavgm",), "beta1": ("fedadagrad", "fedadam", "fedyogi"),
+    "beta2": ("fedadam", "fedyogi"), "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",),
+    "clip": ("dp-fedavg",), "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",),
+    "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",),
+}
 # The strategies that need only the round's average, so that hosts may sum their clients (host_sums_apply).
 HOST_SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
@@ -284,12 +291,7 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
                           "client's weights)")
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
-    uses = {"server_lr": tuple(SERVER_LR), "server_momentum": ("fedavgm",),
-            "beta1": ("fedadagrad", "fedadam", "fedyogi"), "beta2": ("fedadam", "fedyogi"),
-            "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",), "clip": ("dp-fedavg",),
-            "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",), "target_epsilon": ("dp-fedavg",),
-            "dp_seed": ("dp-fedavg",)}
-    for name, strategies in uses.items():
+    for name, strategies in STRATEGY_SETTINGS.items():
         if name in given and values["strategy"] not in strategies and ":" not in str(values["strategy"]):
             raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
                               f"not {values['strategy']}")

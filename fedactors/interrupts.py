@@ -9,6 +9,10 @@ a swallowed exception cannot let the run finish. A signal ignored when the run s
 (`nohup`, `... &` without job control) stays ignored, and nothing is installed outside the
 main thread (Python allows signal handlers there only). experiment._start_ray puts these
 handlers back after ray.init, which replaces the SIGTERM handler with one that exits at once.
+
+A closed stdout (`fedactors run ... | head`) stops a run the same way, as SIGPIPE (exit 141):
+Python ignores that signal and fails the write instead, so whoever writes (progress.Renderer)
+notices, and `stop` latches it like a signal.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run was asked to stop by `signum` (SIGINT, SIGTERM or SIGHUP)."""
+    """The run was asked to stop by `signum` (SIGINT, SIGTERM or SIGHUP; SIGPIPE for a closed stdout)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -57,6 +61,12 @@ class Interrupts:
     def check(self) -> None:
         if self.signum is not None:
             raise Interrupted(self.signum)
+
+    def stop(self, signum: int) -> None:
+        """Stop as if `signum` had arrived (SIGPIPE: stdout was closed): remembered, and Interrupted raised."""
+        if self.signum is None:
+            self.signum = signum
+        self.check()
 
     def stopped_by(self) -> int:
         """The signal that stopped the run (SIGINT if the KeyboardInterrupt came from elsewhere)."""

@@ -72,6 +72,7 @@ class RunDirectory:
             _atomic_write_text(self.metrics_path, "")
         except OSError as exc:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
+        self.clear_error()
 
     def rounds_completed(self) -> int | None:
         """run.json's rounds_completed, if it has one."""
@@ -79,22 +80,27 @@ class RunDirectory:
         return done if isinstance(done, int) else None
 
     def snapshot(self) -> dict[Path, str]:
-        """run.json's and metrics.jsonl's text as they are (those that exist), for restore."""
-        return {p: p.read_text() for p in (self.run_path, self.metrics_path) if p.is_file()}
+        """run.json's, metrics.jsonl's and error.log's text as they are (those that exist), for restore."""
+        return {p: p.read_text() for p in (self.run_path, self.metrics_path, self.error_path) if p.is_file()}
 
     def restore(self, snapshot: dict[Path, str]) -> None:
-        """Put back what snapshot() saw: a resume that never got to run leaves the directory as it found it."""
+        """Put back what snapshot() saw: a resume that never got to run leaves the directory as it found it,
+        but for an error.log written since (the newer failure's traceback, which its message points to)."""
         for path, text in snapshot.items():
+            if path == self.error_path and path.exists():
+                continue
             _atomic_write_text(path, text)
 
     def reopen(self, history: list[dict]) -> None:
-        """For a resumed run: metrics.jsonl becomes exactly the checkpoint's history."""
+        """For a resumed run: metrics.jsonl becomes exactly the checkpoint's history, and an earlier failure's
+        error.log goes (the run is past it; a new failure writes its own)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
         rows = (metrics_fields(row) for row in history)
         _atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+        self.clear_error()
 
     def append_metrics(self, event: dict) -> None:
         """Append one evaluated round (messages.metrics_fields of `event`)."""
@@ -106,6 +112,10 @@ class RunDirectory:
     def write_run(self, config: RunConfig, info: dict) -> None:
         """run.json: the configuration, then `info` (its fingerprint once the run knows it: experiment.run)."""
         _atomic_write_text(self.run_path, json.dumps({"config": config.to_dict(), **info}, indent=2) + "\n")
+
+    def clear_error(self) -> None:
+        """Remove error.log: it belongs to a run that failed, and this one goes on (or starts again)."""
+        self.error_path.unlink(missing_ok=True)
 
     def write_error(self, text: str) -> Path:
         """Keep an unexpected error's traceback (error.log) for the report; returns its path."""

@@ -9,6 +9,7 @@ Four renderers share one small interface, chosen by `make_renderer`: `rich` (a t
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from fedactors.config import RunConfig
@@ -69,15 +70,29 @@ def frozen_text(host: dict, clients_per_round: int) -> str | None:
 
 
 class Renderer:
-    """Plain text, one line per round."""
+    """Plain text, one line per round.
+
+    Once stdout is closed (`fedactors run ... | head`), nothing more is written to it and
+    `output_closed` is true: the run stops as if interrupted (api._drive), and says so on stderr."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.width = len(str(config.rounds))
         self.best: float | None = None
+        self.output_closed = False
 
     def echo(self, text: str) -> None:
-        print(text, flush=True)
+        self.write_stdout(text)
+
+    def write_stdout(self, line: str) -> None:
+        """One line on stdout, unless the reader is gone (then `output_closed`)."""
+        if self.output_closed:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            self.output_closed = True
+            _silence_stdout()
 
     def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
         c = self.config
@@ -148,9 +163,23 @@ class Renderer:
         self.echo(f"run {run_id} already finished: {rounds_done} of {self.config.rounds} rounds are done; nothing to do")
 
     def interrupted(self, resume_command: str) -> None:
+        if self.output_closed:  # the command would be lost with stdout: the user still needs it
+            print(f"fedactors: stdout was closed; interrupted; continue with: {resume_command}", file=sys.stderr, flush=True)
+            return
         self.echo(f"interrupted; continue with: {resume_command}")
 
     def close(self) -> None:
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: Python flushes stdout again at exit, and a closed pipe
+    would end the command with a second BrokenPipeError (what Python's documentation on SIGPIPE advises)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (captured, in tests): nothing to flush later
         pass
 
 
@@ -174,7 +203,7 @@ class JsonRenderer(Renderer):
     """One JSON object per line on stdout: {"event": ..., ...}."""
 
     def emit(self, event: str, **fields: object) -> None:
-        print(json.dumps({"event": event, **fields}), flush=True)
+        self.write_stdout(json.dumps({"event": event, **fields}))
 
     def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
         self.emit("header", run_id=run_id, out=out, resumed_from=resumed_from, config=self.config.to_dict())
@@ -197,7 +226,10 @@ class JsonRenderer(Renderer):
         self.emit("already_finished", run_id=run_id, rounds_completed=rounds_done)
 
     def interrupted(self, resume_command: str) -> None:
-        self.emit("interrupted", resume_command=resume_command)
+        if self.output_closed:
+            super().interrupted(resume_command)
+        else:
+            self.emit("interrupted", resume_command=resume_command)
 
 
 class RichRenderer(Renderer):

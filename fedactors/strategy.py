@@ -41,6 +41,17 @@ from fedactors.config import SERVER_LR, STRATEGIES
 from fedactors.errors import ConfigError, RoundFailed
 
 SERVER_OPTIMIZERS = tuple(SERVER_LR)  # fedavgm, fedadagrad, fedadam, fedyogi
+# One line each, for `fedactors strategies` (the table above, without the flags: config.STRATEGY_SETTINGS has them).
+DESCRIPTIONS = {
+    "fedavg": "the aggregate is the new global model (McMahan et al. 2017): the default",
+    "fedavgm": "server momentum on the pseudo-gradient (Hsu et al. 2019)",
+    "fedadagrad": "Adagrad on the pseudo-gradient (Reddi et al., ICLR 2021)",
+    "fedadam": "Adam on the pseudo-gradient, no bias correction (Reddi et al., ICLR 2021)",
+    "fedyogi": "Yogi on the pseudo-gradient (Reddi et al., ICLR 2021)",
+    "fedprox": "clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)",
+    "scaffold": "clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020); --aggregator fedavg",
+    "dp-fedavg": "client-level differential privacy (McMahan et al., ICLR 2018); --aggregator fedavg",
+}
 OBJECT_PREFIX = "python:"  # config.strategy of a run given a strategy object (fedactors.run(strategy=...))
 
 

@@ -16,7 +16,8 @@ every process that needs it (the command, each client host) resolves the same wa
 
     mnist-cnn, mnist-2nn, digits-mlp      built-in (fedactors tasks lists them)
     package.module:attr                   an importable module's attribute
-    path/to/file.py:attr                  a file's attribute (the path must exist on every node)
+    path/to/file.py:attr                  a file's attribute (the path must exist on every node; the
+                                          file may import the modules in its directory)
 
 The attribute is a Task, or a function returning one. `--data npz:PATH` replaces the task's
 data by arrays the user has (keys x_train, y_train, x_test, y_test), prepared the same way.
@@ -198,11 +199,16 @@ def with_absolute_paths(settings: dict) -> dict:
 
 
 def _import(where: str, spec: str, flag: str = "--task") -> Any:
-    """The module `where` names: a .py file's path, or an importable module (for --task and --strategy)."""
+    """The module `where` names: a .py file's path, or an importable module (for --task and --strategy).
+
+    A file's directory goes first on sys.path, as `python file.py` puts it, so the file may import
+    the modules beside it; every process that resolves the spec (the command, each client host)
+    comes through here, so each of them finds those modules."""
     if where.endswith(".py"):
         path = Path(where).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"{flag} {spec}: no file {path}")
+        _put_on_path(path.parent)
         name = "fedactors_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         if name in sys.modules:
             return sys.modules[name]
@@ -228,6 +234,13 @@ def _import(where: str, spec: str, flag: str = "--task") -> Any:
         raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
         raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _put_on_path(directory: Path) -> None:
+    """`directory` at the front of sys.path, once (a resolved path: the same file always adds the same entry)."""
+    entry = str(directory)
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
 
 
 def load_npz(path: Path) -> Arrays:

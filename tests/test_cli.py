@@ -165,23 +165,23 @@ def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
 SMALL = ["--clients", "10", "--partition", "iid", "--rounds", "1"]
 
 
-def _one_round(config, on_event, *, run_id, store_url, **kwargs):
-    """A stand-in for experiment.run: one evaluated round, checkpointed, and the final weights."""
+def _one_round(config, on_event, *, run_id, store_url, round_done=1, **kwargs):
+    """A stand-in for experiment.run: one evaluated round (`round_done`), checkpointed, and the final weights."""
     import numpy as np
 
     from fedactors.checkpoint import Checkpoint, RedisStore
 
     identity = {"digest": "stand-in"}
     with RedisStore(store_url) as store:
-        store.save(Checkpoint(run_id, 1, np.zeros(4, np.float32), config.fingerprint(identity), config.to_dict(), [],
-                              extra={"identity": identity}), keep=1)
+        store.save(Checkpoint(run_id, round_done, np.zeros(4, np.float32), config.fingerprint(identity),
+                              config.to_dict(), [], extra={"identity": identity}), keep=1)
     on_event({"type": "identity", "fingerprint": config.fingerprint(identity), "identity": identity, "partition": {}})
     on_event({"type": "start", "hosts": [], "clients_per_round": 1})
-    on_event({"type": "round", "round": 1, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0, "round_seconds": 1.0,
-              "train_seconds": 1.0, "wait_seconds": 1.0, "aggregate_seconds": 0.0, "eval_seconds": 0.0,
-              "num_updates": 1, "clients": [0], "retried": [], "dropped": [], "rejected": [], "byzantine": [],
-              "failures": [], "hosts": {}, "lost_hosts": {}, "checkpoint_seconds": None})
-    return {"type": "done", "round": 1, "weights": np.zeros(4, np.float32)}
+    on_event({"type": "round", "round": round_done, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0,
+              "round_seconds": 1.0, "train_seconds": 1.0, "wait_seconds": 1.0, "aggregate_seconds": 0.0,
+              "eval_seconds": 0.0, "num_updates": 1, "clients": [0], "retried": [], "dropped": [], "rejected": [],
+              "byzantine": [], "failures": [], "hosts": {}, "lost_hosts": {}, "checkpoint_seconds": None})
+    return {"type": "done", "round": round_done, "weights": np.zeros(4, np.float32)}
 
 
 def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback(tmp_path, monkeypatch, capsys):
@@ -198,6 +198,33 @@ def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
     log = (out / "error.log").read_text()
     assert "Traceback" in log and "in broken" in log and "ValueError: a bug deep inside" in log
+
+
+def test_error_log_goes_once_a_resume_gets_past_the_failure_it_describes(tmp_path, monkeypatch, capsys):
+    from fedactors import experiment
+    from fedactors.errors import DataError
+
+    def round_then_bug(config, on_event, **kwargs):
+        _one_round(config, on_event, **kwargs)
+        raise ValueError("a bug after round 1")
+
+    def no_data(config, on_event, **kwargs):
+        raise DataError("MNIST not found (offline)")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(experiment, "run", round_then_bug)
+    status, _, _ = run_main(monkeypatch, capsys, "run", *SMALL, "--rounds", "2", "--out", str(out), "--run-id", "r")
+    assert status == 1 and "ValueError: a bug after round 1" in (out / "error.log").read_text()
+    # A resume refused before it ran leaves the directory as it was: the failed run and its traceback.
+    monkeypatch.setattr(experiment, "run", no_data)
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "r", "--out", str(out))
+    assert status == 2 and "MNIST not found" in err
+    assert "a bug after round 1" in (out / "error.log").read_text()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(experiment, "run", lambda config, on_event, **kw: _one_round(config, on_event, round_done=2, **kw))
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "r", "--out", str(out))
+    assert status == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "finished" and not (out / "error.log").exists()
 
 
 def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_command(tmp_path, monkeypatch, capsys):
@@ -224,6 +251,25 @@ def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_comman
     assert status == 2 and "already holds a run" in err and (out / "run.json").read_bytes() == before
 
 
+def test_runs_list_names_each_runs_task(tmp_path, monkeypatch, capsys):
+    from conftest import REPO
+    from fedactors import experiment
+
+    monkeypatch.setattr(experiment, "run", _one_round)
+    runs_dir = tmp_path / "runs"
+    for run_id, task in [("cnn", "mnist-cnn"), ("digits", "digits-mlp"), ("mine", f"{REPO}/examples/spirals.py:task")]:
+        status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--task", task, "--run-id", run_id,
+                                  "--out", str(runs_dir / run_id))
+        assert status == 0, err
+    status, out, err = run_main(monkeypatch, capsys, "runs", "list", "--runs-dir", str(runs_dir))
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:6] == ["run", "id", "status", "round", "task", "configuration"]
+    column = header.index("task")
+    assert {row.split()[0]: row[column:].split()[0] for row in rows} == \
+        {"cnn": "mnist-cnn", "digits": "digits-mlp", "mine": "spirals.py:task"}  # a file by its name: `show` has the path
+
+
 def test_run_json_records_the_data_directory_actually_used(tmp_path, monkeypatch, capsys):
     from fedactors import experiment
 
@@ -242,8 +288,66 @@ def test_dry_run_says_where_mnist_is_read_and_whether_it_is_there(tmp_path, mnis
     assert f"task mnist-cnn; data: {tmp_path / 'empty'} (absent: it would be downloaded there)" in absent.stdout
 
 
+def test_dry_run_of_a_task_that_is_not_mnist_shows_what_it_reads(tmp_path, mnist_dir, runner):
+    """Not the MNIST directory: the .npz, a user's loader's directory, or nothing for a built-in's own data."""
+    import numpy as np
+
+    from conftest import REPO
+
+    def plan(*args):
+        result = runner.invoke(cli, ["run", "--dry-run", "--json", *SMALL, "--out", str(tmp_path / "o"), *args])
+        assert result.exit_code == 0, result.output
+        found = json.loads(result.output)
+        return found["data"], found["data_dir"], found["data_present"]
+
+    assert plan("--task", "digits-mlp") == ("task digits-mlp's own (it reads no data directory)", None, None)
+    spirals = f"{REPO}/examples/spirals.py:task"
+    given = tmp_path / "theirs"
+    assert plan("--task", spirals, "--data-dir", str(given)) == \
+        (f"task spirals's own loader, given {given}", str(given), None)  # what it reads there only it knows
+    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+    assert plan("--task", "mnist-2nn", "--data", f"npz:{tmp_path}/d.npz") == (f"npz:{tmp_path}/d.npz", None, True)
+    text = runner.invoke(cli, ["run", "--dry-run", *SMALL, "--task", "digits-mlp", "--out", str(tmp_path / "o")]).output
+    assert "task digits-mlp; data: task digits-mlp's own (it reads no data directory)" in text and str(mnist_dir) not in \
+        text.split("would run")[1]  # the configuration above it records the directory, as run.json does
+
+
 def test_help_names_every_json_event_and_the_redis_variable(runner):
     text = " ".join(runner.invoke(cli, ["run", "--help"]).output.split())
     assert "header, start, warning, round, summary" in text and "FEDACTORS_REDIS_URL" in text
     runs_help = " ".join(runner.invoke(cli, ["runs", "list", "--help"]).output.split())
     assert "OUT/checkpoints" not in runs_help and "embedded store of each run directory under --runs-dir" in runs_help
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_interrupts_the_run_resumably(tmp_path):
+    """`fedactors run ... | head`: once the reader is gone the run stops as interrupted (exit 141, 128 + SIGPIPE),
+    with the resume command on stderr and no traceback; --resume continues it."""
+    from conftest import EXE, fedactors
+
+    out = tmp_path / "run"
+    args = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.5", "--partition", "iid", "--epochs", "1",
+            "--hosts", "2", "--rounds", "200", "--out", str(out)]  # rounds of 0.05 s: far from done when the pipe closes
+    with subprocess.Popen([EXE, "run", *args, "--run-id", "piped"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as proc:
+        try:
+            while not proc.stdout.readline().startswith("round "):  # like `head`: read up to the first round, then go
+                assert proc.poll() is None, proc.stderr.read()
+            proc.stdout.close()
+            stderr = proc.stderr.read()
+            assert proc.wait(timeout=60) == 141, stderr
+        finally:
+            proc.kill()
+    assert f"fedactors: stdout was closed; interrupted; continue with: fedactors run --resume piped --out {out}" \
+        in stderr.splitlines(), stderr
+    assert "Traceback" not in stderr and not (out / "error.log").exists()
+    run = json.loads((out / "run.json").read_text())
+    done = run["rounds_completed"]
+    assert run["status"] == "interrupted" and 1 <= done < 200
+    resumed = fedactors("run", "--resume", "piped", "--out", str(out), "--rounds", str(done + 2))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run piped after round {done}" in resumed.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == done + 2
+

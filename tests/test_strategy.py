@@ -348,6 +348,21 @@ def test_the_python_api_takes_built_in_strategies_by_name_and_refuses_unknown_se
     assert not (tmp_path / "x").exists()
 
 
+def test_the_python_apis_unknown_keywords_are_one_config_error_saying_what_to_write(tmp_path):
+    """quiet=True, as the command line's --quiet, was a Python traceback to a newcomer: one line naming it instead."""
+    import fedactors
+
+    for call in (lambda: fedactors.run("digits-mlp", quiet=True, out=tmp_path / "x"),
+                 lambda: fedactors.resume("r", quiet=True, out=tmp_path / "x")):  # before the store is looked for
+        with pytest.raises(ConfigError) as refused:
+            call()
+        assert str(refused.value) == 'unknown settings: quiet (see fedactors.RunConfig); quiet output is progress="quiet"'
+    with pytest.raises(ConfigError, match=r"unknown settings: json, lrate \(see fedactors.RunConfig\); JSON events are "
+                                          r'progress="json"$'):
+        fedactors.resume("r", lrate=0.1, json=True, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_resume_may_not_change_the_dp_seed():
     from types import SimpleNamespace
 
@@ -388,3 +403,29 @@ def test_the_python_api_refuses_settings_the_rest_switches_off_as_the_cli_does(t
     with pytest.raises(ConfigError, match="batch_size must be a positive integer or 'inf'"):
         fedactors.run("digits-mlp", batch_size="lots", out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_strategies_command_lists_the_builtins_with_the_settings_each_takes():
+    from conftest import fedactors
+    from fedactors.config import SERVER_LR, STRATEGIES, STRATEGY_SETTINGS, refuse_idle_settings
+
+    result = fedactors("strategies")
+    assert result.returncode == 0, result.stderr
+    described, flags = [], {}
+    for line in result.stdout.splitlines():
+        if line.startswith(" "):  # the settings of the strategy above, "--flag default" two spaces apart
+            flags[described[-1]] = dict(pair.split(" ", 1) for pair in line.strip().split("  "))
+        else:
+            described.append(line.split()[0])
+    assert described == list(STRATEGIES)
+    defaults = RunConfig().to_dict()
+    for name in STRATEGIES:  # a flag is listed for a strategy exactly when `fedactors run` accepts it with that one
+        for field in STRATEGY_SETTINGS:
+            try:
+                refuse_idle_settings({field}, {**defaults, "strategy": name})
+                accepted = True
+            except ConfigError:
+                accepted = False
+            assert ("--" + field.replace("_", "-") in flags.get(name, {})) == accepted, (name, field)
+    assert {name: flags[name]["--server-lr"] for name in SERVER_LR} == {name: f"{lr:g}" for name, lr in SERVER_LR.items()}
+    assert flags["fedadam"]["--beta2"] == f"{RunConfig().beta2:g}" and flags["fedprox"] == {"--mu": f"{RunConfig().mu:g}"}

@@ -154,3 +154,26 @@ def test_a_finished_run_of_another_configuration_is_not_taken_for_the_cell(tmp_p
             cell_is_complete(tmp_path / cell.name, other)
     # Where it ran does not matter.
     assert cell_is_complete(tmp_path / cell.name, cell.run_config({"rounds": 300, "hosts": 4}))
+
+
+@pytest.mark.slow
+def test_sweep_data_dir_is_the_directory_every_cells_task_reads(tmp_path):
+    """As run's --data-dir: here the only place the task's loader finds its file ($FEDACTORS_DATA holds MNIST)."""
+    from conftest import fedactors
+
+    data_dir = tmp_path / "mine"
+    data_dir.mkdir()
+    x = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)
+    np.savez(data_dir / "points.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    (tmp_path / "task.py").write_text(
+        "import numpy as np\nfrom torch import nn\nfrom fedactors.task import Arrays, Task\n"
+        "def load(data_dir):\n    d = np.load(data_dir / 'points.npz')\n    return Arrays(d['x'], d['y'], d['x'], d['y'])\n"
+        "task = Task(name='points', model=lambda: nn.Linear(2, 2), load=load, num_classes=2)\n")
+    (tmp_path / "grid.toml").write_text(f'epochs = [1]\nbatch_sizes = [10]\nfracs = [1.0]\npartitions = ["iid"]\n[run]\n'
+                                        f'task = "{tmp_path}/task.py:task"\nclients = 4\nhosts = 1\n')
+    out = tmp_path / "sweep"
+    result = fedactors("sweep", "--config", str(tmp_path / "grid.toml"), "--rounds", "1", "--data-dir", str(data_dir),
+                       "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "iid-E1-B10-C1" / "run.json").read_text())
+    assert run["status"] == "finished" and run["config"]["data_dir"] == str(data_dir)

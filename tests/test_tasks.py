@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,41 @@ def test_a_task_from_a_file_or_a_module(tmp_path):
     (tmp_path / "mytasks.py").write_text("from fedactors.tasks.digits import DIGITS_MLP\ndef make():\n    return DIGITS_MLP\n")
     assert load_task(f"{tmp_path}/mytasks.py:make").name == "digits-mlp"  # a function returning a Task
     assert load_task("fedactors.tasks.mnist:MNIST_2NN").name == "mnist-2nn"
+
+
+def _task_beside_its_helpers(directory):
+    """A task file that imports its loader and model from a module beside it (a name no installed module has)."""
+    from conftest import REPO
+
+    (directory / "fa_sibling_helpers.py").write_text((REPO / "examples" / "spirals.py").read_text())
+    (directory / "mytask.py").write_text("from fa_sibling_helpers import load, model\nfrom fedactors.task import Task\n"
+                                         "task = Task(name='beside', model=model, load=load, num_classes=3)\n")
+    return f"{directory}/mytask.py:task"
+
+
+def test_a_task_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    from fedactors.task import load_arrays, load_task
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # what load_task adds goes with the test
+    monkeypatch.delitem(sys.modules, "fa_sibling_helpers", raising=False)
+    task = load_task(_task_beside_its_helpers(tmp_path))
+    assert task.name == "beside" and sys.modules[task.load.__module__].__file__ == str(tmp_path / "fa_sibling_helpers.py")
+    assert len(load_arrays(task, None, tmp_path).y_train) == 3000
+    monkeypatch.delitem(sys.modules, "fa_sibling_helpers")
+
+
+@pytest.mark.slow
+def test_a_run_of_a_task_file_that_imports_a_module_beside_it(tmp_path):
+    """The command and every client host (other processes, started elsewhere) find the sibling module."""
+    from conftest import fedactors
+
+    (tmp_path / "mine").mkdir()
+    spec = _task_beside_its_helpers(tmp_path / "mine")
+    out = tmp_path / "run"
+    result = fedactors("run", "--task", spec, "--clients", "4", "--frac", "1", "--partition", "iid", "--epochs", "1",
+                       "--rounds", "1", "--hosts", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished" and len(accuracies(out)) == 1
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -63,9 +63,9 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on `cli`.
-from fedactors.cli import results, run, runs, tasks  # noqa: E402
+from fedactors.cli import results, run, runs, strategies, tasks  # noqa: E402
 
-__all__ = ["cli", "exit_on_interrupt", "main", "results", "run", "runs", "tasks"]
+__all__ = ["cli", "exit_on_interrupt", "main", "results", "run", "runs", "strategies", "tasks"]
 
 if __name__ == "__main__":
     main()

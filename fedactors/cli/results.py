@@ -84,6 +84,8 @@ def _csv(kind: type, name: str):
 @click.option("--seed", type=int, default=None, help="Seed for every cell.")
 @click.option("--hosts", type=int, default=None, help="Client hosts per run.")
 @click.option("--address", default=None, envvar="RAY_ADDRESS", show_envvar=True, help="Ray cluster to attach every run to.")
+@click.option("--data-dir", "data_dir", default=None,
+              help="The directory every cell's task reads, as run's --data-dir. Default: $FEDACTORS_DATA, else the per-user cache.")
 @redis_option("each cell's embedded store, in its run directory.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/sweep"), show_default=True,
               help="Root directory: one run directory per cell, named like noniid-E5-B10-C0.1.")
@@ -93,7 +95,7 @@ def _csv(kind: type, name: str):
               help="List the cells, their run directories, which are finished, resumable (from which round) or new, "
               "and the rounds each would run; start nothing.")
 def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fracs, partitions, rounds, lr, seed, hosts,
-          address, redis_url, out: Path, markdown: bool, quiet: bool, dry_run: bool) -> None:
+          address, data_dir, redis_url, out: Path, markdown: bool, quiet: bool, dry_run: bool) -> None:
     """Run a grid over E, B, C and partition, one run per cell; finished cells are skipped, so an
     interrupted sweep continues where it stopped. Ends with the report (and Table 2 beside the paper's)."""
     from fedactors.cli.run import forget_redis_variable
@@ -115,7 +117,7 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
             raise ConfigError("a sweep needs --epochs and --batch-sizes (or a --config file with them), or --paper-table2")
         cells = plan_sweep(grid["epochs"], grid["batch_sizes"], grid["fracs"], grid["partitions"])
     run_settings = dict(spec["run"])
-    overrides = {"rounds": rounds, "lr": lr, "seed": seed, "hosts": hosts, "address": address}
+    overrides = {"rounds": rounds, "lr": lr, "seed": seed, "hosts": hosts, "address": address, "data_dir": data_dir}
     run_settings.update({k: v for k, v in overrides.items() if v is not None})
     plans = [(cell, cell.run_config(run_settings)) for cell in cells]  # every cell validated before any runs
     if dry_run:
@@ -147,8 +149,10 @@ def _run_cells(plans: list, out: Path, redis_url: str | None, mode: str) -> None
             continue
         click.echo(f"[{i}/{len(plans)}] {cell.name}")
         if redis_url is not None or (run_dir / api.STORE_DIR).is_dir():
+            # A data directory named now is the one read now (without it, a resume reads where the run read).
+            changes = {"rounds": config.rounds, **({"data_dir": config.data_dir} if config.data_dir is not None else {})}
             try:
-                api.continue_run(run_id, run_dir, redis_url, 30.0, {"rounds": config.rounds}, mode)
+                api.continue_run(run_id, run_dir, redis_url, 30.0, changes, mode)
                 continue
             except ConfigError:
                 if (run_dir / "run.json").exists() and RunDirectory(run_dir).run_id() != run_id:

@@ -48,19 +48,29 @@ def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) ->
 @runs_redis_option
 @runs_dir_option
 def runs_list(redis_url: str | None, runs_dir: Path) -> None:
-    """One line per run: id, status, newest round, configuration."""
+    """One line per run: id, status, newest round, task, configuration."""
     rows = [info for store, _ in _stores(redis_url, runs_dir) for info in store.runs()]
     if not rows:
         click.echo("no runs")
         return
-    click.echo(f"{'run id':<28} {'status':<9} {'round':>6}  configuration")
-    for info in rows:
+    tasks = [_task(info.config) for info in rows]
+    width = max(len("task"), *(len(t) for t in tasks))
+    click.echo(f"{'run id':<28} {'status':<9} {'round':>6}  {'task':<{width}}  configuration")
+    for info, task in zip(rows, tasks, strict=True):
         c = info.config
         click.echo(
-            f"{info.run_id:<28} {info.status:<9} {str(info.latest_round):>6}  "
+            f"{info.run_id:<28} {info.status:<9} {str(info.latest_round):>6}  {task:<{width}}  "
             f"{c.get('partition')} K={c.get('clients')} C={c.get('frac')} E={c.get('epochs')} "
             f"B={c.get('batch_size')} lr={c.get('lr')} seed={c.get('seed')} rounds={c.get('rounds')}"
         )
+
+
+def _task(config: dict) -> str:
+    """A run's task as the list shows it: a name as stored, a file task by its file's name (stored absolute,
+    its directory would crowd the line; `runs show` has it whole)."""
+    spec = str(config.get("task", "mnist-cnn"))  # checkpoints from before tasks were all mnist-cnn
+    where, sep, attr = spec.rpartition(":")
+    return f"{Path(where).name}:{attr}" if sep and where.endswith(".py") else spec
 
 
 @runs.command("show")

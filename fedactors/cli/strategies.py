@@ -1,0 +1,37 @@
+"""`fedactors strategies`: the built-in strategies, one line each, and the settings each takes with their defaults."""
+
+from __future__ import annotations
+
+import click
+
+from fedactors.cli import cli
+
+# What a default of None means, where it is not a number.
+NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)"}
+
+
+@cli.command()
+def strategies() -> None:
+    """List the built-in strategies (for --strategy) and their settings; your own is module:attr or file.py:attr."""
+    from fedactors.config import STRATEGIES
+    from fedactors.strategy import DESCRIPTIONS
+
+    width = max(len(name) for name in STRATEGIES)
+    for name in STRATEGIES:
+        click.echo(f"{name:<{width}}  {DESCRIPTIONS[name]}")
+        settings = _settings(name)
+        if settings:
+            click.echo(" " * (width + 2) + "  ".join(f"--{flag} {value}" for flag, value in settings.items()))
+
+
+def _settings(name: str) -> dict[str, str]:
+    """The flags strategy `name` takes, with their defaults as text (the server rate is its own: SERVER_LR)."""
+    from fedactors.config import STRATEGY_SETTINGS, RunConfig
+
+    defaults = RunConfig(strategy=name)
+    shown = {}
+    for field, users in STRATEGY_SETTINGS.items():
+        if name in users:
+            value = defaults.server_lr_value if field == "server_lr" else getattr(defaults, field)
+            shown[field.replace("_", "-")] = NONE_MEANS[field] if value is None else f"{value:g}"
+    return shown
