@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.config import EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig, parse_batch_size, refuse_idle_settings
+from fedactors.config import (EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig, natural_clients, parse_batch_size,
+                              refuse_idle_settings)
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
 from fedactors.interrupts import Interrupts
 from fedactors.messages import metrics_fields
@@ -91,8 +92,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
         if "batch_size" in settings:  # "inf" as on the command line
             settings["batch_size"] = parse_batch_size(settings["batch_size"], "batch_size")
         refuse_idle_settings(set(settings), {**RunConfig().to_dict(), **settings})
-        if settings.get("partition") == "natural":
-            settings["clients"] = None  # one client per owner, counted when the data is read
+        settings = natural_clients(settings)
         settings.setdefault("address", os.environ.get("RAY_ADDRESS") or None)
         settings = with_absolute_paths(settings)
     config = config if config is not None else RunConfig(task=spec, **settings)  # type: ignore[arg-type]

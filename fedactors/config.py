@@ -271,6 +271,12 @@ def host_sums_apply(aggregator: str, strategy: str) -> bool:
     return aggregator == "fedavg" and strategy in HOST_SUM_STRATEGIES
 
 
+def natural_clients(settings: dict) -> dict:
+    """`settings` with clients None under --partition natural: the data's owners are the clients, counted when it is
+    read (refuse_idle_settings refuses a clients given with it). Shared by the command line, the API and sweeps."""
+    return {**settings, "clients": None} if settings.get("partition") == "natural" else settings
+
+
 def refuse_idle_settings(given: set[str], values: dict) -> None:
     """A setting given (`given`: its names) that the other `values` switch off is a mistake: ConfigError saying so.
 

@@ -74,7 +74,8 @@ def partition(labels: np.ndarray, num_clients: int | None, scheme: str, seed: in
                               "npz or the task's Arrays, or --data leaf:DIR)")
         parts = natural(owners)
         if num_clients is not None and num_clients != len(parts):
-            raise ConfigError(f"--partition natural: the data has {len(parts)} owners, not {num_clients} clients")
+            raise ConfigError(f"--partition natural: the data has {len(parts)} owners, not {num_clients} clients "
+                              "(leave the number of clients out: the owners are the clients)")
         return parts
     if num_clients > n:
         raise ConfigError(f"--clients {num_clients} is more than the {n} training examples")

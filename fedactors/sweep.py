@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from fedactors.config import PARTITIONS, RunConfig, is_positive_int, parse_batch_size, read_toml
+from fedactors.config import PARTITIONS, RunConfig, is_positive_int, natural_clients, parse_batch_size, read_toml
 from fedactors.errors import ConfigError
 from fedactors.report import PAPER_TABLE2_FRAC, paper_table2_grid
 
@@ -39,7 +39,9 @@ class SweepCell:
         """The cell's RunConfig: `run` (RunConfig keys, as in a sweep file's [run] table) plus the cell."""
         settings = {**(run or {}), "epochs": self.epochs, "batch_size": self.batch_size,
                     "frac": self.frac, "partition": self.partition}
-        return RunConfig.from_dict(settings)
+        if self.partition == "natural" and "clients" in (run or {}):
+            raise ConfigError("run.clients does not go with the natural partition: every owner in the data is one client")
+        return RunConfig.from_dict(natural_clients(settings))
 
 
 def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list) -> list[SweepCell]:
@@ -127,6 +129,8 @@ def cell_is_complete(run_dir: str | Path, expected: RunConfig | None = None) -> 
     if expected is not None:
         config = info.get("config") if isinstance(info.get("config"), dict) else {}
         stored = {k: config.get(k, default) for k, default in RunConfig().experiment().items()}
+        if expected.clients is None:  # natural: the data counted the clients, and the run recorded how many
+            stored["clients"] = None
         if stored != expected.experiment() or config.get("rounds") != expected.rounds:
             raise ConfigError(
                 f"{run_dir} holds a finished run of another configuration; move it away or choose another sweep directory"

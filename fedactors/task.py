@@ -330,14 +330,19 @@ def _owner_ids(ids: object, name: str, count: int) -> np.ndarray:
     return out
 
 
-def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
+def _apply(task: Task, prepare: Callable[[np.ndarray], np.ndarray], x: np.ndarray, name: str) -> np.ndarray:
+    """prepare(x) as an array; a user's prepare that raises is one DataError line naming the array."""
     try:
-        out = task.prepare(np.asarray(x))
+        return np.ascontiguousarray(prepare(np.asarray(x)))
     except DataError:
         raise
-    except Exception as exc:
-        raise DataError(f"task {task.name} cannot prepare {name} of shape {np.shape(x)}: {type(exc).__name__}: {exc}") from None
-    out = np.ascontiguousarray(out)
+    except Exception as exc:  # noqa: BLE001 - the task's code, named
+        raise DataError(f"task {task.name} cannot prepare {name} of shape {np.shape(x)}: {type(exc).__name__}: "
+                        f"{first_line(exc)}") from None
+
+
+def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
+    out = _apply(task, task.prepare, x, name)
     if out.dtype == np.int64:  # token ids (an embedding's input): nothing can be NaN
         return out
     if out.dtype != np.float32:
@@ -350,14 +355,7 @@ def _prepared(task: Task, x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _labels(task: Task, y: np.ndarray, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if task.prepare_labels is not None:
-        try:
-            y = np.asarray(task.prepare_labels(y))
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"task {task.name} cannot prepare {name}: {type(exc).__name__}: {first_line(exc)}") from None
+    y = np.asarray(y) if task.prepare_labels is None else _apply(task, task.prepare_labels, y, name)
     if task.labels == "values":
         if not np.issubdtype(y.dtype, np.number) or y.ndim == 0:
             raise DataError(f"{name} must hold numeric targets, got {y.dtype}")

@@ -156,6 +156,18 @@ def test_a_finished_run_of_another_configuration_is_not_taken_for_the_cell(tmp_p
     assert cell_is_complete(tmp_path / cell.name, cell.run_config({"rounds": 300, "hosts": 4}))
 
 
+def test_a_natural_cell_leaves_the_clients_to_the_data_and_its_finished_run_is_recognised(tmp_path):
+    import dataclasses
+
+    cell = SweepCell(1, 10, 0.3, "natural")
+    expected = cell.run_config({"task": "char-lm-tiny", "rounds": 5})
+    assert expected.clients is None
+    with pytest.raises(ConfigError, match="run.clients does not go with the natural partition"):
+        cell.run_config({"task": "char-lm-tiny", "clients": 17})
+    write_run(tmp_path / cell.name, status="finished", config=dataclasses.replace(expected, clients=17))  # as it ran
+    assert cell_is_complete(tmp_path / cell.name, expected)
+
+
 @pytest.mark.slow
 def test_sweep_data_dir_is_the_directory_every_cells_task_reads(tmp_path):
     """As run's --data-dir: here the only place the task's loader finds its file ($FEDACTORS_DATA holds MNIST)."""

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from fedactors.cli import cli, exit_on_interrupt
 from fedactors.config import (AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, SERVER_LR, RunConfig, parse_batch_size,
-                              read_toml, refuse_idle_settings)
+                              natural_clients, read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
 
 D = RunConfig()  # defaults, shown in --help
@@ -178,9 +178,7 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
             api.continue_run(run_id, out, redis_url, store_retry_seconds, changes, mode)
         return
     _refuse_idle_flags(flags)
-    if flags["partition"] == "natural":
-        flags["clients"] = None  # one client per owner, counted when the data is read
-    config = RunConfig(**flags)  # type: ignore[arg-type]
+    config = RunConfig(**natural_clients(flags))  # type: ignore[arg-type]
     if dry_run:
         show_plan(api.plan(config, run_id, out, redis_url), mode)
         return
