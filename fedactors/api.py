@@ -330,7 +330,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         stop_if_output_closed()
         if event["type"] == "identity":
             info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
-            lower = event["target_lower"]
+            lower = event.get("target_lower", lower)
             if config.clients is None:  # --partition natural: run.json records the clients the data gave
                 config = dataclasses.replace(config, clients=event["clients"])
         elif event["type"] == "start":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,10 +41,10 @@ def _fedactors(*args, env=None, cwd=None):
         (["--clients", "0"], "--clients must be a positive integer, got 0"),
         (["--partition", "dirichlet", "--alpha", "0"], "--alpha must be a positive number, got 0.0"),
         (["--alpha", "0.3"], "--alpha applies to --partition dirichlet only, not noniid"),
-        (["--task", "no-such-task"], "--task no-such-task: not a built-in task (mnist-cnn, mnist-2nn, digits-mlp)"),
+        (["--task", "no-such-task"], "--task no-such-task: not a built-in task (mnist-cnn, mnist-2nn, digits-mlp, shakespeare-lstm, char-lm-tiny)"),
         (["--task", "fedactors.nothing:task"], "--task fedactors.nothing:task: cannot import fedactors.nothing"),
         (["--task", "fedactors.config:PARTITIONS"], "PARTITIONS is a tuple, not a fedactors.task.Task"),
-        (["--data", "csv:x.csv"], "--data must be npz:PATH, got 'csv:x.csv'"),
+        (["--data", "csv:x.csv"], "--data must be npz:PATH or leaf:DIR, got 'csv:x.csv'"),
         (["--batch-size", "zero"], "--batch-size must be a positive integer or 'inf'"),
         (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
         (["--lr", "-0.1"], "--lr must be a positive finite number"),
@@ -347,7 +348,10 @@ def test_a_closed_stdout_interrupts_the_run_resumably(tmp_path):
     assert run["status"] == "interrupted" and 1 <= done < 200
     resumed = fedactors("run", "--resume", "piped", "--out", str(out), "--rounds", str(done + 2))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming run piped after round {done}" in resumed.stdout
+    # The newest checkpoint may be a round past run.json's count: the round checkpointed, then the stop came
+    # before its event was written. Never behind it.
+    after = int(re.search(r"resuming run piped after round (\d+)", resumed.stdout).group(1))
+    assert after in (done, done + 1), resumed.stdout
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["rounds_completed"] == done + 2
 

@@ -31,7 +31,7 @@ def test_plan_is_the_full_grid_in_a_fixed_order():
         (([1], ["many"], [0.1], ["iid"]), r"batch_sizes .* got 'many'"),
         (([1], [10], [0.0], ["iid"]), r"fracs must hold numbers in \(0, 1\], got 0.0"),
         (([1], [10], [1.5], ["iid"]), r"fracs .* got 1.5"),
-        (([1], [10], [0.1], ["federated"]), r"partitions must hold iid, noniid, shards, dirichlet or unbalanced, got 'federated'"),
+        (([1], [10], [0.1], ["federated"]), r"partitions must hold iid, noniid, shards, dirichlet, unbalanced or natural, got 'federated'"),
         (([1, 1], [10], [0.1], ["iid"]), r"cell iid-E1-B10-C0.1 twice"),
         (([1], [None, "inf"], [0.1], ["iid"]), r"cell iid-E1-Binf-C0.1 twice"),
     ],
