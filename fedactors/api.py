@@ -350,6 +350,9 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             info["dropped"] += len(event["dropped"])
             info["rejected"] += len(event["rejected"])
             info["hosts_lost"].update({str(h): why for h, why in event["lost_hosts"].items()})
+            if not event.get("private"):  # the bytes count who was sampled and returned: DP keeps that secret
+                info["bytes"] = {"down": event["bytes_down_total"], "up": event["bytes_up_total"],
+                                 "since_round": event["bytes_since_round"]}
             for host in event["hosts"].values():
                 if 0 <= host < len(info.get("host_info", [])):
                     info["host_info"][host]["clients_trained"] += 1

@@ -22,6 +22,7 @@ from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, HostSum, RoundStats, Update
 from fedactors.seeding import sample_clients
 from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
+from fedactors.traffic import Totals, per_client
 
 if TYPE_CHECKING:
     import ray.actor
@@ -359,10 +360,12 @@ class Coordinator:
         eval_owners: np.ndarray | None = None,
         held_out: bool = False,
         classes: bool = True,
+        traffic: Totals | None = None,
     ) -> None:
         """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: its (buffers, scalars) to resume.
         `eval_owners`: the client each example of the per-client evaluation belongs to: of the test set, or with
-        `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation)."""
+        `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation).
+        `traffic`: the bytes communicated before `start_round` (a resumed run's; fedactors.traffic)."""
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
         # Unix time the run would have started at had it never stopped: checkpoints record its wall time.
@@ -381,6 +384,7 @@ class Coordinator:
         self.eval_owners = eval_owners
         self.held_out = held_out
         self.classes = classes  # False for a task of float targets ("values"): no accuracy, the loss and metrics
+        self.traffic = traffic if traffic is not None else Totals(since_round=start_round)
         self.strategy = strategy if strategy is not None else make_strategy(config)
         if strategy_state is not None:
             buffers, scalars = strategy_state  # writable copies: the checkpoint's arrays are read-only views
@@ -441,7 +445,7 @@ class Coordinator:
             config=cfg.to_dict(),
             history=self.history,
             extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity,
-                   "strategy": scalars},
+                   "strategy": scalars, "bytes": self.traffic.to_dict()},
             state=buffers,
         )
         return self.store.save(ckpt, keep=cfg.keep)
@@ -546,9 +550,17 @@ class Coordinator:
         per_host: dict[int, float] = {}
         for host, _, _, seconds in done.values():
             per_host[host] = per_host.get(host, 0.0) + seconds
+        down, up = per_client(cfg.strategy, len(self.weights))
+        uploaded = len(done) + len(rejected) + len(too_large)  # a refused update was sent all the same
+        self.traffic.add(down * len(sampled), up * uploaded)
         stats = RoundStats(
             round=round_idx,
             clients=sampled,
+            bytes_down=down * len(sampled),
+            bytes_up=up * uploaded,
+            bytes_down_total=self.traffic.down,
+            bytes_up_total=self.traffic.up,
+            bytes_since_round=self.traffic.since_round,
             num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
@@ -632,13 +644,14 @@ class CoordinatorActor:
         eval_owners: np.ndarray | None = None,
         held_out: bool = False,
         classes: bool = True,
+        traffic: Totals | None = None,
     ) -> None:
         self.store_retry_seconds = store_retry_seconds
         self.coordinator = Coordinator(
             config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
             weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
             strategy=strategy, strategy_state=strategy_state, eval_owners=eval_owners, held_out=held_out,
-            classes=classes,
+            classes=classes, traffic=traffic,
         )
 
     def run(self, store_url: str | None = None, fingerprint: str = "", identity: dict | None = None) -> Iterator[dict]:

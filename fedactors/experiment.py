@@ -36,6 +36,7 @@ from fedactors.data import resolve_data_dir
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
 from fedactors.partition import Parts, hold_out, partition, summary
 from fedactors.task import Arrays, Task, digest, load_arrays, load_task, target_direction
+from fedactors.traffic import Totals
 
 EventHandler = Callable[[dict], None]
 # The coordinator's worker process skips fedactors._preload's torch import (see _start_ray).
@@ -132,6 +133,7 @@ def run(
                 strategy=strategy,
                 strategy_state=(resume.state, resume.extra.get("strategy", {})) if resume else None,
                 eval_owners=owners, held_out=holdout is not None, classes=task.labels == "classes",
+                traffic=Totals.from_checkpoint(resume.extra, resume.round) if resume else None,
             )
         )
         try:

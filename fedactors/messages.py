@@ -15,14 +15,15 @@ import numpy as np
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
-    "failures", "epsilon", "client_accuracy",
+    "failures", "epsilon", "bytes_down", "bytes_up", "bytes_down_total", "bytes_up_total", "client_accuracy",
 )
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
 # and its accuracy on the test set.
-# The clients' own accuracies are measured on their data too, so they stay out as well.
+# The clients' own accuracies are measured on their data too, so they stay out as well; and the bytes
+# a round moves, which count who was sampled and returned.
 PRIVATE_KEYS = ("train_loss", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine", "failures",
-                "client_accuracy")
+                "client_accuracy", "bytes_down", "bytes_up", "bytes_down_total", "bytes_up_total")
 
 
 def metrics_fields(row: dict) -> dict:
@@ -116,6 +117,11 @@ class RoundStats:
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
     epsilon: float | None = None  # dp-fedavg: the privacy spent so far, at --delta
     private: bool = False  # dp-fedavg: PRIVATE_KEYS stay out of the metrics
+    bytes_down: int = 0  # what the sampled clients received this round (fedactors.traffic)
+    bytes_up: int = 0  # what the clients that trained sent
+    bytes_down_total: int = 0  # the run's so far (from run.json's bytes_since_round)
+    bytes_up_total: int = 0
+    bytes_since_round: int = 0  # the totals count the rounds after this one (0: the whole run)
     metrics: dict[str, float] = field(default_factory=dict)  # the task's own metrics on the test set, by name
     client_accuracy: dict | None = None  # per-client evaluation: coordinator.client_spread
 

@@ -15,6 +15,7 @@ from fedactors.report import PAPER_TABLE2_TARGET, RunSummary, load_run, paper_ro
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+X_AXES = ("rounds", "uplink")  # plot --x
 FIGSIZE_INCHES = (8.0, 5.0)
 DPI = 100  # so the PNG is exactly 800 x 500 pixels
 # The y-axis starts a little below the lowest accuracy once the first few evaluated rounds are
@@ -25,7 +26,7 @@ SKIP_EARLY_MAX = 5
 
 def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float | None = None,
               title: str | None = None, paper: bool = False, y_min: float | None = None,
-              clients: bool = False) -> Path:
+              clients: bool = False, x: str = "rounds") -> Path:
     """Plot the runs in `run_dirs` to the PNG `out_png` and return its path.
 
     `target` draws one dashed horizontal line; by default each distinct configured target of the
@@ -34,7 +35,8 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     (default: a margin below the lowest accuracy after the first few evaluated rounds). ConfigError
     for a bad output path, run directory or `y_min`, DataError if no run has an evaluated round.
     `clients` shades, around each run's curve, the band from the 10th to the 90th percentile of
-    its clients' own accuracies (runs evaluated client by client; DataError if none was).
+    its clients' own accuracies (runs evaluated client by client; DataError if none was). `x` is
+    "rounds" or "uplink" (the cumulative MB the clients sent: DataError for a run that predates it).
     """
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
@@ -48,10 +50,17 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     runs = [load_run(d) for d in run_dirs]
     if not any(s.rounds for s in runs):
         raise DataError(f"nothing to plot: no evaluated rounds in {', '.join(str(s.path) for s in runs)}")
+    if x not in X_AXES:
+        raise ConfigError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
+    if x == "uplink":
+        old = [str(s.path) for s in runs if not s.uplink_mb or None in s.uplink_mb]
+        if old:
+            raise DataError(f"--x uplink: {', '.join(old)} did not count its bytes (it ran before fedactors counted "
+                            "them, or was resumed from such a run)")
     if clients and not any(s.clients_curve for s in runs):
         raise DataError("--clients: none of these runs evaluated its clients one by one (natural data with "
                         "client_test, or --eval-clients)")
-    fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min, clients=clients)
+    fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min, clients=clients, x=x)
     # print_png renders at the figure's own size and dpi; savefig would honour a user's
     # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
     fig.canvas.print_png(str(out_png))
@@ -59,7 +68,7 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
 
 
 def draw(runs: list[RunSummary], *, target: float | None = None, title: str | None = None,
-         paper: bool = False, y_min: float | None = None, clients: bool = False) -> Figure:
+         paper: bool = False, y_min: float | None = None, clients: bool = False, x: str = "rounds") -> Figure:
     """The figure plot_runs writes, on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -71,13 +80,14 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     ax = fig.add_subplot()
     marked = False
     for s, label in zip(runs, legend_labels(runs)):
-        (line,) = ax.plot(s.rounds, s.accuracies, linewidth=1.5, label=label)
+        at = dict(zip(s.rounds, s.uplink_mb)) if x == "uplink" else {r: r for r in s.rounds}
+        (line,) = ax.plot([at[r] for r in s.rounds], s.accuracies, linewidth=1.5, label=label)
         if clients and s.clients_curve:
-            rounds = [r for r, _ in s.clients_curve]
+            rounds = [at[r] for r, _ in s.clients_curve]
             ax.fill_between(rounds, [c["p10"] for _, c in s.clients_curve], [c["p90"] for _, c in s.clients_curve],
                             color=line.get_color(), alpha=0.2, linewidth=0,
                             label=f"{label}: clients' own accuracy, 10th-90th percentile")
-        rounds = paper_rounds(s) if paper else None
+        rounds = paper_rounds(s) if paper and x == "rounds" else None
         if rounds is not None:
             ax.plot([rounds], [PAPER_TABLE2_TARGET], marker="v", markersize=9, linestyle="none",
                     color=line.get_color(), markeredgecolor="black", markeredgewidth=0.6,
@@ -89,8 +99,9 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
         ax.axhline(t, color="0.3", linestyle="--", linewidth=1.0, label=f"target {t:.2%}".replace(".00%", "%"))
     ax.set_ylim(*y_limits(runs, targets, y_min, clients))
     ax.set_xlim(left=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("Communication rounds")
+    if x == "rounds":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Communication rounds" if x == "rounds" else "Uplink: MB sent by the clients, cumulative")
     ax.set_ylabel("Test accuracy")
     if title:
         ax.set_title(title)

@@ -122,6 +122,12 @@ class RunSummary:
     epsilon: float | None = None  # dp-fedavg: the privacy spent by the last evaluated round
     # Per-client evaluation, by evaluated round: (round, its client_accuracy row: mean, p10, p50, p90, worst, ...).
     clients_curve: tuple[tuple[int, dict], ...] = ()
+    # Bytes (fedactors.traffic): the run's totals down and up, and the uplink so far at each of `rounds`, in MB
+    # (None where the run predates the count).
+    bytes_down: int | None = None
+    bytes_up: int | None = None
+    bytes_rounds: int | None = None  # the rounds the totals count
+    uplink_mb: tuple[float | None, ...] = ()
 
     def history(self) -> list[dict]:
         return [{"round": r, "accuracy": a} for r, a in zip(self.rounds, self.accuracies)]
@@ -206,7 +212,18 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         median_round_seconds=statistics.median(round_seconds) if round_seconds else None,
         epsilon=next((float(row["epsilon"]) for row in reversed(history) if row.get("epsilon") is not None), None),
         clients_curve=_clients_curve(history, path / "metrics.jsonl"),
+        **_traffic(info, history, curve),
     )
+
+
+def _traffic(info: dict, history: list[dict], curve: list[tuple[int, float]]) -> dict:
+    """RunSummary's byte fields from run.json's "bytes" and metrics.jsonl's cumulative uplink (MB = 10^6 bytes)."""
+    kept = info.get("bytes") if isinstance(info.get("bytes"), dict) else {}
+    by_round = {row["round"]: row.get("bytes_up_total") for row in history}
+    done = info.get("rounds_completed")
+    counted = done - int(kept.get("since_round", 0)) if isinstance(done, int) and kept else None
+    return {"bytes_down": kept.get("down"), "bytes_up": kept.get("up"), "bytes_rounds": counted,
+            "uplink_mb": tuple(None if not _is_number(by_round.get(r)) else by_round[r] / 1e6 for r, _ in curve)}
 
 
 CLIENT_KEYS = ("mean", "p10", "p50", "p90", "worst", "at_target")
@@ -299,6 +316,10 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
     if private:
         headers.append("epsilon")
         align += "r"
+    counted = any(s.bytes_up is not None for s in summaries)  # runs since fedactors counts bytes
+    if counted:
+        headers += ["MB down", "MB up", "MB up/round"]
+        align += "rrr"
     per_client = any(s.clients_curve for s in summaries)  # likewise where clients were evaluated one by one
     if per_client:
         headers += ["clients mean", "p10", "worst", "at target"]
@@ -314,9 +335,18 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
             "-" if s.wall_seconds is None else f"{s.wall_seconds:.1f}",
             "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
             *(["-" if s.epsilon is None else f"{s.epsilon:.3g}"] if private else []),
+            *(_megabytes(s) if counted else []),
             *(_last_clients(s) if per_client else []),
         ])
     return _render(headers, rows, align, markdown)
+
+
+def _megabytes(s: RunSummary) -> list[str]:
+    """The run's MB down and up in all, and up per round (MB = 10^6 bytes)."""
+    if s.bytes_up is None:
+        return ["-"] * 3
+    per_round = f"{s.bytes_up / 1e6 / s.bytes_rounds:.2f}" if s.bytes_rounds else "-"
+    return [f"{s.bytes_down / 1e6:.1f}", f"{s.bytes_up / 1e6:.1f}", per_round]
 
 
 def _last_clients(s: RunSummary) -> list[str]:

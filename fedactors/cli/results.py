@@ -27,13 +27,15 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
 @click.option("--clients", is_flag=True, help="Shade the band from the 10th to the 90th percentile of the clients' own "
               "accuracies around each run's curve (runs evaluated client by client: natural data with client_test, "
               "or --eval-clients).")
+@click.option("--x", "x", type=click.Choice(["rounds", "uplink"]), default="rounds", show_default=True,
+              help="The x axis: communication rounds, or uplink (the MB the clients sent, cumulative).")
 def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool,
-         y_min: float | None, clients: bool) -> None:
-    """Test accuracy against communication rounds for one or more run directories."""
+         y_min: float | None, clients: bool, x: str) -> None:
+    """Test accuracy against communication rounds (or uplink MB) for one or more run directories."""
     from fedactors.plot import plot_runs
 
     click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper, y_min=y_min,
-                             clients=clients)))
+                             clients=clients, x=x)))
 
 
 @cli.command()

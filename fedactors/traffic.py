@@ -1,0 +1,49 @@
+"""What a round communicates, counted as a deployment would send it (issue 27): bytes down and up per client.
+
+Down, each sampled client receives the global weights (the parameters that train, then the
+float buffers: what travels in fedactors' flat buffer; frozen parameters never do) and any
+server state its method needs (SCAFFOLD's c). Up, each client that trains sends its result as
+encoded (today float32: 4 bytes a value) and any state its method returns (SCAFFOLD's new
+control variate). Counted per client even where hosts sum their clients before anything
+reaches the coordinator (--host-sums): a deployment has no hosts, every client uploads.
+A client that failed sent nothing; one whose update was refused (NaN, too large) did send it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLOAT_BYTES = 4
+
+
+def per_client(strategy: str, num_weights: int) -> tuple[int, int]:
+    """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy)."""
+    model = FLOAT_BYTES * num_weights
+    if strategy == "scaffold":  # c with the model; the control variate with the weights
+        return 2 * model, 2 * model
+    return model, model
+
+
+@dataclass
+class Totals:
+    """Bytes down and up over the run so far, from round `since_round` on (0 for a run counted from its start;
+    a run resumed from a checkpoint written before fedactors counted bytes is counted from its resume)."""
+
+    down: int = 0
+    up: int = 0
+    since_round: int = 0
+
+    def add(self, down: int, up: int) -> None:
+        self.down += down
+        self.up += up
+
+    def to_dict(self) -> dict:
+        return {"down": self.down, "up": self.up, "since_round": self.since_round}
+
+    @classmethod
+    def from_checkpoint(cls, extra: dict | None, round_done: int) -> Totals:
+        """The totals a checkpoint's `extra` kept, or a count starting after `round_done` when it kept none."""
+        kept = (extra or {}).get("bytes")
+        if not isinstance(kept, dict):
+            return cls(since_round=round_done)
+        return cls(int(kept["down"]), int(kept["up"]), int(kept.get("since_round", 0)))
