@@ -17,6 +17,7 @@
 #include "exact.hpp"
 #include "kernels.hpp"
 #include "optim.hpp"
+#include "quantize.hpp"
 #include "robust.hpp"
 
 namespace py = pybind11;
@@ -315,6 +316,73 @@ py::tuple clipped_sum(const py::sequence& buffers, const py::handle& weights, do
     return py::make_tuple(out, norms);
 }
 
+void check_bits(int bits, std::size_t block) {
+    if (bits != 2 && bits != 4 && bits != 8) fail("bits is ", bits, ", expected 2, 4 or 8");
+    if (block == 0 || (block * bits) % 8 != 0) fail("block is ", block, ", expected a positive multiple of ", 8 / bits);
+}
+
+py::tuple quantize(const py::handle& values, int bits, std::size_t block, std::uint64_t key, int threads) {
+    check_bits(bits, block);
+    const auto x = check_vector(values, "values");
+    const auto n = static_cast<std::size_t>(x.shape(0));
+    if (n == 0) fail("values is empty");
+    const std::size_t blocks = (n + block - 1) / block;
+    py::array_t<std::uint8_t> codes(static_cast<py::ssize_t>(blocks * block * bits / 8));
+    py::array_t<float> lo(static_cast<py::ssize_t>(blocks)), step(static_cast<py::ssize_t>(blocks));
+    const auto* xp = static_cast<const float*>(x.data());
+    auto* cp = codes.mutable_data();
+    auto* lp = lo.mutable_data();
+    auto* sp = step.mutable_data();
+    for (std::size_t i = 0; i < n; ++i)
+        if (!std::isfinite(xp[i])) fail("values[", i, "] is ", xp[i], ", expected a finite number");
+    {
+        py::gil_scoped_release nogil;
+        fedactors::quantize(xp, n, bits, block, key, cp, lp, sp, threads);
+    }
+    return py::make_tuple(codes, lo, step);
+}
+
+py::array_t<float> dequantize(const py::handle& codes, const py::handle& lo, const py::handle& step, std::size_t n,
+                              int bits, std::size_t block, int threads) {
+    check_bits(bits, block);
+    if (!py::isinstance<py::array>(codes)) fail("codes is not a numpy.ndarray of uint8");
+    auto c = py::reinterpret_borrow<py::array>(codes);
+    if (!c.dtype().equal(py::dtype::of<std::uint8_t>()) || c.ndim() != 1 || !(c.flags() & py::array::c_style))
+        fail("codes must be a 1-D C-contiguous uint8 array, got ", dtype_name(c));
+    const auto l = check_vector(lo, "lo");
+    const auto st = check_vector(step, "step");
+    const std::size_t blocks = (n + block - 1) / block;
+    if (static_cast<std::size_t>(l.shape(0)) != blocks || static_cast<std::size_t>(st.shape(0)) != blocks)
+        fail("lo and step must hold one value per block (", blocks, ")");
+    if (static_cast<std::size_t>(c.shape(0)) != blocks * block * bits / 8)
+        fail("codes has ", c.shape(0), " bytes, expected ", blocks * block * bits / 8);
+    py::array_t<float> out(static_cast<py::ssize_t>(n));
+    const auto* cp = static_cast<const std::uint8_t*>(c.data());
+    const auto* lp = static_cast<const float*>(l.data());
+    const auto* sp = static_cast<const float*>(st.data());
+    auto* op = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        fedactors::dequantize(cp, lp, sp, n, bits, block, op, threads);
+    }
+    return out;
+}
+
+void hadamard(const py::handle& values, std::size_t chunk, std::uint64_t key, bool inverse, int threads) {
+    auto x = check_vector(values, "values");
+    if (!x.writeable()) fail("values is read-only, expected a writeable array (rotated in place)");
+    const auto n = static_cast<std::size_t>(x.shape(0));
+    bool power_of_4 = chunk >= 4;
+    for (std::size_t c = chunk; c > 1 && power_of_4; c /= 4) power_of_4 = c % 4 == 0;
+    if (!power_of_4) fail("chunk is ", chunk, ", expected a power of 4 (>= 4)");
+    if (n % chunk != 0) fail("values has length ", n, ", expected a multiple of chunk ", chunk);
+    auto* xp = static_cast<float*>(x.mutable_data());
+    {
+        py::gil_scoped_release nogil;
+        fedactors::hadamard(xp, n, chunk, key, inverse, threads);
+    }
+}
+
 // `acc` checked: an int64, 1-D, C-contiguous, writeable array of length n (`what` names it).
 std::int64_t* check_accumulator(const py::handle& obj, std::size_t n, const std::string& what) {
     if (!py::isinstance<py::array>(obj)) fail(what, " is not a numpy.ndarray, expected one of int64");
@@ -495,6 +563,27 @@ isa as for weighted_average; the same integers at any thread count and isa. The 
 
 factor (finite, > 0) rescales first, in double: FedAvg over fewer clients than its weights were
 made for. out as for weighted_average (no aliasing check: acc is int64). The GIL is released.)doc");
+    m.def("quantize", &quantize, py::arg("values"), py::kw_only(), py::arg("bits"), py::arg("block"), py::arg("key"),
+          py::arg("threads") = 0,
+          R"doc(Return (codes, lo, step): values quantized stochastically to `bits` (2, 4, 8) levels a block.
+
+Per block of `block` values lo = min, step = (max - min) / (2**bits - 1); a value t = (v - lo) /
+step levels up is rounded down or up at random, up with probability t - floor(t), so that
+lo + q * step is v in expectation. The draws hash (key, index): the same codes at any thread
+count. codes: uint8, the levels packed low bits first, block * bits / 8 bytes a block. values:
+float32, 1-D, C-contiguous, finite (read-only is fine). The GIL is released.)doc");
+    m.def("dequantize", &dequantize, py::arg("codes"), py::arg("lo"), py::arg("step"), py::kw_only(), py::arg("n"),
+          py::arg("bits"), py::arg("block"), py::arg("threads") = 0,
+          R"doc(Return the n float32 values lo + q * step that quantize's (codes, lo, step) stand for.)doc");
+    m.def("hadamard", &hadamard, py::arg("values"), py::kw_only(), py::arg("chunk"), py::arg("key"),
+          py::arg("inverse") = false, py::arg("threads") = 0,
+          R"doc(Rotate values in place, chunk by chunk: H D x / sqrt(chunk), or with inverse D H y / sqrt(chunk).
+
+The randomized Hadamard transform of Suresh et al. (ICML 2017): D is a diagonal of signs drawn
+from (key, index), H the chunk's Walsh-Hadamard matrix; chunk a power of 4 (the scaling is then
+exact), len(values) a multiple of it. The butterflies run in double, rounded to float32 once, so
+the inverse gives back the input to a float32 rounding. values: float32, 1-D, C-contiguous,
+writeable. The GIL is released.)doc");
     m.def("available_isas", &fedactors::available_isas,
           R"doc(Return the instruction-set variants this CPU and build can run, narrowest first.
 

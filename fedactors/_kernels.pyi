@@ -140,3 +140,23 @@ def exact_result(
     isa: Isa = "auto",
 ) -> npt.NDArray[np.float32]:
     """float32(acc * 2**-32 * factor): the exact sum rounded once (factor 1)."""
+
+def quantize(
+    values: npt.NDArray[np.float32], *, bits: int, block: int, key: int, threads: int = 0
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Return (codes, lo, step): values quantized stochastically to `bits` levels a block; same codes at any thread count."""
+
+def dequantize(
+    codes: npt.NDArray[np.uint8],
+    lo: npt.NDArray[np.float32],
+    step: npt.NDArray[np.float32],
+    *,
+    n: int,
+    bits: int,
+    block: int,
+    threads: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Return the n float32 values lo + q * step that quantize's output stands for."""
+
+def hadamard(values: npt.NDArray[np.float32], *, chunk: int, key: int, inverse: bool = False, threads: int = 0) -> None:
+    """Rotate values in place, chunk by chunk: H D x / sqrt(chunk), or with inverse D H y / sqrt(chunk)."""

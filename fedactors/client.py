@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedactors.attacks import byzantine_clients, corrupt
+from fedactors.compress import Compressor
 from fedactors.config import RunConfig
 from fedactors.messages import EvalPart, HostSum, Update
 from fedactors.partition import Parts
@@ -176,6 +177,7 @@ class ClientHost:
         slow = precision_warning(config.precision, self.device.type, self.device.type != "cpu" or cpu_has_bf16())
         self.warnings = [w for w in (self.fallback, slow) if w]  # what the user should hear about this host
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
+        self.compressor = Compressor.parse(config.compress)
         self.loaded = False
         if train_images is not None:
             self.load(train_images, train_labels, client_indices, test_images, test_labels)
@@ -266,7 +268,10 @@ class ClientHost:
         )
 
     def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int) -> np.ndarray:
-        """What the client sends: its weights, or a Byzantine client's corruption of them."""
+        """What the server gets of the client: its weights (as --compress encodes them, decoded on the server's
+        behalf), or a Byzantine client's corruption of them."""
+        if self.compressor is not None:
+            weights = self.compressor.received(weights, global_weights, self.config.seed, round_idx, client_id)
         if client_id not in self.byzantine:
             return weights
         cfg = self.config

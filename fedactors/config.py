@@ -39,7 +39,7 @@ EXPERIMENT_FIELDS = (
 
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
-OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients")
+OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ class RunConfig:
     # every evaluated round (fedactors.partition.hold_out). None: only clients with test data of their own
     # (a natural partition's client_test) are evaluated one by one.
     eval_clients: float | None = None
+    # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
+    compress: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task.strip():
@@ -166,6 +168,10 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_clients is not None and not (_is_real(self.eval_clients) and 0 < self.eval_clients <= 1):
             raise ConfigError(f"--eval-clients must be a fraction in (0, 1], got {self.eval_clients!r}")
+        if self.compress is not None:
+            from fedactors.compress import Compressor
+
+            Compressor.parse(self.compress)
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()

@@ -550,7 +550,7 @@ class Coordinator:
         per_host: dict[int, float] = {}
         for host, _, _, seconds in done.values():
             per_host[host] = per_host.get(host, 0.0) + seconds
-        down, up = per_client(cfg.strategy, len(self.weights))
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
         uploaded = len(done) + len(rejected) + len(too_large)  # a refused update was sent all the same
         self.traffic.add(down * len(sampled), up * uploaded)
         stats = RoundStats(

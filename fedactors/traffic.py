@@ -3,7 +3,7 @@
 Down, each sampled client receives the global weights (the parameters that train, then the
 float buffers: what travels in fedactors' flat buffer; frozen parameters never do) and any
 server state its method needs (SCAFFOLD's c). Up, each client that trains sends its result as
-encoded (today float32: 4 bytes a value) and any state its method returns (SCAFFOLD's new
+encoded (float32, 4 bytes a value, or --compress's encoding) and any state its method returns (SCAFFOLD's new
 control variate). Counted per client even where hosts sum their clients before anything
 reaches the coordinator (--host-sums): a deployment has no hosts, every client uploads.
 A client that failed sent nothing; one whose update was refused (NaN, too large) did send it.
@@ -16,12 +16,17 @@ from dataclasses import dataclass
 FLOAT_BYTES = 4
 
 
-def per_client(strategy: str, num_weights: int) -> tuple[int, int]:
-    """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy)."""
+def per_client(strategy: str, num_weights: int, compress: str | None = None) -> tuple[int, int]:
+    """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy) and `compress`
+    (a --compress spec: the update goes up in the encoded buffers' bytes, fedactors.compress)."""
+    from fedactors.compress import Compressor
+
     model = FLOAT_BYTES * num_weights
-    if strategy == "scaffold":  # c with the model; the control variate with the weights
-        return 2 * model, 2 * model
-    return model, model
+    compressor = Compressor.parse(compress)
+    update = model if compressor is None else compressor.encoded_bytes(num_weights)
+    if strategy == "scaffold":  # c with the model; the control variate (in float32) with the update
+        return 2 * model, update + model
+    return model, update
 
 
 @dataclass

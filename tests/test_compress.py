@@ -1,0 +1,156 @@
+"""Compressed updates: the native quantizer and rotation against NumPy oracles, the bytes they send, and runs with them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import fedactors
+
+M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """csrc/quantize.hpp's splitmix64 finaliser over uint64 arrays (wrapping arithmetic)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniform(key: int, n: int) -> np.ndarray:
+    return (_mix64(np.uint64(key) ^ _mix64(np.arange(n, dtype=np.uint64))) >> np.uint64(40)).astype(np.float32) \
+        * np.float32(2.0**-24)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_matches_a_numpy_oracle_level_for_level(bits):
+    from fedactors import _kernels
+
+    x = np.random.default_rng(bits).normal(size=1000).astype(np.float32)
+    codes, lo, step = _kernels.quantize(x, bits=bits, block=256, key=12345)
+    u = _uniform(12345, len(x))
+    levels = []
+    for b in range(4):
+        v = x[256 * b : 256 * (b + 1)]
+        mn, s = v.min(), (v.max() - v.min()) / np.float32(2**bits - 1)
+        assert lo[b] == mn and step[b] == s
+        t = (v.astype(np.float64) - mn) / s
+        q = np.floor(t)
+        levels.append(np.clip(q + (u[256 * b : 256 * b + len(v)] < (t - q).astype(np.float32)), 0, 2**bits - 1))
+    levels = np.concatenate(levels).astype(np.int64)
+    per_byte = 8 // bits
+    unpacked = (codes[np.arange(1024) // per_byte] >> (bits * (np.arange(1024) % per_byte))) & (2**bits - 1)
+    assert np.array_equal(unpacked[:1000], levels)
+    decoded = _kernels.dequantize(codes, lo, step, n=1000, bits=bits, block=256)
+    assert np.array_equal(decoded, np.repeat(lo, 256)[:1000] + levels.astype(np.float32) * np.repeat(step, 256)[:1000])
+
+
+def test_quantization_is_unbiased_and_the_same_at_any_thread_count():
+    from fedactors import _kernels
+
+    x = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+    one = _kernels.quantize(x, bits=2, block=512, key=9, threads=1)
+    two = _kernels.quantize(x, bits=2, block=512, key=9, threads=2)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    mean = np.mean([_kernels.dequantize(*_kernels.quantize(x, bits=2, block=512, key=k), n=4096, bits=2, block=512)
+                    for k in range(400)], axis=0)
+    step = one[2].max()
+    # Each decoded value is unbiased with variance <= step^2 / 4: the mean of 400 is within 4 sd (step / 40) of x.
+    assert np.abs(mean - x).max() < 4 * step / 2 / np.sqrt(400)
+    assert np.abs(mean - x).mean() < step / 40
+
+
+def test_the_rotation_is_the_randomized_hadamard_transform_and_its_inverse_gives_the_input_back():
+    from scipy.linalg import hadamard
+
+    from fedactors import _kernels
+
+    x = np.random.default_rng(1).normal(size=2 * 4096).astype(np.float32)
+    y = x.copy()
+    _kernels.hadamard(y, chunk=4096, key=77)
+    signs = np.where(_mix64(np.uint64(77) ^ _mix64(np.arange(len(x), dtype=np.uint64))) & np.uint64(1), -1.0, 1.0)
+    h = hadamard(4096).astype(np.float64)
+    oracle = np.concatenate([h @ (signs[c:c + 4096] * x[c:c + 4096]) / 64.0 for c in (0, 4096)])
+    assert np.allclose(y, oracle, rtol=0, atol=1e-5)
+    assert np.isclose(np.linalg.norm(y), np.linalg.norm(x), rtol=1e-6)
+    _kernels.hadamard(y, chunk=4096, key=77, inverse=True)
+    assert np.allclose(y, x, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(x).max())
+
+
+@pytest.mark.parametrize("spec", ["q8", "q4", "q2", "q4:rotate", "q2:rotate"])
+@pytest.mark.parametrize("n", [1, 511, 4810, 1_663_370])
+def test_the_bytes_counted_are_the_encoded_buffers_bytes(spec, n):
+    from fedactors.compress import Compressor
+
+    c = Compressor.parse(spec)
+    update = np.random.default_rng(n).normal(scale=1e-3, size=n).astype(np.float32)
+    encoded = c.encode(update, seed=0, round_idx=3, client_id=5)
+    assert encoded.nbytes == c.encoded_bytes(n)
+    back = c.decode(encoded, n, seed=0, round_idx=3)
+    assert back.shape == (n,)
+    if c.rotate:  # the rounding errors (each under a step) are rotated back: bounded in norm, not coordinate by coordinate
+        assert np.linalg.norm(back - update) <= np.sqrt(encoded.length) * encoded.step.max() * 1.0001
+    else:
+        assert np.abs(back - update).max() <= encoded.step.max() * 1.0001 + 1e-9
+
+
+def test_the_rotation_shrinks_the_rounding_error_of_a_spiky_update():
+    from fedactors.compress import Compressor
+
+    update = np.random.default_rng(2).normal(scale=1e-3, size=65536).astype(np.float32)
+    update[::1000] = 0.5  # a few large coordinates stretch their blocks' ranges
+    error = {spec: np.linalg.norm(Compressor.parse(spec).received(update, np.zeros_like(update), 0, 1, 2) - update)
+             for spec in ("q4", "q4:rotate")}
+    assert error["q4:rotate"] < error["q4"] / 2, error
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("q3", "--compress must be q8, q4 or q2"), ("topk:0.1", "--compress must be q8, q4 or q2"),
+    ("q4:fast", "the only option is :rotate"),
+])
+def test_bad_compressors_are_one_line(spec, message):
+    from fedactors.config import RunConfig
+    from fedactors.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(compress=spec)
+
+
+def _digits(**kw):
+    from fedactors.client import ClientHost
+    from fedactors.config import RunConfig
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, epochs=1, batch_size=20, lr=0.1, partition="iid", seed=0,
+                    compress="q4:rotate", **kw)
+    data = load_arrays(load_task(cfg.task), None, None)
+    parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed)
+    hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i) for i in range(2)]
+    return cfg, lambda **more: Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test), **more)
+
+
+def test_a_compressed_run_continued_from_a_round_gives_the_uninterrupted_bytes_and_counts_encoded_bytes():
+    from fedactors.compress import Compressor
+
+    _, make = _digits(rounds=4)
+    straight = list(make().run())
+    middle = list(_digits(rounds=2)[1]().run())[-1]["weights"]  # a run stopped after round 2 ...
+    rest = list(make(start_round=2, weights=middle).run())  # ... and continued in new hosts, as a resume is
+    assert np.array_equal(rest[-1]["weights"], straight[-1]["weights"])
+    up = Compressor.parse("q4:rotate").encoded_bytes(len(middle))
+    assert all(e["bytes_up"] == e["num_updates"] * up for e in straight if e["type"] == "round")
+
+
+@pytest.mark.slow
+def test_the_same_compressed_run_on_one_and_three_hosts_gives_the_same_bytes(tmp_path):
+    args = ["--task", "digits-mlp", "--clients", "12", "--frac", "0.5", "--partition", "dirichlet", "--epochs", "1",
+            "--rounds", "3", "--eval-every", "3", "--compress", "q2:rotate"]
+    for hosts in ("1", "3"):  # three hosts of half a CPU each: one torch thread, as the one host has
+        result = fedactors("run", *args, "--hosts", hosts, "--cpus-per-host", "0.5", "--out", str(tmp_path / hosts))
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "1" / "weights.npy").read_bytes() == (tmp_path / "3" / "weights.npy").read_bytes()
+    run = json.loads((tmp_path / "3" / "run.json").read_text())
+    assert run["config"]["compress"] == "q2:rotate" and run["bytes"]["up"] < run["bytes"]["down"] / 8
