@@ -318,7 +318,12 @@ py::tuple clipped_sum(const py::sequence& buffers, const py::handle& weights, do
 
 void check_bits(int bits, std::size_t block) {
     if (bits != 2 && bits != 4 && bits != 8) fail("bits is ", bits, ", expected 2, 4 or 8");
-    if (block == 0 || (block * bits) % 8 != 0) fail("block is ", block, ", expected a positive multiple of ", 8 / bits);
+    if (block == 0 || (block * bits) % 8 != 0 || block > fedactors::kQuantMaxBlock)
+        fail("block is ", block, ", expected a positive multiple of ", 8 / bits, " up to ", fedactors::kQuantMaxBlock);
+}
+
+void check_length(std::size_t n) {
+    if (n >= (std::size_t{1} << 32)) fail("values has ", n, " elements, expected fewer than 2**32");
 }
 
 py::tuple quantize(const py::handle& values, int bits, std::size_t block, std::uint64_t key, int threads) {
@@ -326,6 +331,7 @@ py::tuple quantize(const py::handle& values, int bits, std::size_t block, std::u
     const auto x = check_vector(values, "values");
     const auto n = static_cast<std::size_t>(x.shape(0));
     if (n == 0) fail("values is empty");
+    check_length(n);
     const std::size_t blocks = (n + block - 1) / block;
     py::array_t<std::uint8_t> codes(static_cast<py::ssize_t>(blocks * block * bits / 8));
     py::array_t<float> lo(static_cast<py::ssize_t>(blocks)), step(static_cast<py::ssize_t>(blocks));
@@ -376,6 +382,7 @@ void hadamard(const py::handle& values, std::size_t chunk, std::uint64_t key, bo
     for (std::size_t c = chunk; c > 1 && power_of_4; c /= 4) power_of_4 = c % 4 == 0;
     if (!power_of_4) fail("chunk is ", chunk, ", expected a power of 4 (>= 4)");
     if (n % chunk != 0) fail("values has length ", n, ", expected a multiple of chunk ", chunk);
+    check_length(n);
     auto* xp = static_cast<float*>(x.mutable_data());
     {
         py::gil_scoped_release nogil;

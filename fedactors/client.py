@@ -271,7 +271,8 @@ class ClientHost:
         """What the server gets of the client: its weights (as --compress encodes them, decoded on the server's
         behalf), or a Byzantine client's corruption of them."""
         if self.compressor is not None:
-            weights = self.compressor.received(weights, global_weights, self.config.seed, round_idx, client_id)
+            weights = self.compressor.received(weights, global_weights, self.config.seed, round_idx, client_id,
+                                               threads=self.threads)
         if client_id not in self.byzantine:
             return weights
         cfg = self.config

@@ -80,33 +80,36 @@ class Compressor:
         blocks = -(-self.encoded_length(n) // BLOCK)
         return blocks * (BLOCK * self.bits // 8) + 8 * blocks
 
-    def encode(self, update: np.ndarray, seed: int, round_idx: int, client_id: int) -> Encoded:
-        """Client `client_id`'s update (float32) in round `round_idx`, encoded."""
+    def encode(self, update: np.ndarray, seed: int, round_idx: int, client_id: int, threads: int = 0) -> Encoded:
+        """Client `client_id`'s update (float32) in round `round_idx`, encoded (OpenMP `threads`; 0: its default)."""
         from fedactors import _kernels
 
-        values = np.zeros(self.encoded_length(len(update)), dtype=np.float32)
-        values[: len(update)] = update
-        if self.rotate:
-            _kernels.hadamard(values, chunk=CHUNK, key=_key(Purpose.ROTATION, seed, round_idx))
+        values = np.ascontiguousarray(update, dtype=np.float32)
+        if self.rotate:  # padded to whole chunks, rotated in place: a copy
+            values = np.zeros(self.encoded_length(len(update)), dtype=np.float32)
+            values[: len(update)] = update
+            _kernels.hadamard(values, chunk=CHUNK, key=_key(Purpose.ROTATION, seed, round_idx), threads=threads)
         codes, lo, step = _kernels.quantize(values, bits=self.bits, block=BLOCK,
-                                            key=_key(Purpose.QUANTIZE, seed, round_idx, client_id))
+                                            key=_key(Purpose.QUANTIZE, seed, round_idx, client_id), threads=threads)
         return Encoded(codes, lo, step, len(values))
 
-    def decode(self, encoded: Encoded, length: int, seed: int, round_idx: int) -> np.ndarray:
+    def decode(self, encoded: Encoded, length: int, seed: int, round_idx: int, threads: int = 0) -> np.ndarray:
         """The update (float32, `length` values) the server reads from `encoded`."""
         from fedactors import _kernels
 
         values = _kernels.dequantize(encoded.codes, encoded.lo, encoded.step, n=encoded.length, bits=self.bits,
-                                     block=BLOCK)
+                                     block=BLOCK, threads=threads)
         if self.rotate:
-            _kernels.hadamard(values, chunk=CHUNK, key=_key(Purpose.ROTATION, seed, round_idx), inverse=True)
+            _kernels.hadamard(values, chunk=CHUNK, key=_key(Purpose.ROTATION, seed, round_idx), inverse=True,
+                              threads=threads)
         return values[:length]
 
     def received(self, weights: np.ndarray, global_weights: np.ndarray, seed: int, round_idx: int,
-                 client_id: int) -> np.ndarray:
+                 client_id: int, threads: int = 0) -> np.ndarray:
         """The weights the server has of this client: global + decode(encode(weights - global)), float32."""
         update = np.subtract(weights, global_weights, dtype=np.float32)
-        decoded = self.decode(self.encode(update, seed, round_idx, client_id), len(update), seed, round_idx)
+        encoded = self.encode(update, seed, round_idx, client_id, threads)
+        decoded = self.decode(encoded, len(update), seed, round_idx, threads)
         return np.add(global_weights, decoded, dtype=np.float32)
 
 

@@ -7,20 +7,19 @@ import pytest
 
 from conftest import fedactors
 
-M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """csrc/quantize.hpp's splitmix64 finaliser over uint64 arrays (wrapping arithmetic)."""
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def _draw(key: int, n: int, first: int = 0) -> np.ndarray:
+    """csrc/quantize.hpp's draws: murmur3's fmix32 of i * golden + key (folded to 32 bits), uint32 arithmetic."""
+    key32 = np.uint32((key ^ (key >> 32)) & 0xFFFFFFFF)
+    h = np.arange(first, first + n, dtype=np.uint32) * np.uint32(0x9E3779B9) + key32
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
 
 
 def _uniform(key: int, n: int) -> np.ndarray:
-    return (_mix64(np.uint64(key) ^ _mix64(np.arange(n, dtype=np.uint64))) >> np.uint64(40)).astype(np.float32) \
-        * np.float32(2.0**-24)
+    return (_draw(key, n) >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -35,9 +34,9 @@ def test_quantize_matches_a_numpy_oracle_level_for_level(bits):
         v = x[256 * b : 256 * (b + 1)]
         mn, s = v.min(), (v.max() - v.min()) / np.float32(2**bits - 1)
         assert lo[b] == mn and step[b] == s
-        t = (v.astype(np.float64) - mn) / s
+        t = (v - mn) * (np.float32(1) / s)  # float32 throughout, as the kernel
         q = np.floor(t)
-        levels.append(np.clip(q + (u[256 * b : 256 * b + len(v)] < (t - q).astype(np.float32)), 0, 2**bits - 1))
+        levels.append(np.clip(q + (u[256 * b : 256 * b + len(v)] < t - q), 0, 2**bits - 1))
     levels = np.concatenate(levels).astype(np.int64)
     per_byte = 8 // bits
     unpacked = (codes[np.arange(1024) // per_byte] >> (bits * (np.arange(1024) % per_byte))) & (2**bits - 1)
@@ -69,7 +68,7 @@ def test_the_rotation_is_the_randomized_hadamard_transform_and_its_inverse_gives
     x = np.random.default_rng(1).normal(size=2 * 4096).astype(np.float32)
     y = x.copy()
     _kernels.hadamard(y, chunk=4096, key=77)
-    signs = np.where(_mix64(np.uint64(77) ^ _mix64(np.arange(len(x), dtype=np.uint64))) & np.uint64(1), -1.0, 1.0)
+    signs = np.where(_draw(77, len(x)) & np.uint32(1), -1.0, 1.0)
     h = hadamard(4096).astype(np.float64)
     oracle = np.concatenate([h @ (signs[c:c + 4096] * x[c:c + 4096]) / 64.0 for c in (0, 4096)])
     assert np.allclose(y, oracle, rtol=0, atol=1e-5)
