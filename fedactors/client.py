@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedactors.attacks import byzantine_clients, corrupt
-from fedactors.compress import Compressor
+from fedactors.compress import parse as parse_compressor, send
 from fedactors.config import RunConfig
 from fedactors.messages import EvalPart, HostSum, Update
 from fedactors.partition import Parts
@@ -177,7 +177,7 @@ class ClientHost:
         slow = precision_warning(config.precision, self.device.type, self.device.type != "cpu" or cpu_has_bf16())
         self.warnings = [w for w in (self.fallback, slow) if w]  # what the user should hear about this host
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
-        self.compressor = Compressor.parse(config.compress)
+        self.compressor = parse_compressor(config.compress)
         self.loaded = False
         if train_images is not None:
             self.load(train_images, train_labels, client_indices, test_images, test_labels)
@@ -267,25 +267,28 @@ class ClientHost:
             grad_hook=hook,
         )
 
-    def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int) -> np.ndarray:
-        """What the server gets of the client: its weights (as --compress encodes them, decoded on the server's
-        behalf), or a Byzantine client's corruption of them."""
+    def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int,
+                residual: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(what the server gets of the client, its new error-feedback residual or None): its weights (as --compress
+        encodes them, decoded on the server's behalf), or a Byzantine client's corruption of them."""
+        new_residual = None
         if self.compressor is not None:
-            weights = self.compressor.received(weights, global_weights, self.config.seed, round_idx, client_id,
-                                               threads=self.threads)
+            weights, new_residual = send(self.compressor, weights, global_weights, self.config.seed, round_idx,
+                                         client_id, residual, threads=self.threads)
         if client_id not in self.byzantine:
-            return weights
+            return weights, new_residual
         cfg = self.config
         return corrupt(cfg.attack, weights, global_weights, scale=cfg.attack_scale, seed=cfg.seed,
-                       round_idx=round_idx, client_id=client_id)
+                       round_idx=round_idx, client_id=client_id), new_residual
 
     def train(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
-              c_i: np.ndarray | None = None) -> Update:
+              c_i: np.ndarray | None = None, residual: np.ndarray | None = None) -> Update:
         """Client `client_id`'s update in round `round_idx`, starting from `global_weights`.
 
         With --strategy fedprox every step adds FedProx's proximal gradient; with scaffold, `c`
         and `c_i` (the server's and this client's control variates) correct every step, and the
-        update carries the client's new control variate."""
+        update carries the client's new control variate. With --compress topk or sign, `residual`
+        is the client's error-feedback residual and the update carries its new one."""
         start = time.perf_counter()
         loss = self._fit(global_weights, client_id, round_idx, c, c_i)
         weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
@@ -298,15 +301,17 @@ class ClientHost:
             scale = np.float32(1.0 / (local_steps(len(self.client_indices[client_id]), cfg.epochs, cfg.batch_size)
                                       * cfg.lr))
             control[:p] = (c_i[:p] - c[:p]) + (global_weights[:p] - weights[:p]) * scale
+        sent, new_residual = self._result(weights, global_weights, client_id, round_idx, residual)
         return Update(
             client_id=client_id,
             round=round_idx,
-            weights=self._result(weights, global_weights, client_id, round_idx),
+            weights=sent,
             num_examples=len(self.client_indices[client_id]),
             train_loss=loss,
             train_seconds=time.perf_counter() - start,
             host=self.host_id,
             control=control,
+            residual=new_residual,
         )
 
     def train_sum(self, global_weights: np.ndarray, client_ids: list[int], round_idx: int,
@@ -329,7 +334,7 @@ class ClientHost:
             except Exception as exc:  # noqa: BLE001 - a failure is data: the coordinator retries it elsewhere
                 failures.append((cid, f"{type(exc).__name__}: {exc}"))
                 continue
-            weights = self._result(self.model.state.detach().cpu().numpy(), global_weights, cid, round_idx)
+            weights = self._result(self.model.state.detach().cpu().numpy(), global_weights, cid, round_idx)[0]
             n = len(self.client_indices[cid])
             if not total.add(weights, n):  # refuses NaN and infinity too: tell them apart only then
                 (out_of_range if all_finite(weights) else rejected).append(cid)

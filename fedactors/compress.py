@@ -2,6 +2,14 @@
 
     --compress q8 | q4 | q2          stochastic uniform quantization, blocks of BLOCK values
     --compress q4:rotate             the same after a randomized Hadamard rotation (Suresh et al. 2017)
+    --compress topk:F                the largest fraction F of the coordinates, with error feedback
+    --compress sign                  signSGD's signs times the mean magnitude, with error feedback
+
+Top-k and sign are biased; error feedback (Stich et al. 2018; Karimireddy et al. 2019) makes up for
+it: a client compresses its update plus the residual it kept from last time, and keeps what the
+compression dropped as its new residual. Residuals are per-client state: the coordinator holds
+them (ErrorFeedback), hands each to whichever host trains the client, and checkpoints them, so a
+resume continues them exactly; each client seen costs a float32 copy of the weights.
 
 A block's values become levels between its min and max (2^bits of them), each rounded down or up
 at random so that the decoded value is the original in expectation (unbiased); the block's min
@@ -22,7 +30,8 @@ The bytes counted up are the encoded buffers' (fedactors.traffic).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,24 +57,42 @@ class Encoded:
         return self.codes.nbytes + self.lo.nbytes + self.step.nbytes
 
 
+SPECS = "q8, q4 or q2 (with :rotate for the Hadamard rotation), topk:F with F in (0, 1), or sign"
+
+
+def parse(spec: str | None) -> Compressor | TopK | Sign | None:
+    """The compressor `spec` names (None for None); ConfigError, one line, for anything else."""
+    if spec is None:
+        return None
+    name, sep, option = str(spec).partition(":")
+    if name == "topk":
+        try:
+            fraction = float(option)
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction < 1:
+            raise ConfigError(f"--compress {spec}: topk keeps a fraction F of the coordinates, F in (0, 1)")
+        return TopK(fraction)
+    if name == "sign" and not sep:
+        return Sign()
+    if not (len(name) == 2 and name[0] == "q" and name[1].isdigit() and int(name[1]) in BITS):
+        raise ConfigError(f"--compress must be {SPECS}, got {spec!r}")
+    if sep and option != "rotate":
+        raise ConfigError(f"--compress {spec}: the only option of {name} is :rotate, got {option!r}")
+    return Compressor(bits=int(name[1]), rotate=bool(sep))
+
+
 @dataclass(frozen=True)
 class Compressor:
-    """One of the --compress schemes; `parse` makes it from its spec."""
+    """Stochastic uniform quantization (q8, q4, q2), optionally after the rotation; `parse` makes it from its spec."""
 
     bits: int
     rotate: bool = False
+    feedback = False  # unbiased: no error feedback
 
     @classmethod
-    def parse(cls, spec: str | None) -> Compressor | None:
-        """The compressor `spec` names (None for None); ConfigError, one line, for anything else."""
-        if spec is None:
-            return None
-        name, sep, option = str(spec).partition(":")
-        if not (len(name) == 2 and name[0] == "q" and name[1].isdigit() and int(name[1]) in BITS):
-            raise ConfigError(f"--compress must be q8, q4 or q2 (with :rotate for the Hadamard rotation), got {spec!r}")
-        if sep and option != "rotate":
-            raise ConfigError(f"--compress {spec}: the only option is :rotate, got {option!r}")
-        return cls(bits=int(name[1]), rotate=bool(sep))
+    def parse(cls, spec: str | None) -> Compressor | TopK | Sign | None:
+        return parse(spec)
 
     @property
     def spec(self) -> str:
@@ -104,13 +131,129 @@ class Compressor:
                               threads=threads)
         return values[:length]
 
-    def received(self, weights: np.ndarray, global_weights: np.ndarray, seed: int, round_idx: int,
-                 client_id: int, threads: int = 0) -> np.ndarray:
-        """The weights the server has of this client: global + decode(encode(weights - global)), float32."""
-        update = np.subtract(weights, global_weights, dtype=np.float32)
-        encoded = self.encode(update, seed, round_idx, client_id, threads)
-        decoded = self.decode(encoded, len(update), seed, round_idx, threads)
-        return np.add(global_weights, decoded, dtype=np.float32)
+
+@dataclass(frozen=True)
+class Sparse:
+    """Top-k's message: the kept coordinates' indices (uint32) and values (float32)."""
+
+    index: np.ndarray
+    values: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.values.nbytes
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The largest fraction of the update's coordinates by magnitude (ties: the lower index), with error feedback."""
+
+    fraction: float
+    feedback = True
+
+    @property
+    def spec(self) -> str:
+        return f"topk:{self.fraction:g}"
+
+    def kept(self, n: int) -> int:
+        return max(1, math.ceil(self.fraction * n - 1e-9))
+
+    def encoded_bytes(self, n: int) -> int:
+        return 8 * self.kept(n)  # a uint32 index and a float32 value each
+
+    def encode(self, update: np.ndarray, seed: int = 0, round_idx: int = 0, client_id: int = 0,
+               threads: int = 0) -> Sparse:
+        """The k largest |values| (deterministic: no draws)."""
+        k = self.kept(len(update))
+        # A stable sort of -|v| (ties by index): introselect's order could depend on NumPy's version, this cannot.
+        index = np.sort(np.argsort(-np.abs(update), kind="stable")[:k]).astype(np.uint32)
+        return Sparse(index, update[index].astype(np.float32))
+
+    def decode(self, encoded: Sparse, length: int, seed: int = 0, round_idx: int = 0, threads: int = 0) -> np.ndarray:
+        out = np.zeros(length, np.float32)
+        out[encoded.index] = encoded.values
+        return out
+
+
+@dataclass(frozen=True)
+class Signs:
+    """Sign's message: one bit a coordinate (packed) and the mean magnitude."""
+
+    bits: np.ndarray
+    scale: np.float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes + 4
+
+
+@dataclass(frozen=True)
+class Sign:
+    """signSGD with error feedback (Karimireddy et al., ICML 2019): sign(v) * mean(|v|)."""
+
+    feedback = True
+    spec = "sign"
+
+    def encoded_bytes(self, n: int) -> int:
+        return -(-n // 8) + 4
+
+    def encode(self, update: np.ndarray, seed: int = 0, round_idx: int = 0, client_id: int = 0,
+               threads: int = 0) -> Signs:
+        """The signs (>= 0 as +) and the mean magnitude (deterministic: no draws)."""
+        scale = np.float32(np.abs(update, dtype=np.float64).mean())
+        return Signs(np.packbits(update >= 0), scale)
+
+    def decode(self, encoded: Signs, length: int, seed: int = 0, round_idx: int = 0, threads: int = 0) -> np.ndarray:
+        positive = np.unpackbits(encoded.bits, count=length).astype(bool)
+        return np.where(positive, encoded.scale, -encoded.scale).astype(np.float32)
+
+
+def send(compressor: Compressor | TopK | Sign, weights: np.ndarray, global_weights: np.ndarray, seed: int,
+         round_idx: int, client_id: int, residual: np.ndarray | None = None,
+         threads: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the weights the server has of this client, the client's new residual or None).
+
+    The client sends encode(w - x + residual) (no residual without error feedback); the server
+    has x + decode of it; with error feedback the client keeps (w - x + residual) - decoded."""
+    update = np.subtract(weights, global_weights, dtype=np.float32)
+    if compressor.feedback and residual is not None:
+        update += residual
+    encoded = compressor.encode(update, seed, round_idx, client_id, threads=threads)
+    decoded = compressor.decode(encoded, len(update), seed, round_idx, threads=threads)
+    new_residual = np.subtract(update, decoded, dtype=np.float32) if compressor.feedback else None
+    return np.add(global_weights, decoded, dtype=np.float32), new_residual
+
+
+@dataclass
+class ErrorFeedback:
+    """The clients' residuals for top-k and sign, held by the coordinator and checkpointed (buffers "residual<k>")."""
+
+    residuals: dict[int, np.ndarray] = field(default_factory=dict)
+    _zero: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    PREFIX = "residual"
+
+    def residual(self, client_id: int, length: int) -> np.ndarray:
+        """Client `client_id`'s residual: zeros until it has trained once (one read-only array for all of those)."""
+        if client_id in self.residuals:
+            return self.residuals[client_id]
+        if self._zero is None or len(self._zero) != length:
+            self._zero = np.zeros(length, np.float32)
+            self._zero.flags.writeable = False
+        return self._zero
+
+    def accept(self, residuals: dict[int, np.ndarray]) -> None:
+        """The round's accepted clients' new residuals (a client whose update was not used keeps its old one)."""
+        self.residuals.update(residuals)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"{self.PREFIX}{cid}": r for cid, r in sorted(self.residuals.items())}
+
+    @classmethod
+    def split(cls, buffers: dict[str, np.ndarray]) -> tuple[ErrorFeedback, dict[str, np.ndarray]]:
+        """(the residuals among a checkpoint's buffers, the rest: the strategy's)."""
+        mine = {int(k[len(cls.PREFIX):]): np.array(v) for k, v in buffers.items() if k.startswith(cls.PREFIX)}
+        return cls(mine), {k: v for k, v in buffers.items() if not k.startswith(cls.PREFIX)}
 
 
 def _key(purpose: Purpose, seed: int, round_idx: int, client_id: int = 0) -> int:

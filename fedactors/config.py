@@ -169,9 +169,9 @@ class RunConfig:
         if self.eval_clients is not None and not (_is_real(self.eval_clients) and 0 < self.eval_clients <= 1):
             raise ConfigError(f"--eval-clients must be a fraction in (0, 1], got {self.eval_clients!r}")
         if self.compress is not None:
-            from fedactors.compress import Compressor
+            from fedactors.compress import parse
 
-            Compressor.parse(self.compress)
+            parse(self.compress)
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()
@@ -271,10 +271,12 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def host_sums_apply(aggregator: str, strategy: str) -> bool:
+def host_sums_apply(aggregator: str, strategy: str, compress: str | None = None) -> bool:
     """Whether hosts may sum their clients' weights: FedAvg's average with a built-in strategy that needs only
-    it. A strategy of your own (an import spec, or a Python object's "python:" name) is handed every update."""
-    return aggregator == "fedavg" and strategy in HOST_SUM_STRATEGIES
+    it. A strategy of your own (an import spec, or a Python object's "python:" name) is handed every update, and
+    so is a compressor with error feedback (each client's residual comes back with its update)."""
+    feedback = compress is not None and compress.partition(":")[0] in ("topk", "sign")
+    return aggregator == "fedavg" and strategy in HOST_SUM_STRATEGIES and not feedback
 
 
 def natural_clients(settings: dict) -> dict:
@@ -297,10 +299,12 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
         if name in given and values["partition"] != scheme:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
-    if values.get("host_sums") and "host_sums" in given and not host_sums_apply(values["aggregator"], values["strategy"]):
-        raise ConfigError(f"--host-sums applies to --aggregator fedavg with --strategy {', '.join(HOST_SUM_STRATEGIES)}, "
-                          f"not --aggregator {values['aggregator']} --strategy {values['strategy']} (which sends each "
-                          "client's weights)")
+    if values.get("host_sums") and "host_sums" in given and not host_sums_apply(values["aggregator"], values["strategy"],
+                                                                                 values.get("compress")):
+        raise ConfigError(f"--host-sums applies to --aggregator fedavg with --strategy {', '.join(HOST_SUM_STRATEGIES)} "
+                          f"and no error-feedback compressor, not --aggregator {values['aggregator']} --strategy "
+                          f"{values['strategy']}{' --compress ' + values['compress'] if values.get('compress') else ''} "
+                          "(which sends each client's weights)")
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
     for name, strategies in STRATEGY_SETTINGS.items():

@@ -17,6 +17,7 @@ import numpy as np
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import Checkpoint, RedisStore
+from fedactors.compress import ErrorFeedback, parse as parse_compressor
 from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, HostSum, RoundStats, Update
@@ -319,7 +320,7 @@ def uses_host_sums(config: RunConfig) -> bool:
     server optimizers), unless --no-host-sums. Robust aggregators, SCAFFOLD (each client's control
     variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
     each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
-    return config.host_sums and host_sums_apply(config.aggregator, config.strategy)
+    return config.host_sums and host_sums_apply(config.aggregator, config.strategy, config.compress)
 
 
 def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:
@@ -386,8 +387,14 @@ class Coordinator:
         self.classes = classes  # False for a task of float targets ("values"): no accuracy, the loss and metrics
         self.traffic = traffic if traffic is not None else Totals(since_round=start_round)
         self.strategy = strategy if strategy is not None else make_strategy(config)
+        compressor = parse_compressor(config.compress)
+        # --compress topk or sign: the clients' error-feedback residuals, checkpointed beside the strategy's state.
+        self.feedback = ErrorFeedback() if compressor is not None and compressor.feedback else None
         if strategy_state is not None:
             buffers, scalars = strategy_state  # writable copies: the checkpoint's arrays are read-only views
+            residuals, buffers = ErrorFeedback.split(buffers)
+            if self.feedback is not None:
+                self.feedback = residuals
             self.strategy.load_state({name: np.array(b) for name, b in buffers.items()}, dict(scalars))
 
     def run(self) -> Iterator[dict]:
@@ -437,6 +444,8 @@ class Coordinator:
         Raises StoreUnavailable if the store stays down."""
         cfg = self.config
         buffers, scalars = self.strategy.state()
+        if self.feedback is not None:
+            buffers = {**buffers, **self.feedback.state()}
         ckpt = Checkpoint(
             run_id=self.run_id,
             round=self.round,
@@ -480,9 +489,11 @@ class Coordinator:
         too_large: list[int] = []
         todo = sampled
         extras = None
-        if isinstance(self.strategy, Scaffold):
-            length = len(self.weights)
-            extras = lambda cid: self.strategy.controls(cid, length)  # noqa: E731 - (c, c_i)
+        length = len(self.weights)
+        if isinstance(self.strategy, Scaffold) or self.feedback is not None:
+            def extras(cid: int) -> tuple:  # ClientHost.train's (c, c_i, residual)
+                controls = self.strategy.controls(cid, length) if isinstance(self.strategy, Scaffold) else (None, None)
+                return (*controls, self.feedback.residual(cid, length) if self.feedback is not None else None)
 
         def reject(cid: int, host: int, finite: bool) -> None:
             why = ("returned values too large for FedAvg's exact sum (|share x value| >= 2^18): rejected" if finite
@@ -546,6 +557,8 @@ class Coordinator:
                                     [u.num_examples for u in ordered], round_idx)
         if isinstance(self.strategy, Scaffold):
             self.strategy.accept({u.client_id: u.control for u in ordered})
+        if self.feedback is not None:
+            self.feedback.accept({u.client_id: u.residual for u in ordered if u.residual is not None})
         aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
         per_host: dict[int, float] = {}
         for host, _, _, seconds in done.values():

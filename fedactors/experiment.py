@@ -205,19 +205,24 @@ def eval_owners(data: Arrays, holdout: Parts | None) -> np.ndarray | None:
 
 
 def check_client_state(config: RunConfig, weights: int) -> None:
-    """SCAFFOLD's control variates must fit: one copy of the weights per client, in the coordinator (twice
-    while a checkpoint is encoded) and in the store (each of the --keep checkpoints, and the one being
-    written until the oldest is dropped); refused with one line when that is more than half this
-    machine's memory (the embedded store runs here; a --redis elsewhere is counted as if it did)."""
-    if config.strategy != "scaffold":
+    """SCAFFOLD's control variates and top-k's or sign's error-feedback residuals must fit: one copy of the
+    weights per client each, in the coordinator (twice while a checkpoint is encoded) and in the store
+    (each of the --keep checkpoints, and the one being written until the oldest is dropped); refused with
+    one line when that is more than half this machine's memory (the embedded store runs here; a --redis
+    elsewhere is counted as if it did)."""
+    feedback = config.compress is not None and config.compress.partition(":")[0] in ("topk", "sign")
+    copies = (config.strategy == "scaffold") + feedback  # control variates, error-feedback residuals
+    if not copies:
         return
-    need = config.clients * weights * 4 * (3 + config.keep)
+    need = copies * config.clients * weights * 4 * (3 + config.keep)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if total and need > total / 2:
         gib = 2**30
+        kept = [w for w, on in (("--strategy scaffold keeps a control variate", config.strategy == "scaffold"),
+                                 (f"--compress {config.compress} keeps an error-feedback residual", feedback)) if on]
         raise ConfigError(
-            f"--strategy scaffold keeps a control variate per client: {config.clients} x {weights:,} floats = "
-            f"{config.clients * weights * 4 / gib:.1f} GiB, twice in the coordinator while a checkpoint is encoded and "
+            f"{' and '.join(kept)} per client: {config.clients} x {weights:,} floats = "
+            f"{config.clients * weights * 4 / gib:.1f} GiB{' each' if copies > 1 else ''}, twice in the coordinator while a checkpoint is encoded and "
             f"again in each of the --keep {config.keep} checkpoints and the one being written, {need / gib:.1f} GiB at "
             f"the peak, more than half of this machine's {total / gib:.1f} GiB; "
             "use fewer clients, a smaller model or --keep 1")

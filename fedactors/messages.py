@@ -49,6 +49,7 @@ class Update:
     train_seconds: float
     host: int = -1  # index of the host that trained it, for reporting
     control: np.ndarray | None = None  # SCAFFOLD: the client's new control variate c_i+
+    residual: np.ndarray | None = None  # --compress topk or sign: the client's new error-feedback residual
 
 
 @dataclass(frozen=True)

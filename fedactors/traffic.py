@@ -19,10 +19,10 @@ FLOAT_BYTES = 4
 def per_client(strategy: str, num_weights: int, compress: str | None = None) -> tuple[int, int]:
     """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy) and `compress`
     (a --compress spec: the update goes up in the encoded buffers' bytes, fedactors.compress)."""
-    from fedactors.compress import Compressor
+    from fedactors.compress import parse
 
     model = FLOAT_BYTES * num_weights
-    compressor = Compressor.parse(compress)
+    compressor = parse(compress)
     update = model if compressor is None else compressor.encoded_bytes(num_weights)
     if strategy == "scaffold":  # c with the model; the control variate (in float32) with the update
         return 2 * model, update + model

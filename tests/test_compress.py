@@ -77,17 +77,19 @@ def test_the_rotation_is_the_randomized_hadamard_transform_and_its_inverse_gives
     assert np.allclose(y, x, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(x).max())
 
 
-@pytest.mark.parametrize("spec", ["q8", "q4", "q2", "q4:rotate", "q2:rotate"])
+@pytest.mark.parametrize("spec", ["q8", "q4", "q2", "q4:rotate", "q2:rotate", "topk:0.01", "sign"])
 @pytest.mark.parametrize("n", [1, 511, 4810, 1_663_370])
 def test_the_bytes_counted_are_the_encoded_buffers_bytes(spec, n):
-    from fedactors.compress import Compressor
+    from fedactors.compress import parse
 
-    c = Compressor.parse(spec)
+    c = parse(spec)
     update = np.random.default_rng(n).normal(scale=1e-3, size=n).astype(np.float32)
     encoded = c.encode(update, seed=0, round_idx=3, client_id=5)
     assert encoded.nbytes == c.encoded_bytes(n)
     back = c.decode(encoded, n, seed=0, round_idx=3)
     assert back.shape == (n,)
+    if c.feedback:  # biased: what error feedback is for; checked below
+        return
     if c.rotate:  # the rounding errors (each under a step) are rotated back: bounded in norm, not coordinate by coordinate
         assert np.linalg.norm(back - update) <= np.sqrt(encoded.length) * encoded.step.max() * 1.0001
     else:
@@ -95,18 +97,19 @@ def test_the_bytes_counted_are_the_encoded_buffers_bytes(spec, n):
 
 
 def test_the_rotation_shrinks_the_rounding_error_of_a_spiky_update():
-    from fedactors.compress import Compressor
+    from fedactors.compress import Compressor, send
 
     update = np.random.default_rng(2).normal(scale=1e-3, size=65536).astype(np.float32)
     update[::1000] = 0.5  # a few large coordinates stretch their blocks' ranges
-    error = {spec: np.linalg.norm(Compressor.parse(spec).received(update, np.zeros_like(update), 0, 1, 2) - update)
+    error = {spec: np.linalg.norm(send(Compressor.parse(spec), update, np.zeros_like(update), 0, 1, 2)[0] - update)
              for spec in ("q4", "q4:rotate")}
     assert error["q4:rotate"] < error["q4"] / 2, error
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("q3", "--compress must be q8, q4 or q2"), ("topk:0.1", "--compress must be q8, q4 or q2"),
-    ("q4:fast", "the only option is :rotate"),
+    ("q3", "--compress must be q8, q4 or q2"), ("zip", "--compress must be q8, q4 or q2"),
+    ("q4:fast", "the only option of q4 is :rotate"), ("topk:0", r"topk keeps a fraction F of the coordinates, F in \(0, 1\)"),
+    ("topk:1.5", "F in"), ("topk:half", "F in"), ("sign:2", "--compress must be"),
 ])
 def test_bad_compressors_are_one_line(spec, message):
     from fedactors.config import RunConfig
@@ -116,6 +119,38 @@ def test_bad_compressors_are_one_line(spec, message):
         RunConfig(compress=spec)
 
 
+def test_top_k_keeps_the_largest_coordinates_and_sign_the_signs_at_the_mean_magnitude():
+    from fedactors.compress import Sign, TopK
+
+    v = np.array([0.1, -3.0, 0.5, 2.0, -0.2, 2.0], np.float32)
+    top = TopK(0.5)
+    assert top.encode(v).index.tolist() == [1, 3, 5] and top.decode(top.encode(v), 6).tolist() == [0, -3, 0, 2, 0, 2]
+    sign = Sign()
+    assert np.allclose(sign.decode(sign.encode(v), 6), np.sign(v) * np.abs(v).mean())
+
+
+@pytest.mark.parametrize("spec", ["topk:0.1", "sign"])
+def test_error_feedback_keeps_what_the_compression_dropped(spec):
+    from fedactors.compress import parse, send
+
+    rng = np.random.default_rng(0)
+    x, residual = rng.normal(size=1000).astype(np.float32), rng.normal(scale=0.1, size=1000).astype(np.float32)
+    w = x + rng.normal(scale=0.01, size=1000).astype(np.float32)
+    received, new_residual = send(parse(spec), w, x, 0, 1, 2, residual)
+    assert np.allclose((received - x) + new_residual, (w - x) + residual, atol=1e-6)  # nothing is lost, only delayed
+    assert send(parse("q8"), w, x, 0, 1, 2, residual)[1] is None  # unbiased compressors keep no residual
+
+
+def test_host_sums_are_refused_with_an_error_feedback_compressor():
+    from fedactors.config import RunConfig, refuse_idle_settings
+    from fedactors.coordinator import uses_host_sums
+    from fedactors.errors import ConfigError
+
+    assert not uses_host_sums(RunConfig(compress="topk:0.1")) and uses_host_sums(RunConfig(compress="q4"))
+    with pytest.raises(ConfigError, match="no error-feedback compressor"):
+        refuse_idle_settings({"host_sums"}, {**RunConfig().to_dict(), "compress": "sign"})
+
+
 def _digits(**kw):
     from fedactors.client import ClientHost
     from fedactors.config import RunConfig
@@ -123,8 +158,9 @@ def _digits(**kw):
     from fedactors.partition import partition
     from fedactors.task import load_arrays, load_task
 
+    kw.setdefault("compress", "q4:rotate")
     cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, epochs=1, batch_size=20, lr=0.1, partition="iid", seed=0,
-                    compress="q4:rotate", **kw)
+                    **kw)
     data = load_arrays(load_task(cfg.task), None, None)
     parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed)
     hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i) for i in range(2)]
@@ -143,13 +179,44 @@ def test_a_compressed_run_continued_from_a_round_gives_the_uninterrupted_bytes_a
     assert all(e["bytes_up"] == e["num_updates"] * up for e in straight if e["type"] == "round")
 
 
+def test_residuals_go_into_the_checkpoint_and_a_continued_run_gives_the_uninterrupted_bytes():
+    _, make = _digits(rounds=4, compress="topk:0.05")
+    straight = list(make().run())
+    half = _digits(rounds=2, compress="topk:0.05")[1]()
+    events = list(half.run())
+    middle = events[-1]["weights"]
+    buffers = half.feedback.state()
+    trained = {c for e in events if e["type"] == "round" for c in e["clients"]}
+    assert sorted(buffers) == sorted(f"residual{c}" for c in trained)  # a residual for every client that trained
+    rest = list(make(start_round=2, weights=middle, strategy_state=(buffers, {})).run())
+    assert np.array_equal(rest[-1]["weights"], straight[-1]["weights"])
+    forgotten = list(make(start_round=2, weights=middle).run())  # without the residuals: other bytes
+    assert not np.array_equal(forgotten[-1]["weights"], straight[-1]["weights"])
+
+
 @pytest.mark.slow
-def test_the_same_compressed_run_on_one_and_three_hosts_gives_the_same_bytes(tmp_path):
+def test_error_feedback_survives_sigkill_and_resume_to_the_same_bytes(tmp_path):
+    from test_resume import start_and_kill_mid_round
+
+    args = ["--task", "digits-mlp", "--clients", "20", "--frac", "0.5", "--partition", "dirichlet", "--epochs", "1",
+            "--eval-every", "100", "--hosts", "2", "--compress", "topk:0.05"]
+    reference = tmp_path / "reference"
+    assert fedactors("run", *args, "--rounds", "80", "--out", str(reference)).returncode == 0
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "ef", args=args, rounds=80, after_rounds=15)
+    result = fedactors("run", "--resume", "ef", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "weights.npy").read_bytes() == (reference / "weights.npy").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["q2:rotate", "topk:0.05"])
+def test_the_same_compressed_run_on_one_and_three_hosts_gives_the_same_bytes(tmp_path, spec):
     args = ["--task", "digits-mlp", "--clients", "12", "--frac", "0.5", "--partition", "dirichlet", "--epochs", "1",
-            "--rounds", "3", "--eval-every", "3", "--compress", "q2:rotate"]
+            "--rounds", "3", "--eval-every", "3", "--compress", spec]
     for hosts in ("1", "3"):  # three hosts of half a CPU each: one torch thread, as the one host has
         result = fedactors("run", *args, "--hosts", hosts, "--cpus-per-host", "0.5", "--out", str(tmp_path / hosts))
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "1" / "weights.npy").read_bytes() == (tmp_path / "3" / "weights.npy").read_bytes()
     run = json.loads((tmp_path / "3" / "run.json").read_text())
-    assert run["config"]["compress"] == "q2:rotate" and run["bytes"]["up"] < run["bytes"]["down"] / 8
+    assert run["config"]["compress"] == spec and run["bytes"]["up"] < run["bytes"]["down"] / 8

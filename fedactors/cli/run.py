@@ -127,9 +127,10 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--data-dir", "data_dir", default=None, help="The directory the task's loader reads (the MNIST tasks: torchvision's layout, downloaded there when "
               "absent). Default: $FEDACTORS_DATA, else the per-user cache.")
 @click.option("--eval-every", "eval_every", type=int, default=D.eval_every, show_default=True, help="Evaluate the global model on the whole test set every N rounds (and after the last).")
-@click.option("--compress", default=None, metavar="q8|q4|q2[:rotate]",
+@click.option("--compress", default=None, metavar="q8|q4|q2[:rotate]|topk:F|sign",
               help="Send each client's update (weights - global) quantized stochastically to 8, 4 or 2 bits a value, "
-                   "in blocks of 512 with their min and step; :rotate applies a random Hadamard rotation first.")
+                   "in blocks of 512 with their min and step (:rotate: a random Hadamard rotation first); or its "
+                   "largest fraction F of coordinates, or its signs, both with error feedback.")
 @click.option("--eval-clients", "eval_clients", type=float, default=None,
               help="Evaluate clients one by one as well: this seeded fraction of them keeps 20% of its examples out of "
                    "training and is evaluated on them (mean, 10th percentile, worst, share at --target); data with "
