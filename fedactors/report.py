@@ -122,6 +122,9 @@ class RunSummary:
     epsilon: float | None = None  # dp-fedavg: the privacy spent by the last evaluated round
     # Per-client evaluation, by evaluated round: (round, its client_accuracy row: mean, p10, p50, p90, worst, ...).
     clients_curve: tuple[tuple[int, dict], ...] = ()
+    metric: str = "accuracy"  # what rounds_to_target counts to (report --best)
+    metric_lower: bool = False  # whether that metric is better smaller
+    final_value: float | None = None  # its last evaluated value
     # Bytes (fedactors.traffic): the run's totals down and up, and the uplink so far at each of `rounds`, in MB
     # (None where the run predates the count).
     bytes_down: int | None = None
@@ -162,8 +165,12 @@ def config_label(config: dict) -> str:
     return label
 
 
-def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
+def load_run(path: str | Path, *, target: float | None = None, metric: str = "accuracy") -> RunSummary:
     """Summarise the run in directory `path`; `target` defaults to the run's configured one.
+
+    With another `metric` (the loss, or a task's own metric in metrics.jsonl) rounds_to_target is its
+    first crossing of `target` (which must be given), at or below it for the loss and for the metrics the
+    run said are better smaller, at or above otherwise; `final_value` is its last value.
 
     ConfigError if `path` is not a run directory (says which file is missing), DataError if its
     files are not what `fedactors run` writes.
@@ -187,10 +194,14 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         eval_every = max(1, int(config.get("eval_every", 1)))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path / 'run.json'}: configuration lacks or garbles {exc}") from None
+    if metric != "accuracy" and target is None:
+        raise ConfigError(f"--best {metric}: give --target, the value of {metric} to reach")
     target = configured_target if target is None else target
     history = _read_metrics_rows(path / "metrics.jsonl")
     curve = _curve(history)
-    summary = summarise(history, target)
+    lower = info.get("target_lower", False) if config.get("target_metric") == metric else metric == "loss"
+    summary = summarise(history, target, metric, lower)
+    values = _curve(history, metric)
     round_seconds = _round_seconds(history, eval_every)
     wall = info.get("total_wall_seconds", info.get("wall_seconds"))  # a resumed run's parts in all
     return RunSummary(
@@ -206,7 +217,10 @@ def load_run(path: str | Path, *, target: float | None = None) -> RunSummary:
         best_accuracy=summary["best_accuracy"],
         best_round=summary["best_round"],
         rounds_to_target=summary["rounds_to_target"],
-        rounds_to_target_interpolated=rounds_to_target_interpolated(history, target),
+        rounds_to_target_interpolated=rounds_to_target_interpolated(history, target) if metric == "accuracy" else None,
+        metric=metric,
+        metric_lower=lower,
+        final_value=values[-1][1] if values else None,
         evaluated_rounds=len(curve),
         wall_seconds=float(wall) if wall is not None else None,
         median_round_seconds=statistics.median(round_seconds) if round_seconds else None,
@@ -347,6 +361,33 @@ def _megabytes(s: RunSummary) -> list[str]:
         return ["-"] * 3
     per_round = f"{s.bytes_up / 1e6 / s.bytes_rounds:.2f}" if s.bytes_rounds else "-"
     return [f"{s.bytes_down / 1e6:.1f}", f"{s.bytes_up / 1e6:.1f}", per_round]
+
+
+# What a sweep tunes, not what the method is: runs differing only in these are one method's cells (--best).
+TUNED = ("lr", "server_lr", "server_momentum", "beta1", "beta2", "tau", "mu", "clip", "noise_multiplier", "seed")
+
+
+def method(s: RunSummary) -> str:
+    """The method a run is a cell of: its experiment settings less what a sweep tunes (TUNED), as text."""
+    from fedactors.config import EXPERIMENT_FIELDS
+
+    return json.dumps({k: s.config.get(k) for k in EXPERIMENT_FIELDS if k not in TUNED}, sort_keys=True)
+
+
+def best_by_method(summaries: list[RunSummary]) -> list[RunSummary]:
+    """Each method's best run: the fewest rounds to its target (a run that never reached it, or failed first, after
+    every one that did), ties by the better final value; in the order the methods first appear."""
+    best: dict[str, RunSummary] = {}
+
+    def key(s: RunSummary) -> tuple:
+        final = s.final_value if s.final_value is not None else (math.inf if s.metric_lower else -math.inf)
+        return (s.rounds_to_target is None, s.rounds_to_target or 0, final if s.metric_lower else -final)
+
+    for s in summaries:
+        m = method(s)
+        if m not in best or key(s) < key(best[m]):
+            best[m] = s
+    return list(best.values())
 
 
 def _last_clients(s: RunSummary) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,30 +23,40 @@ CELL_FIELDS = ("epochs", "batch_size", "frac", "partition")
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One point of the grid. `batch_size=None` means B = inf (full batch)."""
+    """One point of the grid. `batch_size=None` means B = inf (full batch). `settings`: the values of the other
+    grid axes (--grid KEY=V1,V2: any run setting, e.g. lr or server_lr), in the order the axes were given."""
 
     epochs: int
     batch_size: int | None
     frac: float
     partition: str
+    settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def name(self) -> str:
-        """The cell's run-directory name, e.g. "noniid-E5-B10-C0.1" or "iid-E1-Binf-C0.1"."""
+        """The cell's run-directory name, e.g. "noniid-E5-B10-C0.1" or "noniid-E1-B10-C0.1-lr0.05-fedadam" (a number
+        after its setting's name, a text alone)."""
         batch = "inf" if self.batch_size is None else self.batch_size
-        return f"{self.partition}-E{self.epochs}-B{batch}-C{self.frac:g}"
+        extra = "".join(f"-{key}{value:g}".replace("+", "") if isinstance(value, float) else
+                        f"-{re.sub(r'[^A-Za-z0-9._-]', '_', value)}" if isinstance(value, str) else f"-{key}{value}"
+                        for key, value in self.settings)
+        return f"{self.partition}-E{self.epochs}-B{batch}-C{self.frac:g}{extra}"
 
     def run_config(self, run: dict | None = None) -> RunConfig:
         """The cell's RunConfig: `run` (RunConfig keys, as in a sweep file's [run] table) plus the cell."""
-        settings = {**(run or {}), "epochs": self.epochs, "batch_size": self.batch_size,
+        both = sorted(set(run or {}) & {key for key, _ in self.settings})
+        if both:
+            raise ConfigError(f"{both[0]} is a grid axis and a run setting too; give it once")
+        settings = {**(run or {}), **dict(self.settings), "epochs": self.epochs, "batch_size": self.batch_size,
                     "frac": self.frac, "partition": self.partition}
         if self.partition == "natural" and "clients" in (run or {}):
             raise ConfigError("run.clients does not go with the natural partition: every owner in the data is one client")
         return RunConfig.from_dict(natural_clients(settings))
 
 
-def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list) -> list[SweepCell]:
-    """Every combination, partition-major then C, B, E (each in the order given).
+def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list,
+               grid: dict[str, list] | None = None) -> list[SweepCell]:
+    """Every combination, partition-major then C, B, E, then the `grid` axes (each in the order given).
 
     B may be a positive int, None, "inf" or float("inf") (all of the last three mean full batch).
     ConfigError for an empty list, a value of the wrong type or range, or two cells that would
@@ -55,7 +66,12 @@ def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list) -
     batch_sizes = [parse_batch_size(b, "batch_sizes") for b in _nonempty("batch_sizes", batch_sizes)]
     fracs = [_frac(c) for c in _nonempty("fracs", fracs)]
     partitions = [_partition(p) for p in _nonempty("partitions", partitions)]
-    cells = [SweepCell(e, b, c, p) for p, c, b, e in itertools.product(partitions, fracs, batch_sizes, epochs)]
+    axes = [[(key, value) for value in _nonempty(f"--grid {key}", values)] for key, values in (grid or {}).items()]
+    bad = sorted(set(grid or {}) & {*CELL_FIELDS, "rounds"})
+    if bad:
+        raise ConfigError(f"--grid {bad[0]}: {'use --epochs, --batch-sizes, --fracs, --partitions for the cell axes' if bad[0] != 'rounds' else 'every cell runs --rounds'}")
+    cells = [SweepCell(e, b, c, p, tuple(extra))
+             for p, c, b, e, *extra in itertools.product(partitions, fracs, batch_sizes, epochs, *axes)]
     seen: set[str] = set()
     for cell in cells:
         if cell.name in seen:
@@ -67,6 +83,39 @@ def plan_sweep(epochs: list, batch_sizes: list, fracs: list, partitions: list) -
 def paper_table2_cells() -> list[SweepCell]:
     """The 18 cells of McMahan et al. 2017's Table 2 (CNN): C = 0.1, IID and non-IID."""
     return [SweepCell(e, b, PAPER_TABLE2_FRAC, p) for e, b, p in paper_table2_grid()]
+
+
+def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list]:
+    """--grid KEY=V1,V2,... (repeatable) as {key: [values]}, each value of the RunConfig field's type."""
+    types = {f.name: str(f.type) for f in fields(RunConfig)}
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not text.strip():
+            raise ConfigError(f"--grid {item}: expected KEY=V1,V2,... (e.g. lr=0.02,0.05,0.1)")
+        if key not in types:
+            raise ConfigError(f"--grid {item}: {key} is not a run setting (see fedactors run --help)")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice")
+        grid[key] = [_typed(key, types[key], value.strip()) for value in text.split(",")]
+    return grid
+
+
+def _typed(key: str, annotation: str, text: str) -> object:
+    """A --grid value as the field's type: int, float, bool or str (the first that its annotation allows)."""
+    for name, convert in (("int", int), ("float", float)):
+        if name in annotation:
+            try:
+                return convert(text)
+            except ValueError:
+                if "str" not in annotation and not (name == "int" and "float" in annotation):
+                    raise ConfigError(f"--grid {key}: {text!r} is not a number") from None
+    if "bool" in annotation:
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(f"--grid {key}: {text!r} is not true or false")
+        return text.lower() == "true"
+    return text
 
 
 def load_sweep_toml(path: str | Path) -> dict:
@@ -88,9 +137,13 @@ def load_sweep_toml(path: str | Path) -> dict:
     """
     path = Path(path)
     doc = read_toml(path, f"sweep file {path}")
-    unknown = sorted(set(doc) - {*GRID_KEYS, "run"})
+    unknown = sorted(set(doc) - {*GRID_KEYS, "run", "grid"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected {', '.join(GRID_KEYS)} and a [run] table)")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected {', '.join(GRID_KEYS)}, a [run] table and "
+                          "a [grid] table)")
+    grid = doc.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+        raise ConfigError(f"{path}: 'grid' must be a table of lists ([grid] lr = [0.05, 0.1])")
     missing = [k for k in GRID_KEYS if k not in doc]
     if missing:
         raise ConfigError(f"{path}: missing key {missing[0]!r} (a list)")
@@ -99,7 +152,7 @@ def load_sweep_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: 'run' must be a table ([run]), got {type(run).__name__}")
     _check_run_table(path, run)
     try:
-        cells = plan_sweep(doc["epochs"], doc["batch_sizes"], doc["fracs"], doc["partitions"])
+        cells = plan_sweep(doc["epochs"], doc["batch_sizes"], doc["fracs"], doc["partitions"], grid)
         for cell in cells:
             cell.run_config(run)
     except ConfigError as exc:
@@ -109,6 +162,7 @@ def load_sweep_toml(path: str | Path) -> dict:
         "batch_sizes": list(dict.fromkeys(c.batch_size for c in cells)),
         "fracs": list(dict.fromkeys(c.frac for c in cells)),
         "partitions": list(dict.fromkeys(c.partition for c in cells)),
+        "grid": dict(grid),
         "run": dict(run),
     }
 

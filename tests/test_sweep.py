@@ -73,8 +73,10 @@ def test_load_sweep_toml(tmp_path):
     sweep = load_sweep_toml(path)
     assert sweep == {
         "epochs": [1, 5, 20], "batch_sizes": [10, 50, None], "fracs": [0.1], "partitions": ["iid", "noniid"],
-        "run": {"rounds": 500, "lr": 0.1, "target": 0.99, "data_dir": "/data/mnist"},
+        "grid": {}, "run": {"rounds": 500, "lr": 0.1, "target": 0.99, "data_dir": "/data/mnist"},
     }
+    path.write_text(SWEEP.replace("[run]", "[grid]\nserver_lr = [0.01, 0.1]\n[run]"))  # any setting as an axis
+    assert load_sweep_toml(path)["grid"] == {"server_lr": [0.01, 0.1]}
     cells = plan_sweep(sweep["epochs"], sweep["batch_sizes"], sweep["fracs"], sweep["partitions"])
     assert len(cells) == 18 and cells[0].run_config(sweep["run"]).rounds == 500
     # An int where RunConfig has a float is fine (TOML writes 1 for 1.0).
@@ -189,3 +191,74 @@ def test_sweep_data_dir_is_the_directory_every_cells_task_reads(tmp_path):
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "iid-E1-B10-C1" / "run.json").read_text())
     assert run["status"] == "finished" and run["config"]["data_dir"] == str(data_dir)
+
+
+# ---- Any setting as a grid axis; failed cells; each method at its best --------------------------
+
+def test_grid_axes_are_typed_run_settings_and_name_their_cells():
+    from fedactors.sweep import parse_grid, plan_sweep
+
+    grid = parse_grid(["lr=0.02,0.1", "server-lr=0.01", "strategy=fedadam,fedyogi", "host_sums=false"])
+    assert grid == {"lr": [0.02, 0.1], "server_lr": [0.01], "strategy": ["fedadam", "fedyogi"], "host_sums": [False]}
+    cells = plan_sweep([1], [10], [0.1], ["noniid"], grid)
+    assert [c.name for c in cells] == [
+        "noniid-E1-B10-C0.1-lr0.02-server_lr0.01-fedadam-host_sumsFalse",
+        "noniid-E1-B10-C0.1-lr0.02-server_lr0.01-fedyogi-host_sumsFalse",
+        "noniid-E1-B10-C0.1-lr0.1-server_lr0.01-fedadam-host_sumsFalse",
+        "noniid-E1-B10-C0.1-lr0.1-server_lr0.01-fedyogi-host_sumsFalse",
+    ]
+    config = cells[3].run_config({"rounds": 7})
+    assert (config.lr, config.server_lr, config.strategy, config.rounds, config.host_sums) == (0.1, 0.01, "fedyogi", 7, False)
+    with pytest.raises(ConfigError, match="lr is a grid axis and a run setting too"):
+        cells[0].run_config({"lr": 0.5})
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["lr"], "expected KEY=V1,V2"), (["speed=1,2"], "speed is not a run setting"), (["lr=fast"], "'fast' is not a number"),
+    (["epochs=1,5"], "use --epochs"), (["rounds=10"], "every cell runs --rounds"), (["lr=0.1", "lr=0.2"], "given twice"),
+])
+def test_bad_grid_axes_are_one_clear_error(items, message):
+    from fedactors.sweep import parse_grid, plan_sweep
+
+    with pytest.raises(ConfigError, match=message):
+        plan_sweep([1], [10], [0.1], ["iid"], parse_grid(items))
+
+
+def test_each_methods_best_cell_is_the_fewest_rounds_to_target_then_the_better_final_value(tmp_path):
+    from fedactors.report import best_by_method, load_run
+
+    runs = {  # (strategy, lr, accuracies by round, status)
+        "adam-a": ("fedadam", 0.1, [0.5, 0.8, 0.9], "finished"), "adam-b": ("fedadam", 0.05, [0.6, 0.9, 0.95], "finished"),
+        "adam-c": ("fedadam", 0.3, [0.9], "failed"), "avg-a": ("fedavg", 0.1, [0.4, 0.5, 0.6], "finished"),
+        "avg-b": ("fedavg", 0.2, [0.4, 0.5, 0.7], "finished"),
+    }
+    for name, (strategy, lr, accs, status) in runs.items():
+        d = tmp_path / name
+        d.mkdir()
+        config = RunConfig(strategy=strategy, lr=lr).to_dict()
+        (d / "run.json").write_text(json.dumps({"config": config, "status": status, "run_id": name}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"round": r + 1, "accuracy": a, "loss": 1.0 - a}) + "\n"
+                                                 for r, a in enumerate(accs)))
+    best = best_by_method([load_run(tmp_path / n, target=0.85) for n in runs])
+    # fedadam: adam-c reached 0.9 in round 1 before it failed: a result, and the fastest; fedavg: none reached 0.85,
+    # so the better final accuracy.
+    assert [s.path.name for s in best] == ["adam-c", "avg-b"]
+    by_loss = best_by_method([load_run(tmp_path / n, target=0.07, metric="loss") for n in runs])
+    assert [s.path.name for s in by_loss] == ["adam-b", "avg-b"]  # only adam-b's loss gets to 0.07 (round 3)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_learning_rates_reports_a_diverged_cell_as_failed_and_goes_on(tmp_path):
+    from conftest import fedactors
+
+    out = tmp_path / "sweep"
+    result = fedactors("sweep", "--grid", "task=digits-mlp", "--epochs", "1", "--batch-sizes", "20", "--fracs", "0.5",
+                       "--partitions", "iid", "--grid", "lr=0.3,1e9", "--rounds", "3", "--hosts", "2", "--out", str(out),
+                       "-q")
+    assert result.returncode == 0, result.stderr
+    assert "iid-E1-B20-C0.5-digits-mlp-lr1e09: failed: round " in result.stderr
+    statuses = {d.name: json.loads((d / "run.json").read_text())["status"] for d in out.iterdir()}
+    assert statuses == {"iid-E1-B20-C0.5-digits-mlp-lr0.3": "finished", "iid-E1-B20-C0.5-digits-mlp-lr1e09": "failed"}
+    assert "failed" in result.stdout  # the closing report shows the cell, as failed
+    best = fedactors("report", *(str(d) for d in sorted(out.iterdir())), "--best", "accuracy", "--target", "0.2")
+    assert best.returncode == 0 and "lr0.3" in best.stdout and "lr1e09" not in best.stdout

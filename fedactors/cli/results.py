@@ -9,7 +9,7 @@ import click
 from fedactors.cli import cli, exit_on_interrupt
 from fedactors.cli.run import redis_option
 from fedactors.config import PARTITIONS
-from fedactors.errors import ConfigError
+from fedactors.errors import ConfigError, RoundFailed
 
 run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 
@@ -43,11 +43,17 @@ def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: 
 @click.option("--markdown", is_flag=True, help="A Markdown table instead of aligned text.")
 @click.option("--target", type=float, default=None, help="Accuracy for rounds-to-target. Default: each run's configured target.")
 @click.option("--table2", is_flag=True, help="Also compare with the paper's Table 2 (rounds to 99%, CNN, C=0.1).")
-def report(run_dirs: tuple[Path, ...], markdown: bool, target: float | None, table2: bool) -> None:
+@click.option("--best", "best", default=None, metavar="METRIC",
+              help="Only each method's best run (runs differing only in learning rates, server settings, mu, clip, "
+                   "noise or seed are one method's cells): the fewest rounds to --target on METRIC (accuracy, loss "
+                   "or a task metric), ties by the better final value; failed runs rank after those that reached it.")
+def report(run_dirs: tuple[Path, ...], markdown: bool, target: float | None, table2: bool, best: str | None) -> None:
     """A table of runs: configuration, best accuracy, rounds to target (first and interpolated), time."""
-    from fedactors.report import format_table, format_table2, load_run
+    from fedactors.report import best_by_method, format_table, format_table2, load_run
 
-    summaries = [load_run(d, target=target) for d in run_dirs]
+    summaries = [load_run(d, target=target, metric=best or "accuracy") for d in run_dirs]
+    if best is not None:
+        summaries = best_by_method(summaries)
     click.echo(format_table(summaries, markdown=markdown))
     if table2:
         click.echo()
@@ -81,6 +87,9 @@ def _csv(kind: type, name: str):
 @click.option("--batch-sizes", "batch_sizes", callback=_csv(int, "--batch-sizes"), default=None, help="Comma-separated B values; 'inf' for full batch.")
 @click.option("--fracs", callback=_csv(float, "--fracs"), default=None, help="Comma-separated C values. Default: 0.1.")
 @click.option("--partitions", callback=_csv(str, "--partitions"), default=None, help=f"Comma-separated, of {', '.join(PARTITIONS)}. Default: iid,noniid (the paper's).")
+@click.option("--grid", "grid_items", multiple=True, metavar="KEY=V1,V2,...",
+              help="Another grid axis over any run setting, e.g. --grid lr=0.02,0.05,0.1 --grid server_lr=0.01,0.1 "
+                   "(repeatable; a file's [grid] table holds the same).")
 @click.option("--rounds", type=int, default=None, help="Rounds per cell (overrides the file's [run] table).")
 @click.option("--lr", type=float, default=None, help="Learning rate for every cell.")
 @click.option("--seed", type=int, default=None, help="Seed for every cell.")
@@ -96,17 +105,21 @@ def _csv(kind: type, name: str):
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="List the cells, their run directories, which are finished, resumable (from which round) or new, "
               "and the rounds each would run; start nothing.")
-def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fracs, partitions, rounds, lr, seed, hosts,
-          address, data_dir, redis_url, out: Path, markdown: bool, quiet: bool, dry_run: bool) -> None:
-    """Run a grid over E, B, C and partition, one run per cell; finished cells are skipped, so an
-    interrupted sweep continues where it stopped. Ends with the report (and Table 2 beside the paper's)."""
+def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fracs, partitions, grid_items, rounds, lr,
+          seed, hosts, address, data_dir, redis_url, out: Path, markdown: bool, quiet: bool, dry_run: bool) -> None:
+    """Run a grid over E, B, C and partition (and any run setting with --grid), one run per cell; finished cells
+    are skipped, so an interrupted sweep continues where it stopped; a cell whose run fails (a NaN) is a result
+    of the sweep, not the end of it. Ends with the report (and Table 2 beside the paper's)."""
     from fedactors.cli.run import forget_redis_variable
     from fedactors.report import format_table, format_table2, load_run
-    from fedactors.sweep import load_sweep_toml, paper_table2_cells, plan_sweep
+    from fedactors.sweep import load_sweep_toml, paper_table2_cells, parse_grid, plan_sweep
 
     forget_redis_variable()
     spec = load_sweep_toml(config_file) if config_file else {"run": {}}
+    axes = {**spec.get("grid", {}), **parse_grid(grid_items)}
     if paper_table2:
+        if axes:
+            raise ConfigError("--paper-table2 is the paper's grid; --grid axes do not go with it")
         cells = paper_table2_cells()
     else:
         grid = {
@@ -117,7 +130,7 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
         }
         if not grid["epochs"] or not grid["batch_sizes"]:
             raise ConfigError("a sweep needs --epochs and --batch-sizes (or a --config file with them), or --paper-table2")
-        cells = plan_sweep(grid["epochs"], grid["batch_sizes"], grid["fracs"], grid["partitions"])
+        cells = plan_sweep(grid["epochs"], grid["batch_sizes"], grid["fracs"], grid["partitions"], axes)
     run_settings = dict(spec["run"])
     overrides = {"rounds": rounds, "lr": lr, "seed": seed, "hosts": hosts, "address": address, "data_dir": data_dir}
     run_settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -138,9 +151,8 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
 
 
 def _run_cells(plans: list, out: Path, redis_url: str | None, mode: str) -> None:
-    """Each cell into its own run directory: finished ones skipped, interrupted ones resumed, the rest started."""
-    from fedactors import api
-    from fedactors.outputs import RunDirectory
+    """Each cell into its own run directory: finished ones skipped, interrupted ones resumed, the rest started.
+    A cell whose run fails (a round that cannot be completed: a NaN) is that cell's result; the sweep goes on."""
     from fedactors.sweep import cell_is_complete
 
     for i, (cell, config) in enumerate(plans, 1):
@@ -150,16 +162,27 @@ def _run_cells(plans: list, out: Path, redis_url: str | None, mode: str) -> None
             click.echo(f"[{i}/{len(plans)}] {cell.name}: complete, skipped")
             continue
         click.echo(f"[{i}/{len(plans)}] {cell.name}")
-        if redis_url is not None or (run_dir / api.STORE_DIR).is_dir():
-            # A data directory named now is the one read now (without it, a resume reads where the run read).
-            changes = {"rounds": config.rounds, **({"data_dir": config.data_dir} if config.data_dir is not None else {})}
-            try:
-                api.continue_run(run_id, run_dir, redis_url, 30.0, changes, mode)
-                continue
-            except ConfigError:
-                if (run_dir / "run.json").exists() and RunDirectory(run_dir).run_id() != run_id:
-                    raise
-        api.start(config, run_id, run_dir, redis_url, 30.0, mode)
+        try:
+            _run_cell(run_id, run_dir, config, redis_url, mode)
+        except RoundFailed as exc:  # a method that diverged here: a result, which the report shows as failed
+            click.echo(f"[{i}/{len(plans)}] {cell.name}: failed: {exc}", err=True)
+
+
+def _run_cell(run_id: str, run_dir: Path, config, redis_url: str | None, mode: str) -> None:
+    """One cell: resumed where its store has the run, else started."""
+    from fedactors import api
+    from fedactors.outputs import RunDirectory
+
+    if redis_url is not None or (run_dir / api.STORE_DIR).is_dir():
+        # A data directory named now is the one read now (without it, a resume reads where the run read).
+        changes = {"rounds": config.rounds, **({"data_dir": config.data_dir} if config.data_dir is not None else {})}
+        try:
+            api.continue_run(run_id, run_dir, redis_url, 30.0, changes, mode)
+            return
+        except ConfigError:
+            if (run_dir / "run.json").exists() and RunDirectory(run_dir).run_id() != run_id:
+                raise
+    api.start(config, run_id, run_dir, redis_url, 30.0, mode)
 
 
 def _sweep_plan(plans: list, out: Path, redis_url: str | None) -> None:
