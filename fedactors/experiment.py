@@ -132,7 +132,10 @@ def run(
                 run_started_at=run_started_at,
                 strategy=strategy,
                 strategy_state=(resume.state, resume.extra.get("strategy", {})) if resume else None,
-                eval_owners=owners, held_out=holdout is not None, classes=task.labels == "classes",
+                # Through the object store, as the weights: Ray keeps an actor's constructor arguments themselves
+                # in its control store, and a million owners' test examples are megabytes.
+                eval_owners=None if owners is None else ray.put(owners), held_out=holdout is not None,
+                classes=task.labels == "classes",
                 traffic=Totals.from_checkpoint(resume.extra, resume.round) if resume else None,
             )
         )
