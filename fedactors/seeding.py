@@ -23,8 +23,9 @@ class Purpose(IntEnum):
     DP_NOISE = 7
     TORCH = 8  # torch's own generator during a client's training (dropout and other random layers)
     EVAL_CLIENTS = 9  # --eval-clients: which clients hold out a share of their examples, and which examples
-    ROTATION = 10  # --compress ...:rotate: a round's random signs (the same for all its clients)
-    QUANTIZE = 11  # --compress: a client's rounding draws in a round
+    # Numbered apart from the ones above so that purposes added beside them (10, 11, ...) never collide.
+    ROTATION = 20  # --compress ...:rotate: a round's random signs (the same for all its clients)
+    QUANTIZE = 21  # --compress: a client's rounding draws in a round
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:
