@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -20,297 +19,15 @@ from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
 from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
-from fedactors.messages import EvalPart, Failure, HostSum, RoundStats, Update
+from fedactors.messages import Failure, HostSum, RoundStats, Update
+from fedactors.pool import MAX_ATTEMPTS, HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.seeding import sample_clients
 from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
 from fedactors.traffic import Totals, per_client
 
-if TYPE_CHECKING:
-    import ray.actor
-
-    from fedactors.client import ClientHost
-
-MAX_ATTEMPTS = 3  # per client and round: the first try plus two retries on other hosts
-
-
-class HostPool(Protocol):
-    """Where clients train. Results come back as they finish, failures as data."""
-
-    def initial_weights(self) -> np.ndarray: ...
-
-    def num_examples(self) -> list[int]: ...
-
-    def train(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
-        extras: Callable[[int], tuple] | None = None,
-    ) -> Iterator[Update | Failure]:
-        """Each client's update or failure; `extras(cid)` are more arguments for ClientHost.train (SCAFFOLD's)."""
-        ...
-
-    def train_sums(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
-        timeout: float | None = None,
-    ) -> Iterator[HostSum | Failure]:
-        """Host-side sums: each host's exact partial sum over its share of `client_ids` (ClientHost.train_sum),
-        or a failure per client of a host that failed as a whole."""
-        ...
-
-    def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
-                 held_out: bool = False) -> list[EvalPart]:
-        """The test set's [0, num_test) in slices, one a host (ClientHost.evaluate's `hits` and `held_out`)."""
-        ...
-
-    def newly_lost(self) -> dict[int, str]:
-        """Hosts gone for good since the last call (host -> why), for the round to report."""
-        ...
-
-
-def balance(client_ids: Sequence[int], num_examples: Sequence[int], hosts: Sequence[int]) -> dict[int, list[int]]:
-    """Longest-processing-time assignment of clients to hosts: biggest first, to the least loaded."""
-    load = {h: 0 for h in hosts}
-    plan: dict[int, list[int]] = {h: [] for h in hosts}
-    for cid in sorted(client_ids, key=lambda c: (-num_examples[c], c)):
-        host = min(hosts, key=lambda h: (load[h], h))
-        plan[host].append(cid)
-        load[host] += num_examples[cid]
-    return plan
-
-
-def eval_slices(num_test: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) slices of the test set, one per evaluating host."""
-    edges = np.linspace(0, num_test, parts + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-class LocalPool:
-    """ClientHosts in this process, run one after another: for tests and debugging."""
-
-    def __init__(self, hosts: Sequence[ClientHost]) -> None:
-        self.hosts = list(hosts)
-
-    def initial_weights(self) -> np.ndarray:
-        return self.hosts[0].initial_weights()
-
-    def num_examples(self) -> list[int]:
-        return self.hosts[0].num_examples()
-
-    def train(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
-        extras: Callable[[int], tuple] | None = None,
-    ) -> Iterator[Update | Failure]:
-        """Trains in turn; `timeout` is not enforced in-process."""
-        plan = balance(client_ids, self.num_examples(), range(len(self.hosts)))
-        for h, cids in plan.items():
-            for cid in cids:
-                try:
-                    yield self.hosts[h].train(global_weights, cid, round_idx, *(extras(cid) if extras else ()))
-                except Exception as exc:  # a failure is data: the coordinator decides what it means
-                    yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}")
-
-    def train_sums(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
-        timeout: float | None = None,
-    ) -> Iterator[HostSum | Failure]:
-        plan = balance(client_ids, self.num_examples(), range(len(self.hosts)))
-        for h, cids in plan.items():
-            if not cids:
-                continue
-            try:
-                yield self.hosts[h].train_sum(global_weights, cids, round_idx, total_examples)
-            except Exception as exc:
-                yield from (Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}") for cid in cids)
-
-    def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
-                 held_out: bool = False) -> list[EvalPart]:
-        slices = eval_slices(num_test, len(self.hosts))
-        return [self.hosts[i].evaluate(weights, a, b, hits=hits, held_out=held_out) for i, (a, b) in enumerate(slices)]
-
-    def newly_lost(self) -> dict[int, str]:
-        return {}  # in-process hosts cannot die apart from the process
-
-
-class RayPool:
-    """ClientHost actors: one put of the global weights per round, results taken as they finish.
-
-    A host whose process dies is dropped from the round (its clients come back as failures
-    for the coordinator to retry elsewhere); Ray restarts the actor, and it rejoins the pool
-    once it answers again. A host still training when `timeout` runs out is killed, so the
-    straggler cannot hold its queue, and restarted the same way. A host Ray gives up on (out
-    of restarts, node gone) is lost for good: `newly_lost` reports it once, and with no host
-    left a round fails naming them.
-
-    The global weights go into the object store once per distinct array: the coordinator
-    evaluates a round's result and trains the next round (and its retries) from the same
-    array, so they share one put.
-    """
-
-    REVIVE_WAIT_SECONDS = 120.0  # when every host is down, how long to wait for one to restart
-
-    def __init__(self, actors: Sequence[ray.actor.ActorHandle], data: Sequence[ray.ObjectRef]) -> None:
-        import ray
-
-        self._ray = ray
-        self.actors = list(actors)
-        self.data = list(data)  # refs to what ClientHost.load takes, re-sent to a restarted host
-        self.alive = list(range(len(self.actors)))
-        self.reviving: dict[int, ray.ObjectRef] = {}
-        self.gone: dict[int, str] = {}  # host -> why Ray gave up on it
-        self._unreported: dict[int, str] = {}
-        self._num_examples: list[int] | None = None
-        self._put: tuple[np.ndarray, ray.ObjectRef] | None = None  # the last array put, and its ref
-
-    def _weights_ref(self, weights: np.ndarray) -> ray.ObjectRef:
-        """`weights` in the object store: put once, however many calls use the same array."""
-        if self._put is None or self._put[0] is not weights:
-            self._put = (weights, self._ray.put(weights))
-        return self._put[1]
-
-    def newly_lost(self) -> dict[int, str]:
-        lost, self._unreported = self._unreported, {}
-        return lost
-
-    def _none_left(self) -> str:
-        """Why no host is alive: for the round failure."""
-        gone = ", ".join(f"host {h}: {why}" for h, why in sorted(self.gone.items()))
-        if len(self.gone) == len(self.actors):
-            return f"every client host is lost for good ({gone})"
-        return (f"no client host came back within {self.REVIVE_WAIT_SECONDS:g} s"
-                + (f"; lost for good: {gone}" if gone else ""))
-
-    def initial_weights(self) -> np.ndarray:
-        return self._ray.get(self.actors[self.alive[0]].initial_weights.remote())
-
-    def num_examples(self) -> list[int]:
-        if self._num_examples is None:
-            self._num_examples = self._ray.get(self.actors[self.alive[0]].num_examples.remote())
-        return self._num_examples
-
-    def _lost(self, host: int) -> None:
-        """Take `host` out of the pool and watch for Ray restarting it."""
-        if host in self.alive:
-            self.alive.remove(host)
-            self.reviving[host] = self.actors[host].load.remote(*self.data)  # runs once Ray has restarted it
-
-    def _revive(self, wait_seconds: float = 0.0) -> None:
-        """Hosts that answer again rejoin; ones Ray gave up on leave for good."""
-        ray = self._ray
-        if not self.reviving:
-            return
-        ready, _ = ray.wait(list(self.reviving.values()), num_returns=1 if wait_seconds else len(self.reviving),
-                            timeout=wait_seconds)
-        for host, ref in list(self.reviving.items()):
-            if ref in ready:
-                del self.reviving[host]
-                try:
-                    ray.get(ref)
-                    self.alive = sorted([*self.alive, host])
-                except ray.exceptions.ActorUnavailableError:  # still restarting: ask again
-                    self.reviving[host] = self.actors[host].load.remote(*self.data)
-                except ray.exceptions.RayError as exc:  # out of restarts, or its node is gone
-                    self.gone[host] = self._unreported[host] = f"Ray gave up restarting it ({_first_line(exc)})"
-
-    def _plan(self, client_ids: Sequence[int]) -> dict[int, list[int]] | str:
-        """The alive hosts' shares of `client_ids`, or why there is no host to train them."""
-        self._revive()
-        if not self.alive:
-            self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
-        if not self.alive:
-            return self._none_left()
-        return balance(client_ids, self.num_examples(), self.alive)
-
-    def train(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
-        extras: Callable[[int], tuple] | None = None,
-    ) -> Iterator[Update | Failure]:
-        ray = self._ray
-        plan = self._plan(client_ids)
-        if isinstance(plan, str):
-            yield from (Failure(client_id=cid, host=-1, error=plan) for cid in client_ids)
-            return
-        weights_ref = self._weights_ref(global_weights)
-        # Each extra array into the object store once, shared by the calls (SCAFFOLD's c goes to every
-        # client): keyed by identity, with the arrays held here so that no id is reused meanwhile.
-        refs: dict[int, tuple[np.ndarray, ray.ObjectRef]] = {}
-
-        def put_once(a: np.ndarray) -> ray.ObjectRef:
-            if id(a) not in refs:
-                refs[id(a)] = (a, ray.put(a))
-            return refs[id(a)][1]
-
-        def args(cid: int) -> tuple:
-            extra = extras(cid) if extras else ()
-            return tuple(put_once(a) if isinstance(a, np.ndarray) else a for a in extra)
-
-        pending = {
-            self.actors[h].train.remote(weights_ref, cid, round_idx, *args(cid)): ([cid], h)
-            for h, cids in plan.items() for cid in cids
-        }
-        yield from self._gather(pending, timeout)
-
-    def train_sums(
-        self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
-        timeout: float | None = None,
-    ) -> Iterator[HostSum | Failure]:
-        plan = self._plan(client_ids)
-        if isinstance(plan, str):
-            yield from (Failure(client_id=cid, host=-1, error=plan) for cid in client_ids)
-            return
-        weights_ref = self._weights_ref(global_weights)
-        pending = {self.actors[h].train_sum.remote(weights_ref, cids, round_idx, total_examples): (cids, h)
-                   for h, cids in plan.items() if cids}
-        yield from self._gather(pending, timeout)
-
-    def _gather(self, pending: dict, timeout: float | None) -> Iterator:
-        """The calls' results as they finish (`pending`: ref -> (its clients, its host)); a call that fails
-        is a Failure for each of its clients, and a host still busy when `timeout` runs out is killed."""
-        ray = self._ray
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
-            if not done:  # out of time: every host still busy is a straggler
-                for cids, host in pending.values():
-                    yield from (Failure(client_id=cid, host=host, error=f"timed out after {timeout:g} s") for cid in cids)
-                for host in sorted({h for _, h in pending.values()}):
-                    ray.kill(self.actors[host], no_restart=False)
-                    self._lost(host)
-                return
-            if len(pending) > 1:  # take every call finished by now, not one per wait over all m pending
-                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-            for ref in done:
-                cids, host = pending.pop(ref)
-                try:
-                    yield ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    self._lost(host)
-                    yield from (Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}")
-                                for cid in cids)
-                except ray.exceptions.RayTaskError as exc:
-                    yield from (Failure(client_id=cid, host=host, error=_first_line(exc)) for cid in cids)
-
-    def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
-                 held_out: bool = False) -> list[EvalPart]:
-        ray = self._ray
-        weights_ref = self._weights_ref(weights)
-        for _ in range(MAX_ATTEMPTS):
-            self._revive()
-            if not self.alive:
-                self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
-            if not self.alive:
-                raise RoundFailed(f"evaluation: {self._none_left()}")
-            hosts = list(self.alive)
-            slices = eval_slices(num_test, len(hosts))
-            refs = [self.actors[h].evaluate.remote(weights_ref, a, b, hits=hits, held_out=held_out)
-                    for h, (a, b) in zip(hosts, slices)]
-            try:
-                return ray.get(refs)
-            except ray.exceptions.RayActorError:
-                for h, ref in zip(hosts, refs):  # find who died, then evaluate again on the rest
-                    try:
-                        ray.get(ref)
-                    except ray.exceptions.RayActorError:
-                        self._lost(h)
-        raise RoundFailed(f"evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
+# The pool's names stay importable from here, where they lived before fedactors.pool.
+__all__ = ["Coordinator", "CoordinatorActor", "HostPool", "LocalPool", "MAX_ATTEMPTS", "RayPool", "balance",
+           "client_spread", "eval_slices", "uses_host_sums"]
 
 
 def uses_host_sums(config: RunConfig) -> bool:
@@ -488,12 +205,7 @@ class Coordinator:
         rejected: list[int] = []
         too_large: list[int] = []
         todo = sampled
-        extras = None
-        length = len(self.weights)
-        if isinstance(self.strategy, Scaffold) or self.feedback is not None:
-            def extras(cid: int) -> tuple:  # ClientHost.train's (c, c_i, residual)
-                controls = self.strategy.controls(cid, length) if isinstance(self.strategy, Scaffold) else (None, None)
-                return (*controls, self.feedback.residual(cid, length) if self.feedback is not None else None)
+        extras = self._client_state if isinstance(self.strategy, Scaffold) or self.feedback is not None else None
 
         def reject(cid: int, host: int, finite: bool) -> None:
             why = ("returned values too large for FedAvg's exact sum (|share x value| >= 2^18): rejected" if finite
@@ -611,6 +323,13 @@ class Coordinator:
         stats.round_seconds = time.perf_counter() - t0
         return stats
 
+    def _client_state(self, client_id: int) -> tuple:
+        """What ClientHost.train takes besides the weights for this client: (c, c_i, residual), each None if unused:
+        SCAFFOLD's control variates, and the error-feedback residual of --compress topk or sign."""
+        length = len(self.weights)
+        controls = self.strategy.controls(client_id, length) if isinstance(self.strategy, Scaffold) else (None, None)
+        return (*controls, self.feedback.residual(client_id, length) if self.feedback is not None else None)
+
     def _shortfall(self, round_idx: int, sampled: list[int], dropped: list[int], failures: list[Failure],
                    rejected: list[int], too_large: list[int], required: int) -> str:
         """Why round `round_idx` cannot be aggregated without the `dropped` clients: the RoundFailed message."""
@@ -679,8 +398,3 @@ class CoordinatorActor:
             # Ray would wrap the error in a RayTaskError carrying a remote traceback; the caller
             # wants the error itself, so send it as an event.
             yield {"type": "error", "error": exc, "traceback": traceback.format_exc()}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
