@@ -15,7 +15,7 @@ import numpy as np
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
-    "failures", "epsilon", "client_accuracy",
+    "failures", "epsilon", "clip", "client_accuracy",
 )
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
@@ -27,11 +27,13 @@ PRIVATE_KEYS = ("train_loss", "num_updates", "clients", "retried", "dropped", "r
 
 def metrics_fields(row: dict) -> dict:
     """The keys of METRIC_KEYS in `row` (an event or a RoundStats' fields), less PRIVATE_KEYS if row["private"],
-    then the task's own metrics by name. client_accuracy only where clients were evaluated one by one."""
+    then the task's own metrics by name. client_accuracy only where clients were evaluated one by one, clip only
+    under adaptive clipping."""
     hidden = PRIVATE_KEYS if row.get("private") else ()
     out = {k: row[k] for k in METRIC_KEYS if k in row and k not in hidden}
-    if out.get("client_accuracy") is None:
-        out.pop("client_accuracy", None)
+    for key in ("client_accuracy", "clip"):  # only where there is one: every other run's rows stay as they were
+        if out.get(key) is None:
+            out.pop(key, None)
     out.update(row.get("metrics") or {})
     return out
 
@@ -115,6 +117,7 @@ class RoundStats:
     lost_hosts: dict[int, str] = field(default_factory=dict)  # hosts Ray gave up on this round -> why
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
     epsilon: float | None = None  # dp-fedavg: the privacy spent so far, at --delta
+    clip: float | None = None  # dp-fedavg --clip adaptive: the clip this round's updates were clipped to
     private: bool = False  # dp-fedavg: PRIVATE_KEYS stay out of the metrics
     metrics: dict[str, float] = field(default_factory=dict)  # the task's own metrics on the test set, by name
     client_accuracy: dict | None = None  # per-client evaluation: coordinator.client_spread

@@ -23,6 +23,7 @@ class Purpose(IntEnum):
     DP_NOISE = 7
     TORCH = 8  # torch's own generator during a client's training (dropout and other random layers)
     EVAL_CLIENTS = 9  # --eval-clients: which clients hold out a share of their examples, and which examples
+    DP_CLIP_COUNT = 10  # --clip adaptive: the noise on the count of clients whose update the clip left whole
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:
