@@ -163,7 +163,7 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--store-retry-seconds", "store_retry_seconds", type=float, default=30.0, show_default=True, help="How long to retry an unreachable store mid-run before stopping (exit 3).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings and the closing summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event on stdout: header, start, warning, round, summary "
-              "(and interrupted, already_finished or dry_run where they happen).")
+              "(and privacy, interrupted, already_finished or dry_run where they happen).")
 @click.option("--dry-run", "dry_run", is_flag=True, help="Print the resolved configuration and the planned resources, and start nothing.")
 def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | None, resume: str | None,
         store_retry_seconds: float, quiet: bool, as_json: bool, dry_run: bool, **flags: object) -> None:
