@@ -166,13 +166,14 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
     run_dir = RunDirectory(out)
     run_dir.check_fresh()
     _check_runnable(config, task_object, strategy_object)
+    privacy = dp_preflight(config, task_object)
     with open_store(redis_url, out, retry) as (store, url):
         if store.info(run_id) is not None:
             raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
         run_dir.check_no_checkpoints(store, embedded=redis_url is None)
         run_dir.create()
         result = _drive(config, run_id, run_dir, url, retry, None, _renderer(progress, config),
-                        store.persistence_warning(), task_object, strategy_object)
+                        store.persistence_warning(), task_object, strategy_object, privacy)
         store.mark_finished(run_id)
         return result
 
@@ -191,6 +192,22 @@ def _check_runnable(config: RunConfig, task_object: Task | None, strategy_object
     check_cluster(config.address)
 
 
+def dp_preflight(config: RunConfig, task_object: Task | None = None):
+    """DP-FedAvg's pre-flight (fedactors.privacy.Preflight) from a model built here, or None for other strategies;
+    with --strict-dp-check, a ConfigError when the noise on the average outweighs the clip."""
+    if config.strategy != "dp-fedavg" or config.clients is None:  # natural: K is known once the data is read
+        return None
+    from fedactors.experiment import model_weights
+    from fedactors.privacy import preflight
+    from fedactors.task import load_task
+
+    check = preflight(config, model_weights(task_object if task_object is not None else load_task(config.task)))
+    warning = check.warning()
+    if warning and config.strict_dp_check:
+        raise ConfigError(f"--strict-dp-check: {warning.removesuffix(' (--strict-dp-check makes this an error)')}")
+    return check
+
+
 def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, changes: dict,
                  progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
     """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change.
@@ -207,6 +224,7 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
     with open_store(redis_url, out, retry) as (store, url):
         ckpt, config, skipped = latest(store, run_id, out, changes)
         _check_runnable(config, task_object, strategy_object)
+        privacy = dp_preflight(config, task_object) if ckpt.round < config.rounds else None
         renderer = _renderer(progress, config)
         for bad in skipped:
             renderer.warning(f"skipping round {bad.round}: {bad.reason}")
@@ -226,7 +244,7 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
         else:
             try:
                 result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),
-                                task_object, strategy_object)
+                                task_object, strategy_object, privacy)
             except FedActorsError:
                 if (run_dir.rounds_completed() or 0) <= ckpt.round:  # it never got to run (Ray did not start...)
                     run_dir.restore(before)
@@ -250,8 +268,11 @@ def latest(store, run_id: str, out: Path, changes: dict) -> tuple:
 
 def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
     """The checkpoint's configuration with `changes` to what may change; the rest must equal the stored values."""
+    saved = dict(ckpt.config)
+    # A run checkpointed before --accountant reported RDP's epsilon: it goes on doing so (the new default is PLD's).
+    saved.setdefault("accountant", "rdp")
     try:
-        config = RunConfig.from_dict(ckpt.config)
+        config = RunConfig.from_dict(saved)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint of run {run_id} holds a configuration this fedactors does not read ({exc}); "
                               "finish the run with the fedactors that started it") from None
@@ -267,6 +288,9 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
                 f"{flag} {_show(changes[name])} differs from run {run_id}'s {_show(stored[name])}; "
                 "flags that change the experiment cannot change on --resume"
             )
+    if "accountant" in changes and changes["accountant"] != config.accountant:
+        raise ConfigError(f"--accountant {changes['accountant']} differs from run {run_id}'s {config.accountant}, which "
+                          "counted the epsilon it has reported so far; a resumed run keeps its accountant")
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
@@ -274,7 +298,7 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
     if config.strategy == "dp-fedavg" and config.target_epsilon is not None and ckpt.round > 0:
         from fedactors.strategy import dp_epsilon
 
-        spent = dp_epsilon(config.frac, config.noise_multiplier, ckpt.round, config.delta)
+        spent = dp_epsilon(config.frac, config.noise_multiplier, ckpt.round, config.delta, config.accountant)
         if spent > config.target_epsilon:
             raise ConfigError(f"run {run_id} has already spent epsilon {spent:.3f} (delta {config.delta:g}) in "
                               f"{ckpt.round} rounds, over --target-epsilon {config.target_epsilon:g}")
@@ -290,7 +314,8 @@ def _renderer(progress: str | Renderer, config: RunConfig) -> Renderer:
 
 
 def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str, retry: float, resume,
-           out: Renderer, store_warning: str | None, task_object: Task | None, strategy_object: object) -> RunResult:
+           out: Renderer, store_warning: str | None, task_object: Task | None, strategy_object: object,
+           privacy=None) -> RunResult:
     """Run (or continue) the experiment, writing the run directory as events arrive.
 
     However it stops, run.json says how: finished, interrupted (a signal, or stdout closed, as
@@ -314,6 +339,8 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     run_dir.write_run(config, info)
     started = time.perf_counter()
     out.header(run_id, str(run_dir.path), resume.round if resume else None)
+    if privacy is not None:  # DP-FedAvg's pre-flight (dp_preflight): what the noise does, before round 1
+        out.privacy(privacy)
     if store_warning:
         out.warning(store_warning)
 
@@ -442,14 +469,13 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
         data = f"task {task.name}'s own (it reads no data directory)"
     else:
         data = f"task {task.name}'s own loader, given {data_dir}"
-    epsilon = None
+    epsilon = privacy = None
     if config.strategy == "dp-fedavg":
-        from fedactors.strategy import dp_epsilon
-
-        epsilon = dp_epsilon(config.frac, config.noise_multiplier, config.rounds, config.delta)
+        check = dp_preflight(config, task)  # the model built here, as check_model does; strict: the error now
+        epsilon, privacy = check.epsilon, {**check.to_dict(), "lines": check.lines(), "warning": check.warning()}
     return {
         "run_id": run_id, "out": str(out), "resume_after_round": resume_round, "task": config.task,
-        "epsilon": epsilon,
+        "epsilon": epsilon, "privacy": privacy,
         "data": data, "data_dir": config.data_dir if reads_dir else None, "data_present": present, "partition": split,
         "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
         "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,

@@ -22,8 +22,13 @@ STRATEGY_SETTINGS = {
     "server_lr": tuple(SERVER_LR), "server_momentum": ("fedavgm",), "beta1": ("fedadagrad", "fedadam", "fedyogi"),
     "beta2": ("fedadam", "fedyogi"), "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",),
     "clip": ("dp-fedavg",), "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",),
-    "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",),
+    "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",), "accountant": ("dp-fedavg",),
+    "strict_dp_check": ("dp-fedavg",), "target_quantile": ("dp-fedavg",), "clip_lr": ("dp-fedavg",),
+    "initial_clip": ("dp-fedavg",), "clip_count_noise": ("dp-fedavg",),
 }
+# Adaptive clipping's settings (--clip adaptive): None is the paper's default (fedactors.privacy).
+ADAPTIVE_CLIP_SETTINGS = ("target_quantile", "clip_lr", "initial_clip", "clip_count_noise")
+ACCOUNTANTS = ("pld", "rdp")  # fedactors.privacy.dp_epsilon's
 # The strategies that need only the round's average, so that hosts may sum their clients (host_sums_apply).
 HOST_SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
@@ -39,7 +44,7 @@ EXPERIMENT_FIELDS = (
 
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
-OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress")
+OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class RunConfig:
     beta2: float = 0.99  # fedadam, fedyogi: second-moment decay (Reddi et al.)
     tau: float = 1e-3  # adaptivity (the denominator's epsilon); Reddi et al. tune it in 1e-5..1e-1
     mu: float = 0.01  # fedprox: the proximal term's weight
-    clip: float = 1.0  # dp-fedavg: each client update's L2 norm is clipped to this (S)
+    clip: float | str = 1.0  # dp-fedavg: each client update's L2 norm is clipped to this (S), or "adaptive"
     noise_multiplier: float = 1.0  # dp-fedavg: the noise on the sum has standard deviation noise_multiplier * clip (z)
     delta: float = 1e-5  # dp-fedavg: epsilon is reported at this delta
     target_epsilon: float | None = None  # dp-fedavg: stop before the round that would spend more
@@ -93,6 +98,16 @@ class RunConfig:
     # starts, kept only in its checkpoints; dp_seed derives them from this number instead, which
     # makes the run reproducible and its privacy void (anyone with the seed can take the noise off).
     dp_seed: int | None = None
+    # --clip adaptive (Andrew et al. 2021): the clip follows this quantile of the update norms (gamma), at this
+    # rate (eta), from this clip (C_0), the clipped count noised with this std (sigma_b); None: the paper's.
+    target_quantile: float | None = None
+    clip_lr: float | None = None
+    initial_clip: float | None = None
+    clip_count_noise: float | None = None
+    # dp-fedavg: "pld" or "rdp". Not part of what a run computes, so not of its fingerprint; a checkpoint written
+    # before it existed holds none and resumes with "rdp", what it reported then (api.resumed_config).
+    accountant: str = "pld"
+    strict_dp_check: bool = False  # dp-fedavg: noise on the average of a larger norm than the clip is an error
     byzantine: int = 0  # faulty clients, fixed for the run by the seed (fedactors.attacks)
     attack: str = "sign-flip"
     attack_scale: float = 10.0
@@ -197,8 +212,9 @@ class RunConfig:
         if self.aggregator in ("krum", "multi-krum") and m is not None and m < 2 * self.krum_f + 3:
             raise ConfigError(f"--aggregator {self.aggregator} with --krum-f {self.krum_f} needs at least "
                               f"{2 * self.krum_f + 3} clients a round (m > 2f + 2), and m is {m}")
-        if not (_is_real(self.clip) and self.clip > 0):
-            raise ConfigError(f"--clip must be a positive number, got {self.clip!r}")
+        if not (self.clip == "adaptive" or (_is_real(self.clip) and self.clip > 0)):
+            raise ConfigError(f"--clip must be a positive number or 'adaptive', got {self.clip!r}")
+        self._check_adaptive_clip()
         if not (_is_real(self.noise_multiplier) and self.noise_multiplier >= 0):
             raise ConfigError(f"--noise-multiplier must be a number >= 0, got {self.noise_multiplier!r}")
         if not (_is_real(self.delta) and 0 < self.delta < 1):
@@ -208,12 +224,51 @@ class RunConfig:
         if self.dp_seed is not None and (isinstance(self.dp_seed, bool) or not isinstance(self.dp_seed, int)
                                          or self.dp_seed < 0):
             raise ConfigError(f"--dp-seed must be an integer >= 0, got {self.dp_seed!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
+        if not isinstance(self.strict_dp_check, bool):
+            raise ConfigError(f"strict_dp_check must be true or false, got {self.strict_dp_check!r}")
         if self.strategy == "dp-fedavg" and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy dp-fedavg clips and sums the updates itself: it needs --aggregator fedavg, "
                               f"not {self.aggregator}")
         if self.strategy == "scaffold" and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy scaffold averages its clients' models and control variates: it needs "
                               f"--aggregator fedavg, not {self.aggregator}")
+
+    def _check_adaptive_clip(self) -> None:
+        given = [name for name in ADAPTIVE_CLIP_SETTINGS if getattr(self, name) is not None]
+        if given and self.clip != "adaptive":
+            raise ConfigError(f"--{given[0].replace('_', '-')} applies to --clip adaptive only, not --clip {self.clip}")
+        for flag, value, ok, what in (
+                ("--target-quantile", self.target_quantile, lambda v: 0 < v < 1, "in (0, 1)"),
+                ("--clip-lr", self.clip_lr, lambda v: v > 0, "a positive number"),
+                ("--initial-clip", self.initial_clip, lambda v: v > 0, "a positive number"),
+                ("--clip-count-noise", self.clip_count_noise, lambda v: v > 0, "a positive number")):
+            if value is not None and not (_is_real(value) and ok(value)):
+                raise ConfigError(f"{flag} must be {what}, got {value!r}")
+        if (self.clip == "adaptive" and self.clients is not None and _is_real(self.noise_multiplier)
+                and self.noise_multiplier > 0 and not 2 * self.clip_count_noise_value > self.noise_multiplier):
+            source = ("--clip-count-noise" if self.clip_count_noise is not None
+                      else f"its default q K / 20 = {self.frac:g} x {self.clients} / 20")
+            raise ConfigError(f"--clip adaptive: the clipped count's noise sigma_b ({source}) is "
+                              f"{self.clip_count_noise_value:g}, and must exceed z / 2 = {self.noise_multiplier / 2:g} "
+                              "(the update's noise is (z^-2 - (2 sigma_b)^-2)^-1/2); give a larger --clip-count-noise "
+                              "or more clients a round")
+
+    @property
+    def clip_count_noise_value(self) -> float:
+        """sigma_b: --clip-count-noise, or Andrew et al.'s (q K) / 20 (clients known)."""
+        from fedactors.privacy import COUNT_NOISE_PER_CLIENT
+
+        if self.clip_count_noise is not None:
+            return self.clip_count_noise
+        return self.frac * self.clients * COUNT_NOISE_PER_CLIENT
+
+    @property
+    def initial_clip_value(self) -> float:
+        from fedactors.privacy import INITIAL_CLIP
+
+        return self.initial_clip if self.initial_clip is not None else INITIAL_CLIP
 
     @property
     def server_lr_value(self) -> float:
@@ -330,6 +385,18 @@ def parse_batch_size(value: object, name: str = "--batch-size") -> int | None:
     if not is_positive_int(value):
         raise ConfigError(f"{name} must be a positive integer or 'inf', got {value!r}")
     return value
+
+
+def parse_clip(value: object) -> float | str:
+    """--clip's text: "adaptive" (any case), or the number it spells (RunConfig checks that it is positive)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "adaptive":
+            return "adaptive"
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"--clip must be a positive number or 'adaptive', got {value!r}") from None
+    return value  # type: ignore[return-value]
 
 
 def is_positive_int(value: object) -> bool:

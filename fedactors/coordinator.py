@@ -21,6 +21,7 @@ from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
 from fedactors.messages import Failure, HostSum, RoundStats, Update
 from fedactors.pool import MAX_ATTEMPTS, HostPool, LocalPool, RayPool, balance, eval_slices
+from fedactors.privacy import divergence_hint
 from fedactors.seeding import sample_clients
 from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
 from fedactors.traffic import Totals, per_client
@@ -265,6 +266,8 @@ class Coordinator:
                                              krum_f=cfg.krum_f)
             except ValueError as exc:  # Krum left with too few updates (--min-fit-fraction)
                 raise RoundFailed(f"round {round_idx}: {exc}") from None
+        dp = self.strategy if isinstance(self.strategy, DPFedAvg) else None
+        clip_used = dp.clip if dp is not None and dp.adaptive else None  # this round's, before the step moves it
         self.weights = checked_step(self.strategy, self.weights, combined, [u.weights for u in ordered],
                                     [u.num_examples for u in ordered], round_idx)
         if isinstance(self.strategy, Scaffold):
@@ -293,8 +296,9 @@ class Coordinator:
             aggregate_seconds=aggregate_seconds,
             train_loss=(float(np.average([done[c][2] for c in kept], weights=[done[c][1] for c in kept]))
                         if kept else None),
-            epsilon=self.strategy.epsilon() if isinstance(self.strategy, DPFedAvg) else None,
-            private=isinstance(self.strategy, DPFedAvg),
+            epsilon=dp.epsilon() if dp is not None else None,
+            private=dp is not None,
+            clip=clip_used,
             retried=retried,
             dropped=dropped,
             rejected=rejected + too_large,
@@ -346,6 +350,9 @@ class Coordinator:
                    f"updates where {required} are required")
         if failed:
             message += f" (errors: {errors})"
+        if rejected and isinstance(self.strategy, DPFedAvg) and round_idx > 1:
+            # Its clients trained from noised weights: fewer of them would not help, so no word of --min-fit-fraction.
+            return message + divergence_hint(self.strategy.noise_to_clip(len(self.weights)))
         if (rejected or too_large) and cfg.min_fit_fraction == 1:
             message += "; --min-fit-fraction below 1 accepts rounds without them"
         return message

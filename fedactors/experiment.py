@@ -246,6 +246,14 @@ def frozen_identity(described: list[dict]) -> dict:
     return {"names": first["names"], "sha256": first["sha256"]}
 
 
+def model_weights(task: Task) -> int:
+    """The floats of `task`'s model that travel (a host's describe()["weights"]), from a model built here: for what
+    must be known before any host is up (DP-FedAvg's pre-flight)."""
+    from fedactors.model import FlatModel
+
+    return FlatModel(task.model, labels=task.labels).size
+
+
 def check_model(task: Task, data: Arrays) -> None:
     """A user's model: one fedactors can train (fedactors.model), taking these examples, with an output per class."""
     import torch

@@ -15,7 +15,7 @@ import numpy as np
 METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
-    "failures", "epsilon", "bytes_down", "bytes_up", "bytes_down_total", "bytes_up_total", "client_accuracy",
+    "failures", "epsilon", "clip", "bytes_down", "bytes_up", "bytes_down_total", "bytes_up_total", "client_accuracy",
 )
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
@@ -28,11 +28,13 @@ PRIVATE_KEYS = ("train_loss", "num_updates", "clients", "retried", "dropped", "r
 
 def metrics_fields(row: dict) -> dict:
     """The keys of METRIC_KEYS in `row` (an event or a RoundStats' fields), less PRIVATE_KEYS if row["private"],
-    then the task's own metrics by name. client_accuracy only where clients were evaluated one by one."""
+    then the task's own metrics by name. client_accuracy only where clients were evaluated one by one, clip only
+    under adaptive clipping."""
     hidden = PRIVATE_KEYS if row.get("private") else ()
     out = {k: row[k] for k in METRIC_KEYS if k in row and k not in hidden}
-    if out.get("client_accuracy") is None:
-        out.pop("client_accuracy", None)
+    for key in ("client_accuracy", "clip"):  # only where there is one: every other run's rows stay as they were
+        if out.get(key) is None:
+            out.pop(key, None)
     out.update(row.get("metrics") or {})
     return out
 
@@ -117,6 +119,7 @@ class RoundStats:
     lost_hosts: dict[int, str] = field(default_factory=dict)  # hosts Ray gave up on this round -> why
     checkpoint_seconds: float | None = None  # None: no checkpoint written after this round
     epsilon: float | None = None  # dp-fedavg: the privacy spent so far, at --delta
+    clip: float | None = None  # dp-fedavg --clip adaptive: the clip this round's updates were clipped to
     private: bool = False  # dp-fedavg: PRIVATE_KEYS stay out of the metrics
     bytes_down: int = 0  # what the sampled clients received this round (fedactors.traffic)
     bytes_up: int = 0  # what the clients that trained sent

@@ -44,7 +44,9 @@ def _variant(c: RunConfig) -> str:
     if c.precision != "fp32":
         parts.append(c.precision)
     if c.strategy == "dp-fedavg":
-        parts.append(f"dp-fedavg(clip={c.clip:g},z={c.noise_multiplier:g},delta={c.delta:g})")
+        clip = (f"adaptive:q={c.target_quantile if c.target_quantile is not None else 0.5:g}" if c.clip == "adaptive"
+                else f"{c.clip:g}")
+        parts.append(f"dp-fedavg(clip={clip},z={c.noise_multiplier:g},delta={c.delta:g})")
     elif c.strategy != "fedavg":
         parts.append(c.strategy)
     if c.task != "mnist-cnn":
@@ -102,6 +104,17 @@ class Renderer:
             f"fedactors run {run_id}: {_clients(c)} E={c.epochs} "
             f"B={_bs(c)} lr={c.lr} {c.partition}{_variant(c)}, {c.rounds} rounds -> {out}"
         )
+
+    def privacy(self, check) -> None:
+        """DP-FedAvg's pre-flight (fedactors.privacy.Preflight), under the header: its numbers, and its warning."""
+        for line in check.lines():
+            self.echo(line)
+        self.privacy_warning(check)
+
+    def privacy_warning(self, check) -> None:
+        warning = check.warning()
+        if warning:
+            self.warning(warning)
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         nodes = len({h.get("node_id") for h in hosts})
@@ -189,6 +202,9 @@ class QuietRenderer(Renderer):
     def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
         pass
 
+    def privacy(self, check) -> None:
+        self.privacy_warning(check)
+
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         self.host_warnings(hosts)
 
@@ -207,6 +223,10 @@ class JsonRenderer(Renderer):
 
     def header(self, run_id: str, out: str, resumed_from: int | None) -> None:
         self.emit("header", run_id=run_id, out=out, resumed_from=resumed_from, config=self.config.to_dict())
+
+    def privacy(self, check) -> None:
+        self.emit("privacy", **check.to_dict())
+        self.privacy_warning(check)
 
     def start(self, hosts: list[dict], clients_per_round: int, first_round: int) -> None:
         self.emit("start", hosts=hosts, clients_per_round=clients_per_round)

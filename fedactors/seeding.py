@@ -23,7 +23,8 @@ class Purpose(IntEnum):
     DP_NOISE = 7
     TORCH = 8  # torch's own generator during a client's training (dropout and other random layers)
     EVAL_CLIENTS = 9  # --eval-clients: which clients hold out a share of their examples, and which examples
-    # Numbered apart from the ones above so that purposes added beside them (10, 11, ...) never collide.
+    DP_CLIP_COUNT = 10  # --clip adaptive: the noise on the count of clients whose update the clip left whole
+    # Numbered apart from the ones above so that purposes added beside them (11, 12, ...) never collide.
     ROTATION = 20  # --compress ...:rotate: a round's random signs (the same for all its clients)
     QUANTIZE = 21  # --compress: a client's rounding draws in a round
 

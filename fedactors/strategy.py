@@ -29,8 +29,8 @@ SCAFFOLD's, built in.
 
 from __future__ import annotations
 
-import functools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -39,6 +39,7 @@ import numpy as np
 
 from fedactors.config import SERVER_LR, STRATEGIES
 from fedactors.errors import ConfigError, RoundFailed
+from fedactors.privacy import dp_epsilon, next_clip, update_noise_multiplier
 
 SERVER_OPTIMIZERS = tuple(SERVER_LR)  # fedavgm, fedadagrad, fedadam, fedyogi
 # One line each, for `fedactors strategies` (the table above, without the flags: config.STRATEGY_SETTINGS has them).
@@ -238,38 +239,64 @@ class DPFedAvg:
     --dp-seed, which gives the privacy away), kept in the run's checkpoints and nowhere else, so
     a resumed or retried round samples the same clients and adds the same noise. The noise
     exists only inside this step, never written anywhere but into the new weights. Epsilon at --delta after t
-    rounds is Google's dp-accounting RDP accountant on t compositions of
+    rounds is Google's dp-accounting accountant (`accountant`: "pld" or "rdp") on t compositions of
     PoissonSampledDpEvent(q, GaussianDpEvent(z)).
+
+    With `adaptive` (--clip adaptive) the clip S is state: it starts at `clip` (--initial-clip) and after each
+    round moves toward the `target_quantile` of the update norms (fedactors.privacy.next_clip), from a count
+    noised with std `count_noise` drawn from its own generator; the update's noise multiplier is then z_delta
+    (fedactors.privacy.update_noise_multiplier) and the run is still accounted at z. The clip is a JSON float in
+    the checkpoint (it round-trips exactly), so a resumed run clips as the uninterrupted one would.
     """
 
     name: str = "dp-fedavg"
     needs_aggregate = False  # it sums the clipped updates itself
-    clip: float = 1.0
+    clip: float = 1.0  # S; with `adaptive`, the clip of the next round (C_t)
     noise_multiplier: float = 1.0
     rate: float = 0.1
     num_clients: int = 100
     delta: float = 1e-5
     secret: int = 0  # keys the sampling and the noise; make_strategy draws it (see RunConfig.dp_seed)
     seed: int = 0  # the run's --seed: the key in checkpoints written before the secret was
+    accountant: str = "rdp"
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_noise: float = 0.0  # sigma_b
+    initial_clip: float = 0.1  # C_0, a setting (`clip` moves)
     rounds_accounted: int = 0
     last_norms: list[float] = field(default_factory=list)
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """The noise multiplier of the update's sum: z, or z_delta when the clipped count takes its share."""
+        return update_noise_multiplier(self.noise_multiplier, self.count_noise) if self.adaptive else self.noise_multiplier
 
     def step(self, weights, aggregate, updates, num_examples, round_idx):
         from fedactors import _kernels
         from fedactors.seeding import Purpose, generator
 
-        total, norms = _kernels.clipped_sum(list(updates), weights, clip=self.clip)
+        clip = self.clip
+        total, norms = _kernels.clipped_sum(list(updates), weights, clip=clip)
         self.last_norms = [float(v) for v in norms]
-        std = np.float32(self.noise_multiplier * self.clip)
+        std = np.float32(self.update_noise_multiplier * clip)
         if std > 0:
             total += std * generator(Purpose.DP_NOISE, self.secret, round_idx).standard_normal(len(weights), dtype=np.float32)
+        if self.adaptive:  # the next round's clip, from this round's norms against this round's clip
+            draw = self.count_noise * float(generator(Purpose.DP_CLIP_COUNT, self.secret, round_idx).standard_normal())
+            self.clip = next_clip(clip, self.last_norms, draw, self.rate * self.num_clients, self.target_quantile,
+                                  self.clip_lr)
         self.rounds_accounted = round_idx
         return weights + total / np.float32(self.rate * self.num_clients)
 
     def epsilon(self, rounds: int | None = None) -> float:
         """Epsilon at `delta` after `rounds` rounds (default: the rounds so far)."""
         return dp_epsilon(self.rate, self.noise_multiplier, self.rounds_accounted if rounds is None else rounds,
-                          self.delta)
+                          self.delta, self.accountant)
+
+    def noise_to_clip(self, weights: int) -> float:
+        """The norm of the noise on the average over that of the clip: sqrt(d) z / (q K), whatever the clip."""
+        return math.sqrt(weights) * self.update_noise_multiplier / (self.rate * self.num_clients)
 
     def sample(self, round_idx: int) -> list[int]:
         """Round `round_idx`'s clients: each one independently with probability `rate` (Poisson sampling)."""
@@ -278,41 +305,28 @@ class DPFedAvg:
         return sample_clients_poisson(self.secret, round_idx, self.num_clients, self.rate).tolist()
 
     def state(self):
-        return {}, {"rounds_accounted": self.rounds_accounted, "secret": f"{self.secret:x}"}
+        scalars = {"rounds_accounted": self.rounds_accounted, "secret": f"{self.secret:x}"}
+        if self.adaptive:  # only then: a fixed clip is a setting, not state
+            scalars["clip"] = self.clip
+        return {}, scalars
 
     def load_state(self, buffers, scalars):
         self.rounds_accounted = int(scalars.get("rounds_accounted", 0))
         # A checkpoint written before there was a secret: its rounds were keyed by the run's --seed.
         self.secret = int(scalars["secret"], 16) if "secret" in scalars else self.seed
+        if self.adaptive:
+            self.clip = float(scalars["clip"])
 
     def settings(self):
-        return {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
+        if not self.adaptive:  # as before adaptive clipping: every fixed-clip run's identity stays what it was
+            return {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
+        return {"clip": "adaptive", "initial_clip": self.initial_clip,
+                "noise_multiplier": self.noise_multiplier, "rate": self.rate, "target_quantile": self.target_quantile,
+                "clip_lr": self.clip_lr, "count_noise": self.count_noise}
 
 
 # The built-ins' classes: run by name (make_strategy), since their clients and sampling follow the name.
 BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg)
-
-
-@functools.lru_cache(maxsize=1024)
-def dp_epsilon(rate: float, noise_multiplier: float, rounds: int, delta: float) -> float:
-    """Epsilon at `delta` of `rounds` Poisson-sampled (rate) Gaussian (noise_multiplier) steps: dp-accounting's RDP accountant.
-
-    About 0.1 s a call; a run with --target-epsilon asks for each round's value three times (the round's own,
-    and the budget's look one and two rounds ahead), hence the cache."""
-    import logging
-
-    import dp_accounting
-    from dp_accounting.rdp import rdp_privacy_accountant
-
-    if rounds == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return float("inf")
-    logging.getLogger("absl").setLevel(logging.ERROR)  # it warns of orders it cannot use, and uses the others
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    accountant.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise_multiplier)), rounds))
-    return float(accountant.get_epsilon(delta))
 
 
 def clipped_sum_reference(updates: Sequence[np.ndarray], weights: np.ndarray, clip: float,
@@ -340,10 +354,22 @@ def make_strategy(config) -> Strategy:
     if name == "dp-fedavg":
         import secrets
 
-        return DPFedAvg(clip=config.clip, noise_multiplier=config.noise_multiplier, rate=config.frac,
-                        num_clients=config.clients, delta=config.delta, seed=config.seed,
-                        secret=config.dp_seed if config.dp_seed is not None else secrets.randbits(128))
+        from fedactors.privacy import CLIP_LR, TARGET_QUANTILE
+
+        adaptive = config.clip == "adaptive"
+        extra = {} if not adaptive else {
+            "adaptive": True, "target_quantile": _or(config.target_quantile, TARGET_QUANTILE),
+            "clip_lr": _or(config.clip_lr, CLIP_LR), "count_noise": config.clip_count_noise_value,
+            "initial_clip": config.initial_clip_value}
+        return DPFedAvg(clip=config.initial_clip_value if adaptive else config.clip,
+                        noise_multiplier=config.noise_multiplier, rate=config.frac, num_clients=config.clients,
+                        delta=config.delta, seed=config.seed, accountant=config.accountant,
+                        secret=config.dp_seed if config.dp_seed is not None else secrets.randbits(128), **extra)
     return load_user_strategy(name)
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def load_user_strategy(spec: str) -> Strategy:

@@ -224,9 +224,58 @@ def test_the_accountant_reproduces_dp_accountings_own_worked_example():
     from fedactors.strategy import dp_epsilon
 
     # dp-accounting's rdp_privacy_accountant_test: noise multiplier 4.530877117 with q = 1 is exactly (1, 1e-6)-DP.
-    assert dp_epsilon(1.0, 4.530877117, 1, 1e-6) == pytest.approx(1.0, abs=1e-4)
-    assert dp_epsilon(0.1, 1.0, 0, 1e-5) == 0.0 and dp_epsilon(0.1, 0.0, 5, 1e-5) == float("inf")
-    assert dp_epsilon(0.1, 1.0, 100, 1e-5) < dp_epsilon(0.1, 1.0, 200, 1e-5) < dp_epsilon(0.1, 0.5, 200, 1e-5)
+    assert dp_epsilon(1.0, 4.530877117, 1, 1e-6, "rdp") == pytest.approx(1.0, abs=1e-4)
+    for accountant in ("rdp", "pld"):
+        assert dp_epsilon(0.1, 1.0, 0, 1e-5, accountant) == 0.0 and dp_epsilon(0.1, 0.0, 5, 1e-5, accountant) == float("inf")
+        assert (dp_epsilon(0.1, 1.0, 100, 1e-5, accountant) < dp_epsilon(0.1, 1.0, 200, 1e-5, accountant)
+                < dp_epsilon(0.1, 0.5, 200, 1e-5, accountant))
+
+
+def test_the_pld_accountant_is_dp_accountings_and_tighter_than_rdp():
+    """--accountant pld is dp-accounting's PLD accountant (at our discretisation: a pessimistic bound within 1e-4 of
+    its default's), below RDP's, and the default of a new run."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from fedactors.strategy import dp_epsilon
+
+    direct = pld_privacy_accountant.PLDAccountant()  # dp-accounting's own default grid, called directly
+    direct.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), 200))
+    pld, rdp = dp_epsilon(0.1, 1.0, 200, 1e-5, "pld"), dp_epsilon(0.1, 1.0, 200, 1e-5, "rdp")
+    assert direct.get_epsilon(1e-5) <= pld <= direct.get_epsilon(1e-5) * (1 + 1e-4)
+    assert pld == pytest.approx(9.97, abs=0.01) and rdp == pytest.approx(11.06, abs=0.01)
+    config = RunConfig(strategy="dp-fedavg", clients=1000)
+    assert config.accountant == "pld" and make_strategy(config).epsilon(200) == pld
+    assert make_strategy(RunConfig(strategy="dp-fedavg", clients=1000, accountant="rdp")).epsilon(200) == rdp
+    assert "accountant" not in config.experiment()  # it counts, it does not compute: no fingerprint changes
+
+
+def test_a_run_checkpointed_before_the_accountant_existed_resumes_with_rdp():
+    """Its epsilon was RDP's: the resumed rounds go on reporting RDP's, not the new default's; and the accountant
+    may not change on a resume. The fingerprint of a run that sets none of the new fields is what it was."""
+    from types import SimpleNamespace
+
+    from fedactors.api import resumed_config
+
+    config = RunConfig(strategy="dp-fedavg", clients=1000)
+    old = {k: v for k, v in config.to_dict().items() if k not in ("accountant", "strict_dp_check", "target_quantile",
+                                                                   "clip_lr", "initial_clip", "clip_count_noise")}
+    ckpt = SimpleNamespace(config=old, extra={"identity": {}}, fingerprint=config.fingerprint({}), round=3)
+    assert resumed_config(ckpt, {}, "r").accountant == "rdp"
+    new = SimpleNamespace(config=config.to_dict(), extra={"identity": {}}, fingerprint=config.fingerprint({}), round=3)
+    assert resumed_config(new, {}, "r").accountant == "pld"
+    with pytest.raises(ConfigError, match="--accountant pld differs from run r's rdp"):
+        resumed_config(ckpt, {"accountant": "pld"}, "r")
+    # The fingerprint an old fedactors computed: sha256 over these fields, as before any of them existed.
+    import hashlib
+
+    before = {k: old[k] for k in ("task", "data", "clients", "frac", "epochs", "batch_size", "lr", "partition",
+                                  "shards_per_client", "alpha", "sigma", "seed", "aggregator", "trim_fraction", "krum_f",
+                                  "byzantine", "attack", "attack_scale", "precision", "strategy", "server_lr",
+                                  "server_momentum", "beta1", "beta2", "tau", "mu", "clip", "noise_multiplier")}
+    before.update(identity={}, sum="exact-2^-32")
+    assert config.fingerprint({}) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
 
 
 def test_dp_fedavg_is_the_clipped_sum_plus_seeded_noise_over_the_expected_count():
@@ -247,6 +296,8 @@ def test_dp_fedavg_is_the_clipped_sum_plus_seeded_noise_over_the_expected_count(
     noise = (noisy[0] - x) * np.float32(2.0) - total
     assert 0.4 < float(np.std(noise)) < 0.6  # z * S = 0.5
     assert DPFedAvg(secret=0xABC).state() == ({}, {"rounds_accounted": 0, "secret": "abc"})  # the noise is not stored
+    # The identity (fingerprint) of a fixed-clip run is what it was before adaptive clipping.
+    assert DPFedAvg(clip=0.5, rate=0.1).settings() == {"clip": 0.5, "noise_multiplier": 1.0, "rate": 0.1}
 
 
 def test_the_dp_secret_is_drawn_per_run_kept_in_the_state_and_out_of_the_configuration():
@@ -293,13 +344,17 @@ def test_bad_dp_settings_are_one_clear_error(settings, message):
 
 
 def dp_args() -> list[str]:
+    """Adaptive clipping (Andrew et al. 2021), which holds the most state a DP run has: the secret and the clip."""
     return ["--task", "digits-mlp", "--clients", "100", "--frac", "0.2", "--partition", "iid", "--epochs", "1",
-            "--batch-size", "5", "--lr", "0.1", "--strategy", "dp-fedavg", "--clip", "0.5", "--noise-multiplier", "1.0",
-            "--eval-every", "10", "--hosts", "2", "--seed", "4"]
+            "--batch-size", "5", "--lr", "0.1", "--strategy", "dp-fedavg", "--clip", "adaptive", "--noise-multiplier",
+            "1.0", "--clip-count-noise", "2", "--target-quantile", "0.7", "--eval-every", "4", "--hosts", "2",
+            "--seed", "4"]
 
 
 @pytest.mark.slow
 def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
+    """One run for all of it (each Ray start-up costs seconds): the pre-flight before round 1, SIGKILL and resume to
+    the bytes of the run in one go, the adaptive clip moving and checkpointed, the release, the budget."""
     from conftest import fedactors
     from fedactors.api import open_store
     from fedactors.messages import PRIVATE_KEYS
@@ -308,22 +363,29 @@ def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
 
     out = tmp_path / "run"
     start_and_kill_mid_round(out, "--run-id", "dp", args=dp_args(), rounds=ROUNDS, after_rounds=6)
+    log = (tmp_path / "run.log").read_text().splitlines()
+    first = next(i for i, line in enumerate(log) if line.split()[:2] == ["round", f"1/{ROUNDS}"])
+    assert any("z = 1 (the update's z_delta = 1.033)" in line for line in log[:first])  # the pre-flight, before round 1
+    assert any(line.startswith("warning: DP noise outweighs the updates") for line in log[:first])
     result = fedactors("run", "--resume", "dp", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    # The run drew its secret; the resumed part took it from the checkpoint: the bytes are those of the
-    # same run computed in one go with that secret given (--dp-seed).
+    # The run drew its secret; the resumed part took it and the clip from the checkpoint: the bytes are those of
+    # the same run computed in one go with that secret given (--dp-seed).
     with open_store(None, out, 5.0) as (store, _):
-        secret = store.latest("dp")[0].extra["strategy"]["secret"]
+        state = store.latest("dp")[0].extra["strategy"]
+    secret = state["secret"]
     assert int(secret, 16) > 2**64
     reference = in_process_weights([*dp_args(), "--dp-seed", str(int(secret, 16))], ROUNDS)
     assert np.load(out / "weights.npy").tobytes() == reference.tobytes()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["epsilon"] == pytest.approx(dp_epsilon(0.2, 1.0, ROUNDS, 1e-5))
+    clips = [row["clip"] for row in rows]  # the clip each evaluated round clipped to: it moved from 0.1 every time
+    assert clips[0] != 0.1 and len(set(clips)) == len(clips) and state["clip"] != clips[-1]
+    assert rows[-1]["epsilon"] == dp_epsilon(0.2, 1.0, ROUNDS, 1e-5, "pld")  # accounted at z (privacy.py)
     # What the run writes says nothing of who was sampled, nor of the secret.
     assert rows and all(not set(PRIVATE_KEYS) & set(row) for row in rows) and {"accuracy", "epsilon"} <= set(rows[-1])
     assert all(secret not in f.read_text() for f in (out / "metrics.jsonl", out / "run.json"))
     # A budget: the run stops cleanly before the round that would spend more, and says so.
-    budget = dp_epsilon(0.2, 1.0, 7, 1e-5) + 1e-9
+    budget = dp_epsilon(0.2, 1.0, 7, 1e-5, "pld") + 1e-9
     stopped = fedactors("run", *dp_args(), "--rounds", str(ROUNDS), "--target-epsilon", str(budget), "--out", str(tmp_path / "b"))
     assert stopped.returncode == 0, stopped.stderr
     run = json.loads((tmp_path / "b" / "run.json").read_text())

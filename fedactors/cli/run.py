@@ -11,8 +11,8 @@ import click
 from click.core import ParameterSource
 
 from fedactors.cli import cli, exit_on_interrupt
-from fedactors.config import (AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, SERVER_LR, RunConfig, parse_batch_size,
-                              natural_clients, read_toml, refuse_idle_settings)
+from fedactors.config import (ACCOUNTANTS, AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, SERVER_LR, RunConfig,
+                              natural_clients, parse_batch_size, parse_clip, read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
 
 D = RunConfig()  # defaults, shown in --help
@@ -101,8 +101,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--beta2", type=float, default=D.beta2, show_default=True, help="fedadam, fedyogi: second-moment decay.")
 @click.option("--tau", type=float, default=D.tau, show_default=True, help="fedadagrad, fedadam, fedyogi: the adaptivity (epsilon).")
 @click.option("--mu", type=float, default=D.mu, show_default=True, help="fedprox: the weight of the proximal term (mu/2)||w - w_global||^2.")
-@click.option("--clip", type=float, default=D.clip, show_default=True,
-              help="dp-fedavg: each client update's L2 norm is clipped to this (S).")
+@click.option("--clip", default=str(D.clip), show_default=True, metavar="S|adaptive",
+              help="dp-fedavg: each client update's L2 norm is clipped to this (S); adaptive: the clip follows "
+              "--target-quantile of the update norms (Andrew et al. 2021), from --initial-clip.")
 @click.option("--noise-multiplier", "noise_multiplier", type=float, default=D.noise_multiplier, show_default=True,
               help="dp-fedavg: Gaussian noise of standard deviation this times --clip is added to the clipped sum (z).")
 @click.option("--delta", type=float, default=D.delta, show_default=True, help="dp-fedavg: epsilon is reported at this delta.")
@@ -111,6 +112,24 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--dp-seed", "dp_seed", type=int, default=None,
               help="dp-fedavg: take who is sampled and the noise from this seed instead of a secret from the OS, so "
               "that a run can be repeated; its result is then NOT private (the seed gives the noise away).")
+@click.option("--target-quantile", "target_quantile", type=float, default=None,
+              help="dp-fedavg --clip adaptive: the quantile of the clients' update norms the clip follows (gamma). "
+              "Default: 0.5.")
+@click.option("--clip-lr", "clip_lr", type=float, default=None,
+              help="dp-fedavg --clip adaptive: the clip's geometric learning rate (eta): C <- C exp(-eta (b - gamma)). "
+              "Default: 0.2.")
+@click.option("--initial-clip", "initial_clip", type=float, default=None,
+              help="dp-fedavg --clip adaptive: the clip of round 1. Default: 0.1.")
+@click.option("--clip-count-noise", "clip_count_noise", type=float, default=None,
+              help="dp-fedavg --clip adaptive: the std (sigma_b) of the noise on the count of unclipped updates; must "
+              "exceed z/2, and the update's noise becomes (z^-2 - (2 sigma_b)^-2)^-1/2 so epsilon stays z's. "
+              "Default: the expected clients a round / 20.")
+@click.option("--accountant", type=click.Choice(ACCOUNTANTS), default=D.accountant, show_default=True,
+              help="dp-fedavg: how epsilon is counted: pld (privacy loss distributions, tighter) or rdp (Renyi DP). "
+              "A resumed run keeps its own (rdp for runs from before this flag).")
+@click.option("--strict-dp-check", "strict_dp_check", is_flag=True, default=False,
+              help="dp-fedavg: refuse to start (exit 2) when the noise on the average would have a larger norm than the "
+              "clip, instead of warning.")
 @click.option("--trim-fraction", "trim_fraction", type=float, default=D.trim_fraction, show_default=True,
               help="trimmed-mean: drop floor(F * m) of the m values at each end of every coordinate; in [0, 0.5).")
 @click.option("--byzantine", type=int, default=D.byzantine, show_default=True,
@@ -148,7 +167,7 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--store-retry-seconds", "store_retry_seconds", type=float, default=30.0, show_default=True, help="How long to retry an unreachable store mid-run before stopping (exit 3).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings and the closing summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event on stdout: header, start, warning, round, summary "
-              "(and interrupted, already_finished or dry_run where they happen).")
+              "(and privacy, interrupted, already_finished or dry_run where they happen).")
 @click.option("--dry-run", "dry_run", is_flag=True, help="Print the resolved configuration and the planned resources, and start nothing.")
 def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | None, resume: str | None,
         store_retry_seconds: float, quiet: bool, as_json: bool, dry_run: bool, **flags: object) -> None:
@@ -162,6 +181,7 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
     forget_redis_variable()
     flags.update(with_absolute_paths(flags))
     flags["batch_size"] = parse_batch_size(batch_size)
+    flags["clip"] = parse_clip(flags["clip"])
     if resume and run_id:
         raise ConfigError("--resume names the run to continue; drop --run-id")
     if quiet and as_json:
@@ -216,8 +236,11 @@ def show_plan(plan: dict, mode: str) -> None:
         f"{(plan['resume_after_round'] or 0) + 1}..{plan['rounds']}; checkpoints in {plan['store']}; outputs in {plan['out']}"
     )
     click.echo(f"task {plan['task']}; data: {plan['data']}")
-    if plan["epsilon"] is not None:
-        click.echo(f"privacy: the {plan['rounds']} rounds would spend epsilon {plan['epsilon']:.3f} at delta {config['delta']:g}")
+    if plan["privacy"] is not None:
+        for line in plan["privacy"]["lines"]:
+            click.echo(line)
+        if plan["privacy"]["warning"]:
+            click.echo(f"warning: {plan['privacy']['warning']}")
     p = plan["partition"]
     if p is None:
         return

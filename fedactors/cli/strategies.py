@@ -7,7 +7,8 @@ import click
 from fedactors.cli import cli
 
 # What a default of None means, where it is not a number.
-NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)"}
+NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)", "target_quantile": "0.5 (adaptive)",
+              "clip_lr": "0.2 (adaptive)", "initial_clip": "0.1 (adaptive)", "clip_count_noise": "qK/20 (adaptive)"}
 
 
 @cli.command()
@@ -33,5 +34,7 @@ def _settings(name: str) -> dict[str, str]:
     for field, users in STRATEGY_SETTINGS.items():
         if name in users:
             value = defaults.server_lr_value if field == "server_lr" else getattr(defaults, field)
-            shown[field.replace("_", "-")] = NONE_MEANS[field] if value is None else f"{value:g}"
+            shown[field.replace("_", "-")] = (NONE_MEANS[field] if value is None else ("on" if value else "off")
+                                              if isinstance(value, bool) else value if isinstance(value, str)
+                                              else f"{value:g}")
     return shown
