@@ -377,7 +377,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             info["dropped"] += len(event["dropped"])
             info["rejected"] += len(event["rejected"])
             info["hosts_lost"].update({str(h): why for h, why in event["lost_hosts"].items()})
-            if not event.get("private"):  # the bytes count who was sampled and returned: DP keeps that secret
+            if not event.get("private") and "bytes_up_total" in event:  # the bytes count who took part: DP hides it
                 info["bytes"] = {"down": event["bytes_down_total"], "up": event["bytes_up_total"],
                                  "since_round": event["bytes_since_round"]}
             for host in event["hosts"].values():

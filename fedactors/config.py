@@ -356,10 +356,12 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
     if values.get("host_sums") and "host_sums" in given and not host_sums_apply(values["aggregator"], values["strategy"],
                                                                                  values.get("compress")):
-        raise ConfigError(f"--host-sums applies to --aggregator fedavg with --strategy {', '.join(HOST_SUM_STRATEGIES)} "
-                          f"and no error-feedback compressor, not --aggregator {values['aggregator']} --strategy "
-                          f"{values['strategy']}{' --compress ' + values['compress'] if values.get('compress') else ''} "
-                          "(which sends each client's weights)")
+        if host_sums_apply(values["aggregator"], values["strategy"]):  # only the compressor stands in the way
+            raise ConfigError(f"--host-sums does not go with --compress {values['compress']}: each client's "
+                              "error-feedback residual comes back with its update")
+        raise ConfigError(f"--host-sums applies to --aggregator fedavg with --strategy {', '.join(HOST_SUM_STRATEGIES)}, "
+                          f"not --aggregator {values['aggregator']} --strategy {values['strategy']} (which sends each "
+                          "client's weights)")
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
     for name, strategies in STRATEGY_SETTINGS.items():
