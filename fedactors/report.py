@@ -162,6 +162,8 @@ def config_label(config: dict) -> str:
         label += f" byz={config['byzantine']}:{config.get('attack')}"
     if config.get("precision", "fp32") != "fp32":
         label += f" {config['precision']}"
+    if config.get("compress"):
+        label += f" {config['compress']}"
     return label
 
 
@@ -332,8 +334,8 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
         align += "r"
     counted = any(s.bytes_up is not None for s in summaries)  # runs since fedactors counts bytes
     if counted:
-        headers += ["MB down", "MB up", "MB up/round"]
-        align += "rrr"
+        headers += ["MB down", "MB up", "MB up/round", "MB up to target"]
+        align += "rrrr"
     per_client = any(s.clients_curve for s in summaries)  # likewise where clients were evaluated one by one
     if per_client:
         headers += ["clients mean", "p10", "worst", "at target"]
@@ -356,11 +358,13 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
 
 
 def _megabytes(s: RunSummary) -> list[str]:
-    """The run's MB down and up in all, and up per round (MB = 10^6 bytes)."""
+    """The run's MB down and up in all, up per round, and up to its first round at the target (MB = 10^6 bytes;
+    counted from its start, or from run.json's bytes since_round for a run resumed from an older checkpoint)."""
     if s.bytes_up is None:
-        return ["-"] * 3
+        return ["-"] * 4
     per_round = f"{s.bytes_up / 1e6 / s.bytes_rounds:.2f}" if s.bytes_rounds else "-"
-    return [f"{s.bytes_down / 1e6:.1f}", f"{s.bytes_up / 1e6:.1f}", per_round]
+    at = dict(zip(s.rounds, s.uplink_mb)).get(s.rounds_to_target) if s.rounds_to_target is not None else None
+    return [f"{s.bytes_down / 1e6:.1f}", f"{s.bytes_up / 1e6:.1f}", per_round, "-" if at is None else f"{at:.1f}"]
 
 
 # What a sweep tunes, not what the method is: runs differing only in these are one method's cells (--best).
