@@ -25,11 +25,17 @@ def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUN
     proc = subprocess.Popen([EXE, "run", *args, "--rounds", str(rounds), "--out", str(out), *extra],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while rounds_done(out) < after_rounds:
+    first = None  # when the first round was done: the rounds after it give the time a round takes
+    while (done := rounds_done(out)) < after_rounds:
         assert proc.poll() is None, (out.parent / f"{out.name}.log").read_text()
         assert time.monotonic() < deadline, "the run did not get going"
-        time.sleep(0.05)
-    time.sleep(1.0)  # into the next round: its clients are training now
+        if done >= 1 and first is None:
+            first = (time.monotonic(), done)
+        time.sleep(0.02)
+    # Into the next round, its clients training now: half a round, at most a second (small tasks run many
+    # rounds a second, and a fixed pause let one finish before it was killed).
+    per_round = (time.monotonic() - first[0]) / max(1, done - first[1]) if first else 1.0
+    time.sleep(min(1.0, per_round / 2))
     tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
     for p in tree:
         try:
