@@ -13,18 +13,21 @@ from fedactors.errors import ConfigError
 
 PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg")  # fedactors.strategy's
+STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg",
+              "fedbuff", "fedasync")  # fedactors.strategy's; the last two asynchronous (fedactors.asynchronous)
+ASYNC_STRATEGIES = ("fedbuff", "fedasync")
 # --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
 # come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
 # Each strategy setting (a RunConfig field) and the built-in strategies that use it; for another, it is refused.
 STRATEGY_SETTINGS = {
-    "server_lr": tuple(SERVER_LR), "server_momentum": ("fedavgm",), "beta1": ("fedadagrad", "fedadam", "fedyogi"),
+    "server_lr": (*SERVER_LR, "fedbuff"), "server_momentum": ("fedavgm",), "beta1": ("fedadagrad", "fedadam", "fedyogi"),
     "beta2": ("fedadam", "fedyogi"), "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",),
     "clip": ("dp-fedavg",), "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",),
     "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",), "accountant": ("dp-fedavg",),
     "strict_dp_check": ("dp-fedavg",), "target_quantile": ("dp-fedavg",), "clip_lr": ("dp-fedavg",),
     "initial_clip": ("dp-fedavg",), "clip_count_noise": ("dp-fedavg",),
+    "concurrency": ASYNC_STRATEGIES, "buffer": ("fedbuff",), "staleness": ASYNC_STRATEGIES, "mixing": ("fedasync",),
 }
 # Adaptive clipping's settings (--clip adaptive): None is the paper's default (fedactors.privacy).
 ADAPTIVE_CLIP_SETTINGS = ("target_quantile", "clip_lr", "initial_clip", "clip_count_noise")
@@ -44,7 +47,10 @@ EXPERIMENT_FIELDS = (
 
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
-OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS)
+OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
+                              "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing")
+# The settings that put clients on a virtual clock (fedactors.systems): any of them, or an asynchronous strategy.
+SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,19 @@ class RunConfig:
     eval_clients: float | None = None
     # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
     compress: str | None = None
+    # Uneven clients in virtual time (fedactors.systems): lognormal:SIGMA speeds, a CSV trace of speeds and online
+    # windows (its path; its digest is in the run's identity), a round's deadline in virtual seconds, and the
+    # fraction sampled beyond m (the first m to finish are kept). None: every client alike, no clock.
+    client_speed: str | None = None
+    client_trace: str | None = None
+    deadline: float | None = None
+    over_select: float | None = None
+    # fedbuff / fedasync (fedactors.asynchronous): clients training at once, arrivals per server update (fedbuff),
+    # the staleness weighting, and fedasync's mixing weight. None: their defaults (ASYNC_DEFAULTS).
+    concurrency: int | None = None
+    buffer: int | None = None
+    staleness: str | None = None
+    mixing: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task.strip():
@@ -187,6 +206,7 @@ class RunConfig:
             from fedactors.compress import parse
 
             parse(self.compress)
+        self._check_systems()
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()
@@ -234,6 +254,55 @@ class RunConfig:
         if self.strategy == "scaffold" and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy scaffold averages its clients' models and control variates: it needs "
                               f"--aggregator fedavg, not {self.aggregator}")
+
+    def _check_systems(self) -> None:
+        from fedactors.asynchronous import parse_staleness
+        from fedactors.systems import parse_speed
+
+        parse_speed(self.client_speed)
+        if self.client_trace is not None and not (isinstance(self.client_trace, str) and self.client_trace.strip()):
+            raise ConfigError(f"--client-trace must be a CSV file's path, got {self.client_trace!r}")
+        if self.deadline is not None and not (_is_real(self.deadline) and self.deadline > 0):
+            raise ConfigError(f"--deadline must be a positive number of virtual seconds, got {self.deadline!r}")
+        if self.over_select is not None and not (_is_real(self.over_select) and self.over_select >= 0):
+            raise ConfigError(f"--over-select must be a fraction >= 0, got {self.over_select!r}")
+        for flag, value in (("--concurrency", self.concurrency), ("--buffer", self.buffer)):
+            if value is not None:
+                _positive_int(flag, value)
+        parse_staleness(self.staleness)
+        if self.mixing is not None and not (_is_real(self.mixing) and 0 < self.mixing <= 1):
+            raise ConfigError(f"--mixing must be in (0, 1], got {self.mixing!r}")
+        if self.strategy in ASYNC_STRATEGIES:
+            for name in ("deadline", "over_select"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name.replace('_', '-')} is for synchronous rounds; --strategy "
+                                      f"{self.strategy} has no rounds to close (a client's update counts whenever "
+                                      "it arrives, weighted by its staleness)")
+            if self.aggregator != "fedavg":
+                raise ConfigError(f"--strategy {self.strategy} averages its buffer itself: it needs --aggregator "
+                                  f"fedavg, not {self.aggregator}")
+        if self.simulates_systems and self.strategy in ("dp-fedavg", "scaffold"):
+            what = ("its privacy accounting assumes every sampled client reports" if self.strategy == "dp-fedavg"
+                    else "its control variates are kept for synchronous rounds only")
+            raise ConfigError(f"--strategy {self.strategy} does not run on the virtual clock (--client-speed, "
+                              f"--client-trace, --deadline, --over-select): {what}")
+
+    @property
+    def simulates_systems(self) -> bool:
+        """Whether clients run on a virtual clock: a systems setting is given or the strategy is asynchronous."""
+        return self.strategy in ASYNC_STRATEGIES or any(getattr(self, n) is not None for n in SYSTEMS_SETTINGS)
+
+    @property
+    def concurrency_value(self) -> int:
+        """fedbuff/fedasync: clients training at once; default m (as many as a synchronous round samples)."""
+        return self.concurrency if self.concurrency is not None else self.clients_per_round
+
+    @property
+    def buffer_value(self) -> int:
+        """fedbuff: arrivals per server update, default min(10, concurrency); fedasync: 1."""
+        if self.strategy == "fedasync":
+            return 1
+        return self.buffer if self.buffer is not None else min(10, self.concurrency_value)
 
     def _check_adaptive_clip(self) -> None:
         given = [name for name in ADAPTIVE_CLIP_SETTINGS if getattr(self, name) is not None]

@@ -17,12 +17,14 @@ from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import Checkpoint, RedisStore
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
-from fedactors.config import RunConfig, host_sums_apply
+from fedactors.asynchronous import Schedule, buffered_update, mixed_update, parse_staleness
+from fedactors.config import ASYNC_STRATEGIES, RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
 from fedactors.messages import Failure, HostSum, RoundStats, Update
 from fedactors.pool import MAX_ATTEMPTS, HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
 from fedactors.seeding import sample_clients
+from fedactors.systems import Systems, Trace, parse_speed, sample_available
 from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
 from fedactors.traffic import Totals, per_client
 
@@ -80,11 +82,15 @@ class Coordinator:
         held_out: bool = False,
         classes: bool = True,
         traffic: Totals | None = None,
+        trace: Trace | None = None,
+        clock: dict | None = None,
     ) -> None:
         """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: its (buffers, scalars) to resume.
         `eval_owners`: the client each example of the per-client evaluation belongs to: of the test set, or with
         `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation).
-        `traffic`: the bytes communicated before `start_round` (a resumed run's; fedactors.traffic)."""
+        `traffic`: the bytes communicated before `start_round` (a resumed run's; fedactors.traffic).
+        `trace`: --client-trace's rows (read where the file is); `clock`: a resumed run's virtual clock (its
+        checkpoint's extra["clock"]): the time, and for fedbuff or fedasync the schedule of clients in flight."""
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
         # Unix time the run would have started at had it never stopped: checkpoints record its wall time.
@@ -108,12 +114,27 @@ class Coordinator:
         compressor = parse_compressor(config.compress)
         # --compress topk or sign: the clients' error-feedback residuals, checkpointed beside the strategy's state.
         self.feedback = ErrorFeedback() if compressor is not None and compressor.feedback else None
+        self.versions: dict[int, np.ndarray] = {}  # fedbuff, fedasync: older weights that clients in flight train from
         if strategy_state is not None:
             buffers, scalars = strategy_state  # writable copies: the checkpoint's arrays are read-only views
             residuals, buffers = ErrorFeedback.split(buffers)
             if self.feedback is not None:
                 self.feedback = residuals
+            self.versions = {int(name[len("version"):]): np.array(b) for name, b in buffers.items()
+                             if name.startswith("version")}
+            buffers = {name: b for name, b in buffers.items() if not name.startswith("version")}
             self.strategy.load_state({name: np.array(b) for name, b in buffers.items()}, dict(scalars))
+        # The virtual clock (fedactors.systems), only when a systems setting or an asynchronous strategy asks for it.
+        self.systems = (Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
+                        if config.simulates_systems else None)
+        self.now = float((clock or {}).get("now", 0.0))
+        self.schedule = None
+        if config.strategy in ASYNC_STRATEGIES:
+            down, up = per_client(config.strategy, len(self.weights), config.compress)
+            work = np.asarray(pool.num_examples(), dtype=np.int64) * config.epochs
+            self.schedule = Schedule(seed=config.seed, concurrency=config.concurrency_value, buffer=config.buffer_value,
+                                     systems=self.systems, work=work, bytes_down=down, bytes_up=up,
+                                     state=clock if clock and "flights" in clock else None)
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
@@ -129,7 +150,8 @@ class Coordinator:
             # The run's last round: its configured last, or the last its privacy budget allows.
             budget_end = self._over_budget(self.round + 2)
             last = self.round + 1 == cfg.rounds or budget_end is not None
-            stats = self.run_round(self.round + 1, last=last)
+            stats = (self.run_async(self.round + 1, last=last) if self.schedule is not None
+                     else self.run_round(self.round + 1, last=last))
             self.round = stats.round
             if stats.loss is not None:  # evaluated
                 self.history.append(stats.metrics_row())
@@ -164,6 +186,10 @@ class Coordinator:
         buffers, scalars = self.strategy.state()
         if self.feedback is not None:
             buffers = {**buffers, **self.feedback.state()}
+        buffers.update({f"version{v}": w for v, w in self.versions.items()})
+        clock = {}
+        if self.systems is not None:
+            clock = {"clock": self.schedule.state() if self.schedule is not None else {"now": self.now}}
         ckpt = Checkpoint(
             run_id=self.run_id,
             round=self.round,
@@ -172,7 +198,7 @@ class Coordinator:
             config=cfg.to_dict(),
             history=self.history,
             extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity,
-                   "strategy": scalars, "bytes": self.traffic.to_dict()},
+                   "strategy": scalars, "bytes": self.traffic.to_dict(), **clock},
             state=buffers,
         )
         return self.store.save(ckpt, keep=cfg.keep)
@@ -188,15 +214,20 @@ class Coordinator:
         if isinstance(self.strategy, DPFedAvg):  # Poisson sampling, keyed by its secret
             sampled = self.strategy.sample(round_idx)
             required = math.ceil(cfg.min_fit_fraction * len(sampled) - 1e-9)
+        elif self.systems is not None:
+            sampled, todo, late, offline, available, virtual = self._plan_virtual(round_idx)
+            required = math.ceil(cfg.min_fit_fraction * len(todo) - 1e-9)
         else:
             sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
             required = cfg.min_updates
+        if self.systems is None:
+            todo = sampled
         # FedAvg's exact sum (aggregate.ExactSum) takes each update as it arrives, in any order, or
         # each host's partial sum of its clients (host-side sums: linear built-in strategies only).
         num_examples = self.pool.num_examples()
         needs_aggregate = getattr(self.strategy, "needs_aggregate", True)
-        exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in sampled))
-                 if cfg.aggregator == "fedavg" and needs_aggregate and sampled else None)
+        exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in todo))
+                 if cfg.aggregator == "fedavg" and needs_aggregate and todo else None)
         on_hosts = exact is not None and uses_host_sums(cfg)
         last_arrival = t0
         updates: dict[int, Update] = {}  # per-client mode: each client's update
@@ -205,7 +236,6 @@ class Coordinator:
         retried: list[int] = []
         rejected: list[int] = []
         too_large: list[int] = []
-        todo = sampled
         extras = self._client_state if isinstance(self.strategy, Scaffold) or self.feedback is not None else None
 
         def reject(cid: int, host: int, finite: bool) -> None:
@@ -214,7 +244,7 @@ class Coordinator:
             failures.append(Failure(cid, host, why))
             (too_large if finite else rejected).append(cid)
 
-        for _attempt in range(MAX_ATTEMPTS if sampled else 0):
+        for _attempt in range(MAX_ATTEMPTS if todo else 0):
             failed_now = []
             results = (self.pool.train_sums(self.weights, round_idx, todo, int(exact.total), timeout=cfg.round_timeout)
                        if on_hosts else
@@ -250,7 +280,7 @@ class Coordinator:
             retried.extend(failed_now)
             todo = failed_now
         wait_seconds = last_arrival - t0  # to the last update's arrival, before the result is made
-        dropped = [c for c in sampled if c not in done]
+        dropped = [c for c in sampled if c not in done and (self.systems is None or c in todo)]
         if len(done) < required:
             raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected, too_large, required))
         kept = [c for c in sampled if c in done]  # sampled order: same bytes whatever arrived first
@@ -268,8 +298,9 @@ class Coordinator:
                 raise RoundFailed(f"round {round_idx}: {exc}") from None
         dp = self.strategy if isinstance(self.strategy, DPFedAvg) else None
         clip_used = dp.clip if dp is not None and dp.adaptive else None  # this round's, before the step moves it
-        self.weights = checked_step(self.strategy, self.weights, combined, [u.weights for u in ordered],
-                                    [u.num_examples for u in ordered], round_idx)
+        if kept or self.systems is None:  # on the virtual clock, a round nobody finished in time leaves the model
+            self.weights = checked_step(self.strategy, self.weights, combined, [u.weights for u in ordered],
+                                        [u.num_examples for u in ordered], round_idx)
         if isinstance(self.strategy, Scaffold):
             self.strategy.accept({u.client_id: u.control for u in ordered})
         if self.feedback is not None:
@@ -306,6 +337,118 @@ class Coordinator:
             hosts={c: done[c][0] for c in kept},
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
         )
+        if self.systems is not None:
+            self.now += virtual
+            stats.virtual_seconds, stats.available, stats.late, stats.offline = self.now, available, late, offline
+        self._evaluate(stats, round_idx, last)
+        stats.round_seconds = time.perf_counter() - t0
+        return stats
+
+    def run_async(self, round_idx: int, *, last: bool = False) -> RoundStats:
+        """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.asynchronous.Schedule), each
+        is trained from the weights of its start version, and the server applies their update: version round_idx.
+
+        Failures are retried as in a synchronous round; an update holding NaN or infinity is left out of the buffer,
+        which goes on with the others if --min-fit-fraction of the buffer allows."""
+        cfg, schedule = self.config, self.schedule
+        t0 = time.perf_counter()
+        try:
+            arrivals, lost, freed = schedule.next_buffer()
+        except RuntimeError as exc:
+            raise RoundFailed(f"round {round_idx}: {exc}") from None
+        required = math.ceil(cfg.min_fit_fraction * len(arrivals) - 1e-9)
+        extras = self._client_state if self.feedback is not None else None
+        updates: dict[int, Update] = {}
+        failures: list[Failure] = []
+        retried: list[int] = []
+        rejected: list[int] = []
+        last_arrival = t0
+        for version in sorted({a.version for a in arrivals}):
+            weights = self.weights if version == schedule.version else self.versions[version]
+            todo = [a.client for a in arrivals if a.version == version]
+            for _attempt in range(MAX_ATTEMPTS):
+                failed_now = []
+                for result in self.pool.train(weights, version + 1, todo, timeout=cfg.round_timeout, extras=extras):
+                    if isinstance(result, Failure):
+                        failures.append(result)
+                        failed_now.append(result.client_id)
+                    elif not aggregate.all_finite(result.weights):
+                        failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
+                        rejected.append(result.client_id)
+                    else:
+                        updates[result.client_id] = result
+                        last_arrival = time.perf_counter()
+                if not failed_now:
+                    break
+                retried.extend(failed_now)
+                todo = failed_now
+        kept = [a for a in arrivals if a.client in updates]  # in virtual arrival order
+        if len(kept) < required:
+            missing = [a.client for a in arrivals if a.client not in updates]
+            raise RoundFailed(f"round {round_idx}: clients {missing} of the buffer did not return a usable update, "
+                              f"leaving {len(kept)} of {len(arrivals)} where {required} are required (errors: "
+                              + "; ".join(dict.fromkeys(f.error for f in failures)) + ")")
+        staleness = parse_staleness(cfg.staleness)
+        old = self.weights
+        if not kept:
+            new = old
+        elif cfg.strategy == "fedasync":
+            a = kept[0]
+            new = mixed_update(old, updates[a.client].weights, schedule.version - a.version, staleness,
+                               self.strategy.rate)
+        else:
+            try:
+                new = buffered_update(old, [(updates[a.client].weights, updates[a.client].num_examples, a.version,
+                                             old if a.version == schedule.version else self.versions[a.version])
+                                            for a in kept], schedule.version, staleness, cfg.server_lr_value)
+            except ValueError as exc:
+                raise RoundFailed(f"round {round_idx}: {exc}") from None
+        if not aggregate.all_finite(new):
+            raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
+        if self.feedback is not None:
+            self.feedback.accept({a.client: updates[a.client].residual for a in kept
+                                  if updates[a.client].residual is not None})
+        self.versions[schedule.version] = old
+        self.weights = new
+        schedule.applied(freed)
+        self.versions = {v: w for v, w in self.versions.items() if v in schedule.needed_versions() - {schedule.version}}
+        aggregate_seconds = time.perf_counter() - last_arrival
+        taus = [round_idx - 1 - a.version for a in kept]
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        self.traffic.add(down * (len(arrivals) + len(lost)), up * (len(kept) + len(rejected)))
+        stats = RoundStats(
+            round=round_idx,
+            clients=[a.client for a in arrivals],
+            bytes_down=down * (len(arrivals) + len(lost)),
+            bytes_up=up * (len(kept) + len(rejected)),
+            bytes_down_total=self.traffic.down,
+            bytes_up_total=self.traffic.up,
+            bytes_since_round=self.traffic.since_round,
+            num_updates=len(kept),
+            round_seconds=0.0,
+            train_seconds=sum(updates[a.client].train_seconds for a in kept),
+            wait_seconds=last_arrival - t0,
+            aggregate_seconds=aggregate_seconds,
+            train_loss=(float(np.average([updates[a.client].train_loss for a in kept],
+                                         weights=[updates[a.client].num_examples for a in kept])) if kept else None),
+            retried=retried,
+            dropped=[a.client for a in arrivals if a.client not in updates and a.client not in rejected],
+            rejected=rejected,
+            byzantine=[a.client for a in arrivals if a.client in self.byzantine],
+            hosts={a.client: updates[a.client].host for a in kept},
+            failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
+            virtual_seconds=schedule.now,
+            offline=[f.client for f in lost],
+            staleness={"mean": float(np.mean(taus)) if taus else 0.0, "max": max(taus, default=0),
+                       "counts": {str(t): taus.count(t) for t in sorted(set(taus))}},
+        )
+        self._evaluate(stats, round_idx, last)
+        stats.round_seconds = time.perf_counter() - t0
+        return stats
+
+    def _evaluate(self, stats: RoundStats, round_idx: int, last: bool) -> None:
+        """Evaluate the model after `round_idx` into `stats` if this round is evaluated; note the hosts lost."""
+        cfg = self.config
         if round_idx % cfg.eval_every == 0 or round_idx == cfg.rounds or last:
             t2 = time.perf_counter()
             owners_test = self.eval_owners is not None and not self.held_out  # the test set's owners are clients
@@ -324,8 +467,46 @@ class Coordinator:
             stats.eval_seconds = time.perf_counter() - t2
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
-        stats.round_seconds = time.perf_counter() - t0
-        return stats
+
+    def _plan_virtual(self, round_idx: int) -> tuple[list[int], list[int], list[int], list[int], int, float]:
+        """A synchronous round on the virtual clock, decided before anyone trains: (sampled: ceil(m (1 + F)) of the
+        clients online now; the ones that will be kept, trained: the first m to finish inside --deadline; late: the
+        others that would finish; offline: those whose online window closes before they finish; how many clients
+        were online; the round's virtual seconds: until the m-th kept arrives, else the deadline, else the last)."""
+        cfg, systems = self.config, self.systems
+        available = systems.available(self.now)
+        if len(available) == 0:
+            wake = systems.next_online(self.now)
+            if wake is None:
+                raise RoundFailed(f"round {round_idx}: no client is online at virtual second {self.now:g} or later "
+                                  "(--client-trace's windows have all closed)")
+            return [], [], [], [], 0, wake - self.now  # nobody to sample: the round waits for the next window
+        m = cfg.clients_per_round
+        wanted = min(len(available), math.ceil(m * (1 + (cfg.over_select or 0.0)) - 1e-9))
+        sampled = sample_available(cfg.seed, round_idx, available, wanted).tolist()
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        num_examples = self.pool.num_examples()
+        finishing, offline, offline_at = [], [], []
+        for c in sampled:
+            duration = systems.duration(c, cfg.epochs * num_examples[c], down, up)
+            until = systems.online_until(c, self.now)
+            if self.now + duration > until:
+                offline.append(c)
+                offline_at.append(until - self.now)
+            else:
+                finishing.append((duration, c))
+        finishing.sort()
+        in_time = [(d, c) for d, c in finishing if cfg.deadline is None or d <= cfg.deadline]
+        kept = in_time[:m]
+        kept_ids = {c for _, c in kept}
+        late = sorted(c for _, c in finishing if c not in kept_ids)
+        if len(kept) == m:
+            seconds = kept[-1][0]
+        elif cfg.deadline is not None:
+            seconds = cfg.deadline
+        else:
+            seconds = max([d for d, _ in kept] + offline_at, default=0.0)
+        return sampled, sorted(c for _, c in kept), late, offline, len(available), seconds
 
     def _client_state(self, client_id: int) -> tuple:
         """What ClientHost.train takes besides the weights for this client: (c, c_i, residual), each None if unused:
@@ -384,13 +565,15 @@ class CoordinatorActor:
         held_out: bool = False,
         classes: bool = True,
         traffic: Totals | None = None,
+        trace: Trace | None = None,
+        clock: dict | None = None,
     ) -> None:
         self.store_retry_seconds = store_retry_seconds
         self.coordinator = Coordinator(
             config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
             weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
             strategy=strategy, strategy_state=strategy_state, eval_owners=eval_owners, held_out=held_out,
-            classes=classes, traffic=traffic,
+            classes=classes, traffic=traffic, trace=trace, clock=clock,
         )
 
     def run(self, store_url: str | None = None, fingerprint: str = "", identity: dict | None = None) -> Iterator[dict]:

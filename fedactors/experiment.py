@@ -36,6 +36,7 @@ from fedactors.data import resolve_data_dir
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
 from fedactors.partition import Parts, hold_out, partition, summary
 from fedactors.task import Arrays, Task, digest, load_arrays, load_task, target_direction
+from fedactors.systems import read_trace
 from fedactors.traffic import Totals
 
 EventHandler = Callable[[dict], None]
@@ -86,6 +87,9 @@ def run(
     if config.clients is None:  # --partition natural: the data says how many clients there are
         config = dataclasses.replace(config, clients=loading.result()[3]["clients"])
     strategy = strategy if strategy is not None else make_strategy(config)  # a user's is imported (and checked) here
+    # --client-trace is read here, where its path is (a cluster's coordinator may run on another node); its errors
+    # come before a cluster start-up.
+    trace = read_trace(config.client_trace, config.clients) if config.client_trace else None
     if not task.builtin or config.data is not None or (task.local is not None and not task.local(data_dir)):
         loading.result()  # a download or a user's task or data, and their failures, come before a cluster start-up
 
@@ -137,6 +141,7 @@ def run(
                 eval_owners=None if owners is None else ray.put(owners), held_out=holdout is not None,
                 classes=task.labels == "classes",
                 traffic=Totals.from_checkpoint(resume.extra, resume.round) if resume else None,
+                trace=trace, clock=resume.extra.get("clock") if resume else None,
             )
         )
         try:
@@ -150,6 +155,8 @@ def run(
         identity = {"task": config.task, "data": config.data or "the task's own", "digest": data_digest,
                     "parameters": described[0]["parameters"], "weights": described[0]["weights"],
                     "strategy": {"name": strategy.name, "settings": strategy.settings()}}
+        if trace is not None:  # only then, as frozen below
+            identity["trace"] = trace.digest
         if "frozen" in described[0]:  # only then: the identity (fingerprint) of every other model stays as it was
             identity["frozen"] = frozen_identity(described)
         check_client_state(config, described[0]["weights"])

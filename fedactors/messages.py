@@ -16,7 +16,11 @@ METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
     "failures", "epsilon", "clip", "bytes_down", "bytes_up", "bytes_down_total", "bytes_up_total", "client_accuracy",
+    "virtual_seconds", "available", "late", "offline", "staleness",
 )
+# Keys a row carries only where they have a value: the clients' spread, adaptive clipping's clip, and the virtual
+# clock's (fedactors.systems): every other run's rows stay as they were.
+SOMETIMES_KEYS = ("client_accuracy", "clip", "virtual_seconds", "available", "late", "offline", "staleness")
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
 # and its accuracy on the test set.
@@ -32,7 +36,7 @@ def metrics_fields(row: dict) -> dict:
     under adaptive clipping."""
     hidden = PRIVATE_KEYS if row.get("private") else ()
     out = {k: row[k] for k in METRIC_KEYS if k in row and k not in hidden}
-    for key in ("client_accuracy", "clip"):  # only where there is one: every other run's rows stay as they were
+    for key in SOMETIMES_KEYS:
         if out.get(key) is None:
             out.pop(key, None)
     out.update(row.get("metrics") or {})
@@ -128,6 +132,14 @@ class RoundStats:
     bytes_since_round: int = 0  # the totals count the rounds after this one (0: the whole run)
     metrics: dict[str, float] = field(default_factory=dict)  # the task's own metrics on the test set, by name
     client_accuracy: dict | None = None  # per-client evaluation: coordinator.client_spread
+    # On the virtual clock (fedactors.systems): its time at the end of the round (the server update), how many
+    # clients were online when the round sampled, who missed the deadline or the first m (late), who went offline
+    # before finishing, and (fedbuff, fedasync) the staleness of the update's arrivals: mean, max, count by value.
+    virtual_seconds: float | None = None
+    available: int | None = None
+    late: list[int] | None = None
+    offline: list[int] | None = None
+    staleness: dict | None = None
 
     def metrics_row(self) -> dict:
         """The JSON object metrics.jsonl holds for this round."""

@@ -52,6 +52,8 @@ DESCRIPTIONS = {
     "fedprox": "clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)",
     "scaffold": "clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020); --aggregator fedavg",
     "dp-fedavg": "client-level differential privacy (McMahan et al., ICLR 2018); --aggregator fedavg",
+    "fedbuff": "asynchronous: an update every --buffer arrivals, weighted by staleness (Nguyen et al., AISTATS 2022)",
+    "fedasync": "asynchronous: each arrival mixed into the model at once (Xie et al. 2019)",
 }
 OBJECT_PREFIX = "python:"  # config.strategy of a run given a strategy object (fedactors.run(strategy=...))
 
@@ -325,8 +327,33 @@ class DPFedAvg:
                 "clip_lr": self.clip_lr, "count_noise": self.count_noise}
 
 
+@dataclass
+class Asynchronous:
+    """fedbuff and fedasync: their server step is the coordinator's (fedactors.asynchronous), taken in virtual time;
+    this object carries their settings into the run's identity."""
+
+    name: str
+    concurrency: int
+    buffer: int
+    staleness: str
+    rate: float  # fedbuff's server learning rate, fedasync's mixing weight
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        raise TypeError(f"{self.name} has no synchronous round")
+
+    def state(self):
+        return {}, {}
+
+    def load_state(self, buffers, scalars):
+        pass
+
+    def settings(self):
+        return {"concurrency": self.concurrency, "buffer": self.buffer, "staleness": self.staleness,
+                "server_lr" if self.name == "fedbuff" else "mixing": self.rate}
+
+
 # The built-ins' classes: run by name (make_strategy), since their clients and sampling follow the name.
-BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg)
+BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg, Asynchronous)
 
 
 def clipped_sum_reference(updates: Sequence[np.ndarray], weights: np.ndarray, clip: float,
@@ -351,6 +378,12 @@ def make_strategy(config) -> Strategy:
         return FedProx(mu=config.mu)
     if name == "scaffold":
         return Scaffold(num_clients=config.clients)
+    if name in ("fedbuff", "fedasync"):
+        from fedactors.asynchronous import ASYNC_DEFAULTS
+
+        return Asynchronous(name, config.concurrency_value, config.buffer_value,
+                            config.staleness or ASYNC_DEFAULTS["staleness"],
+                            config.server_lr_value if name == "fedbuff" else _or(config.mixing, ASYNC_DEFAULTS["mixing"]))
     if name == "dp-fedavg":
         import secrets
 

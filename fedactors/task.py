@@ -181,7 +181,8 @@ def load_task(spec: str | Task) -> Task:
 
 
 def with_absolute_paths(settings: dict) -> dict:
-    """`settings` with the files it names made absolute: a file.py:attr --task or --strategy and --data npz:PATH.
+    """`settings` with the files it names made absolute: a file.py:attr --task or --strategy, --data npz:PATH and
+    --client-trace.
 
     Stored so, a run resumes from any directory, and every node of a cluster reads the same file."""
     out = dict(settings)
@@ -195,6 +196,8 @@ def with_absolute_paths(settings: dict) -> dict:
     kind, sep, where = data.partition(":") if isinstance(data, str) else ("", "", "")
     if sep and kind in DATA_KINDS and where:
         out["data"] = f"{kind}:{Path(where).expanduser().resolve()}"
+    if isinstance(out.get("client_trace"), str) and out["client_trace"].strip():
+        out["client_trace"] = str(Path(out["client_trace"]).expanduser().resolve())
     return out
 
 

@@ -101,6 +101,27 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--beta2", type=float, default=D.beta2, show_default=True, help="fedadam, fedyogi: second-moment decay.")
 @click.option("--tau", type=float, default=D.tau, show_default=True, help="fedadagrad, fedadam, fedyogi: the adaptivity (epsilon).")
 @click.option("--mu", type=float, default=D.mu, show_default=True, help="fedprox: the weight of the proximal term (mu/2)||w - w_global||^2.")
+@click.option("--concurrency", type=int, default=None,
+              help="fedbuff, fedasync: clients training at once. Default: m, the clients a synchronous round samples.")
+@click.option("--buffer", type=int, default=None,
+              help="fedbuff: arrivals per server update (K). Default: min(10, --concurrency).")
+@click.option("--staleness", default=None, metavar="constant|polynomial:A|hinge:A,B",
+              help="fedbuff, fedasync: an update tau versions stale counts s(tau): 1, (1 + tau)^-A, or 1 up to B and "
+                   "then 1 / (A (tau - B) + 1). Default: polynomial:0.5.")
+@click.option("--mixing", type=float, default=None,
+              help="fedasync: the weight a (fresh) arrival gets against the model, w <- (1 - a s) w + a s y. Default: 0.6.")
+@click.option("--client-speed", "client_speed", default=None, metavar="lognormal:SIGMA",
+              help="Put clients on a virtual clock with uneven speeds: each client's seconds per example is 0.01 x "
+                   "exp(SIGMA z), z drawn from the seed (network 10 Mbit/s up, 50 down). metrics.jsonl gains "
+                   "virtual_seconds.")
+@click.option("--client-trace", "client_trace", default=None, metavar="FILE.csv",
+              help="Clients' profiles and availability on the virtual clock: rows client,speed,up_mbps,down_mbps "
+                   "(seconds per example, megabits/s) and client,online_from,online_until (virtual seconds); a client "
+                   "with windows is online only inside them.")
+@click.option("--deadline", type=float, default=None,
+              help="Virtual seconds a round waits: clients finishing later are dropped (reported as late).")
+@click.option("--over-select", "over_select", type=float, default=None,
+              help="Sample ceil(m x (1 + F)) online clients and keep the first m to finish (inside --deadline).")
 @click.option("--clip", default=str(D.clip), show_default=True, metavar="S|adaptive",
               help="dp-fedavg: each client update's L2 norm is clipped to this (S); adaptive: the clip follows "
               "--target-quantile of the update norms (Andrew et al. 2021), from --initial-clip.")

@@ -8,7 +8,9 @@ from fedactors.cli import cli
 
 # What a default of None means, where it is not a number.
 NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)", "target_quantile": "0.5 (adaptive)",
-              "clip_lr": "0.2 (adaptive)", "initial_clip": "0.1 (adaptive)", "clip_count_noise": "qK/20 (adaptive)"}
+              "clip_lr": "0.2 (adaptive)", "initial_clip": "0.1 (adaptive)", "clip_count_noise": "qK/20 (adaptive)",
+             "concurrency": "m (as a round samples)", "buffer": "min(10, concurrency)", "staleness": "polynomial:0.5",
+             "mixing": "0.6"}
 
 
 @cli.command()

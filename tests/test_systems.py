@@ -1,0 +1,253 @@
+"""Uneven clients in virtual time (issue 26): speeds, availability, deadlines, over-selection, FedBuff and FedAsync.
+
+In-process runs (LocalPool) of the spirals task for what the clock decides; real Ray runs for what the
+guarantees promise (the same bytes whichever hosts, and after SIGKILL and resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from fedactors.asynchronous import Flight, Schedule, parse_staleness, staleness_weight
+from fedactors.config import RunConfig
+from fedactors.errors import ConfigError
+from fedactors.seeding import sample_clients
+from fedactors.systems import Systems, Trace, read_trace, sample_available
+
+SPIRALS = dict(clients=20, frac=0.25, partition="iid", epochs=2, batch_size=20, lr=0.2, eval_every=4, seed=3)
+
+
+def spirals_config(**changes) -> RunConfig:
+    from conftest import REPO
+
+    return RunConfig(task=f"{REPO}/examples/spirals.py:task", **{**SPIRALS, **changes})
+
+
+def run_in_process(cfg: RunConfig, hosts: int = 2, trace: Trace | None = None, **more) -> list[dict]:
+    """Every event of `cfg` run without Ray, on `hosts` ClientHosts of one torch thread."""
+    import torch
+
+    from fedactors.client import ClientHost
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    threads = torch.get_num_threads()
+    try:
+        data = load_arrays(load_task(cfg.task), cfg.data, None)
+        parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
+        pool = LocalPool([ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i,
+                                     threads=1) for i in range(hosts)])
+        return list(Coordinator(cfg, pool, num_test=len(data.y_test), trace=trace, **more).run())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def rounds_of(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["type"] == "round"]
+
+
+# ---- profiles, traces, sampling ------------------------------------------------------------------------
+
+def test_sampling_the_online_clients_is_the_usual_sample_when_everyone_is_online():
+    for seed, round_idx, k, m in ((0, 1, 100, 10), (3, 17, 20, 5), (9, 2, 7, 7)):
+        assert sample_available(seed, round_idx, np.arange(k), m).tolist() == sample_clients(seed, round_idx, k, m).tolist()
+
+
+def test_lognormal_speeds_are_seeded_and_spread_by_sigma():
+    a, b = Systems(1000, seed=1, sigma=1.0), Systems(1000, seed=1, sigma=1.0)
+    assert a.speed.tobytes() == b.speed.tobytes()
+    assert Systems(1000, seed=2, sigma=1.0).speed.tobytes() != a.speed.tobytes()
+    assert np.median(a.speed) == pytest.approx(0.01, rel=0.15)  # the reference is the median
+    assert np.std(np.log(a.speed)) == pytest.approx(1.0, rel=0.1)
+    assert np.all(Systems(10, seed=1, sigma=0.0).speed == 0.01)
+
+
+def test_a_duration_is_download_plus_work_plus_upload():
+    trace = Trace(profiles={3: (0.5, 8.0, 16.0)})  # 0.5 s an example, 1 MB/s up, 2 MB/s down
+    systems = Systems(5, seed=0, trace=trace)
+    assert systems.duration(3, 10, 2_000_000, 1_000_000) == pytest.approx(1.0 + 5.0 + 1.0)
+    assert systems.duration(0, 100, 6_250_000, 1_250_000) == pytest.approx(1.0 + 1.0 + 1.0)  # the reference client
+
+
+def test_a_trace_is_read_with_windows_and_profiles(tmp_path):
+    path = tmp_path / "trace.csv"
+    path.write_text("client,speed,up_mbps,down_mbps\n0,0.02,5,20\n# a comment\n"
+                    "client,online_from,online_until\n1,0,100\n1,200,300\n2,50,60\n")
+    trace = read_trace(path, 4)
+    assert trace.profiles == {0: (0.02, 5.0, 20.0)}
+    systems = Systems(4, seed=0, trace=trace)
+    assert systems.available(0).tolist() == [0, 1, 3]
+    assert systems.available(55).tolist() == [0, 1, 2, 3]
+    assert systems.available(250).tolist() == [0, 1, 3]
+    assert systems.available(150).tolist() == [0, 3]
+    assert systems.online_until(1, 250) == 300 and systems.online_until(0, 5) == float("inf")
+    assert systems.next_online(100) == 200 and systems.next_online(300) is None
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("0,0.01,5\n1,oops,3\n", "line 2: expected numbers"),
+    ("7,0,10\n", "client 7 is not one of the run's 4"),
+    ("0,10,5\n", "a window needs 0 <= online_from < online_until"),
+    ("0,0.01,0,5\n", "speed must be >= 0 and up_mbps, down_mbps > 0"),
+    ("0,1,2,3,4\n", "got 5 columns"),
+    ("0,0.01,5,5\n0,0.02,5,5\n", "a second speed row for client 0"),
+    ("0,nan,5,5\n", "values must be finite"),
+])
+def test_a_bad_trace_is_one_line_naming_the_row(tmp_path, text, problem):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        read_trace(path, 4)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"client_speed": "normal:1"}, "--client-speed must be lognormal:SIGMA"),
+    ({"client_speed": "lognormal:-1"}, "--client-speed must be lognormal:SIGMA"),
+    ({"deadline": 0}, "--deadline must be a positive number"),
+    ({"over_select": -0.5}, "--over-select must be a fraction >= 0"),
+    ({"strategy": "fedbuff", "deadline": 10.0}, "--deadline is for synchronous rounds"),
+    ({"strategy": "fedbuff", "staleness": "hinge:1"}, "--staleness must be"),
+    ({"strategy": "fedasync", "mixing": 1.5}, "--mixing must be in"),
+    ({"strategy": "fedbuff", "buffer": 0}, "--buffer must be a positive integer"),
+    ({"strategy": "dp-fedavg", "client_speed": "lognormal:1"}, "dp-fedavg does not run on the virtual clock"),
+    ({"strategy": "fedbuff", "aggregator": "median"}, "needs --aggregator fedavg"),
+])
+def test_bad_systems_settings_are_refused_in_one_line(changes, problem):
+    with pytest.raises(ConfigError, match=problem):
+        RunConfig(**changes)
+
+
+def test_the_staleness_functions():
+    assert parse_staleness(None) == ("polynomial", 0.5, 0.0)
+    assert staleness_weight(parse_staleness("constant"), 7) == 1.0
+    assert staleness_weight(parse_staleness("polynomial:1"), 3) == pytest.approx(0.25)
+    hinge = parse_staleness("hinge:2,3")
+    assert [staleness_weight(hinge, t) for t in (0, 3, 4, 6)] == pytest.approx([1, 1, 1 / 3, 1 / 7])
+    for spec in ("constant", "polynomial:0.5", "hinge:10,0"):
+        assert staleness_weight(parse_staleness(spec), 0) == 1.0  # a fresh update counts whole
+
+
+# ---- the asynchronous schedule -------------------------------------------------------------------------
+
+def _schedule(concurrency=3, buffer=2, sigma=1.0, state=None, clients=12):
+    systems = Systems(clients, seed=5, sigma=sigma)
+    return Schedule(seed=5, concurrency=concurrency, buffer=buffer, systems=systems,
+                    work=np.full(clients, 100), bytes_down=1000, bytes_up=1000, state=state)
+
+
+def test_the_schedule_applies_arrivals_in_virtual_order_and_tracks_staleness():
+    schedule = _schedule()
+    seen_now = []
+    for _ in range(6):
+        arrivals, lost, freed = schedule.next_buffer()
+        assert len(arrivals) == 2 and not lost and freed >= 1
+        finishes = [a.finish for a in arrivals]
+        assert finishes == sorted(finishes) and finishes[-1] == schedule.now
+        assert all(a.version <= schedule.version for a in arrivals)
+        assert len([f for f in schedule.flights if f.client >= 0]) == 3 - freed  # the others still train
+        seen_now.append(schedule.now)
+        schedule.applied(freed)
+        assert len(schedule.flights) == 3  # a freed slot starts a new client at once
+        assert len({f.client for f in schedule.flights}) == 3  # never the same client twice at once
+    assert seen_now == sorted(seen_now)
+
+
+def test_a_schedule_restored_from_its_state_continues_the_same():
+    a = _schedule()
+    for _ in range(3):
+        _, _, freed = a.next_buffer()
+        a.applied(freed)
+    b = _schedule(state=json.loads(json.dumps(a.state())))  # through JSON, as a checkpoint keeps it
+    for _ in range(5):
+        (xa, la, fa), (xb, lb, fb) = a.next_buffer(), b.next_buffer()
+        assert (xa, la, fa) == (xb, lb, fb)
+        a.applied(fa)
+        b.applied(fb)
+
+
+def test_ties_in_virtual_time_go_by_client_id():
+    schedule = _schedule(concurrency=4, buffer=4, sigma=0.0)  # everyone alike: all four arrive at once
+    arrivals, _, freed = schedule.next_buffer()
+    assert [a.client for a in arrivals] == sorted(a.client for a in arrivals) and freed == 4
+    assert isinstance(arrivals[0], Flight)
+
+
+def test_a_client_going_offline_mid_training_is_lost_and_its_slot_reused(tmp_path):
+    # Client 0 leaves after 0.5 s, before any client can finish (a reference client needs ~2 s here).
+    trace = Trace(windows=[(0, 0.0, 0.5)])
+    systems = Systems(3, seed=0, trace=trace)
+    schedule = Schedule(seed=0, concurrency=3, buffer=2, systems=systems, work=np.full(3, 100),
+                        bytes_down=1000, bytes_up=1000)
+    assert {f.client for f in schedule.flights} == {0, 1, 2}
+    arrivals, lost, _ = schedule.next_buffer()
+    assert [f.client for f in lost] == [0] and {a.client for a in arrivals} == {1, 2}
+
+
+# ---- runs ----------------------------------------------------------------------------------------------
+
+def test_fedbuff_with_equal_clients_and_a_buffer_of_m_is_fedavg_to_the_byte():
+    fedavg = run_in_process(spirals_config(rounds=6))
+    fedbuff = run_in_process(spirals_config(rounds=6, strategy="fedbuff", concurrency=5, buffer=5,
+                                            staleness="constant"))
+    assert fedbuff[-1]["weights"].tobytes() == fedavg[-1]["weights"].tobytes()
+    assert [r["clients"] for r in rounds_of(fedbuff)] == [r["clients"] for r in rounds_of(fedavg)]
+    assert all(r["staleness"]["max"] == 0 for r in rounds_of(fedbuff))
+
+
+def test_fedbuff_on_uneven_clients_is_the_same_bytes_on_one_host_or_three():
+    cfg = spirals_config(rounds=8, strategy="fedbuff", concurrency=6, buffer=3, client_speed="lognormal:1")
+    one, three = run_in_process(cfg, hosts=1), run_in_process(cfg, hosts=3)
+    assert one[-1]["weights"].tobytes() == three[-1]["weights"].tobytes()
+    rows = rounds_of(one)
+    assert max(r["staleness"]["max"] for r in rows) >= 1  # stale updates were applied, weighted
+    times = [r["virtual_seconds"] for r in rows]
+    assert times == sorted(times) and times[0] > 0
+    assert run_in_process(dataclasses.replace(cfg, staleness="constant"))[-1]["weights"].tobytes() != \
+        one[-1]["weights"].tobytes()
+
+
+def test_fedasync_mixes_each_arrival_and_learns():
+    events = run_in_process(spirals_config(rounds=24, eval_every=1, strategy="fedasync", concurrency=4,
+                                           client_speed="lognormal:0.5"))
+    rows = rounds_of(events)
+    assert all(r["num_updates"] == 1 for r in rows)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+
+
+def test_a_deadline_drops_the_slow_and_over_selection_keeps_the_first_m():
+    cfg = spirals_config(rounds=4, client_speed="lognormal:1.5", over_select=0.6)
+    rows = rounds_of(run_in_process(cfg))
+    m = cfg.clients_per_round
+    for r in rows:
+        assert len(r["clients"]) == 8 and r["num_updates"] == m and len(r["late"]) == 3  # ceil(5 x 1.6) sampled
+    # A deadline short of the reference client's round (60 examples x 2 epochs x 0.01 s + transfers) keeps fewer.
+    tight = rounds_of(run_in_process(dataclasses.replace(cfg, deadline=2.0)))
+    assert any(r["num_updates"] < m for r in tight)
+    assert all(r["virtual_seconds"] == pytest.approx(2.0 * r["round"]) or r["num_updates"] == m for r in tight)
+
+
+def test_a_round_nobody_finishes_in_time_leaves_the_model_as_it_was():
+    cfg = spirals_config(rounds=2, eval_every=1, client_speed="lognormal:0.1", deadline=1e-3)
+    events = run_in_process(cfg)
+    rows = rounds_of(events)
+    assert [r["num_updates"] for r in rows] == [0, 0]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    assert rows[1]["virtual_seconds"] == pytest.approx(2e-3)
+
+
+def test_only_online_clients_are_sampled():
+    # Clients 10..19 come online only long after the run (a client without windows would be always online).
+    windows = [(c, 0.0, 1e9) for c in range(10)] + [(c, 1e8, 1e9) for c in range(10, 20)]
+    cfg = spirals_config(rounds=3, client_trace="unused.csv")  # the trace is handed in, as experiment.run does
+    rows = rounds_of(run_in_process(cfg, trace=Trace(windows=windows)))
+    assert all(set(r["clients"]) <= set(range(10)) and r["available"] == 10 for r in rows)
+
+
+def test_the_papers_defaults_carry_no_clock():
+    assert not RunConfig().simulates_systems
+    assert RunConfig().experiment() == RunConfig(over_select=None).experiment()
