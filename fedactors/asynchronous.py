@@ -13,7 +13,8 @@ never by which host finished first. Every `--buffer K` arrivals the server appli
 with s the staleness weight (`--staleness constant|polynomial:A|hinge:A,B`: 1, (1 + tau)^-A, and 1
 up to B then 1 / (A (tau - B) + 1)). A freed slot starts a new client at once; clients freed at
 the same virtual instant start together, from the version current after that instant's update,
-drawn as one sample of the clients online then and not training. So with every client equally
+drawn as one sample of the clients online then and not training (a fast client may so arrive
+twice in one buffer). A start batch's number keys its clients' training seeds, as a round's does. So with every client equally
 fast, C = K = m and eta 1, FedBuff is synchronous FedAvg, to the byte: its first test.
 
 Training is lazy: an arrival is trained when its update is applied, from the weights of its
@@ -75,6 +76,7 @@ class Flight:
     version: int
     start: float
     lost: bool = False
+    batch: int = 0  # the start batch it was drawn in: its training's seed key (a synchronous round's number)
 
 
 class Schedule:
@@ -90,7 +92,6 @@ class Schedule:
         self.version = 0  # server updates applied so far
         self.batches = 0  # start batches drawn so far: the key of the next one's sample
         self.parked = 0  # slots with nobody to start until the next update
-        self.started_here: set[int] = set()  # clients started from the current version
         self.flights: list[Flight] = []  # a heap
         if state is None:
             self._start(concurrency)
@@ -124,7 +125,6 @@ class Schedule:
     def applied(self, freed: int) -> None:
         """The server applied an update: the next version, and the freed slots (and parked ones) start from it."""
         self.version += 1
-        self.started_here = set()
         count, self.parked = freed + self.parked, 0
         self._start(count)
 
@@ -135,7 +135,7 @@ class Schedule:
     def _start(self, count: int) -> None:
         if count <= 0:
             return
-        busy = {f.client for f in self.flights} | self.started_here
+        busy = {f.client for f in self.flights}
         online = self.systems.available(self.now)
         candidates = online[~np.isin(online, np.fromiter(busy, dtype=np.int64, count=len(busy)))] if busy else online
         n = min(count, len(candidates))
@@ -146,8 +146,7 @@ class Schedule:
                 until = self.systems.online_until(client, self.now)
                 lost = self.now + duration > until
                 heapq.heappush(self.flights, Flight(until if lost else self.now + duration, client, self.version,
-                                                    self.now, lost))
-                self.started_here.add(client)
+                                                    self.now, lost, self.batches))
         wake = self.systems.next_online(self.now)
         for _ in range(count - n):  # nobody to start now: wake when someone comes online, or after the next update
             if wake is not None:
@@ -159,14 +158,13 @@ class Schedule:
 
     def state(self) -> dict:
         return {"now": self.now, "version": self.version, "batches": self.batches, "parked": self.parked,
-                "started_here": sorted(self.started_here), "flights": [list(astuple(f)) for f in sorted(self.flights)]}
+                "flights": [list(astuple(f)) for f in sorted(self.flights)]}
 
     def load_state(self, state: dict) -> None:
         self.now, self.version = float(state["now"]), int(state["version"])
         self.batches, self.parked = int(state["batches"]), int(state["parked"])
-        self.started_here = set(state["started_here"])
-        self.flights = [Flight(float(f), int(c), int(v), float(s), bool(lost))
-                        for f, c, v, s, lost in state["flights"]]
+        self.flights = [Flight(float(f), int(c), int(v), float(s), bool(lost), int(b))
+                        for f, c, v, s, lost, b in state["flights"]]
         heapq.heapify(self.flights)
 
 

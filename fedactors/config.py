@@ -278,6 +278,9 @@ class RunConfig:
                     raise ConfigError(f"--{name.replace('_', '-')} is for synchronous rounds; --strategy "
                                       f"{self.strategy} has no rounds to close (a client's update counts whenever "
                                       "it arrives, weighted by its staleness)")
+            if self.compress is not None and self.compress.partition(":")[0] in ("topk", "sign"):
+                raise ConfigError(f"--compress {self.compress} does not go with --strategy {self.strategy}: its "
+                                  "error feedback assumes a client's updates arrive in the order it made them")
             if self.aggregator != "fedavg":
                 raise ConfigError(f"--strategy {self.strategy} averages its buffer itself: it needs --aggregator "
                                   f"fedavg, not {self.aggregator}")

@@ -357,34 +357,34 @@ class Coordinator:
         except RuntimeError as exc:
             raise RoundFailed(f"round {round_idx}: {exc}") from None
         required = math.ceil(cfg.min_fit_fraction * len(arrivals) - 1e-9)
-        extras = self._client_state if self.feedback is not None else None
-        updates: dict[int, Update] = {}
+        updates: dict[tuple[int, int], Update] = {}  # (client, start batch): a fast client may arrive twice
         failures: list[Failure] = []
         retried: list[int] = []
-        rejected: list[int] = []
+        rejected: list[tuple[int, int]] = []
         last_arrival = t0
-        for version in sorted({a.version for a in arrivals}):
-            weights = self.weights if version == schedule.version else self.versions[version]
-            todo = [a.client for a in arrivals if a.version == version]
-            for _attempt in range(MAX_ATTEMPTS):
-                failed_now = []
-                for result in self.pool.train(weights, version + 1, todo, timeout=cfg.round_timeout, extras=extras):
-                    if isinstance(result, Failure):
-                        failures.append(result)
-                        failed_now.append(result.client_id)
-                    elif not aggregate.all_finite(result.weights):
-                        failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
-                        rejected.append(result.client_id)
-                    else:
-                        updates[result.client_id] = result
-                        last_arrival = time.perf_counter()
-                if not failed_now:
-                    break
-                retried.extend(failed_now)
-                todo = failed_now
-        kept = [a for a in arrivals if a.client in updates]  # in virtual arrival order
+        todo = arrivals
+        for _attempt in range(MAX_ATTEMPTS):
+            jobs = [(self.weights if a.version == schedule.version else self.versions[a.version], a.batch, a.client)
+                    for a in todo]
+            failed_now = []
+            for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout):
+                if isinstance(result, Failure):
+                    failures.append(result)
+                    failed_now.append((result.client_id, result.round))
+                elif not aggregate.all_finite(result.weights):
+                    failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
+                    rejected.append((result.client_id, result.round))
+                else:
+                    updates[result.client_id, result.round] = result
+                    last_arrival = time.perf_counter()
+            if not failed_now:
+                break
+            retried.extend(c for c, _ in failed_now)
+            todo = [a for a in todo if (a.client, a.batch) in failed_now]
+        kept = [a for a in arrivals if (a.client, a.batch) in updates]  # in virtual arrival order
+        got = [updates[a.client, a.batch] for a in kept]
         if len(kept) < required:
-            missing = [a.client for a in arrivals if a.client not in updates]
+            missing = [a.client for a in arrivals if (a.client, a.batch) not in updates]
             raise RoundFailed(f"round {round_idx}: clients {missing} of the buffer did not return a usable update, "
                               f"leaving {len(kept)} of {len(arrivals)} where {required} are required (errors: "
                               + "; ".join(dict.fromkeys(f.error for f in failures)) + ")")
@@ -394,20 +394,18 @@ class Coordinator:
             new = old
         elif cfg.strategy == "fedasync":
             a = kept[0]
-            new = mixed_update(old, updates[a.client].weights, schedule.version - a.version, staleness,
+            new = mixed_update(old, got[0].weights, schedule.version - a.version, staleness,
                                self.strategy.rate)
         else:
             try:
-                new = buffered_update(old, [(updates[a.client].weights, updates[a.client].num_examples, a.version,
+                new = buffered_update(old, [(u.weights, u.num_examples, a.version,
                                              old if a.version == schedule.version else self.versions[a.version])
-                                            for a in kept], schedule.version, staleness, cfg.server_lr_value)
+                                            for a, u in zip(kept, got)], schedule.version, staleness,
+                                      cfg.server_lr_value)
             except ValueError as exc:
                 raise RoundFailed(f"round {round_idx}: {exc}") from None
         if not aggregate.all_finite(new):
             raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
-        if self.feedback is not None:
-            self.feedback.accept({a.client: updates[a.client].residual for a in kept
-                                  if updates[a.client].residual is not None})
         self.versions[schedule.version] = old
         self.weights = new
         schedule.applied(freed)
@@ -426,16 +424,17 @@ class Coordinator:
             bytes_since_round=self.traffic.since_round,
             num_updates=len(kept),
             round_seconds=0.0,
-            train_seconds=sum(updates[a.client].train_seconds for a in kept),
+            train_seconds=sum(u.train_seconds for u in got),
             wait_seconds=last_arrival - t0,
             aggregate_seconds=aggregate_seconds,
-            train_loss=(float(np.average([updates[a.client].train_loss for a in kept],
-                                         weights=[updates[a.client].num_examples for a in kept])) if kept else None),
+            train_loss=(float(np.average([u.train_loss for u in got], weights=[u.num_examples for u in got]))
+                        if kept else None),
             retried=retried,
-            dropped=[a.client for a in arrivals if a.client not in updates and a.client not in rejected],
-            rejected=rejected,
+            dropped=[a.client for a in arrivals if (a.client, a.batch) not in updates
+                     and (a.client, a.batch) not in rejected],
+            rejected=[c for c, _ in rejected],
             byzantine=[a.client for a in arrivals if a.client in self.byzantine],
-            hosts={a.client: updates[a.client].host for a in kept},
+            hosts={a.client: u.host for a, u in zip(kept, got)},
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
             virtual_seconds=schedule.now,
             offline=[f.client for f in lost],

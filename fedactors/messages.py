@@ -85,6 +85,7 @@ class Failure:
     client_id: int
     host: int
     error: str
+    round: int | None = None  # the job's round key, where one call trains a client in more than one (train_jobs)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from fedactors.report import PAPER_TABLE2_TARGET, RunSummary, load_run, paper_ro
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-X_AXES = ("rounds", "uplink")  # plot --x
+X_AXES = ("rounds", "uplink", "virtual")  # plot --x
 FIGSIZE_INCHES = (8.0, 5.0)
 DPI = 100  # so the PNG is exactly 800 x 500 pixels
 # The y-axis starts a little below the lowest accuracy once the first few evaluated rounds are
@@ -36,7 +36,8 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     for a bad output path, run directory or `y_min`, DataError if no run has an evaluated round.
     `clients` shades, around each run's curve, the band from the 10th to the 90th percentile of
     its clients' own accuracies (runs evaluated client by client; DataError if none was). `x` is
-    "rounds" or "uplink" (the cumulative MB the clients sent: DataError for a run that predates it).
+    "rounds", "uplink" (the cumulative MB the clients sent: DataError for a run that predates it) or "virtual" (the
+    simulated clock's seconds, fedactors.systems: DataError for a run not on it).
     """
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":
@@ -57,6 +58,11 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
         if old:
             raise DataError(f"--x uplink: {', '.join(old)} did not count its bytes (it ran before fedactors counted "
                             "them, or was resumed from such a run)")
+    if x == "virtual":
+        off = [str(s.path) for s in runs if not s.virtual_seconds or None in s.virtual_seconds]
+        if off:
+            raise DataError(f"--x virtual: {', '.join(off)} ran without a virtual clock (it needs --client-speed, "
+                            "--client-trace, --deadline, --over-select, or --strategy fedbuff or fedasync)")
     if clients and not any(s.clients_curve for s in runs):
         raise DataError("--clients: none of these runs evaluated its clients one by one (natural data with "
                         "client_test, or --eval-clients)")
@@ -80,7 +86,8 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     ax = fig.add_subplot()
     marked = False
     for s, label in zip(runs, legend_labels(runs)):
-        at = dict(zip(s.rounds, s.uplink_mb)) if x == "uplink" else {r: r for r in s.rounds}
+        at = (dict(zip(s.rounds, s.uplink_mb)) if x == "uplink" else dict(zip(s.rounds, s.virtual_seconds))
+              if x == "virtual" else {r: r for r in s.rounds})
         (line,) = ax.plot([at[r] for r in s.rounds], s.accuracies, linewidth=1.5, label=label)
         if clients and s.clients_curve:
             rounds = [at[r] for r, _ in s.clients_curve]
@@ -101,7 +108,8 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     ax.set_xlim(left=0)
     if x == "rounds":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("Communication rounds" if x == "rounds" else "Uplink: MB sent by the clients, cumulative")
+    ax.set_xlabel({"rounds": "Communication rounds", "uplink": "Uplink: MB sent by the clients, cumulative",
+                   "virtual": "Virtual time: seconds on the simulated clients' clock"}[x])
     ax.set_ylabel("Test accuracy")
     if title:
         ax.set_title(title)

@@ -39,6 +39,12 @@ class HostPool(Protocol):
         """Each client's update or failure; `extras(cid)` are more arguments for ClientHost.train (SCAFFOLD's)."""
         ...
 
+    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
+                   ) -> Iterator[Update | Failure]:
+        """Train (weights, round key, client) jobs at once, spread over the hosts (fedbuff's arrivals, each from the
+        weights of its start): an Update's round and client_id say whose it is, and a Failure's round and client_id."""
+        ...
+
     def train_sums(
         self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
         timeout: float | None = None,
@@ -98,6 +104,18 @@ class LocalPool:
                     yield self.hosts[h].train(global_weights, cid, round_idx, *(extras(cid) if extras else ()))
                 except Exception as exc:  # a failure is data: the coordinator decides what it means
                     yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}")
+
+    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
+                   ) -> Iterator[Update | Failure]:
+        examples = self.num_examples()
+        plan = balance(range(len(jobs)), [examples[c] for _, _, c in jobs], range(len(self.hosts)))
+        for h, indices in plan.items():
+            for i in indices:
+                weights, round_idx, cid = jobs[i]
+                try:
+                    yield self.hosts[h].train(weights, cid, round_idx)
+                except Exception as exc:
+                    yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}", round=round_idx)
 
     def train_sums(
         self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
@@ -239,6 +257,28 @@ class RayPool:
         }
         yield from self._gather(pending, timeout)
 
+    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
+                   ) -> Iterator[Update | Failure]:
+        self._revive()
+        if not self.alive:
+            self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
+        if not self.alive:
+            why = self._none_left()
+            yield from (Failure(client_id=cid, host=-1, error=why, round=r) for _, r, cid in jobs)
+            return
+        examples = self.num_examples()
+        plan = balance(range(len(jobs)), [examples[c] for _, _, c in jobs], self.alive)
+        refs: dict[int, tuple[np.ndarray, object]] = {}  # each distinct weights array into the store once
+        for weights, _, _ in jobs:
+            if id(weights) not in refs:
+                refs[id(weights)] = (weights, self._ray.put(weights))
+        pending = {}
+        for h, indices in plan.items():
+            for i in indices:
+                weights, round_idx, cid = jobs[i]
+                pending[self.actors[h].train.remote(refs[id(weights)][1], cid, round_idx)] = ([cid], h, round_idx)
+        yield from self._gather(pending, timeout)
+
     def train_sums(
         self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], total_examples: int,
         timeout: float | None = None,
@@ -253,7 +293,7 @@ class RayPool:
         yield from self._gather(pending, timeout)
 
     def _gather(self, pending: dict, timeout: float | None) -> Iterator:
-        """The calls' results as they finish (`pending`: ref -> (its clients, its host)); a call that fails
+        """The calls' results as they finish (`pending`: ref -> (its clients, its host[, its round key])); a call that fails
         is a Failure for each of its clients, and a host still busy when `timeout` runs out is killed."""
         ray = self._ray
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -261,24 +301,27 @@ class RayPool:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
             if not done:  # out of time: every host still busy is a straggler
-                for cids, host in pending.values():
-                    yield from (Failure(client_id=cid, host=host, error=f"timed out after {timeout:g} s") for cid in cids)
-                for host in sorted({h for _, h in pending.values()}):
+                for cids, host, *key in pending.values():
+                    yield from (Failure(client_id=cid, host=host, error=f"timed out after {timeout:g} s",
+                                        round=key[0] if key else None) for cid in cids)
+                for host in sorted({h for _, h, *_ in pending.values()}):
                     ray.kill(self.actors[host], no_restart=False)
                     self._lost(host)
                 return
             if len(pending) > 1:  # take every call finished by now, not one per wait over all m pending
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in done:
-                cids, host = pending.pop(ref)
+                cids, host, *key = pending.pop(ref)
+                round_key = key[0] if key else None
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
                     self._lost(host)
-                    yield from (Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}")
-                                for cid in cids)
+                    yield from (Failure(client_id=cid, host=host, error=f"host {host} died: {_first_line(exc)}",
+                                        round=round_key) for cid in cids)
                 except ray.exceptions.RayTaskError as exc:
-                    yield from (Failure(client_id=cid, host=host, error=_first_line(exc)) for cid in cids)
+                    yield from (Failure(client_id=cid, host=host, error=_first_line(exc), round=round_key)
+                                for cid in cids)
 
     def evaluate(self, weights: np.ndarray, num_test: int, *, hits: bool = False,
                  held_out: bool = False) -> list[EvalPart]:

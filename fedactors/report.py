@@ -131,6 +131,8 @@ class RunSummary:
     bytes_up: int | None = None
     bytes_rounds: int | None = None  # the rounds the totals count
     uplink_mb: tuple[float | None, ...] = ()
+    # The virtual clock (fedactors.systems) at each of `rounds`, in seconds; None where a run has none.
+    virtual_seconds: tuple[float | None, ...] = ()
 
     def history(self) -> list[dict]:
         return [{"round": r, "accuracy": a} for r, a in zip(self.rounds, self.accuracies)]
@@ -164,6 +166,17 @@ def config_label(config: dict) -> str:
         label += f" {config['precision']}"
     if config.get("compress"):
         label += f" {config['compress']}"
+    if config.get("strategy") in ("fedbuff", "fedasync"):
+        label += f" conc={config.get('concurrency') or 'm'}"
+        if config.get("strategy") == "fedbuff":
+            label += f" buf={config.get('buffer') or 'default'}"
+        if config.get("staleness"):
+            label += f" s={config['staleness']}"
+    for key, name in (("client_speed", "speed"), ("deadline", "deadline"), ("over_select", "over")):
+        if config.get(key) is not None:
+            label += f" {name}={_num(config[key]) if key != 'client_speed' else config[key]}"
+    if config.get("client_trace"):
+        label += f" trace={Path(config['client_trace']).name}"
     return label
 
 
@@ -238,8 +251,10 @@ def _traffic(info: dict, history: list[dict], curve: list[tuple[int, float]]) ->
     by_round = {row["round"]: row.get("bytes_up_total") for row in history}
     done = info.get("rounds_completed")
     counted = done - int(kept.get("since_round", 0)) if isinstance(done, int) and kept else None
+    clock = {row["round"]: row.get("virtual_seconds") for row in history}
     return {"bytes_down": kept.get("down"), "bytes_up": kept.get("up"), "bytes_rounds": counted,
-            "uplink_mb": tuple(None if not _is_number(by_round.get(r)) else by_round[r] / 1e6 for r, _ in curve)}
+            "uplink_mb": tuple(None if not _is_number(by_round.get(r)) else by_round[r] / 1e6 for r, _ in curve),
+            "virtual_seconds": tuple(float(clock[r]) if _is_number(clock.get(r)) else None for r, _ in curve)}
 
 
 CLIENT_KEYS = ("mean", "p10", "p50", "p90", "worst", "at_target")
@@ -336,6 +351,10 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
     if counted:
         headers += ["MB down", "MB up", "MB up/round", "MB up to target"]
         align += "rrrr"
+    clocked = any(v is not None for s in summaries for v in s.virtual_seconds)  # runs on the virtual clock
+    if clocked:
+        headers += ["virtual s", "virtual s to target"]
+        align += "rr"
     per_client = any(s.clients_curve for s in summaries)  # likewise where clients were evaluated one by one
     if per_client:
         headers += ["clients mean", "p10", "worst", "at target"]
@@ -352,6 +371,7 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
             "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
             *(["-" if s.epsilon is None else f"{s.epsilon:.3g}"] if private else []),
             *(_megabytes(s) if counted else []),
+            *(_virtual(s) if clocked else []),
             *(_last_clients(s) if per_client else []),
         ])
     return _render(headers, rows, align, markdown)
@@ -365,6 +385,13 @@ def _megabytes(s: RunSummary) -> list[str]:
     per_round = f"{s.bytes_up / 1e6 / s.bytes_rounds:.2f}" if s.bytes_rounds else "-"
     at = dict(zip(s.rounds, s.uplink_mb)).get(s.rounds_to_target) if s.rounds_to_target is not None else None
     return [f"{s.bytes_down / 1e6:.1f}", f"{s.bytes_up / 1e6:.1f}", per_round, "-" if at is None else f"{at:.1f}"]
+
+
+def _virtual(s: RunSummary) -> list[str]:
+    """The virtual clock at the run's last evaluated round and at its first round at the target."""
+    last = s.virtual_seconds[-1] if s.virtual_seconds else None
+    at = dict(zip(s.rounds, s.virtual_seconds)).get(s.rounds_to_target) if s.rounds_to_target is not None else None
+    return ["-" if last is None else f"{last:.0f}", "-" if at is None else f"{at:.0f}"]
 
 
 # What a sweep tunes, not what the method is: runs differing only in these are one method's cells (--best).

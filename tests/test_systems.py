@@ -251,3 +251,98 @@ def test_only_online_clients_are_sampled():
 def test_the_papers_defaults_carry_no_clock():
     assert not RunConfig().simulates_systems
     assert RunConfig().experiment() == RunConfig(over_select=None).experiment()
+
+
+def test_a_fast_client_arriving_twice_in_one_buffer_counts_twice():
+    # Client 0 is 100x faster than the others: it finishes, starts again from the same version, and arrives again.
+    # Only clients 0..3 are online, so a freed slot can start only the client that freed it.
+    trace = Trace(profiles={0: (0.0001, 1000.0, 1000.0)}, windows=[(c, 1e8, 1e9) for c in range(4, 20)])
+    cfg = spirals_config(rounds=3, strategy="fedbuff", concurrency=4, buffer=3, client_trace="unused.csv")
+    one, two = run_in_process(cfg, hosts=1, trace=trace), run_in_process(cfg, hosts=2, trace=trace)
+    rows = rounds_of(one)
+    assert any(r["clients"].count(0) >= 2 for r in rows), [r["clients"] for r in rows]
+    assert all(r["num_updates"] == 3 for r in rows)
+    assert one[-1]["weights"].tobytes() == two[-1]["weights"].tobytes()
+
+
+# ---- real runs: Ray, the embedded store, SIGKILL ---------------------------------------------------------
+
+def _trace_file(tmp_path):
+    """Clients 0..4 slow and on a thin uplink; clients 5..19 online only in windows (many close mid-training)."""
+    rows = ["client,speed,up_mbps,down_mbps"] + [f"{c},0.05,2,20" for c in range(5)]
+    rows += ["client,online_from,online_until"] + [f"{c},0,{1 + c / 10}" for c in range(5, 20)]
+    rows += [f"{c},{5 + c},{30 + c}" for c in range(5, 20)] + [f"{c},{40 + c},{400}" for c in range(5, 20)]
+    path = tmp_path / "trace.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _cli_config(args: list[str]) -> RunConfig:
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+
+    plan = CliRunner().invoke(cli, ["run", *args, "--dry-run", "--json"])
+    assert plan.exit_code == 0, plan.output
+    return RunConfig.from_dict(json.loads(plan.output)["config"])
+
+
+def _args(*more: str) -> list[str]:
+    from conftest import REPO
+
+    return ["--task", f"{REPO}/examples/spirals.py:task", "--clients", "20", "--frac", "0.25", "--partition", "iid",
+            "--epochs", "2", "--batch-size", "20", "--lr", "0.2", "--eval-every", "40", "--seed", "3", "--hosts", "2",
+            *more]
+
+
+@pytest.mark.slow
+def test_fedbuff_on_a_trace_resumes_after_sigkill_to_the_bytes_computed_in_process(tmp_path):
+    from conftest import fedactors
+    from test_resume import start_and_kill_mid_round
+
+    trace = _trace_file(tmp_path)
+    args = _args("--strategy", "fedbuff", "--concurrency", "6", "--buffer", "3", "--client-speed", "lognormal:1",
+                 "--client-trace", str(trace))
+    rounds = 160
+    out = tmp_path / "run"
+    start_and_kill_mid_round(out, "--run-id", "fb", args=args, rounds=rounds, after_rounds=30)
+    result = fedactors("run", "--resume", "fb", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    cfg = _cli_config([*args, "--rounds", str(rounds)])
+    events = run_in_process(cfg, trace=read_trace(trace, cfg.clients))
+    assert np.load(out / "weights.npy").tobytes() == events[-1]["weights"].tobytes()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["virtual_seconds"] for r in rows] == [r["virtual_seconds"] for r in rounds_of(events) if "accuracy" in r
+                                                    and r["accuracy"] is not None]
+    assert any(r["offline"] for r in rounds_of(events))  # windows closed on clients mid-training
+    # A changed trace is another experiment: the resume of the finished run refuses it in one line.
+    trace.write_text(trace.read_text().replace("0,0.05,2,20", "0,0.07,2,20"))
+    again = fedactors("run", "--resume", "fb", "--out", str(out), "--rounds", str(rounds + 10))
+    assert again.returncode == 2 and "trace" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+def test_a_deadline_run_on_ray_is_the_in_process_run(tmp_path):
+    from conftest import fedactors
+
+    args = _args("--client-speed", "lognormal:1", "--deadline", "12", "--over-select", "0.4", "--rounds", "12",
+                 "--eval-every", "4")
+    out = tmp_path / "run"
+    result = fedactors("run", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    events = run_in_process(_cli_config(args))
+    assert np.load(out / "weights.npy").tobytes() == events[-1]["weights"].tobytes()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["late"] is not None and len(r["clients"]) == 7 for r in rows)  # ceil(5 x 1.4) sampled
+
+
+def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    from conftest import fedactors
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0,0.01,5,5\n99,0,1\n")
+    result = fedactors("run", *_args("--client-trace", str(bad), "--rounds", "2", "--out", str(tmp_path / "r")))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "line 2: client 99 is not one of the run's 20" in result.stderr
+    missing = fedactors("run", *_args("--client-trace", str(tmp_path / "nope.csv"), "--rounds", "2"))
+    assert missing.returncode == 2 and "nope.csv" in missing.stderr and "Traceback" not in missing.stderr

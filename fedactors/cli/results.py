@@ -27,8 +27,10 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
 @click.option("--clients", is_flag=True, help="Shade the band from the 10th to the 90th percentile of the clients' own "
               "accuracies around each run's curve (runs evaluated client by client: natural data with client_test, "
               "or --eval-clients).")
-@click.option("--x", "x", type=click.Choice(["rounds", "uplink"]), default="rounds", show_default=True,
-              help="The x axis: communication rounds, or uplink (the MB the clients sent, cumulative).")
+@click.option("--x", "x", type=click.Choice(["rounds", "uplink", "virtual"]), default="rounds", show_default=True,
+              help="The x axis: communication rounds, uplink (the MB the clients sent, cumulative), or virtual (the "
+                   "simulated clock's seconds, for runs with --client-speed, --client-trace, --deadline, --over-select "
+                   "or an asynchronous strategy).")
 def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool,
          y_min: float | None, clients: bool, x: str) -> None:
     """Test accuracy against communication rounds (or uplink MB) for one or more run directories."""
