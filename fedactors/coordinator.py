@@ -24,7 +24,7 @@ from fedactors.messages import Failure, HostSum, RoundStats, Update
 from fedactors.pool import MAX_ATTEMPTS, HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
 from fedactors.seeding import sample_clients
-from fedactors.systems import Systems, Trace, parse_speed, sample_available
+from fedactors.systems import Systems, Trace, parse_speed, plan_round
 from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
 from fedactors.traffic import Totals, per_client
 
@@ -215,7 +215,14 @@ class Coordinator:
             sampled = self.strategy.sample(round_idx)
             required = math.ceil(cfg.min_fit_fraction * len(sampled) - 1e-9)
         elif self.systems is not None:
-            sampled, todo, late, offline, available, virtual = self._plan_virtual(round_idx)
+            down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+            try:
+                plan = plan_round(self.systems, self.now, seed=cfg.seed, round_idx=round_idx, m=cfg.clients_per_round,
+                                  over_select=cfg.over_select or 0.0, deadline=cfg.deadline,
+                                  work=[cfg.epochs * n for n in self.pool.num_examples()], bytes_down=down, bytes_up=up)
+            except RuntimeError as exc:
+                raise RoundFailed(f"round {round_idx}: {exc}") from None
+            sampled, todo = plan.sampled, plan.kept
             required = math.ceil(cfg.min_fit_fraction * len(todo) - 1e-9)
         else:
             sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
@@ -338,8 +345,9 @@ class Coordinator:
             failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
         )
         if self.systems is not None:
-            self.now += virtual
-            stats.virtual_seconds, stats.available, stats.late, stats.offline = self.now, available, late, offline
+            self.now += plan.seconds
+            stats.virtual_seconds, stats.available, stats.late, stats.offline = (self.now, plan.available, plan.late,
+                                                                                  plan.offline)
         self._evaluate(stats, round_idx, last)
         stats.round_seconds = time.perf_counter() - t0
         return stats
@@ -466,46 +474,6 @@ class Coordinator:
             stats.eval_seconds = time.perf_counter() - t2
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
-
-    def _plan_virtual(self, round_idx: int) -> tuple[list[int], list[int], list[int], list[int], int, float]:
-        """A synchronous round on the virtual clock, decided before anyone trains: (sampled: ceil(m (1 + F)) of the
-        clients online now; the ones that will be kept, trained: the first m to finish inside --deadline; late: the
-        others that would finish; offline: those whose online window closes before they finish; how many clients
-        were online; the round's virtual seconds: until the m-th kept arrives, else the deadline, else the last)."""
-        cfg, systems = self.config, self.systems
-        available = systems.available(self.now)
-        if len(available) == 0:
-            wake = systems.next_online(self.now)
-            if wake is None:
-                raise RoundFailed(f"round {round_idx}: no client is online at virtual second {self.now:g} or later "
-                                  "(--client-trace's windows have all closed)")
-            return [], [], [], [], 0, wake - self.now  # nobody to sample: the round waits for the next window
-        m = cfg.clients_per_round
-        wanted = min(len(available), math.ceil(m * (1 + (cfg.over_select or 0.0)) - 1e-9))
-        sampled = sample_available(cfg.seed, round_idx, available, wanted).tolist()
-        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
-        num_examples = self.pool.num_examples()
-        finishing, offline, offline_at = [], [], []
-        for c in sampled:
-            duration = systems.duration(c, cfg.epochs * num_examples[c], down, up)
-            until = systems.online_until(c, self.now)
-            if self.now + duration > until:
-                offline.append(c)
-                offline_at.append(until - self.now)
-            else:
-                finishing.append((duration, c))
-        finishing.sort()
-        in_time = [(d, c) for d, c in finishing if cfg.deadline is None or d <= cfg.deadline]
-        kept = in_time[:m]
-        kept_ids = {c for _, c in kept}
-        late = sorted(c for _, c in finishing if c not in kept_ids)
-        if len(kept) == m:
-            seconds = kept[-1][0]
-        elif cfg.deadline is not None:
-            seconds = cfg.deadline
-        else:
-            seconds = max([d for d, _ in kept] + offline_at, default=0.0)
-        return sampled, sorted(c for _, c in kept), late, offline, len(available), seconds
 
     def _client_state(self, client_id: int) -> tuple:
         """What ClientHost.train takes besides the weights for this client: (c, c_i, residual), each None if unused:

@@ -174,3 +174,51 @@ def sample_available(seed: int, round_idx: int, available: np.ndarray, num_sampl
     available it is fedactors.seeding.sample_clients' draw (the same generator and the same choice)."""
     rng = generator(Purpose.SAMPLE, seed, round_idx)
     return np.sort(available[rng.choice(len(available), size=num_sampled, replace=False)])
+
+
+@dataclass
+class RoundPlan:
+    """A synchronous round on the virtual clock, decided before anyone trains (plan_round)."""
+
+    sampled: list[int]  # ceil(m (1 + F)) of the clients online at its start
+    kept: list[int]  # the first m of them to finish inside the deadline: the ones that train
+    late: list[int]  # the others that would finish: past the deadline, or beyond the first m
+    offline: list[int]  # whose online window closes before they would finish
+    available: int  # clients online at its start
+    seconds: float  # its virtual length: until the m-th kept arrives, else the deadline, else the last to stop
+
+
+def plan_round(systems: Systems, now: float, *, seed: int, round_idx: int, m: int, over_select: float,
+               deadline: float | None, work: list[int], bytes_down: int, bytes_up: int) -> RoundPlan:
+    """Who a synchronous round starting at virtual time `now` samples, keeps and drops (`work`: each client's examples
+    processed in its local training). A round with nobody online waits for the next window; RuntimeError when
+    nobody will ever come online again."""
+    available = systems.available(now)
+    if len(available) == 0:
+        wake = systems.next_online(now)
+        if wake is None:
+            raise RuntimeError(f"no client is online at virtual second {now:g} or later (--client-trace's windows "
+                               "have all closed)")
+        return RoundPlan([], [], [], [], 0, wake - now)
+    wanted = min(len(available), math.ceil(m * (1 + over_select) - 1e-9))
+    sampled = sample_available(seed, round_idx, available, wanted).tolist()
+    finishing, offline, offline_at = [], [], []
+    for c in sampled:
+        duration = systems.duration(c, work[c], bytes_down, bytes_up)
+        until = systems.online_until(c, now)
+        if now + duration > until:
+            offline.append(c)
+            offline_at.append(until - now)
+        else:
+            finishing.append((duration, c))
+    finishing.sort()
+    kept = [(d, c) for d, c in finishing if deadline is None or d <= deadline][:m]
+    kept_ids = {c for _, c in kept}
+    if len(kept) == m:
+        seconds = kept[-1][0]
+    elif deadline is not None:
+        seconds = deadline
+    else:
+        seconds = max([d for d, _ in kept] + offline_at, default=0.0)
+    return RoundPlan(sampled, sorted(kept_ids), sorted(c for _, c in finishing if c not in kept_ids), offline,
+                     len(available), seconds)

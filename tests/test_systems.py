@@ -346,3 +346,23 @@ def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "line 2: client 99 is not one of the run's 20" in result.stderr
     missing = fedactors("run", *_args("--client-trace", str(tmp_path / "nope.csv"), "--rounds", "2"))
     assert missing.returncode == 2 and "nope.csv" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_round_plan_keeps_the_first_m_inside_the_deadline():
+    from fedactors.systems import plan_round
+
+    # Client c takes c + 1 virtual seconds (100 examples at 0.01 (c + 1) s each, nothing to send).
+    systems = Systems(10, seed=0, trace=Trace(profiles={c: (0.01 * (c + 1), 1.0, 1.0) for c in range(10)}))
+    plan = plan_round(systems, 0.0, seed=4, round_idx=1, m=3, over_select=1.0, deadline=None, work=[100] * 10,
+                      bytes_down=0, bytes_up=0)
+    assert len(plan.sampled) == 6 and plan.kept == sorted(plan.sampled)[:3] and plan.late == sorted(plan.sampled)[3:]
+    assert plan.seconds == pytest.approx(sorted(plan.sampled)[2] + 1)
+    tight = plan_round(systems, 0.0, seed=4, round_idx=1, m=3, over_select=1.0, deadline=sorted(plan.sampled)[0] + 1.5,
+                       work=[100] * 10, bytes_down=0, bytes_up=0)
+    assert tight.kept == sorted(plan.sampled)[:1] and tight.seconds == sorted(plan.sampled)[0] + 1.5
+    gone = Systems(10, seed=0, trace=Trace(windows=[(c, 50.0, 60.0) for c in range(10)]))
+    assert plan_round(gone, 0.0, seed=4, round_idx=1, m=3, over_select=0.0, deadline=None, work=[100] * 10,
+                      bytes_down=0, bytes_up=0).seconds == 50.0  # nobody online: the round waits for the window
+    with pytest.raises(RuntimeError, match="no client is online"):
+        plan_round(gone, 70.0, seed=4, round_idx=1, m=3, over_select=0.0, deadline=None, work=[100] * 10,
+                   bytes_down=0, bytes_up=0)
