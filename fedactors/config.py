@@ -21,8 +21,9 @@ ASYNC_STRATEGIES = ("fedbuff", "fedasync")
 SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
 # Each strategy setting (a RunConfig field) and the built-in strategies that use it; for another, it is refused.
 STRATEGY_SETTINGS = {
-    "server_lr": (*SERVER_LR, "fedbuff"), "server_momentum": ("fedavgm",), "beta1": ("fedadagrad", "fedadam", "fedyogi"),
-    "beta2": ("fedadam", "fedyogi"), "tau": ("fedadagrad", "fedadam", "fedyogi"), "mu": ("fedprox",),
+    "server_lr": (*SERVER_LR, "fedbuff"), "server_momentum": ("fedavgm", "fedbuff"),
+    "beta1": ("fedadagrad", "fedadam", "fedyogi", "fedbuff"), "beta2": ("fedadam", "fedyogi", "fedbuff"),
+    "tau": ("fedadagrad", "fedadam", "fedyogi", "fedbuff"), "mu": ("fedprox",), "server_optimizer": ("fedbuff",),
     "clip": ("dp-fedavg",), "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",),
     "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",), "accountant": ("dp-fedavg",),
     "strict_dp_check": ("dp-fedavg",), "target_quantile": ("dp-fedavg",), "clip_lr": ("dp-fedavg",),
@@ -48,7 +49,8 @@ EXPERIMENT_FIELDS = (
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
 OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
-                              "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing")
+                              "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
+                              "server_optimizer")
 # The settings that put clients on a virtual clock (fedactors.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
 
@@ -137,6 +139,9 @@ class RunConfig:
     buffer: int | None = None
     staleness: str | None = None
     mixing: float | None = None
+    # fedbuff: a server optimizer (fedavgm, fedadagrad, fedadam, fedyogi) on the buffer's pseudo-gradient in place of
+    # its plain step w + eta (average - w). None: the plain step.
+    server_optimizer: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task.strip():
@@ -270,6 +275,8 @@ class RunConfig:
             if value is not None:
                 _positive_int(flag, value)
         parse_staleness(self.staleness)
+        if self.server_optimizer is not None and self.server_optimizer not in SERVER_LR:
+            raise ConfigError(f"--server-optimizer must be one of {', '.join(SERVER_LR)}, got {self.server_optimizer!r}")
         if self.mixing is not None and not (_is_real(self.mixing) and 0 < self.mixing <= 1):
             raise ConfigError(f"--mixing must be in (0, 1], got {self.mixing!r}")
         if self.strategy in ASYNC_STRATEGIES:
@@ -345,7 +352,9 @@ class RunConfig:
     @property
     def server_lr_value(self) -> float:
         """--server-lr, or the default for the strategy's optimizer."""
-        return self.server_lr if self.server_lr is not None else SERVER_LR.get(self.strategy, 1.0)
+        if self.server_lr is not None:
+            return self.server_lr
+        return SERVER_LR.get(self.server_optimizer if self.strategy == "fedbuff" else self.strategy, 1.0)
 
     @property
     def clients_per_round(self) -> int:
@@ -436,6 +445,12 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
                           "client's weights)")
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
+    optimizer = values.get("server_optimizer")
+    for name in ("server_momentum", "beta1", "beta2", "tau"):
+        users = STRATEGY_SETTINGS[name]
+        if name in given and values["strategy"] == "fedbuff" and optimizer not in users:
+            raise ConfigError(f"--{name.replace('_', '-')} with --strategy fedbuff needs --server-optimizer "
+                              f"{' or '.join(u for u in users if u != 'fedbuff')}")
     for name, strategies in STRATEGY_SETTINGS.items():
         if name in given and values["strategy"] not in strategies and ":" not in str(values["strategy"]):
             raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "

@@ -128,13 +128,8 @@ class Coordinator:
         self.systems = (Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
                         if config.simulates_systems else None)
         self.now = float((clock or {}).get("now", 0.0))
-        self.schedule = None
-        if config.strategy in ASYNC_STRATEGIES:
-            down, up = per_client(config.strategy, len(self.weights), config.compress)
-            work = np.asarray(pool.num_examples(), dtype=np.int64) * config.epochs
-            self.schedule = Schedule(seed=config.seed, concurrency=config.concurrency_value, buffer=config.buffer_value,
-                                     systems=self.systems, work=work, bytes_down=down, bytes_up=up,
-                                     state=clock if clock and "flights" in clock else None)
+        self.clock = clock
+        self.schedule: Schedule | None = None  # fedbuff, fedasync: made by run(), once the hosts hold their data
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
@@ -142,6 +137,12 @@ class Coordinator:
         A {"type": "warning", "message": ...} may come before a round's event (the store lost data).
         """
         cfg = self.config
+        if cfg.strategy in ASYNC_STRATEGIES and self.schedule is None:
+            down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+            work = np.asarray(self.pool.num_examples(), dtype=np.int64) * cfg.epochs
+            self.schedule = Schedule(seed=cfg.seed, concurrency=cfg.concurrency_value, buffer=cfg.buffer_value,
+                                     systems=self.systems, work=work, bytes_down=down, bytes_up=up,
+                                     state=self.clock if self.clock and "flights" in self.clock else None)
         while self.round < cfg.rounds:
             over = self._over_budget(self.round + 1)
             if over:  # only on resume: a run that ran into its budget stopped after the round before
@@ -405,13 +406,16 @@ class Coordinator:
             new = mixed_update(old, got[0].weights, schedule.version - a.version, staleness,
                                self.strategy.rate)
         else:
+            optimizer = self.strategy.optimizer
             try:
                 new = buffered_update(old, [(u.weights, u.num_examples, a.version,
                                              old if a.version == schedule.version else self.versions[a.version])
                                             for a, u in zip(kept, got)], schedule.version, staleness,
-                                      cfg.server_lr_value)
+                                      1.0 if optimizer is not None else cfg.server_lr_value)
             except ValueError as exc:
                 raise RoundFailed(f"round {round_idx}: {exc}") from None
+            if optimizer is not None:  # its step on the pseudo-gradient, from the buffer's average
+                new = checked_step(self.strategy, old, new, [], [], round_idx)
         if not aggregate.all_finite(new):
             raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
         self.versions[schedule.version] = old

@@ -29,6 +29,7 @@ SCAFFOLD's, built in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -337,19 +338,27 @@ class Asynchronous:
     buffer: int
     staleness: str
     rate: float  # fedbuff's server learning rate, fedasync's mixing weight
+    optimizer: ServerOptimizer | None = None  # fedbuff --server-optimizer: its step on the buffer's average
 
     def step(self, weights, aggregate, updates, num_examples, round_idx):
-        raise TypeError(f"{self.name} has no synchronous round")
+        """fedbuff with a server optimizer: its step from the buffer's average (the coordinator's run_async)."""
+        if self.optimizer is None:
+            raise TypeError(f"{self.name} has no synchronous round")
+        return self.optimizer.step(weights, aggregate, updates, num_examples, round_idx)
 
     def state(self):
-        return {}, {}
+        return self.optimizer.state() if self.optimizer is not None else ({}, {})
 
     def load_state(self, buffers, scalars):
-        pass
+        if self.optimizer is not None:
+            self.optimizer.load_state(buffers, scalars)
 
     def settings(self):
-        return {"concurrency": self.concurrency, "buffer": self.buffer, "staleness": self.staleness,
-                "server_lr" if self.name == "fedbuff" else "mixing": self.rate}
+        out = {"concurrency": self.concurrency, "buffer": self.buffer, "staleness": self.staleness,
+               "server_lr" if self.name == "fedbuff" else "mixing": self.rate}
+        if self.optimizer is not None:
+            out["optimizer"] = {"name": self.optimizer.name, **self.optimizer.settings()}
+        return out
 
 
 # The built-ins' classes: run by name (make_strategy), since their clients and sampling follow the name.
@@ -381,9 +390,14 @@ def make_strategy(config) -> Strategy:
     if name in ("fedbuff", "fedasync"):
         from fedactors.asynchronous import ASYNC_DEFAULTS
 
+        optimizer = None
+        if name == "fedbuff" and config.server_optimizer is not None:
+            optimizer = make_strategy(dataclasses.replace(config, strategy=config.server_optimizer,
+                                                          server_optimizer=None))
         return Asynchronous(name, config.concurrency_value, config.buffer_value,
                             config.staleness or ASYNC_DEFAULTS["staleness"],
-                            config.server_lr_value if name == "fedbuff" else _or(config.mixing, ASYNC_DEFAULTS["mixing"]))
+                            config.server_lr_value if name == "fedbuff" else _or(config.mixing, ASYNC_DEFAULTS["mixing"]),
+                            optimizer)
     if name == "dp-fedavg":
         import secrets
 

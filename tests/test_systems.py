@@ -302,7 +302,7 @@ def test_fedbuff_on_a_trace_resumes_after_sigkill_to_the_bytes_computed_in_proce
 
     trace = _trace_file(tmp_path)
     args = _args("--strategy", "fedbuff", "--concurrency", "6", "--buffer", "3", "--client-speed", "lognormal:1",
-                 "--client-trace", str(trace))
+                 "--client-trace", str(trace), "--server-optimizer", "fedavgm", "--server-lr", "0.5")
     rounds = 160
     out = tmp_path / "run"
     start_and_kill_mid_round(out, "--run-id", "fb", args=args, rounds=rounds, after_rounds=30)
@@ -366,3 +366,19 @@ def test_a_round_plan_keeps_the_first_m_inside_the_deadline():
     with pytest.raises(RuntimeError, match="no client is online"):
         plan_round(gone, 70.0, seed=4, round_idx=1, m=3, over_select=0.0, deadline=None, work=[100] * 10,
                    bytes_down=0, bytes_up=0)
+
+
+def test_fedbuff_with_a_server_optimizer_takes_its_step_on_the_buffer_and_resumes_it():
+    from fedactors.strategy import make_strategy
+
+    cfg = spirals_config(rounds=6, strategy="fedbuff", concurrency=6, buffer=3, client_speed="lognormal:1",
+                         server_optimizer="fedadam")
+    assert make_strategy(cfg).settings()["optimizer"] == {"name": "fedadam", "lr": 0.01, "beta1": 0.9, "beta2": 0.99,
+                                                          "tau": 0.001}
+    whole = run_in_process(cfg)
+    plain = run_in_process(dataclasses.replace(cfg, server_optimizer=None))
+    assert whole[-1]["weights"].tobytes() != plain[-1]["weights"].tobytes()
+    with pytest.raises(ConfigError, match="--beta2 with --strategy fedbuff needs --server-optimizer"):
+        from fedactors.config import refuse_idle_settings
+
+        refuse_idle_settings({"beta2"}, {**dataclasses.asdict(cfg), "server_optimizer": "fedavgm"})

@@ -108,6 +108,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--staleness", default=None, metavar="constant|polynomial:A|hinge:A,B",
               help="fedbuff, fedasync: an update tau versions stale counts s(tau): 1, (1 + tau)^-A, or 1 up to B and "
                    "then 1 / (A (tau - B) + 1). Default: polynomial:0.5.")
+@click.option("--server-optimizer", "server_optimizer", type=click.Choice(list(SERVER_LR)), default=None,
+              help="fedbuff: this server optimizer's step on the buffer's pseudo-gradient (with --server-lr, --beta1, "
+                   "... as for the synchronous strategy) in place of w + eta (average - w).")
 @click.option("--mixing", type=float, default=None,
               help="fedasync: the weight a (fresh) arrival gets against the model, w <- (1 - a s) w + a s y. Default: 0.6.")
 @click.option("--client-speed", "client_speed", default=None, metavar="lognormal:SIGMA",

@@ -10,7 +10,7 @@ from fedactors.cli import cli
 NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)", "target_quantile": "0.5 (adaptive)",
               "clip_lr": "0.2 (adaptive)", "initial_clip": "0.1 (adaptive)", "clip_count_noise": "qK/20 (adaptive)",
              "concurrency": "m (as a round samples)", "buffer": "min(10, concurrency)", "staleness": "polynomial:0.5",
-             "mixing": "0.6"}
+             "mixing": "0.6", "server_optimizer": "none (eta x the buffer's average change)"}
 
 
 @cli.command()
