@@ -457,9 +457,17 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     # given; a built-in without a `local` check (digits-mlp) reads none. Only `local` knows if data is there.
     reads_dir = config.data is None and (task.local is not None or not task.builtin)
     present = True if config.data is not None else task.local(data_dir) if task.local is not None else None
-    split = _load_data(config, task, data_dir)[3] if present is not False or config.clients is None else None
+    loaded = _load_data(config, task, data_dir) if present is not False or config.clients is None else None
+    split = loaded[3] if loaded is not None else None
     if config.clients is None:  # --partition natural: as many clients as the data has owners
         config = dataclasses.replace(config, clients=split["clients"])
+    clock = None
+    if config.simulates_systems and loaded is not None:  # the virtual clock's first rounds, without training
+        from fedactors.experiment import model_weights
+        from fedactors.systems import preview, read_trace
+
+        trace = read_trace(config.client_trace, config.clients) if config.client_trace else None
+        clock = preview(config, loaded[1].sizes, model_weights(task), trace)
     hosts, source = plan_hosts(config)
     if config.data is not None:
         data = config.data
@@ -475,7 +483,7 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
         epsilon, privacy = check.epsilon, {**check.to_dict(), "lines": check.lines(), "warning": check.warning()}
     return {
         "run_id": run_id, "out": str(out), "resume_after_round": resume_round, "task": config.task,
-        "epsilon": epsilon, "privacy": privacy,
+        "epsilon": epsilon, "privacy": privacy, "clock": clock,
         "data": data, "data_dir": config.data_dir if reads_dir else None, "data_present": present, "partition": split,
         "store": mask_url(redis_url) if redis_url else f"embedded Redis in {out / STORE_DIR}",
         "hosts": hosts, "hosts_from": source, "cpus_per_host": config.cpus_per_host,

@@ -382,3 +382,24 @@ def test_fedbuff_with_a_server_optimizer_takes_its_step_on_the_buffer_and_resume
         from fedactors.config import refuse_idle_settings
 
         refuse_idle_settings({"beta2"}, {**dataclasses.asdict(cfg), "server_optimizer": "fedavgm"})
+
+
+def test_dry_run_previews_the_clock_without_training(tmp_path):
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+
+    def plan(*more):
+        result = CliRunner().invoke(cli, ["run", *_args("--client-speed", "lognormal:1", *more), "--dry-run", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["clock"]
+
+    sync, over = plan(), plan("--over-select", "0.6")
+    assert sync["client_seconds"]["p10"] < sync["client_seconds"]["p50"] < sync["client_seconds"]["p90"]
+    assert sync["dropped_per_round"] == 0 and over["dropped_per_round"] == pytest.approx(3.0)  # 8 sampled, 5 kept
+    assert over["round_seconds"] < sync["round_seconds"]  # the slowest are not waited for
+    buffered = plan("--strategy", "fedbuff", "--concurrency", "10", "--buffer", "5")
+    assert buffered["round_seconds"] < sync["round_seconds"] and buffered["mean_staleness"] > 0
+    text = CliRunner().invoke(cli, ["run", *_args("--client-speed", "lognormal:1"), "--dry-run"]).output
+    assert "virtual clock: one client's local training takes" in text and "the first 20 rounds: median" in text
+    assert CliRunner().invoke(cli, ["run", *_args(), "--dry-run", "--json"]).output.count('"clock": null') == 1

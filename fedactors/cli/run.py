@@ -265,6 +265,12 @@ def show_plan(plan: dict, mode: str) -> None:
             click.echo(line)
         if plan["privacy"]["warning"]:
             click.echo(f"warning: {plan['privacy']['warning']}")
+    if plan.get("clock") is not None:
+        from fedactors.config import ASYNC_STRATEGIES
+        from fedactors.systems import preview_lines
+
+        for line in preview_lines(plan["clock"], config["strategy"] in ASYNC_STRATEGIES):
+            click.echo(line)
     p = plan["partition"]
     if p is None:
         return
