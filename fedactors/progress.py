@@ -149,6 +149,11 @@ class Renderer:
         extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
         extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
         extra += f"  rejected {len(ev['rejected'])}" if ev.get("rejected") else ""
+        if ev.get("virtual_seconds") is not None:  # on the virtual clock (fedactors.systems)
+            dropped = len(ev.get("late") or []) + len(ev.get("offline") or [])
+            extra += f"  virtual {ev['virtual_seconds']:.0f} s" + (f", {dropped} late or offline" if dropped else "")
+            if ev.get("staleness"):
+                extra += f", staleness max {ev['staleness']['max']}"
         ckpt = "" if ev.get("checkpoint_seconds") is None else f", checkpoint {ev['checkpoint_seconds']:.2f}"
         eps = "" if ev.get("epsilon") is None else f"  epsilon {ev['epsilon']:.3f}"
         loss = "-" if ev["train_loss"] is None else f"{ev['train_loss']:.4f}"
