@@ -380,6 +380,8 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             if not event.get("private") and "bytes_up_total" in event:  # the bytes count who took part: DP hides it
                 info["bytes"] = {"down": event["bytes_down_total"], "up": event["bytes_up_total"],
                                  "since_round": event["bytes_since_round"]}
+            if event.get("virtual_seconds") is not None:  # the virtual clock so far (fedactors.systems)
+                info["virtual_seconds"] = event["virtual_seconds"]
             for host in event["hosts"].values():
                 if 0 <= host < len(info.get("host_info", [])):
                     info["host_info"][host]["clients_trained"] += 1

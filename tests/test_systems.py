@@ -334,6 +334,7 @@ def test_a_deadline_run_on_ray_is_the_in_process_run(tmp_path):
     assert np.load(out / "weights.npy").tobytes() == events[-1]["weights"].tobytes()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["late"] is not None and len(r["clients"]) == 7 for r in rows)  # ceil(5 x 1.4) sampled
+    assert json.loads((out / "run.json").read_text())["virtual_seconds"] == rows[-1]["virtual_seconds"]
 
 
 def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path):
