@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ import pytest
 # Every Ray the tests start (in-process, in CLI subprocesses, ray.cluster_utils clusters) takes
 # 127.0.0.1 as its node address instead of this machine's network address: tests stay on loopback.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+# A suite started in the background (`make test &`, nohup) inherits SIGINT and SIGHUP ignored, and a run leaves an
+# ignored signal ignored (fedactors.interrupts): the tests of how a run stops would see no stop. Every process of
+# the suite, and each command it starts, gets them back as a terminal gives them.
+for _signum, _handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL)):
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, _handler)
 
 REPO = Path(__file__).resolve().parent.parent
 EXE = os.path.join(os.path.dirname(sys.executable), "fedactors")  # the installed console script

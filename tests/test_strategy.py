@@ -481,13 +481,17 @@ def test_strategies_command_lists_the_builtins_with_the_settings_each_takes():
             described.append(line.split()[0])
     assert described == list(STRATEGIES)
     defaults = RunConfig().to_dict()
-    for name in STRATEGIES:  # a flag is listed for a strategy exactly when `fedactors run` accepts it with that one
+    # A flag is listed for a strategy exactly when `fedactors run` accepts it with that one (fedbuff's optimizer
+    # settings with the --server-optimizer that takes them).
+    for name in STRATEGIES:
         for field in STRATEGY_SETTINGS:
-            try:
-                refuse_idle_settings({field}, {**defaults, "strategy": name})
-                accepted = True
-            except ConfigError:
-                accepted = False
+            accepted = False
+            for optimizer in (None, *SERVER_LR) if name == "fedbuff" else (None,):
+                try:
+                    refuse_idle_settings({field}, {**defaults, "strategy": name, "server_optimizer": optimizer})
+                    accepted = True
+                except ConfigError:
+                    pass
             assert ("--" + field.replace("_", "-") in flags.get(name, {})) == accepted, (name, field)
     assert {name: flags[name]["--server-lr"] for name in SERVER_LR} == {name: f"{lr:g}" for name, lr in SERVER_LR.items()}
     assert flags["fedadam"]["--beta2"] == f"{RunConfig().beta2:g}" and flags["fedprox"] == {"--mu": f"{RunConfig().mu:g}"}
