@@ -495,3 +495,15 @@ def test_strategies_command_lists_the_builtins_with_the_settings_each_takes():
             assert ("--" + field.replace("_", "-") in flags.get(name, {})) == accepted, (name, field)
     assert {name: flags[name]["--server-lr"] for name in SERVER_LR} == {name: f"{lr:g}" for name, lr in SERVER_LR.items()}
     assert flags["fedadam"]["--beta2"] == f"{RunConfig().beta2:g}" and flags["fedprox"] == {"--mu": f"{RunConfig().mu:g}"}
+
+
+def test_a_strategy_without_lr_gets_its_own_client_rate_and_the_papers_runs_keep_theirs():
+    from fedactors.config import CLIENT_LR, DEFAULT_LR, STRATEGIES
+
+    assert RunConfig().lr == DEFAULT_LR == 0.1  # the paper's, and every stored fingerprint's
+    for name in STRATEGIES:
+        assert RunConfig(strategy=name).lr == CLIENT_LR.get(name, DEFAULT_LR)
+        assert RunConfig(strategy=name, lr=0.2).lr == 0.2
+    assert RunConfig(strategy="scaffold").lr < DEFAULT_LR
+    stored = RunConfig(strategy="scaffold").to_dict()
+    assert stored["lr"] == CLIENT_LR["scaffold"] and RunConfig.from_dict(stored) == RunConfig(strategy="scaffold")

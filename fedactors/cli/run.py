@@ -11,7 +11,8 @@ import click
 from click.core import ParameterSource
 
 from fedactors.cli import cli, exit_on_interrupt
-from fedactors.config import (ACCOUNTANTS, AGGREGATORS, ATTACKS, PARTITIONS, PRECISIONS, SERVER_LR, RunConfig,
+from fedactors.config import (ACCOUNTANTS, AGGREGATORS, ATTACKS, CLIENT_LR, DEFAULT_LR, PARTITIONS, PRECISIONS,
+                              SERVER_LR, RunConfig,
                               natural_clients, parse_batch_size, parse_clip, read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
 
@@ -66,7 +67,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--rounds", type=int, default=D.rounds, show_default=True, help="Communication rounds to run (on --resume: the new total).")
 @click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Local epochs E per round.")
 @click.option("--batch-size", "batch_size", default=str(D.batch_size), show_default=True, help="Local minibatch size B, or 'inf' for full batch.")
-@click.option("--lr", type=float, default=D.lr, show_default=True, help="Client SGD learning rate (no momentum, no weight decay).")
+@click.option("--lr", type=float, default=None,
+              help=f"Client SGD learning rate (no momentum, no weight decay). Default: {DEFAULT_LR:g} (the paper's), "
+                   + ", ".join(f"{k} {v:g}" for k, v in CLIENT_LR.items()) + ".")
 @click.option("--partition", type=click.Choice(PARTITIONS), default=D.partition, show_default=True,
               help="iid: n/K shuffled examples each; noniid: the paper's 2 label-sorted shards each; shards: --shards-per-client of them; "
               "dirichlet: label skew by Dirichlet(--alpha); unbalanced: IID labels, log-normal(--sigma) client sizes; "

@@ -16,13 +16,15 @@ NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)", "ta
 @cli.command()
 def strategies() -> None:
     """List the built-in strategies (for --strategy) and their settings; your own is module:attr or file.py:attr."""
-    from fedactors.config import STRATEGIES
+    from fedactors.config import CLIENT_LR, STRATEGIES
     from fedactors.strategy import DESCRIPTIONS
 
     width = max(len(name) for name in STRATEGIES)
     for name in STRATEGIES:
         click.echo(f"{name:<{width}}  {DESCRIPTIONS[name]}")
         settings = _settings(name)
+        if name in CLIENT_LR:  # a client rate of its own, where the paper's 0.1 fails (issue 28)
+            settings = {"lr": f"{CLIENT_LR[name]:g} (client)", **settings}
         if settings:
             click.echo(" " * (width + 2) + "  ".join(f"--{flag} {value}" for flag, value in settings.items()))
 
