@@ -404,3 +404,19 @@ def test_dry_run_previews_the_clock_without_training(tmp_path):
     text = CliRunner().invoke(cli, ["run", *_args("--client-speed", "lognormal:1"), "--dry-run"]).output
     assert "virtual clock: one client's local training takes" in text and "the first 20 rounds: median" in text
     assert CliRunner().invoke(cli, ["run", *_args(), "--dry-run", "--json"]).output.count('"clock": null') == 1
+
+
+def test_report_and_plot_read_the_clock_of_the_committed_runs(tmp_path):
+    from conftest import REPO, fedactors
+
+    runs = [str(REPO / "docs" / "runs" / f"uneven-iid-E1-B10-{r}") for r in ("sync", "sync-over0.3", "fedbuff-c20-k10")]
+    report = fedactors("report", *runs, "--target", "0.99")
+    assert report.returncode == 0, report.stderr
+    header = report.stdout.splitlines()[0]
+    assert "virtual s" in header and "virtual s to target" in header
+    plot = fedactors("plot", *runs, "--x", "virtual", "-o", str(tmp_path / "v.png"))
+    assert plot.returncode == 0 and (tmp_path / "v.png").stat().st_size > 10_000
+    unclocked = fedactors("plot", str(REPO / "docs" / "runs" / "noniid-E1-B10-C0.1"), "--x", "virtual", "-o",
+                          str(tmp_path / "w.png"))
+    assert unclocked.returncode == 2 and "ran without a virtual clock" in unclocked.stderr
+    assert unclocked.stderr.strip().count("\n") == 0
