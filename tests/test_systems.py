@@ -420,3 +420,18 @@ def test_report_and_plot_read_the_clock_of_the_committed_runs(tmp_path):
                           str(tmp_path / "w.png"))
     assert unclocked.returncode == 2 and "ran without a virtual clock" in unclocked.stderr
     assert unclocked.stderr.strip().count("\n") == 0
+
+
+def test_a_synchronous_run_on_the_clock_continues_from_its_saved_clock():
+    # Windows that open and close through the run: which clients can be sampled depends on the clock.
+    trace = Trace(windows=[(c, 3.0 * (c % 4), 3.0 * (c % 4) + 9.0) for c in range(20)] +
+                  [(c, 30.0, 1e9) for c in range(20)])
+    cfg = spirals_config(rounds=6, eval_every=6, client_speed="lognormal:0.5", deadline=4.0, client_trace="t.csv")
+    whole = run_in_process(cfg, trace=trace)
+    first = run_in_process(dataclasses.replace(cfg, rounds=3), trace=trace)
+    rows = rounds_of(first)
+    clock = {"now": rows[-1]["virtual_seconds"]}
+    rest = run_in_process(cfg, trace=trace, start_round=3, weights=first[-1]["weights"], clock=clock)
+    assert rest[-1]["weights"].tobytes() == whole[-1]["weights"].tobytes()
+    assert rounds_of(rest)[-1]["virtual_seconds"] == rounds_of(whole)[-1]["virtual_seconds"]
+    assert len({r["available"] for r in rounds_of(whole)}) > 1  # the windows did change who could be sampled
