@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fedactors.checkpoint import Checkpoint
-from fedactors.config import RunConfig
+from fedactors.config import ASYNC_STRATEGIES, RunConfig
 from fedactors.data import resolve_data_dir
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
 from fedactors.partition import Parts, hold_out, partition, summary
@@ -222,10 +222,19 @@ def check_client_state(config: RunConfig, weights: int) -> None:
     elsewhere is counted as if it did)."""
     feedback = config.compress is not None and config.compress.partition(":")[0] in ("topk", "sign")
     copies = (config.strategy == "scaffold") + feedback  # control variates, error-feedback residuals
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    if config.strategy in ASYNC_STRATEGIES:
+        # The weights of every version a client in flight started from: at most one per client training at once.
+        held = config.concurrency_value * weights * 4 * (3 + config.keep)
+        if total and held > total / 2:
+            raise ConfigError(
+                f"--strategy {config.strategy} keeps the weights each client in flight started from: up to "
+                f"--concurrency {config.concurrency_value} x {weights:,} floats, {held / 2**30:.1f} GiB at the peak with "
+                f"the checkpoints, more than half of this machine's {total / 2**30:.1f} GiB; use a smaller "
+                "--concurrency, a smaller model or --keep 1")
     if not copies:
         return
     need = copies * config.clients * weights * 4 * (3 + config.keep)
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if total and need > total / 2:
         gib = 2**30
         kept = [w for w, on in (("--strategy scaffold keeps a control variate", config.strategy == "scaffold"),

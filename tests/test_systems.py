@@ -435,3 +435,16 @@ def test_a_synchronous_run_on_the_clock_continues_from_its_saved_clock():
     assert rest[-1]["weights"].tobytes() == whole[-1]["weights"].tobytes()
     assert rounds_of(rest)[-1]["virtual_seconds"] == rounds_of(whole)[-1]["virtual_seconds"]
     assert len({r["available"] for r in rounds_of(whole)}) > 1  # the windows did change who could be sampled
+
+
+def test_fedbuff_refuses_a_concurrency_whose_weights_would_not_fit():
+    import os
+
+    from fedactors.experiment import check_client_state
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cfg = RunConfig(strategy="fedbuff", concurrency=100, keep=1)
+    weights = int(total / 2 / (100 * 4 * 4)) + 1000  # just past half the memory with 3 + keep copies
+    with pytest.raises(ConfigError, match="--concurrency 100"):
+        check_client_state(cfg, weights)
+    check_client_state(dataclasses.replace(cfg, concurrency=50), weights)  # half as many: fits
