@@ -423,6 +423,9 @@ class Coordinator:
         schedule.applied(freed)
         self.versions = {v: w for v, w in self.versions.items() if v in schedule.needed_versions() - {schedule.version}}
         aggregate_seconds = time.perf_counter() - last_arrival
+        per_host: dict[int, float] = {}  # as a synchronous round reports it: the busiest host's training
+        for u in got:
+            per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds
         taus = [round_idx - 1 - a.version for a in kept]
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
         self.traffic.add(down * (len(arrivals) + len(lost)), up * (len(kept) + len(rejected)))
@@ -436,7 +439,7 @@ class Coordinator:
             bytes_since_round=self.traffic.since_round,
             num_updates=len(kept),
             round_seconds=0.0,
-            train_seconds=sum(u.train_seconds for u in got),
+            train_seconds=max(per_host.values(), default=0.0),
             wait_seconds=last_arrival - t0,
             aggregate_seconds=aggregate_seconds,
             train_loss=(float(np.average([u.train_loss for u in got], weights=[u.num_examples for u in got]))
