@@ -296,6 +296,10 @@ class RunConfig:
             if self.compress is not None and self.compress.partition(":")[0] in ("topk", "sign"):
                 raise ConfigError(f"--compress {self.compress} does not go with --strategy {self.strategy}: its "
                                   "error feedback assumes a client's updates arrive in the order it made them")
+            if (self.strategy == "fedbuff" and self.buffer is not None and self.clients is not None
+                    and self.buffer > self.concurrency_value):
+                raise ConfigError(f"--buffer {self.buffer} is more than the {self.concurrency_value} clients training at "
+                                  "once (--concurrency): a buffer fills from the clients in flight")
             if self.aggregator != "fedavg":
                 raise ConfigError(f"--strategy {self.strategy} averages its buffer itself: it needs --aggregator "
                                   f"fedavg, not {self.aggregator}")

@@ -137,6 +137,8 @@ class Coordinator:
         A {"type": "warning", "message": ...} may come before a round's event (the store lost data).
         """
         cfg = self.config
+        if self.systems is not None and cfg.deadline is not None:
+            self._check_deadline()
         if cfg.strategy in ASYNC_STRATEGIES and self.schedule is None:
             down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
             work = np.asarray(self.pool.num_examples(), dtype=np.int64) * cfg.epochs
@@ -352,6 +354,16 @@ class Coordinator:
         self._evaluate(stats, round_idx, last)
         stats.round_seconds = time.perf_counter() - t0
         return stats
+
+    def _check_deadline(self) -> None:
+        """A --deadline no client can meet is a failure of the run's first round, not rounds that never train."""
+        cfg = self.config
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        examples = self.pool.num_examples()
+        fastest = min(self.systems.duration(c, cfg.epochs * examples[c], down, up) for c in range(cfg.clients))
+        if fastest > cfg.deadline:
+            raise RoundFailed(f"round {self.round + 1}: --deadline {cfg.deadline:g} virtual s is shorter than any "
+                              f"client's round: the fastest takes {fastest:.3g} s (--dry-run shows the spread)")
 
     def run_async(self, round_idx: int, *, last: bool = False) -> RoundStats:
         """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.asynchronous.Schedule), each

@@ -116,6 +116,7 @@ def test_a_bad_trace_is_one_line_naming_the_row(tmp_path, text, problem):
     ({"strategy": "fedbuff", "buffer": 0}, "--buffer must be a positive integer"),
     ({"strategy": "dp-fedavg", "client_speed": "lognormal:1"}, "dp-fedavg does not run on the virtual clock"),
     ({"strategy": "fedbuff", "aggregator": "median"}, "needs --aggregator fedavg"),
+    ({"strategy": "fedbuff", "concurrency": 5, "buffer": 6}, "--buffer 6 is more than the 5 clients training at once"),
 ])
 def test_bad_systems_settings_are_refused_in_one_line(changes, problem):
     with pytest.raises(ConfigError, match=problem):
@@ -232,12 +233,22 @@ def test_a_deadline_drops_the_slow_and_over_selection_keeps_the_first_m():
 
 
 def test_a_round_nobody_finishes_in_time_leaves_the_model_as_it_was():
-    cfg = spirals_config(rounds=2, eval_every=1, client_speed="lognormal:0.1", deadline=1e-3)
-    events = run_in_process(cfg)
-    rows = rounds_of(events)
-    assert [r["num_updates"] for r in rows] == [0, 0]
-    assert rows[0]["accuracy"] == rows[1]["accuracy"]
-    assert rows[1]["virtual_seconds"] == pytest.approx(2e-3)
+    # Client 0 alone is fast enough; a round that does not sample it keeps nobody.
+    trace = Trace(profiles={0: (0.0001, 1000.0, 1000.0)})
+    cfg = spirals_config(rounds=3, eval_every=1, frac=0.1, client_speed="lognormal:0.1", deadline=0.5,
+                         client_trace="t.csv")
+    rows = rounds_of(run_in_process(cfg, trace=trace))
+    idle = [r for r in rows if 0 not in r["clients"]]
+    assert idle and all(r["num_updates"] == 0 and r["virtual_seconds"] == pytest.approx(0.5 * r["round"]) for r in idle)
+    assert all(rows[i]["accuracy"] == rows[i - 1]["accuracy"] for i in range(1, 3) if rows[i] in idle)
+
+
+def test_a_deadline_no_client_can_meet_fails_the_first_round_with_that_reason():
+    from fedactors.errors import RoundFailed
+
+    with pytest.raises(RoundFailed, match=r"round 1: --deadline 0.001 virtual s is shorter than any client's round: "
+                                          r"the fastest takes"):
+        run_in_process(spirals_config(rounds=2, client_speed="lognormal:0.1", deadline=1e-3))
 
 
 def test_only_online_clients_are_sampled():
@@ -448,3 +459,23 @@ def test_fedbuff_refuses_a_concurrency_whose_weights_would_not_fit():
     with pytest.raises(ConfigError, match="--concurrency 100"):
         check_client_state(cfg, weights)
     check_client_state(dataclasses.replace(cfg, concurrency=50), weights)  # half as many: fits
+
+
+@pytest.mark.slow
+def test_fedbuff_with_hosts_killed_at_different_moments_gives_the_same_bytes(tmp_path):
+    from test_cluster import _kill_host_after_rounds, _start
+
+    args = ["--task", "mnist-2nn", "--partition", "noniid", "--epochs", "1", "--batch-size", "10", "--hosts", "2",
+            "--strategy", "fedbuff", "--concurrency", "20", "--buffer", "10", "--client-speed", "lognormal:1",
+            "--rounds", "16", "--eval-every", "16"]
+    weights = []
+    for host, after in ((1, 4), (0, 10)):
+        out = tmp_path / f"killed-{host}-after-{after}"
+        proc, log = _start(out, *args)
+        _kill_host_after_rounds(proc, out, after, host=host, delay=0.1)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
+        log.close()
+        run = json.loads((out / "run.json").read_text())
+        assert run["failures"] >= 1 and run["retried"] >= 1, run  # the kill cost the clients it was training
+        weights.append((out / "weights.npy").read_bytes())
+    assert weights[0] == weights[1]
