@@ -2,9 +2,12 @@
 
 1. Throughput, through `fedactors run --json` as a user runs it (real Ray, embedded Redis): the paper's 2NN on
    non-IID MNIST (E=1, B=10, C=0.1), `--rounds N`, each system's median seconds per round over rounds 2..N:
-     - sync:      synchronous FedAvg with every client equally fast (`--client-speed lognormal:0`, the clock on);
+     - sync:      synchronous FedAvg with every client equally fast (`--client-speed lognormal:0`, the clock on),
+                  its hosts summing their clients (one exact partial sum each a round: the default);
+     - sync/cl:   the same with --no-host-sums: every client's weights to the coordinator, as FedBuff needs them
+                  (each weighted by its own staleness);
      - fedbuff=:  FedBuff with C = K = m and constant staleness on the same equal clients: the same trainings,
-                  the same bytes (checked), so the ratio to sync is the asynchronous loop's overhead alone;
+                  the same bytes (checked): its ratio to sync/cl is the asynchronous loop's overhead alone;
      - fedbuff~:  FedBuff C = 2m, K = m on lognormal:1 clients: ten trainings an update from up to a few versions.
    Per-update overhead = round seconds - the slowest host's training seconds, as the progress line splits them.
 2. Memory, in-process (LocalPool, the spirals task): for concurrency 10, 100 and 1,000 with K = 10 (and K = C/10),
@@ -38,6 +41,7 @@ COMMON = ["--task", "mnist-2nn", "--partition", "noniid", "--epochs", "1", "--ba
           "--hosts", "2"]
 SYSTEMS = {
     "sync": ["--client-speed", "lognormal:0"],
+    "sync/cl": ["--client-speed", "lognormal:0", "--no-host-sums"],
     "fedbuff=": ["--client-speed", "lognormal:0", "--strategy", "fedbuff", "--concurrency", "10", "--buffer", "10",
                  "--staleness", "constant"],
     "fedbuff~": ["--client-speed", "lognormal:1", "--strategy", "fedbuff", "--concurrency", "20", "--buffer", "10"],
@@ -116,17 +120,19 @@ def main() -> None:
             for r in runs.values():
                 r.pop("weights")
                 r["ratio_to_sync"] = r["round_seconds"] / runs["sync"]["round_seconds"]
+                r["ratio_to_sync_per_client"] = r["round_seconds"] / runs["sync/cl"]["round_seconds"]
             results["passes"].append(runs)
     print(f"throughput: mnist-2nn non-IID, E=1 B=10, m=10, 2 hosts, {args.rounds} rounds; medians over rounds "
           f"2..{args.rounds - 1}, then over {args.repeat} passes")
-    print(f"{'system':<10} {'s/round':>8} {'train s':>8} {'overhead s':>11} {'vs sync':>8}")
+    print(f"{'system':<10} {'s/round':>8} {'train s':>8} {'overhead s':>11} {'vs sync':>8} {'vs sync/cl':>11}")
     summary = {}
     for name in names:
         med = {k: statistics.median(p[name][k] for p in results["passes"])
-               for k in ("round_seconds", "train_seconds", "overhead_seconds", "ratio_to_sync")}
+               for k in ("round_seconds", "train_seconds", "overhead_seconds", "ratio_to_sync",
+                         "ratio_to_sync_per_client")}
         summary[name] = med
         print(f"{name:<10} {med['round_seconds']:8.3f} {med['train_seconds']:8.3f} {med['overhead_seconds']:11.3f} "
-              f"{med['ratio_to_sync']:8.3f}")
+              f"{med['ratio_to_sync']:8.3f} {med['ratio_to_sync_per_client']:11.3f}")
     print(f"fedbuff= gives sync's bytes in every pass: {same}")
     results["throughput"] = summary
     results["fedbuff_equal_is_sync_bytes"] = same
