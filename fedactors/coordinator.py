@@ -321,15 +321,10 @@ class Coordinator:
             per_host[host] = per_host.get(host, 0.0) + seconds
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
         uploaded = len(done) + len(rejected) + len(too_large)  # a refused update was sent all the same
-        self.traffic.add(down * len(sampled), up * uploaded)
         stats = RoundStats(
             round=round_idx,
             clients=sampled,
-            bytes_down=down * len(sampled),
-            bytes_up=up * uploaded,
-            bytes_down_total=self.traffic.down,
-            bytes_up_total=self.traffic.up,
-            bytes_since_round=self.traffic.since_round,
+            **self._count_bytes(down * len(sampled), up * uploaded),
             num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
@@ -440,15 +435,10 @@ class Coordinator:
             per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds
         taus = [round_idx - 1 - a.version for a in kept]
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
-        self.traffic.add(down * (len(arrivals) + len(lost)), up * (len(kept) + len(rejected)))
         stats = RoundStats(
             round=round_idx,
             clients=[a.client for a in arrivals],
-            bytes_down=down * (len(arrivals) + len(lost)),
-            bytes_up=up * (len(kept) + len(rejected)),
-            bytes_down_total=self.traffic.down,
-            bytes_up_total=self.traffic.up,
-            bytes_since_round=self.traffic.since_round,
+            **self._count_bytes(down * (len(arrivals) + len(lost)), up * (len(kept) + len(rejected))),
             num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
@@ -471,6 +461,12 @@ class Coordinator:
         self._evaluate(stats, round_idx, last)
         stats.round_seconds = time.perf_counter() - t0
         return stats
+
+    def _count_bytes(self, down: int, up: int) -> dict:
+        """Add a round's bytes to the run's totals; RoundStats' byte fields."""
+        self.traffic.add(down, up)
+        return {"bytes_down": down, "bytes_up": up, "bytes_down_total": self.traffic.down,
+                "bytes_up_total": self.traffic.up, "bytes_since_round": self.traffic.since_round}
 
     def _evaluate(self, stats: RoundStats, round_idx: int, last: bool) -> None:
         """Evaluate the model after `round_idx` into `stats` if this round is evaluated; note the hosts lost."""
