@@ -130,6 +130,7 @@ class Coordinator:
         self.now = float((clock or {}).get("now", 0.0))
         self.clock = clock
         self.schedule: Schedule | None = None  # fedbuff, fedasync: made by run(), once the hosts hold their data
+        self._work: np.ndarray | None = None  # on the clock: each client's examples processed in a round (work())
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
@@ -141,9 +142,8 @@ class Coordinator:
             self._check_deadline()
         if cfg.strategy in ASYNC_STRATEGIES and self.schedule is None:
             down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
-            work = np.asarray(self.pool.num_examples(), dtype=np.int64) * cfg.epochs
             self.schedule = Schedule(seed=cfg.seed, concurrency=cfg.concurrency_value, buffer=cfg.buffer_value,
-                                     systems=self.systems, work=work, bytes_down=down, bytes_up=up,
+                                     systems=self.systems, work=self.work(), bytes_down=down, bytes_up=up,
                                      state=self.clock if self.clock and "flights" in self.clock else None)
         while self.round < cfg.rounds:
             over = self._over_budget(self.round + 1)
@@ -221,8 +221,8 @@ class Coordinator:
             down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
             try:
                 plan = plan_round(self.systems, self.now, seed=cfg.seed, round_idx=round_idx, m=cfg.clients_per_round,
-                                  over_select=cfg.over_select or 0.0, deadline=cfg.deadline,
-                                  work=[cfg.epochs * n for n in self.pool.num_examples()], bytes_down=down, bytes_up=up)
+                                  over_select=cfg.over_select or 0.0, deadline=cfg.deadline, work=self.work(),
+                                  bytes_down=down, bytes_up=up)
             except RuntimeError as exc:
                 raise RoundFailed(f"round {round_idx}: {exc}") from None
             sampled, todo = plan.sampled, plan.kept
@@ -354,11 +354,20 @@ class Coordinator:
         """A --deadline no client can meet is a failure of the run's first round, not rounds that never train."""
         cfg = self.config
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
-        examples = self.pool.num_examples()
-        fastest = min(self.systems.duration(c, cfg.epochs * examples[c], down, up) for c in range(cfg.clients))
+        fastest = float(self.systems.durations(self.work(), down, up).min())
         if fastest > cfg.deadline:
             raise RoundFailed(f"round {self.round + 1}: --deadline {cfg.deadline:g} virtual s is shorter than any "
                               f"client's round: the fastest takes {fastest:.3g} s (--dry-run shows the spread)")
+
+    def work(self) -> np.ndarray:
+        """Each client's examples processed in one local training (epochs x its examples), for the virtual clock."""
+        if self._work is None:
+            self._work = np.asarray(self.pool.num_examples(), dtype=np.int64) * self.config.epochs
+        return self._work
+
+    def _weights_at(self, version: int) -> np.ndarray:
+        """fedbuff, fedasync: the weights of `version`, the current or one a client in flight started from."""
+        return self.weights if version == self.schedule.version else self.versions[version]
 
     def run_async(self, round_idx: int, *, last: bool = False) -> RoundStats:
         """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.asynchronous.Schedule), each
@@ -380,8 +389,7 @@ class Coordinator:
         last_arrival = t0
         todo = arrivals
         for _attempt in range(MAX_ATTEMPTS):
-            jobs = [(self.weights if a.version == schedule.version else self.versions[a.version], a.batch, a.client)
-                    for a in todo]
+            jobs = [(self._weights_at(a.version), a.batch, a.client) for a in todo]
             failed_now = []
             for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout):
                 if isinstance(result, Failure):
@@ -415,8 +423,7 @@ class Coordinator:
         else:
             optimizer = self.strategy.optimizer
             try:
-                new = buffered_update(old, [(u.weights, u.num_examples, a.version,
-                                             old if a.version == schedule.version else self.versions[a.version])
+                new = buffered_update(old, [(u.weights, u.num_examples, a.version, self._weights_at(a.version))
                                             for a, u in zip(kept, got)], schedule.version, staleness,
                                       1.0 if optimizer is not None else cfg.server_lr_value)
             except ValueError as exc:
@@ -428,7 +435,8 @@ class Coordinator:
         self.versions[schedule.version] = old
         self.weights = new
         schedule.applied(freed)
-        self.versions = {v: w for v, w in self.versions.items() if v in schedule.needed_versions() - {schedule.version}}
+        needed = schedule.needed_versions() - {schedule.version}  # once: it walks every client in flight
+        self.versions = {v: w for v, w in self.versions.items() if v in needed}
         aggregate_seconds = time.perf_counter() - last_arrival
         per_host: dict[int, float] = {}  # as a synchronous round reports it: the busiest host's training
         for u in got:

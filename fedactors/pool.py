@@ -219,14 +219,15 @@ class RayPool:
                 except ray.exceptions.RayError as exc:  # out of restarts, or its node is gone
                     self.gone[host] = self._unreported[host] = f"Ray gave up restarting it ({_first_line(exc)})"
 
-    def _plan(self, client_ids: Sequence[int]) -> dict[int, list[int]] | str:
-        """The alive hosts' shares of `client_ids`, or why there is no host to train them."""
+    def _plan(self, client_ids: Sequence[int], sizes: Sequence[int] | None = None) -> dict[int, list[int]] | str:
+        """The alive hosts' shares of `client_ids`, or why there is no host to train them. `sizes`: what balances
+        them, indexed by id (default: the clients' examples)."""
         self._revive()
         if not self.alive:
             self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
         if not self.alive:
             return self._none_left()
-        return balance(client_ids, self.num_examples(), self.alive)
+        return balance(client_ids, self.num_examples() if sizes is None else sizes, self.alive)
 
     def train(
         self, global_weights: np.ndarray, round_idx: int, client_ids: Sequence[int], timeout: float | None = None,
@@ -259,15 +260,11 @@ class RayPool:
 
     def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
                    ) -> Iterator[Update | Failure]:
-        self._revive()
-        if not self.alive:
-            self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
-        if not self.alive:
-            why = self._none_left()
-            yield from (Failure(client_id=cid, host=-1, error=why, round=r) for _, r, cid in jobs)
-            return
         examples = self.num_examples()
-        plan = balance(range(len(jobs)), [examples[c] for _, _, c in jobs], self.alive)
+        plan = self._plan(range(len(jobs)), [examples[c] for _, _, c in jobs])  # by job index
+        if isinstance(plan, str):
+            yield from (Failure(client_id=cid, host=-1, error=plan, round=r) for _, r, cid in jobs)
+            return
         refs: dict[int, tuple[np.ndarray, object]] = {}  # each distinct weights array into the store once
         for weights, _, _ in jobs:
             if id(weights) not in refs:

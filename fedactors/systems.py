@@ -147,6 +147,10 @@ class Systems:
         """Virtual seconds for `client` to receive `bytes_down`, process `examples`, and send `bytes_up`."""
         return float(bytes_down / self.down[client] + self.speed[client] * examples + bytes_up / self.up[client])
 
+    def durations(self, work: np.ndarray, bytes_down: int, bytes_up: int) -> np.ndarray:
+        """Every client's duration (as `duration`), `work` its examples processed: one array over client ids."""
+        return bytes_down / self.down + self.speed * work + bytes_up / self.up
+
     def available(self, t: float) -> np.ndarray:
         """The clients online at virtual time t, sorted."""
         if self.always_online:
@@ -189,7 +193,7 @@ class RoundPlan:
 
 
 def plan_round(systems: Systems, now: float, *, seed: int, round_idx: int, m: int, over_select: float,
-               deadline: float | None, work: list[int], bytes_down: int, bytes_up: int) -> RoundPlan:
+               deadline: float | None, work: np.ndarray, bytes_down: int, bytes_up: int) -> RoundPlan:
     """Who a synchronous round starting at virtual time `now` samples, keeps and drops (`work`: each client's examples
     processed in its local training). A round with nobody online waits for the next window; RuntimeError when
     nobody will ever come online again."""
@@ -236,7 +240,7 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
     systems = Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
     down, up = per_client(config.strategy, num_weights, config.compress)
     work = np.asarray(sizes, dtype=np.int64) * config.epochs
-    one = np.array([systems.duration(c, int(work[c]), down, up) for c in range(config.clients)])
+    one = systems.durations(work, down, up)
     p10, p50, p90 = np.percentile(one, [10, 50, 90])
     out = {"client_seconds": {"p10": float(p10), "p50": float(p50), "p90": float(p90), "max": float(one.max())},
            "rounds": PREVIEW_ROUNDS}
@@ -262,7 +266,7 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
         for r in range(1, PREVIEW_ROUNDS + 1):
             try:
                 plan = plan_round(systems, now, seed=config.seed, round_idx=r, m=config.clients_per_round,
-                                  over_select=config.over_select or 0.0, deadline=config.deadline, work=work.tolist(),
+                                  over_select=config.over_select or 0.0, deadline=config.deadline, work=work,
                                   bytes_down=down, bytes_up=up)
             except RuntimeError:
                 break
