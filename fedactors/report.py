@@ -160,6 +160,10 @@ def config_label(config: dict) -> str:
         label += f" dp(S={_num(config.get('clip'))},z={_num(config.get('noise_multiplier'))})"
     elif config.get("strategy", "fedavg") != "fedavg":
         label += f" {config['strategy']}"
+        if config.get("server_lr") is not None:  # set by hand (a sweep's axis): which cell this is
+            label += f" server_lr={_num(config['server_lr'])}"
+        if config["strategy"] == "fedprox" and config.get("mu") is not None:
+            label += f" mu={_num(config['mu'])}"
     if config.get("byzantine"):
         label += f" byz={config['byzantine']}:{config.get('attack')}"
     if config.get("precision", "fp32") != "fp32":
@@ -338,11 +342,17 @@ def _is_metrics_row(row: object) -> bool:
 # Tables
 
 
-def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
-    """One row per run: configuration, status, best accuracy, rounds to its target, time."""
+def format_table(summaries: list[RunSummary], *, markdown: bool = False, also: tuple[float, ...] = ()) -> str:
+    """One row per run: configuration, status, best accuracy, rounds to its target, time; and for each accuracy in
+    `also` (report --target given more than once) the rounds to it, first and interpolated."""
     headers = ["run", "configuration", "status", "evaluated", "best acc (round)", "target",
-               "rounds to target", "interpolated", "wall s", "median s/round"]
-    align = "lllrrrrrrr"
+               "rounds to target", "interpolated"]
+    align = "lllrrrrr"
+    for t in also:
+        headers += [f"rounds to {_num(t)}", "interpolated"]
+        align += "rr"
+    headers += ["wall s", "median s/round"]
+    align += "rr"
     private = any(s.epsilon is not None for s in summaries)  # a column of its own only where DP runs are
     if private:
         headers.append("epsilon")
@@ -367,6 +377,7 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
             _num(s.target),
             "not reached" if s.rounds_to_target is None else str(s.rounds_to_target),
             "-" if s.rounds_to_target_interpolated is None else f"{s.rounds_to_target_interpolated:.1f}",
+            *(cell for t in also for cell in _reached(s, t)),
             "-" if s.wall_seconds is None else f"{s.wall_seconds:.1f}",
             "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
             *(["-" if s.epsilon is None else f"{s.epsilon:.3g}"] if private else []),
@@ -375,6 +386,12 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False) -> str:
             *(_last_clients(s) if per_client else []),
         ])
     return _render(headers, rows, align, markdown)
+
+
+def _reached(s: RunSummary, target: float) -> list[str]:
+    """Rounds to another accuracy than the run's target: the first evaluated round at it, and interpolated."""
+    first, interpolated = s.reached(target)
+    return ["not reached" if first is None else str(first), "-" if interpolated is None else f"{interpolated:.1f}"]
 
 
 def _megabytes(s: RunSummary) -> list[str]:

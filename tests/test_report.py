@@ -278,3 +278,34 @@ def test_table2_takes_only_the_papers_model_and_algorithm_and_shows_time(tmp_pat
     row = next(line for line in format_table2([*other, load_run(run)]).splitlines() if line.startswith("iid") and
                line.split()[1:3] == ["5", "10"]).split()
     assert row[-5:] == ["0.1", "3", "61", "4.00", "cnn"]
+
+
+def test_more_targets_add_a_rounds_column_pair_each_and_best_ranks_by_the_first(tmp_path):
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+
+    # Two cells of one method: "fast" reaches 0.97 first (round 2) but never 0.99; "slow" gets to both later.
+    fast = make_run(tmp_path / "fast", [0.9, 0.975, 0.98, 0.985], eval_every=1)
+    slow = make_run(tmp_path / "slow", [0.9, 0.95, 0.97, 0.995], lr=0.05)
+    a, b = (load_run(p, target=0.97) for p in (fast, slow))
+    lines = format_table([a, b], markdown=True, also=(0.99,)).splitlines()
+    assert "| rounds to target | interpolated | rounds to 0.99 | interpolated |" in lines[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert rows[0][6:10] == ["2", f"{1 + 0.07 / 0.075:.1f}", "not reached", "-"]
+    assert rows[1][6:10] == ["3", "3.0", "4", f"{3 + 0.02 / 0.025:.1f}"]
+
+    result = CliRunner().invoke(cli, ["report", str(fast), str(slow), "--target", "0.97", "--target", "0.99",
+                                      "--best", "accuracy", "--markdown"])
+    assert result.exit_code == 0, result.output
+    assert "| fast |" in result.output and "| slow |" not in result.output and "rounds to 0.99" in result.output
+    refused = CliRunner().invoke(cli, ["report", str(fast), "--target", "0.1", "--target", "0.05", "--best", "loss"])
+    assert isinstance(refused.exception, ConfigError) and "--best loss takes one --target" in str(refused.exception)
+
+
+def test_a_label_names_the_server_lr_set_by_hand_and_fedproxs_mu(tmp_path):
+    avgm = load_run(make_run(tmp_path / "m", [0.9], strategy="fedavgm", server_lr=0.1))
+    prox = load_run(make_run(tmp_path / "p", [0.9], strategy="fedprox", mu=0.01, server_lr=None))
+    plain = load_run(make_run(tmp_path / "a", [0.9], strategy="fedadam", server_lr=None))
+    assert avgm.label.endswith("fedavgm server_lr=0.1") and prox.label.endswith("fedprox mu=0.01")
+    assert plain.label.endswith("lr=0.1 fedadam")

@@ -43,20 +43,26 @@ def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: 
 @cli.command()
 @run_dirs_argument
 @click.option("--markdown", is_flag=True, help="A Markdown table instead of aligned text.")
-@click.option("--target", type=float, default=None, help="Accuracy for rounds-to-target. Default: each run's configured target.")
+@click.option("--target", "targets", type=float, multiple=True,
+              help="Accuracy for rounds-to-target. Default: each run's configured target. Repeat it for more columns "
+                   "(--target 0.97 --target 0.99); the first is the one --best ranks by.")
 @click.option("--table2", is_flag=True, help="Also compare with the paper's Table 2 (rounds to 99%, CNN, C=0.1).")
 @click.option("--best", "best", default=None, metavar="METRIC",
               help="Only each method's best run (runs differing only in learning rates, server settings, mu, clip, "
                    "noise or seed are one method's cells): the fewest rounds to --target on METRIC (accuracy, loss "
                    "or a task metric), ties by the better final value; failed runs rank after those that reached it.")
-def report(run_dirs: tuple[Path, ...], markdown: bool, target: float | None, table2: bool, best: str | None) -> None:
+def report(run_dirs: tuple[Path, ...], markdown: bool, targets: tuple[float, ...], table2: bool,
+           best: str | None) -> None:
     """A table of runs: configuration, best accuracy, rounds to target (first and interpolated), time."""
     from fedactors.report import best_by_method, format_table, format_table2, load_run
 
+    if len(targets) > 1 and best not in (None, "accuracy"):
+        raise ConfigError(f"--best {best} takes one --target (a value of {best}); more than one is for accuracy")
+    target = targets[0] if targets else None
     summaries = [load_run(d, target=target, metric=best or "accuracy") for d in run_dirs]
     if best is not None:
         summaries = best_by_method(summaries)
-    click.echo(format_table(summaries, markdown=markdown))
+    click.echo(format_table(summaries, markdown=markdown, also=targets[1:]))
     if table2:
         click.echo()
         click.echo(format_table2(summaries, markdown=markdown))
