@@ -398,9 +398,11 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         part = time.perf_counter() - started
         return {"wall_seconds": round(part, 3), "total_wall_seconds": round(wall_before + part, 3)}
 
-    def stop(status: str) -> None:
+    def stop(status: str, error: str | None = None) -> None:
         out.close()
         info.update(status=status, **wall(), **summarise(history, config.target, config.target_metric, lower))
+        if error is not None:  # why it failed, the line the user saw: a sweep's failed cell is read back from here
+            info["error"] = error
         run_dir.write_run(config, info)
 
     interrupts = Interrupts()
@@ -418,11 +420,11 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         from fedactors.interrupts import Interrupted
 
         raise Interrupted(interrupts.stopped_by()) from None
-    except FedActorsError:
-        stop("failed")
+    except FedActorsError as exc:
+        stop("failed", first_line(exc))
         raise
     except Exception as exc:
-        stop("failed")
+        stop("failed", f"unexpected {type(exc).__name__}: {first_line(exc)}")
         log = run_dir.write_error("".join(traceback.format_exception(exc)))
         raise InternalError(f"unexpected {type(exc).__name__}: {first_line(exc)} (traceback in {log})") from exc
 

@@ -196,7 +196,8 @@ def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback
     status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
     assert status == 1
     assert err.strip().splitlines() == [f"fedactors: error: unexpected ValueError: a bug deep inside (traceback in {out / 'error.log'})"]
-    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "unexpected ValueError: a bug deep inside"
     log = (out / "error.log").read_text()
     assert "Traceback" in log and "in broken" in log and "ValueError: a bug deep inside" in log
 
@@ -225,7 +226,8 @@ def test_error_log_goes_once_a_resume_gets_past_the_failure_it_describes(tmp_pat
     monkeypatch.setattr(experiment, "run", lambda config, on_event, **kw: _one_round(config, on_event, round_done=2, **kw))
     status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "r", "--out", str(out))
     assert status == 0, err
-    assert json.loads((out / "run.json").read_text())["status"] == "finished" and not (out / "error.log").exists()
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and "error" not in info and not (out / "error.log").exists()
 
 
 def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_command(tmp_path, monkeypatch, capsys):
@@ -239,7 +241,8 @@ def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_comman
     monkeypatch.setattr(experiment, "run", no_data)
     status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out), "--run-id", "first")
     assert status == 2 and "MNIST not found" in err
-    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "MNIST not found (offline)"  # the line the user saw
     status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "first", "--out", str(out))
     assert status == 2 and "stopped before its first checkpoint" in err and "start it again" in err
     monkeypatch.setattr(experiment, "run", _one_round)
