@@ -22,7 +22,7 @@ SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01
 # --lr when not given: the paper's 0.1 (FedAvg's), except for the strategies that fail with it on the paper's
 # non-IID CNN (E=1, B=10, C=0.1) within 100 rounds; each value is the grid's that trains there (issue 28, the runs
 # in docs/runs/tune-*).
-CLIENT_LR = {"scaffold": 0.03, "fedadam": 0.05}
+CLIENT_LR = {"scaffold": 0.02, "fedadam": 0.05}
 DEFAULT_LR = 0.1
 # Each strategy setting (a RunConfig field) and the built-in strategies that use it; for another, it is refused.
 STRATEGY_SETTINGS = {

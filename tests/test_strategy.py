@@ -527,3 +527,20 @@ def test_every_client_rate_default_is_a_committed_run_that_trains():
         assert (s.config["epochs"], s.config["batch_size"], s.config["frac"]) == (1, 10, 0.1)
         assert s.reached(0.97)[0] is not None
         assert any(t.status == "failed" and t.config["lr"] > lr for t in runs if t.config["strategy"] == name)
+
+
+def test_the_readmes_comparison_at_each_methods_best_is_what_its_committed_runs_say():
+    """Every row of README's "Each method at its best" table: its run's rounds to 97% and 99% as report reads them."""
+    from conftest import REPO
+    from fedactors.report import load_run
+
+    section = (REPO / "README.md").read_text().split("### Each method at its best", 1)[1]
+    table = next(block for block in section.split("\n\n") if block.startswith("| method |"))
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert len(rows) == 7
+    for row in rows:
+        s = load_run(REPO / "docs" / "runs" / row[-1])
+        assert str(s.reached(0.97)[0]) == row[3], row
+        first99 = s.reached(0.99)[0]
+        assert (str(first99) if first99 is not None else f"not in {s.rounds[-1]}") == row[4], row
+        assert s.status == "finished" and str(s.rounds[-1]) == row[6], row
