@@ -424,9 +424,10 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         stop("failed", first_line(exc))
         raise
     except Exception as exc:
-        stop("failed", f"unexpected {type(exc).__name__}: {first_line(exc)}")
+        line = f"unexpected {type(exc).__name__}: {first_line(exc)}"
+        stop("failed", line)
         log = run_dir.write_error("".join(traceback.format_exception(exc)))
-        raise InternalError(f"unexpected {type(exc).__name__}: {first_line(exc)} (traceback in {log})") from exc
+        raise InternalError(f"{line} (traceback in {log})") from exc
 
 
 def _finish(config: RunConfig, run_dir: RunDirectory, weights: np.ndarray, round_done: int, history: list[dict],

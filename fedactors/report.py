@@ -375,9 +375,8 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False, also: t
             s.path.name or str(s.path), s.label, s.status, str(s.evaluated_rounds),
             "-" if s.best_accuracy is None else f"{s.best_accuracy:.4f} ({s.best_round})",
             _num(s.target),
-            "not reached" if s.rounds_to_target is None else str(s.rounds_to_target),
-            "-" if s.rounds_to_target_interpolated is None else f"{s.rounds_to_target_interpolated:.1f}",
-            *(cell for t in also for cell in _reached(s, t)),
+            *_rounds(s.rounds_to_target, s.rounds_to_target_interpolated),
+            *(cell for t in also for cell in _rounds(*s.reached(t))),
             "-" if s.wall_seconds is None else f"{s.wall_seconds:.1f}",
             "-" if s.median_round_seconds is None else f"{s.median_round_seconds:.2f}",
             *(["-" if s.epsilon is None else f"{s.epsilon:.3g}"] if private else []),
@@ -388,9 +387,8 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False, also: t
     return _render(headers, rows, align, markdown)
 
 
-def _reached(s: RunSummary, target: float) -> list[str]:
-    """Rounds to another accuracy than the run's target: the first evaluated round at it, and interpolated."""
-    first, interpolated = s.reached(target)
+def _rounds(first: int | None, interpolated: float | None) -> list[str]:
+    """A pair of rounds-to-target cells: the first evaluated round at the target, and interpolated."""
     return ["not reached" if first is None else str(first), "-" if interpolated is None else f"{interpolated:.1f}"]
 
 

@@ -112,7 +112,7 @@ def next_rounds(cell: Cell, info: dict, out: Path) -> int | None:
     done = info.get("rounds_completed") or 0
     if info.get("status") != "finished":
         return info["config"]["rounds"]  # interrupted or killed: continue to where it was going
-    reached = crossing(cell, out)
+    reached = crossing(cell, evaluated(out))
     if reached is not None:
         past = -(-(reached + PAST_TARGET) // cell.eval_every) * cell.eval_every  # up to an evaluated round
         wanted = min(past, cell.cap)
@@ -137,16 +137,17 @@ def evaluated(out: Path) -> list[tuple[int, float]]:
     return rows
 
 
-def crossing(cell: Cell, out: Path) -> int | None:
-    """The first evaluated round at the cell's target (read from metrics.jsonl, not run.json: a sweep's cell
-    continued here was started with its own target)."""
-    return next((r for r, acc in evaluated(out) if acc >= cell.target), None)
+def crossing(cell: Cell, rows: list[tuple[int, float]]) -> int | None:
+    """The first of the evaluated `rows` at the cell's target (metrics.jsonl's, not run.json's rounds_to_target:
+    a sweep's cell continued here was started with its own target)."""
+    return next((r for r, acc in rows if acc >= cell.target), None)
 
 
 def enough(cell: Cell, out: Path) -> bool:
     """Whether the run has an evaluated round PAST_TARGET rounds past its first crossing of the target."""
-    crossed = crossing(cell, out)
-    return crossed is not None and evaluated(out)[-1][0] >= crossed + PAST_TARGET
+    rows = evaluated(out)
+    crossed = crossing(cell, rows)
+    return crossed is not None and rows[-1][0] >= crossed + PAST_TARGET
 
 
 def follow(command: list[str], cell: Cell, out: Path, watch: bool) -> int:
@@ -201,7 +202,7 @@ def run_cell(cell: Cell, work: Path, fedactors: str) -> None:
     for name in ("metrics.jsonl", "run.json"):
         shutil.copyfile(out / name, target / name)
     info = run_json(out)
-    print(f"{cell.name}: {info['rounds_completed']} rounds, {cell.target:.0%} first at round {crossing(cell, out)}, "
+    print(f"{cell.name}: {info['rounds_completed']} rounds, {cell.target:.0%} first at round {crossing(cell, evaluated(out))}, "
           f"best {info['best_accuracy']:.4f}; evidence in {target}", flush=True)
 
 
