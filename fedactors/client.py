@@ -270,7 +270,8 @@ class ClientHost:
     def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int,
                 residual: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(what the server gets of the client, its new error-feedback residual or None): its weights (as --compress
-        encodes them, decoded on the server's behalf), or a Byzantine client's corruption of them."""
+        encodes them, decoded on the server's behalf), or a Byzantine client's corruption of them. An update holding
+        NaN or infinity is not encoded (compress.send): the weights hold them, so the server rejects the client."""
         new_residual = None
         if self.compressor is not None:
             weights, new_residual = send(self.compressor, weights, global_weights, self.config.seed, round_idx,

@@ -141,6 +141,39 @@ def test_error_feedback_keeps_what_the_compression_dropped(spec):
     assert send(parse("q8"), w, x, 0, 1, 2, residual)[1] is None  # unbiased compressors keep no residual
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("spec", ["q8", "q2:rotate", "topk:0.1", "sign"])
+def test_an_update_holding_nan_or_infinity_is_not_encoded_and_leaves_no_residual(spec, bad):
+    """Issue 34: q8 raised in the encoder (a failure, retried 3 times); top-k dropped a NaN into the residual."""
+    from fedactors.compress import parse, send
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=1000).astype(np.float32)
+    w = x + rng.normal(scale=0.01, size=1000).astype(np.float32)
+    w[5] = bad
+    received, residual = send(parse(spec), w, x, 0, 1, 2, np.zeros(1000, np.float32))
+    assert np.isnan(received[5]) or np.isinf(received[5])  # what the server gets holds it, so the client is rejected
+    assert residual is None
+    with pytest.raises(ValueError, match=r"^the update holds NaN or infinity \(values\[5\] is (nan|inf)\): it cannot "):
+        parse(spec).encode(w - x, 0, 1, 2)
+
+
+@pytest.mark.parametrize(("spec", "host_sums"), [("q8", True), ("q8", False), ("q2:rotate", False),
+                                                 ("topk:0.1", False), ("sign", False)])
+def test_clients_diverging_under_compression_are_rejected_not_retried(spec, host_sums):
+    """The README's promise for NaN (rejected, named, not retried) holds under every compressor, host sums included."""
+    from fedactors.errors import RoundFailed
+
+    _, make = _digits(rounds=1, compress=spec, lr=1e30, host_sums=host_sums)  # every client's weights overflow
+    coordinator = make()
+    before = coordinator.weights.copy()
+    with pytest.raises(RoundFailed, match=r"^round 1: clients \[1, 2, 3, 7, 8\] returned NaN or infinite weights, "
+                                          r"which are never aggregated, leaving 0 of 5 updates"):
+        list(coordinator.run())
+    assert np.array_equal(coordinator.weights, before)
+    assert coordinator.feedback is None or coordinator.feedback.residuals == {}
+
+
 def test_host_sums_are_refused_with_an_error_feedback_compressor():
     from fedactors.config import RunConfig, refuse_idle_settings
     from fedactors.coordinator import uses_host_sums
@@ -159,8 +192,8 @@ def _digits(**kw):
     from fedactors.task import load_arrays, load_task
 
     kw.setdefault("compress", "q4:rotate")
-    cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, epochs=1, batch_size=20, lr=0.1, partition="iid", seed=0,
-                    **kw)
+    kw.setdefault("lr", 0.1)
+    cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, epochs=1, batch_size=20, partition="iid", seed=0, **kw)
     data = load_arrays(load_task(cfg.task), None, None)
     parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed)
     hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i) for i in range(2)]
