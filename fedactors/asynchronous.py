@@ -169,13 +169,18 @@ class Schedule:
 
 
 def buffered_update(weights: np.ndarray, arrivals: list[tuple[np.ndarray, int, int, np.ndarray]], version: int,
-                    staleness: tuple[str, float, float], server_lr: float) -> np.ndarray:
+                    staleness: tuple[str, float, float], server_lr: float) -> tuple[np.ndarray | None, list[int]]:
     """FedBuff's server step: `arrivals` are (client weights y, examples, start version, weights at its start).
-    Fresh updates enter the exact average as themselves, so a buffer of fresh ones is FedAvg's average."""
+    Fresh updates enter the exact average as themselves, so a buffer of fresh ones is FedAvg's average.
+
+    Returns (the new weights, the indices of the arrivals left out). An arrival whose z holds a value FedAvg's
+    exact sum cannot (|share x value| >= 2^18) is left out, as a synchronous round rejects such a client, and the
+    others are averaged over their own examples; the weights are None if every arrival was left out."""
     from fedactors import aggregate
 
     exact = aggregate.ExactSum(len(weights), sum(n for _, n, _, _ in arrivals))
-    for y, n, start, w_start in arrivals:
+    left_out = []
+    for i, (y, n, start, w_start) in enumerate(arrivals):
         tau = version - start
         if tau == 0:
             z = y
@@ -183,11 +188,13 @@ def buffered_update(weights: np.ndarray, arrivals: list[tuple[np.ndarray, int, i
             s = np.float32(staleness_weight(staleness, tau))
             z = weights + s * (y - w_start)
         if not exact.add(np.ascontiguousarray(z, dtype=np.float32), n):
-            raise ValueError("a stale update weighted by its staleness left what FedAvg's exact sum holds")
+            left_out.append(i)
+    if len(left_out) == len(arrivals):
+        return None, left_out
     average = exact.result()
     if server_lr == 1.0:
-        return average
-    return (weights + np.float32(server_lr) * (average - weights)).astype(np.float32)
+        return average, left_out
+    return (weights + np.float32(server_lr) * (average - weights)).astype(np.float32), left_out
 
 
 def mixed_update(weights: np.ndarray, y: np.ndarray, tau: int, staleness: tuple[str, float, float],

@@ -54,6 +54,14 @@ def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:
             "p90": float(p90), "worst": float(accuracy.min()), "at_target": float((accuracy >= target).mean())}
 
 
+def rejection(client_id: int, host: int, finite: bool) -> Failure:
+    """A refused update as a failure (never retried: its seeds would give it again): too large for FedAvg's exact
+    sum if `finite`, else NaN or infinite. The synchronous and asynchronous loops refuse alike."""
+    why = ("returned values too large for FedAvg's exact sum (|share x value| >= 2^18): rejected" if finite
+           else "returned NaN or infinite weights: rejected")
+    return Failure(client_id, host, why)
+
+
 class Coordinator:
     """Runs rounds start_round+1 .. config.rounds from `weights`, yielding an event per round.
 
@@ -249,9 +257,7 @@ class Coordinator:
         extras = self._client_state if isinstance(self.strategy, Scaffold) or self.feedback is not None else None
 
         def reject(cid: int, host: int, finite: bool) -> None:
-            why = ("returned values too large for FedAvg's exact sum (|share x value| >= 2^18): rejected" if finite
-                   else "returned NaN or infinite weights: rejected")
-            failures.append(Failure(cid, host, why))
+            failures.append(rejection(cid, host, finite))
             (too_large if finite else rejected).append(cid)
 
         for _attempt in range(MAX_ATTEMPTS if todo else 0):
@@ -373,8 +379,9 @@ class Coordinator:
         """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.asynchronous.Schedule), each
         is trained from the weights of its start version, and the server applies their update: version round_idx.
 
-        Failures are retried as in a synchronous round; an update holding NaN or infinity is left out of the buffer,
-        which goes on with the others if --min-fit-fraction of the buffer allows."""
+        Failures are retried as in a synchronous round; an update holding NaN or infinity, or one whose staleness-
+        weighted value FedAvg's exact sum cannot hold, is rejected as a synchronous round rejects it: left out of the
+        buffer, which goes on with the others if --min-fit-fraction of the buffer allows."""
         cfg, schedule = self.config, self.schedule
         t0 = time.perf_counter()
         try:
@@ -396,7 +403,7 @@ class Coordinator:
                     failures.append(result)
                     failed_now.append((result.client_id, result.round))
                 elif not aggregate.all_finite(result.weights):
-                    failures.append(Failure(result.client_id, result.host, "returned NaN or infinite weights: rejected"))
+                    failures.append(rejection(result.client_id, result.host, finite=False))
                     rejected.append((result.client_id, result.round))
                 else:
                     updates[result.client_id, result.round] = result
@@ -405,13 +412,18 @@ class Coordinator:
                 break
             retried.extend(c for c, _ in failed_now)
             todo = [a for a in todo if (a.client, a.batch) in failed_now]
-        kept = [a for a in arrivals if (a.client, a.batch) in updates]  # in virtual arrival order
-        got = [updates[a.client, a.batch] for a in kept]
-        if len(kept) < required:
-            missing = [a.client for a in arrivals if (a.client, a.batch) not in updates]
-            raise RoundFailed(f"round {round_idx}: clients {missing} of the buffer did not return a usable update, "
-                              f"leaving {len(kept)} of {len(arrivals)} where {required} are required (errors: "
-                              + "; ".join(dict.fromkeys(f.error for f in failures)) + ")")
+
+        def usable() -> tuple[list, list[Update]]:
+            """The arrivals with a usable update, in virtual arrival order, and their updates; RoundFailed if too few."""
+            kept = [a for a in arrivals if (a.client, a.batch) in updates]
+            if len(kept) < required:
+                missing = [a.client for a in arrivals if (a.client, a.batch) not in updates]
+                raise RoundFailed(f"round {round_idx}: clients {missing} of the buffer did not return a usable update, "
+                                  f"leaving {len(kept)} of {len(arrivals)} where {required} are required (errors: "
+                                  + "; ".join(dict.fromkeys(f.error for f in failures)) + ")")
+            return kept, [updates[a.client, a.batch] for a in kept]
+
+        kept, got = usable()
         staleness = parse_staleness(cfg.staleness)
         old = self.weights
         if not kept:
@@ -422,13 +434,18 @@ class Coordinator:
                                self.strategy.rate)
         else:
             optimizer = self.strategy.optimizer
-            try:
-                new = buffered_update(old, [(u.weights, u.num_examples, a.version, self._weights_at(a.version))
-                                            for a, u in zip(kept, got)], schedule.version, staleness,
-                                      1.0 if optimizer is not None else cfg.server_lr_value)
-            except ValueError as exc:
-                raise RoundFailed(f"round {round_idx}: {exc}") from None
-            if optimizer is not None:  # its step on the pseudo-gradient, from the buffer's average
+            new, left_out = buffered_update(old, [(u.weights, u.num_examples, a.version, self._weights_at(a.version))
+                                                  for a, u in zip(kept, got)], schedule.version, staleness,
+                                            1.0 if optimizer is not None else cfg.server_lr_value)
+            for i in left_out:  # too large for the exact sum once weighted by its staleness
+                failures.append(rejection(got[i].client_id, got[i].host, finite=True))
+                rejected.append((kept[i].client, kept[i].batch))
+                del updates[kept[i].client, kept[i].batch]
+            if left_out:
+                kept, got = usable()
+            if new is None:  # every arrival left out, and --min-fit-fraction allows it
+                new = old
+            elif optimizer is not None:  # its step on the pseudo-gradient, from the buffer's average
                 new = checked_step(self.strategy, old, new, [], [], round_idx)
         if not aggregate.all_finite(new):
             raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
