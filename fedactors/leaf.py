@@ -41,6 +41,15 @@ def load_leaf(root: Path) -> Arrays:
     return Arrays(x_train, y_train, x_test, y_test, client_train=c_train, client_test=c_test)
 
 
+def load_leaf_under(data_dir: Path, name: str, what: str) -> Arrays:
+    """A built-in task's LEAF data kept in DATA_DIR/name (train/ and test/ of JSON files); DataError if absent."""
+    root = data_dir / name
+    if not (root / "train").is_dir():
+        raise DataError(f"{what} is not in {root} (train/ and test/ of JSON files): make it with LEAF's "
+                        "preprocess.sh and pass --data leaf:DIR, or put it there")
+    return load_leaf(root)
+
+
 def _read_split(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every user's examples, labels and (repeated) user id, over `files` in order."""
     xs: list = []

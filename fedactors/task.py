@@ -14,7 +14,8 @@ read-only arrays in the object store.
 A task is named on the command line (`--task`) and in a run's configuration by a spec, which
 every process that needs it (the command, each client host) resolves the same way:
 
-    mnist-cnn, mnist-2nn, digits-mlp      built-in (fedactors tasks lists them)
+    mnist-cnn, mnist-2nn, femnist-cnn,    built-in (fedactors tasks lists them, and the inputs each takes)
+    digits-mlp, shakespeare-lstm, ...
     package.module:attr                   an importable module's attribute
     path/to/file.py:attr                  a file's attribute (the path must exist on every node; the
                                           file may import the modules in its directory)
@@ -119,6 +120,9 @@ class Task:
     # examples and divided by their count, reported by name beside accuracy and loss.
     metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None
     minimize: tuple[str, ...] = ()  # the metrics that are better smaller (an error), for --target-metric
+    # What the examples must be as `load` or --data gives them (shape, type, range), in words: `fedactors tasks`
+    # shows it. A built-in's `prepare` refuses, in one line, examples clearly outside it.
+    inputs: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -138,6 +142,9 @@ class Task:
                 raise ConfigError(f"task {self.name}: metric names {', '.join(taken)} are fedactors' own; rename them")
         if not isinstance(self.minimize, tuple) or not set(self.minimize) <= set(self.metrics or {}):
             raise ConfigError(f"task {self.name}: minimize must be a tuple of names from its metrics")
+        if not isinstance(self.inputs, str):
+            raise ConfigError(f"task {self.name}: inputs must be a string (what the examples must be), "
+                              f"got {type(self.inputs).__name__}")
         for what in ("load", "prepare", "loss", "local", "prepare_labels"):
             if getattr(self, what) is not None and not callable(getattr(self, what)):
                 raise ConfigError(f"task {self.name}: {what} must be callable, got {type(getattr(self, what)).__name__}")

@@ -1,7 +1,6 @@
 """Data split by its owners: owner ids in npz and LEAF files, --partition natural, the text tasks, per-client evaluation."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -34,19 +33,19 @@ def test_the_natural_partition_gives_each_owner_its_examples_in_order():
     assert s["fewest"][0] == {"owner": "b", "examples": 1}
 
 
-def test_a_million_owners_partition_in_about_the_time_of_ten_thousand():
+def test_a_million_owners_each_become_one_client_holding_just_their_examples():
     from fedactors.partition import natural
 
+    # How long it takes (one sort of the examples, not a loop over owners) is a benchmark's figure, not a test's:
+    # bench/million.py --natural measures it. A wall-time bound here failed on shared cores for no fault of the code.
     rng = np.random.default_rng(0)
-    timings = {}
-    for k in (10_000, 1_000_000):
-        owners = np.concatenate([np.arange(k), rng.integers(0, k, 2_000_000 - k)])  # every owner holds one or more
-        t0 = time.perf_counter()
-        parts = natural(owners)
-        timings[k] = time.perf_counter() - t0
-        assert len(parts) == k and parts.sizes.sum() == 2_000_000
-        assert np.all(owners[parts[k // 2]] == k // 2)
-    assert timings[1_000_000] < 3 * timings[10_000] + 0.5, timings  # one sort of the examples, not a loop over owners
+    k = 1_000_000
+    owners = np.concatenate([np.arange(k), rng.integers(0, k, 2_000_000 - k)])  # every owner holds one or more
+    parts = natural(owners)
+    assert len(parts) == k and parts.sizes.sum() == 2_000_000
+    assert np.array_equal(parts.sizes, np.bincount(owners, minlength=k))
+    for c in (0, k // 2, k - 1):
+        assert np.array_equal(parts[c], np.flatnonzero(owners == c))  # its own examples, in their order
 
 
 def _npz(tmp_path, **arrays):
@@ -89,13 +88,14 @@ def test_bad_owner_ids_are_one_clear_error(tmp_path, owners, message):
 
 # ---- LEAF's layout -------------------------------------------------------------------------------
 
-def write_leaf(root, users: dict, split_test: int = 2) -> None:
+def write_leaf(root, users: dict, split_test: int = 2, files: int = 2) -> None:
     """LEAF files for `users` (name -> (x list, y list)): each user's last `split_test` examples in test/, the
-    users spread over two files per split as LEAF's sampling scripts leave them."""
+    users spread over `files` files per split as LEAF's sampling scripts leave them."""
+    names = list(users)
+    chunks = [names[i * len(names) // files : (i + 1) * len(names) // files] for i in range(files)]
     for split in ("train", "test"):
         (root / split).mkdir(parents=True, exist_ok=True)
-        names = list(users)
-        for part, chunk in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        for part, chunk in enumerate(chunks):
             data = {}
             for u in chunk:
                 x, y = users[u]
@@ -105,14 +105,27 @@ def write_leaf(root, users: dict, split_test: int = 2) -> None:
             (root / split / f"all_data_{part}.json").write_text(json.dumps(doc))
 
 
-def femnist_like(num_users=6, per_user=12, seed=0):
-    """Writers of 8x8 'digits' (sklearn-digits-sized rows), each with its own few labels."""
+def digit_writers(num_users=6, per_user=12, seed=0):
+    """Writers of 8x8 'digits' (sklearn-digits-sized rows, pixels 0..16), each with its own few labels."""
     rng = np.random.default_rng(seed)
     users = {}
     for w in range(num_users):
         y = rng.choice([w % 10, (w + 3) % 10], per_user)
         x = (rng.random((per_user, 64)) * 4 + y[:, None]).round(3)  # learnable: pixel level follows the label
         users[f"f{w:04d}_{w}"] = (x.tolist(), y.tolist())
+    return users
+
+
+def femnist_writers(num_users=7, per_user=10, classes=62, seed=0):
+    """Writers in LEAF's FEMNIST shape: `x` lists of 784 floats in [0, 1] (white 1.0, ink darker, as LEAF's
+    preprocessing leaves them), `y` classes 0..classes-1 (every one of them used), writers named like f0000_14."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.resize(np.arange(classes), num_users * per_user)).reshape(num_users, per_user)
+    users = {}
+    for w in range(num_users):
+        ink = rng.random((per_user, 784)) < 0.2
+        x = np.where(ink, rng.random((per_user, 784)) * 0.6, 1.0)
+        users[f"f{w:04d}_{rng.integers(0, 100):02d}"] = (x.tolist(), labels[w].tolist())
     return users
 
 
@@ -146,7 +159,7 @@ def test_leaf_files_load_with_each_user_an_owner(tmp_path):
     (lambda doc: doc.pop("user_data"), "is not a LEAF file"),
 ])
 def test_a_bad_leaf_directory_is_one_line_and_exit_2(tmp_path, damage, message):
-    write_leaf(tmp_path / "leaf", femnist_like())
+    write_leaf(tmp_path / "leaf", digit_writers())
     path = tmp_path / "leaf" / "train" / "all_data_0.json"
     doc = json.loads(path.read_text())
     damage(doc)
@@ -183,7 +196,26 @@ def test_the_shakespeare_lstm_is_the_papers_model():
     assert out.shape == (3, 81)
 
 
+def accuracy_of(out, task_name, data) -> float:
+    """The test accuracy of a run's weights.npy, computed here with plain torch (the module's parameters set from
+    the flat buffer in order, one forward pass a hundred examples), not by the run's own evaluation."""
+    import torch
+    from torch.nn.utils import vector_to_parameters
+
+    from fedactors.task import load_task
+
+    module = load_task(task_name).model()
+    vector_to_parameters(torch.from_numpy(np.load(out / "weights.npy")), module.parameters())
+    module.eval()
+    with torch.no_grad():
+        guesses = [module(torch.from_numpy(data.x_test[i : i + 100])).argmax(1).numpy()
+                   for i in range(0, len(data.y_test), 100)]
+    return int((np.concatenate(guesses) == data.y_test).sum()) / len(data.y_test)
+
+
 def test_shakespeare_lstm_runs_on_leaf_files_with_a_client_per_role(tmp_path):
+    from fedactors.task import load_arrays, load_task
+
     write_leaf(tmp_path / "leaf", shakespeare_like(per_user=6))  # 4 lines a role to train on: the LSTM is not small
     out = tmp_path / "run"
     result = fedactors("run", "--task", "shakespeare-lstm", "--data", f"leaf:{tmp_path / 'leaf'}", "--partition", "natural",
@@ -194,17 +226,61 @@ def test_shakespeare_lstm_runs_on_leaf_files_with_a_client_per_role(tmp_path):
     assert run["config"]["clients"] == 4 and run["partition"]["clients"] == 4
     assert run["partition"]["examples"] == {"min": 4, "median": 4.0, "max": 4}
     assert np.load(out / "weights.npy").size == run["identity"]["weights"]
-    assert 0 <= accuracies(out)[0] <= 1
+    data = load_arrays(load_task("shakespeare-lstm"), f"leaf:{tmp_path / 'leaf'}", tmp_path)
+    assert accuracies(out) == [accuracy_of(out, "shakespeare-lstm", data)]
 
 
-def test_a_femnist_like_leaf_set_trains_with_a_builtin_model_and_clients_given_is_refused(tmp_path):
-    write_leaf(tmp_path / "leaf", femnist_like())
+def test_a_leaf_set_of_8x8_digit_writers_plans_with_a_builtin_model_and_clients_given_is_refused(tmp_path):
+    write_leaf(tmp_path / "leaf", digit_writers())
     base = ["--task", "digits-mlp", "--data", f"leaf:{tmp_path / 'leaf'}", "--partition", "natural"]
     refused = fedactors("run", *base, "--clients", "6", "--out", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "--clients does not go with --partition natural" in refused.stderr
     dry = fedactors("run", *base, "--dry-run", "--out", str(tmp_path / "dry"))
     assert dry.returncode == 0, dry.stderr
     assert "partition natural: 6 clients" in dry.stdout and "owners with the fewest examples: f0000_0 (10)" in dry.stdout
+
+
+def test_femnist_cnn_runs_on_leaf_femnist_of_the_real_shape_with_a_client_per_writer(tmp_path):
+    from fedactors.tasks.femnist import PARAMETERS
+    from fedactors.task import load_arrays, load_task
+
+    users = femnist_writers(num_users=7, per_user=10)  # 784 floats in [0, 1], labels 0..61, writers f0000_NN
+    write_leaf(tmp_path / "leaf", users, files=3)
+    out = tmp_path / "run"
+    result = fedactors("run", "--task", "femnist-cnn", "--data", f"leaf:{tmp_path / 'leaf'}", "--partition", "natural",
+                       "--frac", "0.5", "--rounds", "2", "--epochs", "1", "--batch-size", "4", "--lr", "0.05",
+                       "--hosts", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["config"]["clients"] == 7 and run["partition"]["clients"] == 7
+    assert run["partition"]["examples"] == {"min": 8, "median": 8.0, "max": 8}
+    assert {f["owner"] for f in run["partition"]["fewest"]} <= set(users)
+    assert np.load(out / "weights.npy").size == run["identity"]["weights"] == PARAMETERS
+    data = load_arrays(load_task("femnist-cnn"), f"leaf:{tmp_path / 'leaf'}", tmp_path)
+    assert data.x_train.shape == (56, 1, 28, 28) and data.x_train.dtype == np.float32
+    assert sorted(set(data.y_train.tolist()) | set(data.y_test.tolist())) == list(range(62))
+    first = next(iter(users.values()))[0][0]
+    assert np.array_equal(data.x_train[0, 0], np.float32(first).reshape(28, 28))  # the pixels as LEAF has them
+    assert accuracies(out)[-1] == accuracy_of(out, "femnist-cnn", data)
+
+
+def test_the_mnist_models_take_leaf_rows_of_784_as_they_take_28x28_images(tmp_path):
+    from fedactors.errors import DataError
+    from fedactors.task import load_arrays, load_task
+
+    digits = femnist_writers(num_users=4, per_user=6, classes=10)
+    write_leaf(tmp_path / "digits", digits, files=3)
+    for name in ("mnist-2nn", "mnist-cnn"):
+        task = load_task(name)
+        rows = load_arrays(task, f"leaf:{tmp_path / 'digits'}", tmp_path)
+        x = np.concatenate([np.asarray(x[:-2], np.float32) for x, _ in digits.values()])
+        images = load_arrays(task, _npz(tmp_path, x_train=x.reshape(-1, 28, 28), y_train=rows.y_train,
+                                        x_test=x[:3].reshape(-1, 28, 28), y_test=rows.y_test[:3]), tmp_path)
+        assert rows.x_train.shape == (16, 1, 28, 28) and rows.x_train.tobytes() == images.x_train.tobytes()
+        assert rows.client_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    write_leaf(tmp_path / "femnist", femnist_writers(num_users=7))  # labels 0..61
+    with pytest.raises(DataError, match=r"y_train holds labels in \[0, 61\]; task mnist-2nn has 10 classes"):
+        load_arrays(load_task("mnist-2nn"), f"leaf:{tmp_path / 'femnist'}", tmp_path)
 
 
 def test_int_examples_for_a_model_that_needs_floats_are_one_line(tmp_path):

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROUNDS, accuracies
@@ -60,6 +61,11 @@ def test_the_builtin_models_have_the_papers_sizes():
 
     assert FlatModel(load_task("mnist-cnn").model).size == 1_663_370
     assert FlatModel(load_task("mnist-2nn").model).size == 199_210  # 784*200+200 + 200*200+200 + 200*10+10
+    # LEAF's FEMNIST CNN: conv 5x5x1x32+32, conv 5x5x32x64+64, dense 3136x2048+2048, dense 2048x62+62.
+    femnist = FlatModel(load_task("femnist-cnn").model)
+    assert femnist.size == 832 + 51_264 + 6_424_576 + 127_038
+    assert [s for s in femnist.shapes] == [[32, 1, 5, 5], [32], [64, 32, 5, 5], [64], [2048, 3136], [2048], [62, 2048],
+                                           [62]]
 
 
 def test_tasks_command_lists_the_builtins(tmp_path):
@@ -67,8 +73,13 @@ def test_tasks_command_lists_the_builtins(tmp_path):
 
     result = fedactors("tasks")
     assert result.returncode == 0
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["mnist-cnn", "mnist-2nn", "digits-mlp",
-                                                                     "shakespeare-lstm", "char-lm-tiny"]
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[::2]] == ["mnist-cnn", "mnist-2nn", "femnist-cnn", "digits-mlp",
+                                                        "shakespeare-lstm", "char-lm-tiny"]
+    inputs = dict(zip([line.split()[0] for line in lines[::2]], [line.strip() for line in lines[1::2]]))
+    assert inputs["digits-mlp"] == "inputs: rows of 64 pixels (or 8x8 images): numbers 0..16, as scikit-learn's digits are"
+    assert "uint8 pixels 0..255, or floats in [0, 1]" in inputs["mnist-cnn"] and "(N, 784)" in inputs["mnist-2nn"]
+    assert "rows of 784 pixels" in inputs["femnist-cnn"] and "floats in [0, 1]" in inputs["femnist-cnn"]
 
 
 def test_a_task_from_a_file_or_a_module(tmp_path):
@@ -164,8 +175,10 @@ def test_mnist_models_take_npz_images_uint8_or_float_in_0_1_normalised_like_mnis
     ({"x_train": "images", "y_train": "labels", "x_test": "images"}, "lacks y_test"),
     ({"x_train": "images", "y_train": "labels11", "x_test": "images", "y_test": "labels"}, r"y_train holds labels in \[0, 11\]; task mnist-cnn has 10 classes"),
     ({"x_train": "images", "y_train": "short", "x_test": "images", "y_test": "labels"}, "x_train has 4 examples but y_train 3 labels"),
-    ({"x_train": "flat", "y_train": "labels", "x_test": "flat", "y_test": "labels"}, r"images of shape \(N, 28, 28\) or \(N, 1, 28, 28\), got \(4, 784\)"),
-    ({"x_train": "wide", "y_train": "labels", "x_test": "wide", "y_test": "labels"}, r"float32 MNIST images must be in \[0, 1\]"),
+    ({"x_train": "flat", "y_train": "labels", "x_test": "flat", "y_test": "labels"}, r"images of shape \(N, 28, 28\) or \(N, 1, 28, 28\), or rows \(N, 784\), got \(4, 785\)"),
+    ({"x_train": "wide", "y_train": "labels", "x_test": "wide", "y_test": "labels"}, r"float images for MNIST models must be in \[0, 1\] \(before normalisation\); these are in \[3, 3\]"),
+    ({"x_train": "binary", "y_train": "labels", "x_test": "images", "y_test": "labels"}, r"uint8 images for MNIST models are pixels 0..255; these are 0..1"),
+    ({"x_train": "ints", "y_train": "labels", "x_test": "images", "y_test": "labels"}, r"MNIST models take uint8 pixels \(0..255\) or floats in \[0, 1\], got int64"),
 ])
 def test_bad_npz_data_is_one_clear_error(tmp_path, arrays, message):
     import numpy as np
@@ -174,8 +187,9 @@ def test_bad_npz_data_is_one_clear_error(tmp_path, arrays, message):
     from fedactors.task import load_arrays, load_task
 
     values = {"images": np.zeros((4, 28, 28), np.uint8), "labels": np.array([0, 1, 2, 3]),
-              "labels11": np.array([0, 1, 2, 11]), "short": np.array([0, 1, 2]), "flat": np.zeros((4, 784), np.uint8),
-              "wide": np.full((4, 28, 28), 3.0, np.float32)}
+              "labels11": np.array([0, 1, 2, 11]), "short": np.array([0, 1, 2]), "flat": np.zeros((4, 785), np.uint8),
+              "wide": np.full((4, 28, 28), 3.0, np.float32), "binary": np.eye(28, dtype=np.uint8)[None].repeat(4, 0),
+              "ints": np.full((4, 784), 200, np.int64)}
     with pytest.raises(DataError, match=message):
         load_arrays(load_task("mnist-cnn"), _npz(tmp_path, **{k: values[v] for k, v in arrays.items()}), tmp_path)
 
@@ -440,6 +454,43 @@ def test_labels_too_big_for_the_cast_and_examples_with_nan_are_refused(tmp_path)
     with pytest.raises(DataError, match=r"x_train holds NaN or infinity \(example 2 is the first\)"):
         load_arrays(load_task("digits-mlp"), _npz(tmp_path, x_train=bad, y_train=np.arange(4), x_test=x,
                                                   y_test=np.arange(4)), tmp_path)
+
+
+@pytest.mark.parametrize(("task", "pixels", "message"), [
+    # scikit-learn's digits already scaled to [0, 1]: divided by 16 again they trained to chance, without a word.
+    ("digits-mlp", lambda d: d / 16.0, r"digits-mlp takes pixels 0..16 \(scikit-learn's digits\) and scales them "
+                                       r"itself; these are in \[0, 1\], already scaled"),
+    ("digits-mlp", lambda d: d * 16.0, r"digits-mlp takes pixels 0..16 \(scikit-learn's digits\); these are in "
+                                       r"\[0, 256\]"),
+    ("digits-mlp", lambda d: d - 1.0, r"these are in \[-1, 15\]"),
+    ("femnist-cnn", lambda d: np.tile(d, (1, 13))[:, :784] * 16.0, r"float images for femnist-cnn must be in \[0, 1\]"),
+    ("mnist-2nn", lambda d: np.tile(d, (1, 13))[:, :784] * 16.0, r"float images for MNIST models must be in \[0, 1\]"),
+])
+def test_a_builtin_refuses_examples_outside_the_range_it_states(tmp_path, task, pixels, message):
+    from sklearn.datasets import load_digits
+
+    from fedactors.errors import DataError
+    from fedactors.task import load_arrays, load_task
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:40] / 16.0, y[:40]  # [0, 1], the range the other tasks take
+    data = _npz(tmp_path, x_train=pixels(x * 16.0 if task == "digits-mlp" else x), y_train=y, x_test=x[:4] * 0,
+                y_test=y[:4])
+    with pytest.raises(DataError, match=message) as info:
+        load_arrays(load_task(task), data, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_builtin_takes_examples_inside_its_range_as_before():
+    import numpy as np
+
+    from fedactors.task import load_arrays, load_task
+    from fedactors.tasks import digits
+
+    own = load_arrays(load_task("digits-mlp"), None, Path("."))  # scikit-learn's digits, 0..16: as ever
+    raw = digits.load(Path("."))
+    assert own.x_train.tobytes() == (np.asarray(raw.x_train, np.float32) / np.float32(16.0)).tobytes()
+    assert float(own.x_train.max()) == 1.0
 
 
 def test_a_task_module_that_calls_exit_is_one_clear_line(tmp_path):

@@ -2,8 +2,10 @@
 
 Data: MNIST from `data_dir` (torchvision's layout, downloaded when absent), prepared once:
 scaled to [0, 1] and normalised with MNIST's mean and standard deviation (0.1307, 0.3081).
-`--data npz:PATH` arrays work too: images of shape (N, 28, 28) or (N, 1, 28, 28), uint8
-(0..255, scaled by 1/255) or float32 already in [0, 1]; they are normalised the same way.
+`--data npz:PATH` and `--data leaf:DIR` arrays work too: images of shape (N, 28, 28) or
+(N, 1, 28, 28), or rows of 784 pixels (N, 784) as LEAF's FEMNIST keeps them; uint8 (0..255,
+scaled by 1/255) or floats already in [0, 1]; they are normalised the same way. Pixels outside
+those ranges are refused in one line (a model trained on them learns nothing useful).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fedactors.task import Arrays, Task
 
 CNN_PARAMETERS = 1_663_370  # McMahan et al.'s CNN with 'same' padding
 MLP_PARAMETERS = 199_210  # the 2NN: 784-200-200-10
+INPUTS = "28x28 images (N, 28, 28), (N, 1, 28, 28) or rows (N, 784): uint8 pixels 0..255, or floats in [0, 1]"
 
 
 def cnn():
@@ -42,19 +45,39 @@ def local(data_dir: Path) -> bool:
     return not missing_files(data_dir)
 
 
-def prepare(images: np.ndarray) -> np.ndarray:
-    """uint8 (0..255) or float32 in [0, 1], (N, 28, 28) or (N, 1, 28, 28) -> float32 (N, 1, 28, 28), normalised."""
+def images_28(images: np.ndarray, who: str) -> np.ndarray:
+    """(N, 28, 28), (N, 1, 28, 28) or (N, 784) -> (N, 28, 28), values untouched: uint8 0..255 or float32 in [0, 1].
+
+    Floats of another width are cast to float32 (LEAF's JSON reads as float64). DataError, one line naming
+    `who`, for another shape, another dtype, or pixels outside the range their dtype says."""
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
+    elif images.ndim == 2 and images.shape[1] == 784:
+        images = images.reshape(len(images), 28, 28)  # a view: the same bytes as (N, 28, 28) images
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError(f"MNIST models take images of shape (N, 28, 28) or (N, 1, 28, 28), got {images.shape}")
+        raise DataError(f"{who} take images of shape (N, 28, 28) or (N, 1, 28, 28), or rows (N, 784), "
+                        f"got {images.shape}")
+    if images.dtype == np.uint8:
+        # 0/1 pixels in uint8 would be scaled to 0..1/255: nearly blank images, and training on them says nothing.
+        if images.size and images.max() == 1:
+            raise DataError(f"uint8 images for {who} are pixels 0..255; these are 0..1: pass 0/1 pixels as floats "
+                            "in [0, 1]")
+        return images
+    if images.dtype.kind != "f":
+        raise DataError(f"{who} take uint8 pixels (0..255) or floats in [0, 1], got {images.dtype}")
+    images = np.asarray(images, dtype=np.float32)  # no copy when already float32
+    if images.size and (images.min() < 0.0 or images.max() > 1.0):
+        raise DataError(f"float images for {who} must be in [0, 1] (before normalisation); "
+                        f"these are in [{images.min():g}, {images.max():g}]")
+    return images
+
+
+def prepare(images: np.ndarray) -> np.ndarray:
+    """uint8 (0..255) or floats in [0, 1], (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float32 (N, 1, 28, 28),
+    normalised."""
+    images = images_28(images, "MNIST models")
     if images.dtype == np.uint8:
         return normalise(images)
-    if images.dtype != np.float32:
-        raise DataError(f"MNIST images must be uint8 or float32 in [0, 1], got {images.dtype}")
-    if images.size and (images.min() < 0.0 or images.max() > 1.0):
-        raise DataError("float32 MNIST images must be in [0, 1] (before normalisation); "
-                        f"these are in [{images.min():g}, {images.max():g}]")
     out = images[:, None, :, :].copy()
     out -= np.float32(MEAN)
     out /= np.float32(STD)
@@ -63,9 +86,9 @@ def prepare(images: np.ndarray) -> np.ndarray:
 
 MNIST_CNN = Task(
     name="mnist-cnn", model=cnn, load=load, prepare=prepare, num_classes=10, builtin=True, local=local,
-    description="the paper's CNN on MNIST (1,663,370 parameters): the default, and the reference",
+    description="the paper's CNN on MNIST (1,663,370 parameters): the default, and the reference", inputs=INPUTS,
 )
 MNIST_2NN = Task(
     name="mnist-2nn", model=mlp_2nn, load=load, prepare=prepare, num_classes=10, builtin=True, local=local,
-    description="the paper's 2NN on MNIST: two hidden layers of 200 units, ReLU (199,210 parameters)",
+    description="the paper's 2NN on MNIST: two hidden layers of 200 units, ReLU (199,210 parameters)", inputs=INPUTS,
 )

@@ -29,6 +29,7 @@ _INDEX = np.array([LETTERS.index(chr(c)) for c in _CODES], dtype=np.int64)
 TINY_TEXT = Path(__file__).with_name("text") / "plays.txt"
 TINY_LINE = 32  # characters of context in char-lm-tiny
 TEST_FRACTION = 0.2
+TEXT_INPUTS = "lines of text, all of one length (LEAF's are 80 characters), each labelled with the next character"
 
 
 def encode(text: np.ndarray) -> np.ndarray:
@@ -67,13 +68,9 @@ def lstm(layers: int = 2, hidden: int = 256, embedding: int = 8):
 
 def load_leaf_dir(data_dir: Path) -> Arrays:
     """LEAF's Shakespeare in DATA_DIR/shakespeare (train/ and test/ of JSON files)."""
-    from fedactors.leaf import load_leaf
+    from fedactors.leaf import load_leaf_under
 
-    root = data_dir / "shakespeare"
-    if not (root / "train").is_dir():
-        raise DataError(f"LEAF's Shakespeare is not in {root} (train/ and test/ of JSON files): make it with LEAF's "
-                        "preprocess.sh and pass --data leaf:DIR, or put it there")
-    return load_leaf(root)
+    return load_leaf_under(data_dir, "shakespeare", "LEAF's Shakespeare")
 
 
 def roles(text: str) -> dict[str, str]:
@@ -110,13 +107,13 @@ def load_tiny(data_dir: Path) -> Arrays:
 
 SHAKESPEARE_LSTM = Task(
     name="shakespeare-lstm", model=lstm, load=load_leaf_dir, prepare=encode, prepare_labels=encode,
-    num_classes=NUM_CLASSES, builtin=True, local=lambda d: (d / "shakespeare" / "train").is_dir(),
+    num_classes=NUM_CLASSES, builtin=True, local=lambda d: (d / "shakespeare" / "train").is_dir(), inputs=TEXT_INPUTS,
     description="the paper's character LSTM (8-dim embedding, 2 x 256 LSTM) on LEAF's Shakespeare "
                 "(--data leaf:DIR, --partition natural: one client per speaking role)",
 )
 CHAR_LM_TINY = Task(
     name="char-lm-tiny", model=lambda: lstm(layers=1, hidden=64), load=load_tiny, prepare=encode,
-    prepare_labels=encode, num_classes=NUM_CLASSES, builtin=True,
+    prepare_labels=encode, num_classes=NUM_CLASSES, builtin=True, inputs=TEXT_INPUTS,
     description="a small character LSTM on speeches the package ships (17 roles, one client each with "
                 "--partition natural; no download): seconds a round",
 )
