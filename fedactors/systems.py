@@ -13,14 +13,16 @@ and the clock are virtual, so a run's bytes depend on the seed and the profiles 
 
 Profiles come from `--client-speed lognormal:SIGMA` (each client's speed is the reference speed
 times exp(SIGMA x z), z standard normal, drawn from the run's seed and indexed by client id) and
-from a trace file (`--client-trace FILE.csv`), whose rows are either
+from a trace file (`--client-trace FILE.csv`) of two kinds of rows, each kind under its header:
 
-    client,speed,up_mbps,down_mbps        a client's speed (s/example) and bandwidth (megabits/s)
-    client,online_from,online_until       a window in which the client is online (virtual seconds)
+    client,speed,up_mbps,down_mbps        the rows below: a client's speed (s/example) and bandwidth (megabits/s)
+    client,online_from,online_until       the rows below: a window in which the client is online (virtual seconds)
 
-(header rows and lines starting with # are skipped). A client with no speed row has the reference
-profile (or its lognormal draw); a client with no window rows is always online, one with windows
-is online only inside them.
+A file may hold both sections, in either order, each header starting its own; lines starting with #
+are skipped. The header says which kind a row is, so a speed row missing a field is refused rather
+than read as a window; a row before any header, or of the wrong width for its section, is refused
+naming the file and line. A client with no speed row has the reference profile (or its lognormal
+draw); a client with no window rows is always online, one with windows is online only inside them.
 """
 
 from __future__ import annotations
@@ -69,8 +71,14 @@ class Trace:
     digest: str = ""  # sha256 of the file: a run's identity, so a resume refuses a changed trace
 
 
+SPEED_ROWS = ("client", "speed", "up_mbps", "down_mbps")
+WINDOW_ROWS = ("client", "online_from", "online_until")
+_HEADERS = {SPEED_ROWS: "speed", WINDOW_ROWS: "window"}
+_KNOWN = f"{','.join(SPEED_ROWS)} or {','.join(WINDOW_ROWS)}"
+
+
 def read_trace(path: str | Path, num_clients: int) -> Trace:
-    """Read a --client-trace CSV; one ConfigError line naming the file and row for anything wrong in it."""
+    """Read a --client-trace CSV; one ConfigError line naming the file and line for anything wrong in it."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -81,6 +89,7 @@ def read_trace(path: str | Path, num_clients: int) -> Trace:
         text = raw.decode()
     except UnicodeDecodeError:
         raise ConfigError(f"--client-trace {path}: not a text (CSV) file") from None
+    kind = None  # the section a row is in: what the last header said
     for line_no, row in enumerate(csv.reader(text.splitlines()), start=1):
         row = [cell.strip() for cell in row]
         if not row or not row[0] or row[0].startswith("#"):
@@ -89,9 +98,19 @@ def read_trace(path: str | Path, num_clients: int) -> Trace:
         try:
             client = int(row[0])
         except ValueError:
-            if line_no == 1 or not row[0][0].isdigit():  # a header row
-                continue
-            raise ConfigError(f"{where}: client {row[0]!r} is not an integer id") from None
+            if row[0][0].isdigit() or row[0][0] in "+-":
+                raise ConfigError(f"{where}: client {row[0]!r} is not an integer id") from None
+            kind = _HEADERS.get(tuple(cell.lower() for cell in row))
+            if kind is None:
+                raise ConfigError(f"{where}: {','.join(row)!r} is neither row of numbers nor a header ({_KNOWN})")
+            continue
+        if kind is None:
+            raise ConfigError(f"{where}: a row before any header; put {','.join(SPEED_ROWS)} above speed rows and "
+                              f"{','.join(WINDOW_ROWS)} above online windows (the header says which a row is)")
+        wanted = SPEED_ROWS if kind == "speed" else WINDOW_ROWS
+        if len(row) != len(wanted):
+            raise ConfigError(f"{where}: a {kind} row is {','.join(wanted)} ({len(wanted)} columns, as its header "
+                              f"says), got {len(row)}: {','.join(row)}")
         if not 0 <= client < num_clients:
             raise ConfigError(f"{where}: client {client} is not one of the run's {num_clients} (0..{num_clients - 1})")
         try:
@@ -100,21 +119,18 @@ def read_trace(path: str | Path, num_clients: int) -> Trace:
             raise ConfigError(f"{where}: expected numbers after the client id, got {row[1:]}") from None
         if not all(math.isfinite(v) for v in values):
             raise ConfigError(f"{where}: values must be finite, got {row[1:]}")
-        if len(values) == 3:
+        if kind == "speed":
             speed, up, down = values
             if not (speed >= 0 and up > 0 and down > 0):
                 raise ConfigError(f"{where}: speed must be >= 0 and up_mbps, down_mbps > 0, got {row[1:]}")
             if client in trace.profiles:
                 raise ConfigError(f"{where}: a second speed row for client {client}")
             trace.profiles[client] = (speed, up, down)
-        elif len(values) == 2:
+        else:
             start, until = values
             if not 0 <= start < until:
                 raise ConfigError(f"{where}: a window needs 0 <= online_from < online_until, got {row[1:]}")
             trace.windows.append((client, start, until))
-        else:
-            raise ConfigError(f"{where}: expected client,speed,up_mbps,down_mbps or client,online_from,online_until, "
-                              f"got {len(row)} columns")
     return trace
 
 
@@ -234,7 +250,8 @@ PREVIEW_ROUNDS = 20
 def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = None) -> dict:
     """What the virtual clock would do, without training (for --dry-run): one local training's virtual seconds over
     the clients (10th, 50th, 90th percentile, slowest), and over the first PREVIEW_ROUNDS rounds (server updates for
-    fedbuff, fedasync) the median virtual seconds a round and the clients dropped (or the mean staleness)."""
+    fedbuff, fedasync), or the run's rounds if fewer, the median virtual seconds a round and the clients dropped (or
+    the mean staleness); `rounds` says how many were previewed (fewer still if the trace's windows all close)."""
     from fedactors.traffic import per_client
 
     systems = Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
@@ -242,15 +259,16 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
     work = np.asarray(sizes, dtype=np.int64) * config.epochs
     one = systems.durations(work, down, up)
     p10, p50, p90 = np.percentile(one, [10, 50, 90])
+    rounds = min(PREVIEW_ROUNDS, config.rounds)  # never more than the run has
     out = {"client_seconds": {"p10": float(p10), "p50": float(p50), "p90": float(p90), "max": float(one.max())},
-           "rounds": PREVIEW_ROUNDS}
+           "rounds": rounds}
     lengths, dropped, staleness = [], [], []
     if config.strategy in ("fedbuff", "fedasync"):
         from fedactors.asynchronous import Schedule
 
         schedule = Schedule(seed=config.seed, concurrency=config.concurrency_value, buffer=config.buffer_value,
                             systems=systems, work=work, bytes_down=down, bytes_up=up)
-        for _ in range(PREVIEW_ROUNDS):
+        for _ in range(rounds):
             before = schedule.now
             try:
                 arrivals, lost, freed = schedule.next_buffer()
@@ -263,7 +281,7 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
         out["mean_staleness"] = float(np.mean(staleness)) if staleness else None
     else:
         now = 0.0
-        for r in range(1, PREVIEW_ROUNDS + 1):
+        for r in range(1, rounds + 1):
             try:
                 plan = plan_round(systems, now, seed=config.seed, round_idx=r, m=config.clients_per_round,
                                   over_select=config.over_select or 0.0, deadline=config.deadline, work=work,
@@ -273,6 +291,7 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
             now += plan.seconds
             lengths.append(plan.seconds)
             dropped.append(len(plan.late) + len(plan.offline))
+    out["rounds"] = len(lengths)
     out["round_seconds"] = float(np.median(lengths)) if lengths else None
     out["dropped_per_round"] = float(np.mean(dropped)) if dropped else None
     return out
@@ -288,5 +307,6 @@ def preview_lines(p: dict, asynchronous: bool) -> list[str]:
     what = "server update" if asynchronous else "round"
     tail = (f", mean staleness {p['mean_staleness']:.2f}" if asynchronous and p.get("mean_staleness") is not None
             else f", {p['dropped_per_round']:.1f} clients dropped a round (late or offline)")
-    lines.append(f"the first {p['rounds']} {what}s: median {p['round_seconds']:.3g} virtual s a {what}{tail}")
+    first = f"the first {p['rounds']} {what}s" if p["rounds"] > 1 else f"the first {what}"
+    lines.append(f"{first}: median {p['round_seconds']:.3g} virtual s a {what}{tail}")
     return lines

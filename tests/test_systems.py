@@ -88,14 +88,26 @@ def test_a_trace_is_read_with_windows_and_profiles(tmp_path):
     assert systems.next_online(100) == 200 and systems.next_online(300) is None
 
 
+SPEED_HEADER, WINDOW_HEADER = "client,speed,up_mbps,down_mbps\n", "client,online_from,online_until\n"
+
+
 @pytest.mark.parametrize("text, problem", [
-    ("0,0.01,5\n1,oops,3\n", "line 2: expected numbers"),
-    ("7,0,10\n", "client 7 is not one of the run's 4"),
-    ("0,10,5\n", "a window needs 0 <= online_from < online_until"),
-    ("0,0.01,0,5\n", "speed must be >= 0 and up_mbps, down_mbps > 0"),
-    ("0,1,2,3,4\n", "got 5 columns"),
-    ("0,0.01,5,5\n0,0.02,5,5\n", "a second speed row for client 0"),
-    ("0,nan,5,5\n", "values must be finite"),
+    (SPEED_HEADER + "0,0.01,5,5\n1,oops,3,3\n", "line 3: expected numbers"),
+    (WINDOW_HEADER + "7,0,10\n", "line 2: client 7 is not one of the run's 4"),
+    (WINDOW_HEADER + "0,10,5\n", "a window needs 0 <= online_from < online_until"),
+    (SPEED_HEADER + "0,0.01,0,5\n", "speed must be >= 0 and up_mbps, down_mbps > 0"),
+    (SPEED_HEADER + "0,1,2,3,4\n", "line 2: a speed row is client,speed,up_mbps,down_mbps .4 columns.*got 5"),
+    (SPEED_HEADER + "0,0.01,5,5\n0,0.02,5,5\n", "line 3: a second speed row for client 0"),
+    (SPEED_HEADER + "0,nan,5,5\n", "values must be finite"),
+    (SPEED_HEADER + "0,0.01,5,5\n1.5,0.01,5,5\n", "line 3: client '1.5' is not an integer id"),
+    # A speed row missing a field, under its header: refused, not read as a window (1 online from 0.005 to 20).
+    (SPEED_HEADER + "0,0.01,5,5\n1,0.005,20\n", "line 3: a speed row is client,speed,up_mbps,down_mbps .4 columns"
+                                                  ", as its header says., got 3: 1,0.005,20"),
+    (WINDOW_HEADER + "1,0,100\n2,0.005,20,50\n", "line 3: a window row is client,online_from,online_until .3 columns"),
+    # Rows no header declares fit neither kind for sure: the file must say.
+    ("1,0.005,20\n", "line 1: a row before any header; put client,speed,up_mbps,down_mbps above speed rows"),
+    ("# made by hand\n0,0.01,5,5\n", "line 2: a row before any header"),
+    ("client,speed,up,down\n0,0.01,5,5\n", "line 1: 'client,speed,up,down' is neither row of numbers nor a header"),
 ])
 def test_a_bad_trace_is_one_line_naming_the_row(tmp_path, text, problem):
     path = tmp_path / "bad.csv"
@@ -103,6 +115,19 @@ def test_a_bad_trace_is_one_line_naming_the_row(tmp_path, text, problem):
     with pytest.raises(ConfigError, match=problem) as info:
         read_trace(path, 4)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_committed_trace_in_the_documented_format_reads_as_before():
+    from conftest import REPO
+
+    path = REPO / "docs" / "runs" / "uneven-2nn-trace.csv"
+    trace = read_trace(path, 100)
+    lines = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    assert not trace.profiles and len(trace.windows) == len(lines) == 4834
+    assert trace.windows == [(int(c), float(a), float(b)) for c, a, b in lines]
+    # Its sha256 is in the committed run's identity: a resume of that run reads the same file as the same trace.
+    run = json.loads((REPO / "docs" / "runs" / "uneven-2nn-noniid-trace-deadline20-over0.3" / "run.json").read_text())
+    assert run["identity"]["trace"] == trace.digest
 
 
 @pytest.mark.parametrize("changes, problem", [
@@ -228,8 +253,24 @@ def test_a_deadline_drops_the_slow_and_over_selection_keeps_the_first_m():
         assert len(r["clients"]) == 8 and r["num_updates"] == m and len(r["late"]) == 3  # ceil(5 x 1.6) sampled
     # A deadline short of the reference client's round (60 examples x 2 epochs x 0.01 s + transfers) keeps fewer.
     tight = rounds_of(run_in_process(dataclasses.replace(cfg, deadline=2.0)))
-    assert any(r["num_updates"] < m for r in tight)
-    assert all(r["virtual_seconds"] == pytest.approx(2.0 * r["round"]) or r["num_updates"] == m for r in tight)
+    assert any(r["num_updates"] < m for r in tight) and any(r["num_updates"] == m for r in tight)
+    # Each round, recomputed from the clients' profiles: it keeps the sampled clients that finish inside the
+    # deadline, at most m, and lasts until the m-th of them arrives, or the whole deadline when fewer finish.
+    from fedactors.experiment import model_weights
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+    from fedactors.traffic import per_client
+
+    task = load_task(cfg.task)
+    sizes = [len(p) for p in partition(load_arrays(task, None, None).y_train, cfg.clients, cfg.partition, cfg.seed)]
+    systems = Systems(cfg.clients, cfg.seed, sigma=1.5)
+    down, up = per_client(cfg.strategy, model_weights(task), cfg.compress)
+    ends = [0.0] + [r["virtual_seconds"] for r in tight]
+    for r, start, end in zip(tight, ends, ends[1:]):
+        inside = sorted(d for d in (systems.duration(c, sizes[c] * cfg.epochs, down, up) for c in r["clients"])
+                        if d <= 2.0)
+        assert r["num_updates"] == min(m, len(inside))
+        assert end - start == pytest.approx(inside[m - 1] if len(inside) >= m else 2.0)
 
 
 def test_a_round_nobody_finishes_in_time_leaves_the_model_as_it_was():
@@ -352,10 +393,10 @@ def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     from conftest import fedactors
 
     bad = tmp_path / "bad.csv"
-    bad.write_text("0,0.01,5,5\n99,0,1\n")
+    bad.write_text("client,speed,up_mbps,down_mbps\n0,0.01,5,5\n1,0.005,20\n")
     result = fedactors("run", *_args("--client-trace", str(bad), "--rounds", "2", "--out", str(tmp_path / "r")))
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "line 2: client 99 is not one of the run's 20" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and f"{bad}, line 3: a speed row is" in result.stderr
     missing = fedactors("run", *_args("--client-trace", str(tmp_path / "nope.csv"), "--rounds", "2"))
     assert missing.returncode == 2 and "nope.csv" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -415,6 +456,28 @@ def test_dry_run_previews_the_clock_without_training(tmp_path):
     text = CliRunner().invoke(cli, ["run", *_args("--client-speed", "lognormal:1"), "--dry-run"]).output
     assert "virtual clock: one client's local training takes" in text and "the first 20 rounds: median" in text
     assert CliRunner().invoke(cli, ["run", *_args(), "--dry-run", "--json"]).output.count('"clock": null') == 1
+
+
+def test_dry_run_previews_no_more_rounds_than_the_run_has():
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+
+    def text(*more):
+        result = CliRunner().invoke(cli, ["run", *_args("--client-speed", "lognormal:1", *more), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "the first 10 rounds: median" in text("--rounds", "10") and "first 20" not in text("--rounds", "10")
+    assert "the first round: median" in text("--rounds", "1")
+    assert "the first 20 rounds: median" in text("--rounds", "300")
+    buffered = text("--rounds", "4", "--strategy", "fedbuff", "--concurrency", "10", "--buffer", "5")
+    assert "the first 4 server updates: median" in buffered
+    # The previewed rounds are the run's own first rounds: the 10 of a 10-round run are the first 10 of a longer one.
+    short, long = (json.loads(CliRunner().invoke(cli, ["run", *_args("--client-speed", "lognormal:1", "--over-select",
+                                                                     "0.6", "--rounds", r), "--dry-run", "--json"]
+                                                 ).output)["clock"] for r in ("10", "20"))
+    assert short["rounds"] == 10 and long["rounds"] == 20 and short["dropped_per_round"] == long["dropped_per_round"]
 
 
 def test_report_and_plot_read_the_clock_of_the_committed_runs(tmp_path):
