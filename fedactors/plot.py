@@ -69,7 +69,10 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min, clients=clients, x=x)
     # print_png renders at the figure's own size and dpi; savefig would honour a user's
     # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
-    fig.canvas.print_png(str(out_png))
+    try:
+        fig.canvas.print_png(str(out_png))
+    except OSError as exc:  # a read-only or full file system: a bad path, one line
+        raise ConfigError(f"-o {out_png} cannot be written: {exc.strerror}") from None
     return out_png
 
 
@@ -119,9 +122,11 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
 
 
 def legend_labels(runs: list[RunSummary]) -> list[str]:
-    """Each run's configuration label; runs sharing one are told apart by their directory name."""
+    """Each run's configuration label; runs sharing one are told apart by their directory name, and a run with
+    nothing to draw (one that failed before its first evaluated round) says so."""
     labels = [s.label for s in runs]
-    return [f"{s.label} ({s.path.name})" if labels.count(s.label) > 1 else s.label for s in runs]
+    named = [f"{s.label} ({s.path.name})" if labels.count(s.label) > 1 else s.label for s in runs]
+    return [label if s.rounds else f"{label}: {s.status}, no evaluated round" for s, label in zip(runs, named)]
 
 
 def y_limits(runs: list[RunSummary], targets: list[float], y_min: float | None = None,

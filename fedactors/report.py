@@ -103,7 +103,7 @@ class RunSummary:
     status: str
     label: str
     config: dict  # run.json's "config", as written (batch_size is an int or "inf")
-    clients: int
+    clients: int | None  # None: --partition natural, whose run stopped before the data was read (so never counted)
     frac: float
     epochs: int
     batch_size: int | None  # None: B = inf
@@ -150,7 +150,7 @@ def config_label(config: dict) -> str:
         f"C={_num(config.get('frac', '?'))} lr={_num(config.get('lr', '?'))}"
     )
     clients = config.get("clients", PAPER_TABLE2_CLIENTS)
-    if clients != PAPER_TABLE2_CLIENTS:
+    if clients is not None and clients != PAPER_TABLE2_CLIENTS:  # None: natural data, never read
         label += f" K={clients}"
     if config.get("task", "mnist-cnn") != "mnist-cnn":
         label = f"{config['task']} {label}"
@@ -205,7 +205,7 @@ def load_run(path: str | Path, *, target: float | None = None, metric: str = "ac
     try:
         batch = config["batch_size"]
         summary_config = dict(
-            clients=int(config["clients"]), frac=float(config["frac"]), epochs=int(config["epochs"]),
+            clients=_clients(config), frac=float(config["frac"]), epochs=int(config["epochs"]),
             batch_size=None if batch == "inf" else int(batch), partition=str(config["partition"]),
             lr=float(config["lr"]),
         )
@@ -247,6 +247,15 @@ def load_run(path: str | Path, *, target: float | None = None, metric: str = "ac
         clients_curve=_clients_curve(history, path / "metrics.jsonl"),
         **_traffic(info, history, curve),
     )
+
+
+def _clients(config: dict) -> int | None:
+    """K as run.json's configuration records it. A natural-partition run counts its clients when it reads the
+    data, so one that failed before then (a missing or empty data set) records none: that is a failed run to
+    list, not a garbled file."""
+    if config["clients"] is None and config.get("partition") == "natural":
+        return None
+    return int(config["clients"])
 
 
 def _traffic(info: dict, history: list[dict], curve: list[tuple[int, float]]) -> dict:

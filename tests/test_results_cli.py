@@ -70,6 +70,38 @@ def test_report_of_a_directory_that_is_not_a_run_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def failed_natural_run(tmp_path, monkeypatch, capsys):
+    """A real `fedactors run --partition natural` that fails before round 1 (its LEAF files hold no example), so its
+    run.json keeps `clients: null`: the data that would have counted them was never read."""
+    leaf = tmp_path / "leaf"
+    for split in ("train", "test"):
+        (leaf / split).mkdir(parents=True)
+        (leaf / split / "all.json").write_text(json.dumps({"users": [], "num_samples": [], "user_data": {}}))
+    out = tmp_path / "runs" / "failed"
+    status, _, err = run_main(monkeypatch, capsys, "run", "--task", "digits-mlp", "--partition", "natural",
+                              "--data", f"leaf:{leaf}", "--rounds", "2", "--out", str(out))
+    assert status == 2, err
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["config"]["clients"] is None
+    return out
+
+
+def test_a_failed_run_is_listed_as_failed_and_breaks_neither_report_nor_plot(tmp_path, monkeypatch, capsys):
+    failed = failed_natural_run(tmp_path, monkeypatch, capsys)
+    done = fake_run(tmp_path / "runs" / "done", [0.9, 0.95, 0.97])
+    status, out, err = run_main(monkeypatch, capsys, "report", str(done), str(failed))
+    assert status == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
+    assert set(rows) == {"done", "failed"}
+    assert "finished" in rows["done"] and "0.9700 (3)" in rows["done"]
+    assert rows["failed"].split()[1:3] == ["digits-mlp", "natural"] and " failed " in rows["failed"]
+    figure = tmp_path / "fig.png"
+    status, _, err = run_main(monkeypatch, capsys, "plot", str(done), str(failed), "-o", str(figure))
+    assert status == 0, err
+    blob = figure.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", blob[16:24]) == (800, 500)
+
+
 def test_an_interrupted_sweep_skips_finished_cells(tmp_path):
     common = ["--batch-sizes", "50", "--fracs", "0.05", "--partitions", "iid", "--rounds", "1", "--hosts", "2",
               "--out", str(tmp_path / "sw"), "--quiet"]
