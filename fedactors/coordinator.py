@@ -15,7 +15,7 @@ import numpy as np
 
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
-from fedactors.checkpoint import Checkpoint, RedisStore
+from fedactors.checkpoint import FRAMEWORK_PREFIX, Checkpoint, RedisStore
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
 from fedactors.asynchronous import Schedule, buffered_update, mixed_update, parse_staleness
 from fedactors.config import ASYNC_STRATEGIES, RunConfig, host_sums_apply
@@ -85,7 +85,7 @@ class Coordinator:
         fingerprint: str = "",
         identity: dict | None = None,
         strategy: Strategy | None = None,
-        strategy_state: tuple[dict, dict] | None = None,
+        strategy_state: tuple | None = None,
         eval_owners: np.ndarray | None = None,
         held_out: bool = False,
         classes: bool = True,
@@ -93,7 +93,8 @@ class Coordinator:
         trace: Trace | None = None,
         clock: dict | None = None,
     ) -> None:
-        """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: its (buffers, scalars) to resume.
+        """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: a checkpoint's state to resume,
+        (the strategy's buffers, its scalars, the framework's buffers) as Checkpoint.strategy_state gives it.
         `eval_owners`: the client each example of the per-client evaluation belongs to: of the test set, or with
         `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation).
         `traffic`: the bytes communicated before `start_round` (a resumed run's; fedactors.traffic).
@@ -124,13 +125,16 @@ class Coordinator:
         self.feedback = ErrorFeedback() if compressor is not None and compressor.feedback else None
         self.versions: dict[int, np.ndarray] = {}  # fedbuff, fedasync: older weights that clients in flight train from
         if strategy_state is not None:
-            buffers, scalars = strategy_state  # writable copies: the checkpoint's arrays are read-only views
-            residuals, buffers = ErrorFeedback.split(buffers)
+            # (buffers, scalars[, the framework's buffers]): Checkpoint.strategy_state. Without the third (a
+            # checkpoint written before FRAMEWORK_PREFIX), the framework's are told from the strategy's by name.
+            buffers, scalars, own = (*strategy_state, None)[:3]
+            if own is None:
+                own, buffers = self._framework_buffers_by_old_names(buffers)
+            residuals, own = ErrorFeedback.split(own)  # writable copies: the checkpoint's arrays are read-only views
             if self.feedback is not None:
                 self.feedback = residuals
-            self.versions = {int(name[len("version"):]): np.array(b) for name, b in buffers.items()
+            self.versions = {int(name[len("version"):]): np.array(b) for name, b in own.items()
                              if name.startswith("version")}
-            buffers = {name: b for name, b in buffers.items() if not name.startswith("version")}
             self.strategy.load_state({name: np.array(b) for name, b in buffers.items()}, dict(scalars))
         # The virtual clock (fedactors.systems), only when a systems setting or an asynchronous strategy asks for it.
         self.systems = (Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
@@ -178,6 +182,19 @@ class Coordinator:
                 break
         yield {"type": "done", "round": self.round, "weights": self.weights}
 
+    def _framework_buffers_by_old_names(self, buffers: dict) -> tuple[dict, dict]:
+        """(the framework's buffers, the strategy's) of a checkpoint written before FRAMEWORK_PREFIX: as it was
+        written, residual<k> with error feedback and version<v> for fedbuff or fedasync; any other name (a user's
+        "residual_norm", or "version3" where there are no versions) is the strategy's."""
+        def own(name: str) -> bool:
+            for prefix, used in (("residual", self.feedback is not None),
+                                 ("version", self.config.strategy in ASYNC_STRATEGIES)):
+                if used and name.startswith(prefix) and name[len(prefix):].isdigit():
+                    return True
+            return False
+
+        return ({n: b for n, b in buffers.items() if own(n)}, {n: b for n, b in buffers.items() if not own(n)})
+
     def _over_budget(self, round_idx: int) -> str | None:
         """Why round `round_idx` may not run (it would spend more than --target-epsilon), or None."""
         target = self.config.target_epsilon
@@ -195,9 +212,9 @@ class Coordinator:
         Raises StoreUnavailable if the store stays down."""
         cfg = self.config
         buffers, scalars = self.strategy.state()
-        if self.feedback is not None:
-            buffers = {**buffers, **self.feedback.state()}
-        buffers.update({f"version{v}": w for v, w in self.versions.items()})
+        own = {**(self.feedback.state() if self.feedback is not None else {}),
+               **{f"version{v}": w for v, w in self.versions.items()}}
+        buffers = {**buffers, **{FRAMEWORK_PREFIX + name: b for name, b in own.items()}}
         clock = {}
         if self.systems is not None:
             clock = {"clock": self.schedule.state() if self.schedule is not None else {"now": self.now}}
@@ -209,7 +226,7 @@ class Coordinator:
             config=cfg.to_dict(),
             history=self.history,
             extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity,
-                   "strategy": scalars, "bytes": self.traffic.to_dict(), **clock},
+                   "strategy": scalars, "bytes": self.traffic.to_dict(), "framework_prefix": FRAMEWORK_PREFIX, **clock},
             state=buffers,
         )
         return self.store.save(ckpt, keep=cfg.keep)
@@ -567,7 +584,7 @@ class CoordinatorActor:
         history: list[dict] | None = None,
         run_started_at: float | None = None,
         strategy: Strategy | None = None,
-        strategy_state: tuple[dict, dict] | None = None,
+        strategy_state: tuple | None = None,
         eval_owners: np.ndarray | None = None,
         held_out: bool = False,
         classes: bool = True,

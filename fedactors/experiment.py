@@ -135,7 +135,7 @@ def run(
                 history=resume.history if resume else None,
                 run_started_at=run_started_at,
                 strategy=strategy,
-                strategy_state=(resume.state, resume.extra.get("strategy", {})) if resume else None,
+                strategy_state=resume.strategy_state() if resume else None,
                 # Through the object store, as the weights: Ray keeps an actor's constructor arguments themselves
                 # in its control store, and a million owners' test examples are megabytes.
                 eval_owners=None if owners is None else ray.put(owners), held_out=holdout is not None,

@@ -20,10 +20,11 @@ is Adam on a robust pseudo-gradient. SCAFFOLD needs the plain average (--aggrega
 A strategy of your own is any object with the methods of `Strategy` below (a class is enough,
 no base class needed), named by `--strategy package.module:attr` or `file.py:attr` (the
 attribute is the strategy, or a function returning one), or given to fedactors.run(strategy=...).
-Each round it receives the global weights, the aggregate, and the round's accepted updates
-with their example counts, and returns the new global weights; its state is named float32
-buffers plus JSON-able scalars, which every checkpoint stores (no pickle, checksummed), so it
-resumes bit-exactly. A user's strategy is server-side: the client-side methods are FedProx's and
+Each round it receives the global weights (its own copy: it may change them in place), the
+aggregate, and the round's accepted updates with their example counts (the framework's, maybe
+read-only), and returns the new global weights; its state is named float32 buffers (any names but
+"fedactors/...") plus JSON-able scalars, which every checkpoint stores (no pickle, checksummed),
+so it resumes bit-exactly. A user's strategy is server-side: the client-side methods are FedProx's and
 SCAFFOLD's, built in.
 """
 
@@ -38,6 +39,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from fedactors.checkpoint import FRAMEWORK_PREFIX
 from fedactors.config import SERVER_LR, STRATEGIES
 from fedactors.errors import ConfigError, RoundFailed
 from fedactors.privacy import dp_epsilon, next_clip, update_noise_multiplier
@@ -67,10 +69,16 @@ class Strategy(Protocol):
 
     def step(self, weights: np.ndarray, aggregate: np.ndarray, updates: Sequence[np.ndarray],
              num_examples: Sequence[int], round_idx: int) -> np.ndarray:
-        """The new global weights (float32, the weights' length), from the round's aggregate and updates."""
+        """The new global weights (float32, the weights' length), from the round's aggregate and updates.
+
+        `weights` is the strategy's own copy of the global model: it may change it in place and return it.
+        `aggregate` and `updates` are the framework's and may be read-only (NumPy refuses to write them):
+        copy one before changing it."""
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """(named float32 buffers, JSON-able scalars): everything the next round depends on."""
+        """(named float32 buffers, JSON-able scalars): everything the next round depends on.
+
+        Any names but those starting with "fedactors/", the framework's own (checkpoint.FRAMEWORK_PREFIX)."""
 
     def load_state(self, buffers: dict[str, np.ndarray], scalars: dict) -> None:
         """Become what `state` described (on resume)."""
@@ -453,13 +461,17 @@ def checked_step(strategy: Strategy, weights: np.ndarray, aggregate: np.ndarray,
     """strategy.step, refused loudly when it returns what cannot be the next global model."""
     from fedactors.aggregate import all_finite
 
-    new = strategy.step(weights, aggregate, updates, num_examples, round_idx)
+    builtin = isinstance(strategy, BUILTIN_CLASSES)
+    # A user's step may change `weights` in place (the protocol says so), while the framework's array may be
+    # read-only (the object store's) and is the old model the pool has put by identity: a copy of it, about
+    # 1 ms for the CNN's 1.66 M floats once a round. The built-ins never write it: they get the array itself.
+    new = strategy.step(weights if builtin else weights.copy(), aggregate, updates, num_examples, round_idx)
     if not isinstance(new, np.ndarray) or new.dtype != np.float32 or new.shape != weights.shape:
         got = f"{new.dtype} {new.shape}" if isinstance(new, np.ndarray) else type(new).__name__
         raise RoundFailed(f"round {round_idx}: strategy {strategy.name} returned {got}, expected float32 {weights.shape}")
     if not all_finite(new):
         raise RoundFailed(f"round {round_idx}: strategy {strategy.name} returned weights holding NaN or infinity")
-    if not isinstance(strategy, BUILTIN_CLASSES):
+    if not builtin:
         problem = state_problem(strategy.state())
         if problem:
             raise RoundFailed(f"round {round_idx}: strategy {strategy.name}'s state() {problem}; a checkpoint holds "
@@ -475,6 +487,8 @@ def state_problem(state: object) -> str | None:
     for name, buf in buffers.items():
         if not isinstance(name, str) or not name:
             return f"names a buffer {name!r}"
+        if name.startswith(FRAMEWORK_PREFIX):
+            return f"names a buffer {name!r}: names starting with {FRAMEWORK_PREFIX!r} are the framework's"
         if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
             got = f"{buf.dtype} {buf.shape}" if isinstance(buf, np.ndarray) else type(buf).__name__
             return f"holds buffer {name!r} as {got}"

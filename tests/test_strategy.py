@@ -76,6 +76,8 @@ def test_a_strategys_bad_output_is_a_loud_round_failure():
     (({}, {"t": np.float32(1.0)}), "holds scalars JSON cannot write"),
     (({}, {3: 1}), r"names scalars \[3\], not by strings"),
     ([{}, {}], "returned a list, not \\(buffers, scalars\\)"),
+    (({"fedactors/residual0": np.zeros(4, np.float32)}, {}),
+     "names a buffer 'fedactors/residual0': names starting with 'fedactors/' are the framework's"),
 ])
 def test_a_users_strategy_state_that_a_checkpoint_cannot_hold_fails_the_round_at_once(state, message):
     """Not at the first checkpoint, with a traceback from the encoder."""
@@ -91,6 +93,165 @@ def test_a_users_strategy_state_that_a_checkpoint_cannot_hold_fails_the_round_at
     w = np.zeros(4, np.float32)
     with pytest.raises(RoundFailed, match=f"round 2: strategy stateful's state\\(\\) {message}"):
         checked_step(Stateful(), w, w, [], [], 2)
+
+
+# ---- A user's strategy in a run: it may change the weights in place; its buffers are its own --------------
+
+def digits_run(strategy_class, **settings):
+    """(config, a function making Coordinators of one small in-process run: digits, LocalPool, a new strategy_class
+    unless given one)."""
+    from fedactors.client import ClientHost
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, epochs=1, batch_size=20, lr=0.1, partition="iid", seed=0,
+                    **{"strategy": f"python:{strategy_class.name}", **settings})
+    data = load_arrays(load_task(cfg.task), None, None)
+    parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed)
+    hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i) for i in range(2)]
+    return cfg, lambda **more: Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test),
+                                           strategy=more.pop("strategy", None) or strategy_class(), **more)
+
+
+class HalfStep:
+    """Half way from the global model to the aggregate, in a new array."""
+
+    name = "half-step"
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        return weights + np.float32(0.5) * (aggregate - weights)
+
+    def state(self):
+        return {}, {}
+
+    def load_state(self, buffers, scalars):
+        pass
+
+    def settings(self):
+        return {}
+
+
+class HalfStepInPlace(HalfStep):
+    """The same step, written as NumPy users write it: into `weights`."""
+
+    name = "half-step-in-place"
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        weights += np.float32(0.5) * (aggregate - weights)
+        return weights
+
+
+def test_a_users_step_may_change_the_weights_in_place_even_when_the_framework_holds_them_read_only():
+    """The coordinator's weights may be the object store's (read-only): that was `unexpected ValueError: assignment
+    destination is read-only`. The step gets its own copy; the run is the one the out-of-place step gives."""
+    expected = list(digits_run(HalfStep, rounds=3)[1]().run())[-1]["weights"]
+    _, make = digits_run(HalfStepInPlace, rounds=3)
+    start = make().weights.copy()
+    start.flags.writeable = False  # as a resumed run's weights come out of ray.put
+    done = list(make(weights=start).run())[-1]["weights"]
+    assert done.tobytes() == expected.tobytes() and done.tobytes() != start.tobytes()
+    assert start.tobytes() == make().weights.tobytes()  # the framework's array is left as it was
+
+
+class Buffered(HalfStep):
+    """Server momentum, its velocity and bookkeeping in buffers named as the framework names its own."""
+
+    name = "buffered"
+
+    def __init__(self):
+        self.buffers = {}
+
+    def step(self, weights, aggregate, updates, num_examples, round_idx):
+        d = aggregate - weights
+        velocity = self.buffers.get("residual0", np.zeros_like(d)) * np.float32(0.9) + d
+        norm = np.float32(np.linalg.norm(d))
+        count = self.buffers.get("version3", np.zeros(1, np.float32)) + np.float32(1)
+        scale = np.float32(1) / (np.float32(1) + self.buffers.get("residual_norm", np.zeros(1, np.float32))[0])
+        self.buffers = {"residual0": velocity, "version3": count, "residual_norm": np.array([norm], np.float32)}
+        return weights + scale * velocity / count[0]
+
+    def state(self):
+        return dict(self.buffers), {}
+
+    def load_state(self, buffers, scalars):
+        self.buffers = {name: np.array(b) for name, b in buffers.items()}
+
+
+@pytest.mark.parametrize("compress", [None, "topk:0.05"])
+def test_a_users_buffers_named_as_the_frameworks_come_back_and_the_run_resumes_bit_exactly(redis_server, compress):
+    """`residual0`, `version3` and `residual_norm` were taken for the framework's (error-feedback residuals,
+    fedbuff's versions): lost on resume (other bytes), or `invalid literal for int()`. With --compress topk the
+    framework's residual0 is in the same checkpoint as the strategy's."""
+    from fedactors.checkpoint import RedisStore
+
+    _, make = digits_run(Buffered, rounds=4, compress=compress)
+    straight = list(make().run())[-1]["weights"]
+    with RedisStore(redis_server.url, retry_seconds=5) as store:
+        list(digits_run(Buffered, rounds=2, compress=compress)[1](store=store, run_id="mine").run())
+        ckpt, _ = store.latest("mine")
+    buffers, _, own = ckpt.strategy_state()
+    assert sorted(buffers) == ["residual0", "residual_norm", "version3"]
+    assert all(name.startswith("residual") for name in own) and (compress is None) == (not own)
+    strategy = Buffered()
+    # An aligned copy, as ray.put hands the resumed weights over (decode's view sits where the header ends).
+    rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy=strategy,
+                     strategy_state=ckpt.strategy_state()).run())[-1]["weights"]
+    assert sorted(strategy.buffers) == ["residual0", "residual_norm", "version3"]
+    assert rest.tobytes() == straight.tobytes()
+
+
+@pytest.mark.slow
+def test_a_users_buffers_named_as_the_frameworks_survive_a_resume_from_the_command_line(tmp_path):
+    """The same, through `fedactors run --resume` (the checkpoint in Redis, the strategy from a file): it stopped at
+    `invalid literal for int()` with run.json left `running`."""
+    import inspect
+
+    from conftest import fedactors
+
+    (tmp_path / "mine.py").write_text("import numpy as np\n\n\n" + inspect.getsource(HalfStep)
+                                      + "\n\n" + inspect.getsource(Buffered))
+    args = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.5", "--partition", "iid", "--epochs", "1",
+            "--hosts", "2", "--strategy", f"{tmp_path}/mine.py:Buffered", "--compress", "topk:0.05", "-q"]
+    straight = fedactors("run", *args, "--rounds", "4", "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    first = fedactors("run", *args, "--rounds", "2", "--run-id", "u", "--out", str(tmp_path / "split"))
+    assert first.returncode == 0, first.stderr
+    rest = fedactors("run", "--resume", "u", "--rounds", "4", "--out", str(tmp_path / "split"), "-q")
+    assert rest.returncode == 0, rest.stderr
+    assert (tmp_path / "split" / "weights.npy").read_bytes() == (tmp_path / "straight" / "weights.npy").read_bytes()
+
+
+def written_before_the_prefix(ckpt):
+    """The checkpoint as fedactors wrote it before FRAMEWORK_PREFIX: the framework's buffers under their own
+    names (residual<k>, version<v>) beside the strategy's, and no word of the prefix in the header."""
+    from fedactors.checkpoint import FRAMEWORK_PREFIX, Checkpoint
+
+    state = {name.removeprefix(FRAMEWORK_PREFIX): b for name, b in ckpt.state.items()}
+    extra = {k: v for k, v in ckpt.extra.items() if k not in ("framework_prefix", "state_sha256")}
+    return Checkpoint(ckpt.run_id, ckpt.round, ckpt.weights, ckpt.fingerprint, ckpt.config, ckpt.history, extra, state)
+
+
+@pytest.mark.parametrize("settings", [{"compress": "topk:0.05", "strategy": "fedadam"},
+                                      {"strategy": "fedbuff", "concurrency": 4, "buffer": 2}])
+def test_a_checkpoint_written_before_the_framework_prefix_still_resumes_to_the_same_bytes(redis_server, settings):
+    """Error-feedback residuals beside fedadam's moments, and fedbuff's older weights, named as they were."""
+    from fedactors.checkpoint import RedisStore
+
+    cfg, make = digits_run(HalfStep, rounds=4, **settings)
+    straight = list(make(strategy=make_strategy(cfg)).run())[-1]["weights"]
+    with RedisStore(redis_server.url, retry_seconds=5) as store:
+        half_cfg, half = digits_run(HalfStep, rounds=2, **settings)
+        list(half(strategy=make_strategy(half_cfg), store=store, run_id="new").run())
+        old = written_before_the_prefix(store.latest("new")[0])
+        store.save(old, keep=1)
+        ckpt = store.load("new", 2)
+    assert "framework_prefix" not in ckpt.extra and ckpt.strategy_state()[2] is None
+    old_names = "residual" if "compress" in settings else "version"  # the framework's, beside fedadam's m and v
+    assert any(n.startswith(old_names) for n in ckpt.state) and ("compress" not in settings or "m" in ckpt.state)
+    rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy=make_strategy(cfg),
+                     strategy_state=ckpt.strategy_state(), clock=ckpt.extra.get("clock")).run())[-1]["weights"]
+    assert rest.tobytes() == straight.tobytes()
 
 
 USER = '''
