@@ -58,6 +58,10 @@ OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_C
                               "server_optimizer")
 # The settings that put clients on a virtual clock (fedactors.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
+# The strategies that do not run on the virtual clock, and why: refused by name here, and a user's strategy of
+# their kind (a subclass) by strategy.make_strategy.
+OFF_THE_CLOCK = {"dp-fedavg": "its privacy accounting assumes every sampled client reports",
+                 "scaffold": "its control variates are kept for synchronous rounds only"}
 
 
 @dataclass(frozen=True)
@@ -303,11 +307,9 @@ class RunConfig:
             if self.aggregator != "fedavg":
                 raise ConfigError(f"--strategy {self.strategy} averages its buffer itself: it needs --aggregator "
                                   f"fedavg, not {self.aggregator}")
-        if self.simulates_systems and self.strategy in ("dp-fedavg", "scaffold"):
-            what = ("its privacy accounting assumes every sampled client reports" if self.strategy == "dp-fedavg"
-                    else "its control variates are kept for synchronous rounds only")
+        if self.simulates_systems and self.strategy in OFF_THE_CLOCK:
             raise ConfigError(f"--strategy {self.strategy} does not run on the virtual clock (--client-speed, "
-                              f"--client-trace, --deadline, --over-select): {what}")
+                              f"--client-trace, --deadline, --over-select): {OFF_THE_CLOCK[self.strategy]}")
 
     @property
     def simulates_systems(self) -> bool:

@@ -40,7 +40,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from fedactors.checkpoint import FRAMEWORK_PREFIX
-from fedactors.config import SERVER_LR, STRATEGIES
+from fedactors.config import OFF_THE_CLOCK, SERVER_LR, STRATEGIES
 from fedactors.errors import ConfigError, RoundFailed
 from fedactors.privacy import dp_epsilon, next_clip, update_noise_multiplier
 
@@ -420,7 +420,15 @@ def make_strategy(config) -> Strategy:
                         noise_multiplier=config.noise_multiplier, rate=config.frac, num_clients=config.clients,
                         delta=config.delta, seed=config.seed, accountant=config.accountant,
                         secret=config.dp_seed if config.dp_seed is not None else secrets.randbits(128), **extra)
-    return load_user_strategy(name)
+    strategy = load_user_strategy(name)
+    # The coordinator treats a subclass of DP-FedAvg or SCAFFOLD as one (Poisson sampling, control variates), so the
+    # settings refused to the built-in by name are refused to it by kind, before anything runs.
+    for kind in (DPFedAvg, Scaffold):
+        if config.simulates_systems and isinstance(strategy, kind):
+            raise ConfigError(f"--strategy {name} is a {kind.__name__} ({kind.name}), which does not run on the virtual "
+                              f"clock (--client-speed, --client-trace, --deadline, --over-select): "
+                              f"{OFF_THE_CLOCK[kind.name]}")
+    return strategy
 
 
 def _or(value, default):
