@@ -1,6 +1,7 @@
 // Python bindings for kernels.hpp. Validate, don't convert: every argument is checked and
 // rejected with a ValueError naming it; nothing is silently copied or cast (py::array_t's
 // default forcecast would turn a float64 buffer into a fresh float32 copy).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -83,10 +84,12 @@ void check_weights(const std::vector<double>& w, std::size_t k) {
     if (!std::isfinite(total)) fail("the weights sum to ", total, ", expected a finite sum");
 }
 
-bool overlaps(const void* a, const void* b, std::size_t bytes) {
+bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
     const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
-    return bytes > 0 && x < y + bytes && y < x + bytes;
+    return a_bytes > 0 && b_bytes > 0 && x < y + b_bytes && y < x + a_bytes;
 }
+
+bool overlaps(const void* a, const void* b, std::size_t bytes) { return overlaps(a, bytes, b, bytes); }
 
 // "auto" or one of available_isas(); anything else, or an ISA this CPU lacks, is a ValueError.
 fedactors::Isa parse_isa(const std::string& name) {
@@ -339,11 +342,24 @@ py::tuple quantize(const py::handle& values, int bits, std::size_t block, std::u
     auto* cp = codes.mutable_data();
     auto* lp = lo.mutable_data();
     auto* sp = step.mutable_data();
-    for (std::size_t i = 0; i < n; ++i)
-        if (!std::isfinite(xp[i])) fail("values[", i, "] is ", xp[i], ", expected a finite number");
+    std::size_t nonfinite, wide;
     {
         py::gil_scoped_release nogil;
-        fedactors::quantize(xp, n, bits, block, key, cp, lp, sp, threads);
+        // A level of NaN or infinity is a cast of NaN to int (undefined): none reaches the kernel.
+        nonfinite = fedactors::count_nonfinite(xp, n, threads);
+        wide = nonfinite ? 0 : fedactors::quantize(xp, n, bits, block, key, cp, lp, sp, threads);
+    }
+    if (nonfinite) {
+        std::size_t i = 0;
+        while (std::isfinite(xp[i])) ++i;
+        fail("values[", i, "] is ", xp[i], ", expected a finite number");
+    }
+    if (wide) {
+        std::size_t b = 0;
+        while (std::isfinite(sp[b])) ++b;
+        const std::size_t first = b * block, last = std::min(n, first + block);
+        fail("values[", first, ":", last, "] range from ", lp[b], " to ", *std::max_element(xp + first, xp + last),
+             ", more than float32 holds (max - min overflows): no step quantizes them");
     }
     return py::make_tuple(codes, lo, step);
 }
@@ -402,6 +418,12 @@ std::int64_t* check_accumulator(const py::handle& obj, std::size_t n, const std:
     return static_cast<std::int64_t*>(a.mutable_data());
 }
 
+// The one line for an accumulator taken past the exact sum's range (csrc/exact.hpp: kAccLimit).
+[[noreturn]] void fail_range(const char* what, std::size_t count) {
+    fail(what, " would hold ", count, " values past the exact sum's range (|acc| < 2**51 grid units): the shares "
+         "summed add up to more than 1 (a client added twice, or a wrong total); acc is left as it was");
+}
+
 std::size_t exact_add(const py::object& acc, const py::handle& buffer, double weight, bool subtract, int threads,
                       const std::string& isa_name) {
     const auto x = check_vector(buffer, "buffer");
@@ -409,11 +431,17 @@ std::size_t exact_add(const py::object& acc, const py::handle& buffer, double we
     auto* dst = check_accumulator(acc, n, "acc");
     if (!(std::isfinite(weight) && weight >= 0 && weight <= 1))
         fail("weight is ", weight, ", expected a number in [0, 1] (a client's share of the round's examples)");
-    if (overlaps(dst, x.data(), n * sizeof(float))) fail("acc overlaps buffer");
+    if (overlaps(dst, n * sizeof(std::int64_t), x.data(), n * sizeof(float))) fail("acc overlaps buffer");
     const auto isa = parse_isa(isa_name);
     const auto* src = static_cast<const float*>(x.data());
-    py::gil_scoped_release nogil;
-    return fedactors::exact_add(dst, src, weight, n, subtract, threads, isa);
+    fedactors::ExactCounts counts;
+    {
+        py::gil_scoped_release nogil;
+        counts = fedactors::exact_add(dst, src, weight, n, subtract, threads, isa);
+        if (counts.acc_overflow) fedactors::exact_add(dst, src, weight, n, !subtract, threads, isa);  // undone
+    }
+    if (counts.acc_overflow) fail_range("acc", counts.acc_overflow);
+    return counts.out_of_range;
 }
 
 void exact_merge(const py::object& acc, const py::object& other, int threads) {
@@ -425,8 +453,13 @@ void exact_merge(const py::object& acc, const py::object& other, int threads) {
     auto* dst = check_accumulator(acc, n, "acc");
     const auto* src = static_cast<const std::int64_t*>(o.data());
     if (overlaps(dst, src, n * sizeof(std::int64_t))) fail("acc overlaps other");
-    py::gil_scoped_release nogil;
-    fedactors::exact_merge(dst, src, n, threads);
+    std::size_t bad;
+    {
+        py::gil_scoped_release nogil;
+        bad = fedactors::exact_merge(dst, src, n, false, threads);
+        if (bad) fedactors::exact_merge(dst, src, n, true, threads);  // undone: uint64 addition inverts exactly
+    }
+    if (bad) fail_range("acc + other", bad);
 }
 
 py::array exact_result(const py::object& acc, double factor, const py::object& out, int threads,
@@ -443,10 +476,16 @@ py::array exact_result(const py::object& acc, double factor, const py::object& o
     const auto isa = parse_isa(isa_name);
     const auto* src = static_cast<const std::int64_t*>(a.data());
     auto* dst = static_cast<float*>(result.mutable_data());
+    if (overlaps(dst, n * sizeof(float), src, n * sizeof(std::int64_t)))
+        fail("out overlaps acc; the output must not alias the accumulator");
+    std::size_t bad;
     {
         py::gil_scoped_release nogil;
-        fedactors::exact_result(src, factor, n, dst, threads, isa);
+        bad = fedactors::exact_result(src, factor, n, dst, threads, isa);
     }
+    if (bad)
+        fail("acc holds ", bad, " values past the exact sum's range (|acc| < 2**51 grid units): the shares summed "
+             "add up to more than 1 (a client added twice, or a wrong total)");
     return result;
 }
 
@@ -560,16 +599,23 @@ float32, 1-D, C-contiguous (read-only is fine). weight in [0, 1]: the client's s
 round's examples (the shares of one sum must add up to at most 1, which keeps it in range).
 Every |weight * value| must be below 2**18 (and finite): a block of 16,384 values holding one
 that is not is left out, and the number of such values is returned (0: added whole). Called
-again with subtract=True on the same buffer, it takes out exactly what it added. threads and
-isa as for weighted_average; the same integers at any thread count and isa. The GIL is released.)doc");
+again with subtract=True on the same buffer, it takes out exactly what it added. A sum that would
+take an acc value to 2**51 grid units or past (shares adding up to more than 1) is a ValueError,
+acc left as it was. threads and isa as for weighted_average; the same integers at any thread
+count and isa. The GIL is released.)doc");
     m.def("exact_merge", &exact_merge, py::arg("acc"), py::arg("other"), py::kw_only(), py::arg("threads") = 0,
-          R"doc(acc += other: two exact sums (int64 arrays of one length) combined, exactly. The GIL is released.)doc");
+          R"doc(acc += other: two exact sums (int64 arrays of one length) combined, exactly.
+
+A value of acc, other or their sum at 2**51 grid units or past (shares adding up to more than 1) is
+a ValueError, acc left as it was. The GIL is released.)doc");
     m.def("exact_result", &exact_result, py::arg("acc"), py::kw_only(), py::arg("factor") = 1.0,
           py::arg("out") = py::none(), py::arg("threads") = 0, py::arg("isa") = "auto",
           R"doc(Return the float32 array float(acc * 2**-32 * factor): an exact sum rounded once (factor 1).
 
 factor (finite, > 0) rescales first, in double: FedAvg over fewer clients than its weights were
-made for. out as for weighted_average (no aliasing check: acc is int64). The GIL is released.)doc");
+made for. out as for weighted_average, and it must not overlap acc. An acc value at 2**51 grid
+units or past (shares adding up to more than 1) is a ValueError (out is then not the sum). The
+GIL is released.)doc");
     m.def("quantize", &quantize, py::arg("values"), py::kw_only(), py::arg("bits"), py::arg("block"), py::arg("key"),
           py::arg("threads") = 0,
           R"doc(Return (codes, lo, step): values quantized stochastically to `bits` (2, 4, 8) levels a block.
@@ -578,7 +624,9 @@ Per block of `block` values lo = min, step = (max - min) / (2**bits - 1); a valu
 step levels up is rounded down or up at random, up with probability t - floor(t), so that
 lo + q * step is v in expectation. The draws hash (key, index): the same codes at any thread
 count. codes: uint8, the levels packed low bits first, block * bits / 8 bytes a block. values:
-float32, 1-D, C-contiguous, finite (read-only is fine). The GIL is released.)doc");
+float32, 1-D, C-contiguous, finite, no block spanning more than float32 holds (max - min finite);
+read-only is fine. Anything else is a ValueError naming the first value or block. The GIL is
+released.)doc");
     m.def("dequantize", &dequantize, py::arg("codes"), py::arg("lo"), py::arg("step"), py::kw_only(), py::arg("n"),
           py::arg("bits"), py::arg("block"), py::arg("threads") = 0,
           R"doc(Return the n float32 values lo + q * step that quantize's (codes, lo, step) stand for.)doc");

@@ -140,8 +140,11 @@ inline int omp_threads(int threads) { return threads > 0 ? threads : omp_get_max
 // n < 2^32) to `bits` (2, 4 or 8) each: per block lo = min, step = (max - min) / (2^bits - 1); a value
 // is t = (v - lo) * (1 / step) levels up, rounded down or up at random with P(up) = t - floor(t), so
 // lo + q * step is v in expectation. codes: the levels packed low bits first, bits * block / 8 bytes a
-// block (the last block's tail zero); lo and step one float per block.
-inline void quantize(const float* x, std::size_t n, int bits, std::size_t block, std::uint64_t key,
+// block (the last block's tail zero); lo and step one float per block. The values must be finite (the
+// caller checks: a level of NaN would be a cast of NaN to int, undefined). Returns how many blocks span
+// a range float32 cannot hold (max - min overflows): their codes are meaningless, the caller refuses
+// them. A block whose step is so small (below ~3e-39) that 1 / step overflows is sent as its min.
+inline std::size_t quantize(const float* x, std::size_t n, int bits, std::size_t block, std::uint64_t key,
                      std::uint8_t* codes, float* lo, float* step, int threads, Isa isa = Isa::automatic) {
     const std::size_t blocks = (n + block - 1) / block;
     const float levels = static_cast<float>((1 << bits) - 1);
@@ -149,7 +152,8 @@ inline void quantize(const float* x, std::size_t n, int bits, std::size_t block,
     const auto body = detail::quantize_block(bits, resolve_isa(isa));
     const auto range = detail::min_max(resolve_isa(isa));
     const std::uint32_t key32 = detail::fold(key);
-#pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads))
+    std::size_t wide = 0;
+#pragma omp parallel for schedule(static) num_threads(detail::omp_threads(threads)) reduction(+ : wide)
     for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(blocks); ++b) {
         const std::size_t first = static_cast<std::size_t>(b) * block;
         const std::size_t len = std::min(block, n - first);
@@ -160,8 +164,15 @@ inline void quantize(const float* x, std::size_t n, int bits, std::size_t block,
         step[b] = s;
         std::uint8_t* out = codes + static_cast<std::size_t>(b) * block_bytes;
         std::fill(out, out + block_bytes, std::uint8_t{0});
-        body(x + first, len, static_cast<std::uint32_t>(first), key32, mn, s > 0.0f ? 1.0f / s : 0.0f, out);
+        if (!std::isfinite(s)) {  // (x - lo) * (1 / s) would be inf * 0 = NaN somewhere: no level to cast
+            ++wide;
+            continue;
+        }
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+        // Levels are t = (x - lo) * inv in [0, 2^bits - 1]; an infinite inv would make x == lo's NaN.
+        body(x + first, len, static_cast<std::uint32_t>(first), key32, mn, std::isfinite(inv) ? inv : 0.0f, out);
     }
+    return wide;
 }
 
 // The inverse of quantize's packing: out[i] = lo[b] + q_i * step[b], float32.

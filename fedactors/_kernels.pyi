@@ -126,10 +126,11 @@ def exact_add(
 
     Exact and order-independent: the same terms in any order or grouping give the same integers.
     weight in [0, 1]; a block holding a value with |weight * value| >= 2**18, NaN or infinity is left
-    out; subtract=True on the same buffer takes out exactly what was added."""
+    out; subtract=True on the same buffer takes out exactly what was added. ValueError, acc untouched, if an
+    acc value would reach 2**51 grid units (the shares summed add up to more than 1)."""
 
 def exact_merge(acc: npt.NDArray[np.int64], other: npt.NDArray[np.int64], *, threads: int = 0) -> None:
-    """acc += other: two exact sums combined, exactly."""
+    """acc += other: two exact sums combined, exactly; ValueError, acc untouched, past 2**51 grid units."""
 
 def exact_result(
     acc: npt.NDArray[np.int64],
@@ -139,12 +140,15 @@ def exact_result(
     threads: int = 0,
     isa: Isa = "auto",
 ) -> npt.NDArray[np.float32]:
-    """float32(acc * 2**-32 * factor): the exact sum rounded once (factor 1)."""
+    """float32(acc * 2**-32 * factor): the exact sum rounded once (factor 1). ValueError if out overlaps acc or an
+    acc value is at 2**51 grid units or past (the shares summed add up to more than 1)."""
 
 def quantize(
     values: npt.NDArray[np.float32], *, bits: int, block: int, key: int, threads: int = 0
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Return (codes, lo, step): values quantized stochastically to `bits` levels a block; same codes at any thread count."""
+    """Return (codes, lo, step): values quantized stochastically to `bits` levels a block; same codes at any thread count.
+
+    ValueError naming the first value that is NaN or infinite, or the first block whose max - min overflows float32."""
 
 def dequantize(
     codes: npt.NDArray[np.uint8],

@@ -41,7 +41,9 @@ class ExactSum:
     the clients summed is acc * total / (their examples).
 
     A value is summed only if |share * value| < 2^18 (262,144) and finite; `add` returns False,
-    with nothing added, for a buffer that holds one that is not.
+    with nothing added, for a buffer that holds one that is not. The shares summed may add up to 1
+    at most: a client added twice, or examples past `total`, is a ValueError (the kernels refuse an
+    accumulator taken past its range too), never a silently wrong average.
     """
 
     def __init__(self, length: int, total: int | float, *, threads: int = 0) -> None:
@@ -55,8 +57,14 @@ class ExactSum:
     def share(self, num_examples: int | float) -> float:
         return float(num_examples) / self.total
 
+    def _check_room(self, examples: int | float) -> None:
+        if self.examples + float(examples) > self.total:
+            raise ValueError(f"clients of {self.examples + float(examples):g} examples summed where the round has "
+                             f"{self.total:g}: the shares add up to more than 1 (a client added twice, or a wrong total)")
+
     def add(self, buffer: np.ndarray, num_examples: int | float) -> bool:
         """Add one client's weights; False (acc untouched) if a value is out of range or not finite."""
+        self._check_room(num_examples)
         a = self.share(num_examples)
         if _kernels.exact_add(self.acc, buffer, a, threads=self.threads):
             _kernels.exact_add(self.acc, buffer, a, subtract=True, threads=self.threads)  # take out the blocks added
@@ -66,6 +74,7 @@ class ExactSum:
 
     def merge(self, acc: np.ndarray, examples: int | float) -> None:
         """Add another ExactSum's accumulator (a host's partial sum over `examples` examples)."""
+        self._check_room(examples)
         _kernels.exact_merge(self.acc, acc, threads=self.threads)
         self.examples += float(examples)
 

@@ -60,6 +60,19 @@ def test_quantization_is_unbiased_and_the_same_at_any_thread_count():
     assert np.abs(mean - x).mean() < step / 40
 
 
+def test_a_block_whose_range_float32_cannot_hold_is_refused_in_one_line():
+    """Issue 34: max - min overflowing gave a step of inf, and levels cast from NaN (undefined behaviour)."""
+    from fedactors import _kernels
+
+    x = np.zeros(1024, np.float32)
+    x[600], x[700] = -3e38, 3e38  # each finite, their difference not
+    with pytest.raises(ValueError, match=r"^values\[512:1024\] range from -3e\+38 to 3e\+38, more than float32 holds"):
+        _kernels.quantize(x, bits=8, block=512, key=1)
+    x[5] = np.nan
+    with pytest.raises(ValueError, match=r"^values\[5\] is nan, expected a finite number$"):
+        _kernels.quantize(x, bits=8, block=512, key=1)
+
+
 def test_the_rotation_is_the_randomized_hadamard_transform_and_its_inverse_gives_the_input_back():
     from scipy.linalg import hadamard
 

@@ -82,7 +82,7 @@ def test_the_result_is_the_average_rounded_once_where_the_terms_are_on_the_grid(
 
 def test_a_buffer_with_a_value_out_of_range_or_not_finite_is_left_out_and_the_sum_untouched():
     buffers, counts = updates(3, 40_000, seed=4)
-    s = summed(buffers, counts)
+    s = summed(buffers[1:], counts[1:], total=sum(counts))  # room left for client 0's share
     before = s.acc.copy()
     share = s.share(counts[0])
     for bad in (np.float32(LIMIT / share * 1.0001), np.float32(-LIMIT / share * 1.0001), np.nan, np.inf, -np.inf):
@@ -106,6 +106,56 @@ def test_fewer_clients_than_sampled_are_averaged_by_rescaling():
     expected = exact_fedavg_reference(buffers[:3], counts[:3], total=total)
     assert s.result().tobytes() == expected.tobytes()
     np.testing.assert_allclose(s.result(), exact_fedavg_reference(buffers[:3], counts[:3]), rtol=1e-6, atol=1e-9)
+
+
+def test_shares_adding_up_to_more_than_1_are_refused_not_averaged_wrongly():
+    """Issue 34: a client added twice, or a wrong total, gave a silently wrong average."""
+    buffers, counts = updates(3, 20_000, seed=6)
+    s = summed(buffers, counts)
+    before = s.acc.copy()
+    twice = r"clients of \d+ examples summed where the round has \d+: the shares add up to more than 1 \(a client added twice"
+    with pytest.raises(ValueError, match=twice):
+        s.add(buffers[0], counts[0])
+    with pytest.raises(ValueError, match=twice):
+        s.merge(summed(buffers[:1], counts[:1], total=sum(counts)).acc, counts[0])
+    assert np.array_equal(s.acc, before) and s.examples == sum(counts)
+    with pytest.raises(ValueError, match=twice):
+        ExactSum(20_000, 10).add(buffers[0], 11)
+
+
+PAST = r"past the exact sum's range \(\|acc\| < 2\*\*51 grid units\): the shares summed add up to more than 1"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_kernels_refuse_an_accumulator_taken_past_its_range_and_leave_it_as_it_was(isa):
+    """Called directly with shares adding up to more than 1, the kernels raise (no wrong average, no int64 overflow)."""
+    x = np.full(40_000, np.float32(LIMIT * 0.99), np.float32)  # each a term just inside: 0.99 * 2^50
+    acc = np.zeros(40_000, np.int64)
+    assert _kernels.exact_add(acc, x, 1.0, isa=isa) == 0 and _kernels.exact_add(acc, x, 1.0, isa=isa) == 0
+    before = acc.copy()  # 1.98 * 2^50, inside 2^51
+    with pytest.raises(ValueError, match="acc would hold 40000 values " + PAST):  # a third share of 1
+        _kernels.exact_add(acc, x, 1.0, isa=isa)
+    assert np.array_equal(acc, before)
+    with pytest.raises(ValueError, match="acc \\+ other would hold 40000 values " + PAST):
+        _kernels.exact_merge(acc, before.copy())
+    assert np.array_equal(acc, before)
+    big = np.full(40_000, 2**62, np.int64)  # merged in int64, this overflowed (undefined behaviour)
+    with pytest.raises(ValueError, match="acc \\+ other would hold"):
+        _kernels.exact_merge(big, big.copy())
+    assert (big == 2**62).all()
+    with pytest.raises(ValueError, match="acc holds 40000 values " + PAST):
+        _kernels.exact_result(big, isa=isa)
+    acc[7] = -(2**51) - 1  # the first value out of range, below
+    with pytest.raises(ValueError, match="acc holds 1 values "):
+        _kernels.exact_result(acc, isa=isa)
+
+
+def test_out_and_buffer_may_not_overlap_the_accumulator_anywhere_in_its_8_bytes_a_value():
+    acc = np.zeros(8, np.int64)
+    with pytest.raises(ValueError, match="out overlaps acc"):
+        _kernels.exact_result(acc, out=acc.view(np.float32)[8:])  # the accumulator's second half
+    with pytest.raises(ValueError, match="acc overlaps buffer"):
+        _kernels.exact_add(acc, acc.view(np.float32)[8:], 0.5)
 
 
 @pytest.mark.parametrize("call, message", [
