@@ -543,16 +543,22 @@ class Coordinator:
                    rejected: list[int], too_large: list[int], required: int) -> str:
         """Why round `round_idx` cannot be aggregated without the `dropped` clients: the RoundFailed message."""
         cfg = self.config
+        private = isinstance(self.strategy, DPFedAvg)  # a DP run names neither who was sampled nor how many
+
+        def who(clients: list[int]) -> str:
+            return "sampled clients" if private else f"clients {clients}"
+
         failed = [c for c in dropped if c not in rejected and c not in too_large]
-        parts = [f"clients {failed} failed {MAX_ATTEMPTS} times"] if failed else []
+        parts = [f"{who(failed)} failed {MAX_ATTEMPTS} times"] if failed else []
         if rejected:
-            parts.append(f"clients {sorted(rejected)} returned NaN or infinite weights, which are never aggregated")
+            parts.append(f"{who(sorted(rejected))} returned NaN or infinite weights, which are never aggregated")
         if too_large:
-            parts.append(f"clients {sorted(too_large)} returned values too large for FedAvg's exact sum "
+            parts.append(f"{who(sorted(too_large))} returned values too large for FedAvg's exact sum "
                          "(|share x value| >= 2^18)")
         errors = "; ".join(dict.fromkeys(f.error for f in failures if f.client_id in failed))
-        message = (f"round {round_idx}: {' and '.join(parts)}, leaving {len(sampled) - len(dropped)} of {len(sampled)} "
-                   f"updates where {required} are required")
+        left = (f"fewer updates than --min-fit-fraction {cfg.min_fit_fraction:g} of the round's" if private else
+                f"{len(sampled) - len(dropped)} of {len(sampled)} updates where {required} are required")
+        message = f"round {round_idx}: {' and '.join(parts)}, leaving {left}"
         if failed:
             message += f" (errors: {errors})"
         if rejected and isinstance(self.strategy, DPFedAvg) and round_idx > 1:

@@ -117,6 +117,17 @@ def test_a_client_that_keeps_failing_fails_the_round_loudly(mnist):
         list(coordinator.run())
 
 
+def test_a_dp_rounds_failure_names_neither_its_clients_nor_how_many(mnist):
+    """README: a DP run leaves out who was sampled and how many; its failure message listed the sampled ids."""
+    cfg = RunConfig(**{**CFG.to_dict(), "strategy": "dp-fedavg", "frac": 0.1, "dp_seed": 3})
+    coordinator = Coordinator(cfg, _pool(mnist, cfg, 1, BrokenHost), num_test=500)
+    assert coordinator.strategy.sample(1)  # somebody was sampled, and failed
+    with pytest.raises(RoundFailed) as failed:
+        list(coordinator.run())
+    assert str(failed.value) == ("round 1: sampled clients failed 3 times, leaving fewer updates than "
+                                 "--min-fit-fraction 1 of the round's (errors: RuntimeError: always broken)")
+
+
 def test_min_fit_fraction_accepts_fewer_updates_without_retrying(mnist):
     cfg = RunConfig(**{**CFG.to_dict(), "rounds": 1, "batch_size": 50, "min_fit_fraction": 0.5})
     parts = partition(mnist.train_labels, cfg.clients, cfg.partition, cfg.seed)
