@@ -419,9 +419,9 @@ std::int64_t* check_accumulator(const py::handle& obj, std::size_t n, const std:
 }
 
 // The one line for an accumulator taken past the exact sum's range (csrc/exact.hpp: kAccLimit).
-[[noreturn]] void fail_range(const char* what, std::size_t count) {
-    fail(what, " would hold ", count, " values past the exact sum's range (|acc| < 2**51 grid units): the shares "
-         "summed add up to more than 1 (a client added twice, or a wrong total); acc is left as it was");
+[[noreturn]] void fail_range(const char* what) {
+    fail(what, " would leave the exact sum's range (|acc| < 2**51 grid units): the shares summed add up to more "
+         "than 1 (a client added twice, or a wrong total); acc is left as it was");
 }
 
 std::size_t exact_add(const py::object& acc, const py::handle& buffer, double weight, bool subtract, int threads,
@@ -440,7 +440,7 @@ std::size_t exact_add(const py::object& acc, const py::handle& buffer, double we
         counts = fedactors::exact_add(dst, src, weight, n, subtract, threads, isa);
         if (counts.acc_overflow) fedactors::exact_add(dst, src, weight, n, !subtract, threads, isa);  // undone
     }
-    if (counts.acc_overflow) fail_range("acc", counts.acc_overflow);
+    if (counts.acc_overflow) fail_range("acc");
     return counts.out_of_range;
 }
 
@@ -453,13 +453,13 @@ void exact_merge(const py::object& acc, const py::object& other, int threads) {
     auto* dst = check_accumulator(acc, n, "acc");
     const auto* src = static_cast<const std::int64_t*>(o.data());
     if (overlaps(dst, src, n * sizeof(std::int64_t))) fail("acc overlaps other");
-    std::size_t bad;
+    bool bad;
     {
         py::gil_scoped_release nogil;
         bad = fedactors::exact_merge(dst, src, n, false, threads);
         if (bad) fedactors::exact_merge(dst, src, n, true, threads);  // undone: uint64 addition inverts exactly
     }
-    if (bad) fail_range("acc + other", bad);
+    if (bad) fail_range("acc + other");
 }
 
 py::array exact_result(const py::object& acc, double factor, const py::object& out, int threads,
@@ -478,13 +478,13 @@ py::array exact_result(const py::object& acc, double factor, const py::object& o
     auto* dst = static_cast<float*>(result.mutable_data());
     if (overlaps(dst, n * sizeof(float), src, n * sizeof(std::int64_t)))
         fail("out overlaps acc; the output must not alias the accumulator");
-    std::size_t bad;
+    bool bad;
     {
         py::gil_scoped_release nogil;
         bad = fedactors::exact_result(src, factor, n, dst, threads, isa);
     }
     if (bad)
-        fail("acc holds ", bad, " values past the exact sum's range (|acc| < 2**51 grid units): the shares summed "
+        fail("acc holds values past the exact sum's range (|acc| < 2**51 grid units): the shares summed "
              "add up to more than 1 (a client added twice, or a wrong total)");
     return result;
 }
