@@ -187,6 +187,16 @@ def test_clients_diverging_under_compression_are_rejected_not_retried(spec, host
     assert coordinator.feedback is None or coordinator.feedback.residuals == {}
 
 
+@pytest.mark.slow
+def test_through_ray_a_diverged_compressed_client_is_named_as_nan_not_an_opaque_retried_failure(tmp_path):
+    result = fedactors("run", "--task", "digits-mlp", "--clients", "10", "--frac", "0.5", "--rounds", "1", "--lr", "1e30",
+                       "--compress", "q8", "--hosts", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert ("fedactors: error: round 1: clients [1, 2, 3, 7, 8] returned NaN or infinite weights, which are never "
+            "aggregated") in result.stderr
+    assert "failed 3 times" not in result.stderr and "ray::" not in result.stderr
+
+
 def test_host_sums_are_refused_with_an_error_feedback_compressor():
     from fedactors.config import RunConfig, refuse_idle_settings
     from fedactors.coordinator import uses_host_sums
