@@ -35,7 +35,7 @@ from fedactors.config import (EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, Run
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
 from fedactors.interrupts import Interrupts
 from fedactors.messages import metrics_fields
-from fedactors.outputs import RunDirectory
+from fedactors.outputs import RunDirectory, resume_command
 from fedactors.progress import Renderer, make_renderer
 from fedactors.report import summarise
 from fedactors.task import DEFAULT_TASK, Task, with_absolute_paths
@@ -153,10 +153,24 @@ def open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tuple
     from fedactors.embedded_redis import EmbeddedRedis
 
     with contextlib.ExitStack() as stack:
-        url = redis_url or stack.enter_context(EmbeddedRedis(out / STORE_DIR)).url
+        try:
+            url = redis_url or stack.enter_context(EmbeddedRedis(out / STORE_DIR)).url
+        except OSError as exc:
+            if not _under(exc.filename, out):
+                raise
+            # A read-only or full file system, or a directory not ours: a bad path like any other, one line.
+            raise ConfigError(f"{out / STORE_DIR} cannot be written (the embedded checkpoint store keeps its files "
+                              f"there): {exc.strerror}") from None
         store = stack.enter_context(RedisStore(url, retry_seconds=retry))
         store.check()
         yield store, url
+
+
+def _under(filename: object, directory: Path) -> bool:
+    """Whether an OSError's `filename` is `directory` or inside it."""
+    if not isinstance(filename, (str, os.PathLike)):
+        return False
+    return Path(directory).absolute() in (Path(filename).absolute(), *Path(filename).absolute().parents)
 
 
 def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float,
@@ -172,9 +186,12 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
             raise ConfigError(f"run {run_id} already exists in the store at {store.url}; continue it with --resume {run_id}")
         run_dir.check_no_checkpoints(store, embedded=redis_url is None)
         run_dir.create()
-        result = _drive(config, run_id, run_dir, url, retry, None, _renderer(progress, config),
-                        store.persistence_warning(), task_object, strategy_object, privacy)
-        store.mark_finished(run_id)
+        try:
+            result = _drive(config, run_id, run_dir, url, retry, None, _renderer(progress, config),
+                            store.persistence_warning(), task_object, strategy_object, privacy)
+            store.mark_finished(run_id)
+        finally:
+            run_dir.release()
         return result
 
 
@@ -228,35 +245,45 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
         renderer = _renderer(progress, config)
         for bad in skipped:
             renderer.warning(f"skipping round {bad.round}: {bad.reason}")
-        before = run_dir.snapshot()
-        run_dir.reopen(ckpt.history)
-        if ckpt.round >= config.rounds:
-            renderer.already_finished(run_id, ckpt.round)
-            # What run.json said of this run (its identity, partition, hosts, wall time to its last
-            # write) stays: nothing ran to replace it.
-            earlier = run_dir.info()
-            kept = {k: v for k, v in earlier.items() if k != "config"} if earlier.get("fingerprint") == ckpt.fingerprint else {}
-            total = float(kept.get("total_wall_seconds", ckpt.extra.get("wall_seconds", 0.0)))
-            info = {**kept, "run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0,
-                    "total_wall_seconds": total}
-            lower = kept.get("target_lower", config.target_metric == "loss")  # the task said so when it ran
-            result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer, lower)
-        else:
-            try:
-                result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),
-                                task_object, strategy_object, privacy)
-            except FedActorsError:
-                if (run_dir.rounds_completed() or 0) <= ckpt.round:  # it never got to run (Ray did not start...)
-                    run_dir.restore(before)
-                raise
-        store.mark_finished(run_id)
+        run_dir.lock()  # a run still writing here (resumed twice at once) is not written over
+        try:
+            before = run_dir.snapshot()
+            run_dir.reopen(ckpt.history)
+            if ckpt.round >= config.rounds:
+                renderer.already_finished(run_id, ckpt.round)
+                # What run.json said of this run (its identity, partition, hosts, wall time to its last
+                # write) stays: nothing ran to replace it.
+                earlier = run_dir.info()
+                kept = {k: v for k, v in earlier.items() if k != "config"} if earlier.get("fingerprint") == ckpt.fingerprint else {}
+                total = float(kept.get("total_wall_seconds", ckpt.extra.get("wall_seconds", 0.0)))
+                info = {**kept, "run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0,
+                        "total_wall_seconds": total}
+                lower = kept.get("target_lower", config.target_metric == "loss")  # the task said so when it ran
+                result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer, lower)
+            else:
+                try:
+                    result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),
+                                    task_object, strategy_object, privacy)
+                except FedActorsError:
+                    if (run_dir.rounds_completed() or 0) <= ckpt.round:  # it never got to run (Ray did not start...)
+                        run_dir.restore(before)
+                    raise
+            store.mark_finished(run_id)
+        finally:
+            run_dir.release()
         return result
 
 
 def latest(store, run_id: str, out: Path, changes: dict) -> tuple:
     """(checkpoint, the configuration to continue with, rounds skipped as corrupt); ConfigError if there is none."""
     if store.info(run_id) is None:
-        if RunDirectory(out).run_id() == run_id:
+        run_dir = RunDirectory(out)
+        if run_dir.run_id() == run_id and (run_dir.has_rows() or run_dir.weights_path.exists()):
+            # Rounds it evaluated are results, never overwritten (check_fresh): the command that started it
+            # would be refused here.
+            raise ConfigError(f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to "
+                              f"resume; its evaluated rounds stay in {out}: start it again with another --out")
+        if run_dir.run_id() == run_id:  # no result in it: check_fresh lets the same command use it again
             raise ConfigError(f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to "
                               "resume; start it again with the command that started it")
         raise ConfigError(f"no run {run_id} in the store at {store.url}")
@@ -415,7 +442,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             return _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out, lower)
     except KeyboardInterrupt:
         stop("interrupted")
-        out.interrupted(f"fedactors run --resume {run_id} --out {run_dir.path}")
+        out.interrupted(resume_command(run_id, run_dir.path))
         # The signal remembered, not the exception's: Ray turns one raised inside ray.get into a plain KeyboardInterrupt.
         from fedactors.interrupts import Interrupted
 

@@ -6,8 +6,10 @@ atomically (write to a temporary name, then rename), so a reader never sees half
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +28,79 @@ class RunDirectory:
         self.run_path = path / "run.json"
         self.weights_path = path / "weights.npy"
         self.error_path = path / "error.log"
+        self._lock_fd: int | None = None  # the directory, held (flock) while this process writes the run
 
     def check_fresh(self) -> None:
         """A run with results in the directory is an error: it is never overwritten.
 
-        Only a directory left by a run of ours that failed or was interrupted before its first
-        round (missing data, a refused cluster) may be used again: it holds no result.
-        `check_no_checkpoints` covers the rounds only the store knows of.
+        A directory left by a run of ours that stopped before its first round (missing data, a
+        refused cluster, a killed process) holds no result and may be used again, unless that run
+        is still going: a live run holds the directory (`lock`). `check_no_checkpoints` covers the
+        rounds only the store knows of.
         """
-        has_rows = self.metrics_path.exists() and self.metrics_path.stat().st_size > 0
-        if not (self.weights_path.exists() or has_rows or self.run_path.exists()):
+        if not (self.weights_path.exists() or self.has_rows() or self.run_path.exists()):
             return
         status = self.info().get("status")
-        if self.weights_path.exists() or has_rows or status not in ("failed", "interrupted"):
-            running = " (status running: if it is not running any more, remove the directory)" if status == "running" else ""
-            raise ConfigError(f"--out {self.path} already holds a run{running}; choose another directory, or --resume it")
+        alive = self.in_use() if self._lock_fd is None else False
+        if alive:
+            raise ConfigError(f"--out {self.path} is in use: a run is being written there right now")
+        if status == "running" and alive is None:  # the file system cannot say whether that run is alive
+            raise ConfigError(f"--out {self.path} already holds a run (status running: if it is not running any more, "
+                              "remove the directory); choose another directory")
+        if self.weights_path.exists() or self.has_rows() or status not in ("failed", "interrupted", "running"):
+            run_id = self.run_id()
+            resume = f", or resume it: {resume_command(run_id, self.path)}" if run_id else ""
+            raise ConfigError(f"--out {self.path} already holds a run; choose another directory{resume}")
+
+    def has_rows(self) -> bool:
+        """Whether metrics.jsonl holds an evaluated round (a result, never overwritten)."""
+        return self.metrics_path.exists() and self.metrics_path.stat().st_size > 0
+
+    def lock(self) -> None:
+        """Hold the directory (made if need be) for this process until `release`: ConfigError if a live run holds it.
+
+        An flock on the directory itself, not on a file in it: the kernel lets it go when the process ends,
+        however it ends (SIGKILL, out of memory), so a run.json left `running` by a dead run is told from a
+        live one (`in_use`). A file system without flock (some network ones) holds nothing; the run goes on."""
+        if self._lock_fd is not None:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"--out {self.path} is in use: a run is being written there right now") from None
+        except OSError:
+            os.close(fd)
+            return
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Let the directory go (after `lock`): another run may use or resume it."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def in_use(self) -> bool | None:
+        """Whether another live process holds the directory (`lock`); None when the file system cannot say."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False if not self.path.exists() else None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # closing lets go of the probe's own shared lock
+        return False
+
     def check_no_checkpoints(self, store, *, embedded: bool) -> None:
         """Refuse a directory whose run (or, for its embedded store, any run) has checkpoints in `store`."""
         previous = self.run_id()
@@ -49,7 +109,7 @@ class RunDirectory:
             holding += [info.run_id for info in store.runs() if info.run_id not in holding]
         if holding:
             raise ConfigError(f"--out {self.path} already holds run {holding[0]}, checkpointed in {store.url}; "
-                              f"choose another directory, or --resume {holding[0]}")
+                              f"choose another directory, or resume it: {resume_command(holding[0], self.path)}")
 
     def run_id(self) -> str | None:
         """The run id its run.json names, if it has a readable one."""
@@ -65,14 +125,19 @@ class RunDirectory:
         return info if isinstance(info, dict) else {}
 
     def create(self) -> None:
-        """Make the directory for a new run (after check_fresh); metrics.jsonl starts empty."""
-        self.check_fresh()
+        """Make the directory for a new run and hold it (`lock`; the caller `release`s it); metrics.jsonl starts
+        empty. check_fresh under the lock: a run that started in it since the caller's own check is not overwritten."""
+        self.lock()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.check_fresh()
             _atomic_write_text(self.metrics_path, "")
+            self.clear_error()
         except OSError as exc:
+            self.release()
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
-        self.clear_error()
+        except ConfigError:
+            self.release()
+            raise
 
     def rounds_completed(self) -> int | None:
         """run.json's rounds_completed, if it has one."""
@@ -127,6 +192,11 @@ class RunDirectory:
         with tmp.open("wb") as f:
             np.save(f, np.ascontiguousarray(weights, dtype=np.float32))
         os.replace(tmp, self.weights_path)
+
+
+def resume_command(run_id: str, out: Path) -> str:
+    """The command that resumes `run_id` into `out`, quoted for a POSIX shell so that it can be pasted whole."""
+    return shlex.join(["fedactors", "run", "--resume", run_id, "--out", str(out)])
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

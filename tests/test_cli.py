@@ -1,5 +1,6 @@
 """The command line: flags, one-line errors with exit status 2, refusing to overwrite a run."""
 
+import errno
 import json
 import os
 import re
@@ -166,16 +167,18 @@ def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
 SMALL = ["--clients", "10", "--partition", "iid", "--rounds", "1"]
 
 
-def _one_round(config, on_event, *, run_id, store_url, round_done=1, **kwargs):
-    """A stand-in for experiment.run: one evaluated round (`round_done`), checkpointed, and the final weights."""
+def _one_round(config, on_event, *, run_id, store_url, round_done=1, checkpoint=True, **kwargs):
+    """A stand-in for experiment.run: one evaluated round (`round_done`), checkpointed (unless not `checkpoint`),
+    and the final weights."""
     import numpy as np
 
     from fedactors.checkpoint import Checkpoint, RedisStore
 
     identity = {"digest": "stand-in"}
     with RedisStore(store_url) as store:
-        store.save(Checkpoint(run_id, round_done, np.zeros(4, np.float32), config.fingerprint(identity),
-                              config.to_dict(), [], extra={"identity": identity}), keep=1)
+        if checkpoint:
+            store.save(Checkpoint(run_id, round_done, np.zeros(4, np.float32), config.fingerprint(identity),
+                                  config.to_dict(), [], extra={"identity": identity}), keep=1)
     on_event({"type": "identity", "fingerprint": config.fingerprint(identity), "identity": identity, "partition": {}})
     on_event({"type": "start", "hosts": [], "clients_per_round": 1})
     on_event({"type": "round", "round": round_done, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0,
@@ -253,6 +256,186 @@ def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_comman
     before = (out / "run.json").read_bytes()
     status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
     assert status == 2 and "already holds a run" in err and (out / "run.json").read_bytes() == before
+
+
+def _fails_after_round_1(*, checkpoint):
+    """A stand-in for experiment.run whose run evaluates round 1 (checkpointed or not) and then fails, as a round
+    that diverged does."""
+    from fedactors.errors import RoundFailed
+
+    def run(config, on_event, **kwargs):
+        _one_round(config, on_event, checkpoint=checkpoint, **kwargs)
+        raise RoundFailed("round 2 failed: every update was NaN")
+
+    return run
+
+
+SLOW_TASK = """
+import time
+from pathlib import Path
+
+from fedactors.task import Task
+
+
+def load(data_dir):
+    Path(__file__).with_name("loading").write_text("")  # the run is past its run.json and before round 1
+    time.sleep(600)
+
+
+def model():
+    from torch import nn
+
+    return nn.Linear(2, 2)
+
+
+task = Task(name="slow", model=model, load=load, num_classes=2)
+"""
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_its_directory_to_the_command_that_made_it(
+        tmp_path, monkeypatch, capsys):
+    """SIGKILL leaves run.json `running`. While that run lives its directory is refused; once it is dead, --resume
+    says to start it again with the command that started it, and that command is not refused."""
+    from conftest import EXE
+    from fedactors import experiment
+
+    (tmp_path / "slow.py").write_text(SLOW_TASK)
+    out = tmp_path / "run"
+    command = ["run", *SMALL, "--task", f"{tmp_path / 'slow.py'}:task", "--run-id", "first", "--out", str(out)]
+    monkeypatch.setattr(experiment, "run", _one_round)
+    with subprocess.Popen([EXE, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "loading").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.1)
+            before = (out / "run.json").read_bytes()
+            assert json.loads(before)["status"] == "running"
+            # It is alive: the same command into its directory is refused, and nothing of it is touched.
+            status, _, err = run_main(monkeypatch, capsys, *command)
+            assert status == 2 and f"--out {out} is in use" in err, err
+            assert (out / "run.json").read_bytes() == before
+        finally:
+            proc.kill()
+    assert proc.returncode == -9 and json.loads((out / "run.json").read_text())["status"] == "running"
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "first", "--out", str(out))
+    assert status == 2 and "stopped before its first checkpoint" in err, err
+    assert "start it again with the command that started it" in err
+    status, _, err = run_main(monkeypatch, capsys, *command)
+    assert status == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_run_with_an_evaluated_round_but_no_checkpoint_is_not_told_to_start_again_in_place(
+        tmp_path, monkeypatch, capsys):
+    """With --checkpoint-every 5 a run can fail after evaluated rounds and before its first checkpoint: those rounds
+    are results, so the command that started it is refused there, and --resume says to use another --out."""
+    from fedactors import experiment
+
+    out = tmp_path / "run"
+    command = ["run", *SMALL, "--rounds", "5", "--checkpoint-every", "5", "--run-id", "first", "--out", str(out)]
+    monkeypatch.setattr(experiment, "run", _fails_after_round_1(checkpoint=False))
+    status, _, err = run_main(monkeypatch, capsys, *command)
+    assert status == 1 and "every update was NaN" in err
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "first", "--out", str(out))
+    assert status == 2 and "stopped before its first checkpoint" in err
+    assert f"its evaluated rounds stay in {out}: start it again with another --out" in err, err
+    before = (out / "metrics.jsonl").read_bytes()
+    status, _, err = run_main(monkeypatch, capsys, *command)
+    assert status == 2 and "already holds a run" in err and (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_runs_list_and_show_say_failed_for_a_run_that_failed(tmp_path, monkeypatch, capsys):
+    """The store is told when a run finishes, not when it fails: run.json's `failed` is what the list shows."""
+    from fedactors import experiment
+
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setattr(experiment, "run", _fails_after_round_1(checkpoint=True))
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--rounds", "2", "--run-id", "broke",
+                              "--out", str(runs_dir / "broke"))
+    assert status == 1 and json.loads((runs_dir / "broke" / "run.json").read_text())["status"] == "failed", err
+    monkeypatch.setattr(experiment, "run", _one_round)
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--run-id", "fine", "--out", str(runs_dir / "fine"))
+    assert status == 0, err
+    status, out, err = run_main(monkeypatch, capsys, "runs", "list", "--runs-dir", str(runs_dir))
+    assert status == 0, err
+    assert {row.split()[0]: row.split()[1:3] for row in out.splitlines()[1:]} == \
+        {"broke": ["failed", "1"], "fine": ["finished", "1"]}
+    status, out, err = run_main(monkeypatch, capsys, "runs", "show", "broke", "--runs-dir", str(runs_dir))
+    assert status == 0 and json.loads(out)["status"] == "failed", err
+
+
+def test_the_resume_command_shown_can_be_pasted_into_a_shell(tmp_path, monkeypatch, capsys):
+    """An --out with a space and a quote: the command printed on interrupt, and the one a refusal suggests, are
+    quoted, so that the shell splits them back into the same words."""
+    import shlex
+    import signal
+
+    from fedactors import experiment
+
+    def interrupted(config, on_event, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, before round 1
+        time.sleep(5)
+
+    out = tmp_path / "sp ace" / "it's"
+    monkeypatch.setattr(experiment, "run", interrupted)
+    status, stdout, err = run_main(monkeypatch, capsys, "run", *SMALL, "--run-id", "paused", "--out", str(out))
+    assert status == 130, err
+    shown = next(line for line in stdout.splitlines() if "continue with: " in line).split("continue with: ", 1)[1]
+    assert shlex.split(shown) == ["fedactors", "run", "--resume", "paused", "--out", str(out)]
+    # Started again there and finished, the directory holds a result: the refusal's suggestion is quoted too.
+    monkeypatch.setattr(experiment, "run", _one_round)
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--run-id", "paused", "--out", str(out))
+    assert status == 0, err
+    status, _, err = run_main(monkeypatch, capsys, "run", *SMALL, "--out", str(out))
+    assert status == 2 and "resume it: " in err, err
+    assert shlex.split(err.strip().split("resume it: ", 1)[1]) == ["fedactors", "run", "--resume", "paused", "--out",
+                                                                   str(out)]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nothing can be written in, for root as well: a read-only tmpfs mounted there (EROFS); for
+    another user, mode 555 (EACCES)."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+    try:
+        with pytest.raises(OSError):
+            (path / "probe").write_text("")
+        yield path
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(path)], check=True)
+        else:
+            path.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["inside", "itself"])
+def test_a_read_only_out_is_one_line_and_exit_2(read_only_dir, where):
+    out = read_only_dir / "run" if where == "inside" else read_only_dir
+    result = _fedactors("run", *SMALL, "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fedactors: error: {out}") and "cannot be written" in lines[0], \
+        result.stderr
+    assert lines[0].endswith(os.strerror(errno.EROFS if os.geteuid() == 0 else errno.EACCES)), result.stderr
+
+
+def test_a_plot_into_a_read_only_directory_is_one_line_and_exit_2(read_only_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "accuracy": 0.5}) + "\n")
+    config = {"clients": 10, "frac": 0.1, "epochs": 1, "batch_size": 10, "partition": "iid", "lr": 0.1, "target": 0.99}
+    (run / "run.json").write_text(json.dumps({"config": config, "run_id": "run", "status": "finished"}))
+    result = _fedactors("plot", str(run), "-o", str(read_only_dir / "fig.png"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"fedactors: error: -o {read_only_dir / 'fig.png'} cannot be written: "
+                                                  f"{os.strerror(errno.EROFS if os.geteuid() == 0 else errno.EACCES)}"]
 
 
 def test_runs_list_names_each_runs_task(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,7 @@ from fedactors.cli import cli
 from fedactors.api import STORE_DIR, open_store
 from fedactors.cli.run import forget_redis_variable, redis_option
 from fedactors.errors import ConfigError
+from fedactors.outputs import RunDirectory
 
 
 @cli.group()
@@ -28,7 +29,8 @@ runs_dir_option = click.option(
 
 
 def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) -> Iterator[tuple]:
-    """(store, where) for --redis, or for the embedded store of each run directory under runs_dir."""
+    """(store, where) for --redis, or for the embedded store of each run directory under runs_dir (`where` is
+    that directory)."""
     forget_redis_variable()
     if redis_url:
         with open_store(redis_url, runs_dir, 30.0) as (store, _):
@@ -49,20 +51,30 @@ def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) ->
 @runs_dir_option
 def runs_list(redis_url: str | None, runs_dir: Path) -> None:
     """One line per run: id, status, newest round, task, configuration."""
-    rows = [info for store, _ in _stores(redis_url, runs_dir) for info in store.runs()]
+    rows = [(info, _status(info, redis_url, runs_dir, where))
+            for store, where in _stores(redis_url, runs_dir) for info in store.runs()]
     if not rows:
         click.echo("no runs")
         return
-    tasks = [_task(info.config) for info in rows]
+    tasks = [_task(info.config) for info, _ in rows]
     width = max(len("task"), *(len(t) for t in tasks))
-    click.echo(f"{'run id':<28} {'status':<9} {'round':>6}  {'task':<{width}}  configuration")
-    for info, task in zip(rows, tasks, strict=True):
+    click.echo(f"{'run id':<28} {'status':<11} {'round':>6}  {'task':<{width}}  configuration")
+    for (info, status), task in zip(rows, tasks, strict=True):
         c = info.config
         click.echo(
-            f"{info.run_id:<28} {info.status:<9} {str(info.latest_round):>6}  {task:<{width}}  "
+            f"{info.run_id:<28} {status:<11} {str(info.latest_round):>6}  {task:<{width}}  "
             f"{c.get('partition')} K={c.get('clients')} C={c.get('frac')} E={c.get('epochs')} "
             f"B={c.get('batch_size')} lr={c.get('lr')} seed={c.get('seed')} rounds={c.get('rounds')}"
         )
+
+
+def _status(info, redis_url: str | None, runs_dir: Path, where: str) -> str:
+    """A run's status: the store knows only running and finished (it is told when a run finishes); a run that
+    failed or was interrupted says so in its run.json, so that wins where it names the run. The run's directory
+    is the embedded store's own, or (--redis) runs/RUN_ID where it was not given --out."""
+    run_dir = RunDirectory(runs_dir / info.run_id if redis_url else Path(where))
+    said = run_dir.info().get("status")
+    return said if run_dir.run_id() == info.run_id and said in ("failed", "interrupted") else info.status
 
 
 def _task(config: dict) -> str:
@@ -89,7 +101,8 @@ def runs_show(run_id: str, redis_url: str | None, runs_dir: Path) -> None:
             ckpt, skipped = store.latest(run_id)
             best = max((r["accuracy"] for r in ckpt.history), default=None) if ckpt else None
             click.echo(json.dumps({
-                "run_id": run_id, "store": where, "status": info.status, "latest_round": info.latest_round,
+                "run_id": run_id, "store": where, "status": _status(info, redis_url, runs_dir, where),
+                "latest_round": info.latest_round,
                 "rounds_kept": list(info.rounds), "corrupt_rounds": [b.round for b in skipped],
                 "best_accuracy": best, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created)),
                 "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.updated)),
