@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.config import (EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig, natural_clients, parse_batch_size,
-                              refuse_idle_settings)
+from fedactors.config import (DEFAULTED_EXPERIMENT_FIELDS, EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig,
+                              natural_clients, parse_batch_size, refuse_idle_settings)
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
 from fedactors.interrupts import Interrupts
 from fedactors.messages import metrics_fields
@@ -308,13 +308,16 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
         raise CheckpointError(f"checkpoint of run {run_id} does not match its own configuration (fingerprint differs; "
                               "a checkpoint of an earlier fedactors is resumed by that version)")
     stored = config.to_dict()
-    for name in (*EXPERIMENT_FIELDS, *OPTIONAL_EXPERIMENT_FIELDS):
+    for name in (*EXPERIMENT_FIELDS, *OPTIONAL_EXPERIMENT_FIELDS, *DEFAULTED_EXPERIMENT_FIELDS):
         if name in changes and changes[name] != getattr(config, name):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(
                 f"{flag} {_show(changes[name])} differs from run {run_id}'s {_show(stored[name])}; "
                 "flags that change the experiment cannot change on --resume"
             )
+    if config.lr_schedule.startswith("cosine") and "rounds" in changes and changes["rounds"] != config.rounds:
+        raise ConfigError(f"--rounds {changes['rounds']} differs from run {run_id}'s {config.rounds}: its --lr-schedule "
+                          f"{config.lr_schedule} decays over them, so they cannot change on --resume")
     if "accountant" in changes and changes["accountant"] != config.accountant:
         raise ConfigError(f"--accountant {changes['accountant']} differs from run {run_id}'s {config.accountant}, which "
                           "counted the epsilon it has reported so far; a resumed run keeps its accountant")

@@ -25,6 +25,7 @@ import numpy as np
 from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.compress import parse as parse_compressor, send
 from fedactors.config import RunConfig
+from fedactors.local import LocalSettings, optimizer_step
 from fedactors.messages import EvalPart, HostSum, Update
 from fedactors.partition import Parts
 from fedactors.seeding import Purpose, client_torch_seed, generator, torch_seed
@@ -43,25 +44,35 @@ def local_update(
     *,
     epochs: int,
     batch_size: int | None,
-    lr: float,
+    lr: float | Callable[[int], float],
     rng: np.random.Generator,
     grad_hook: Callable[[], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> float:
-    """E epochs of minibatch SGD, reshuffled each epoch by `rng`; returns the last epoch's mean loss.
+    """E epochs of minibatch steps, reshuffled each epoch by `rng`; returns the last epoch's mean loss.
 
-    `grad_hook` adjusts the gradient of every step (FedProx, SCAFFOLD: see `client_method`)."""
+    `lr`: the learning rate, or step -> learning rate (steps counted from 0 over the whole update; see
+    fedactors.local). `optimizer`: a torch optimizer over the model's parameters (fedactors.local); None is
+    plain SGD, the model's own step. `grad_hook` adjusts the gradient of every step (FedProx, SCAFFOLD: see
+    `prox_hook`, `scaffold_hook`)."""
     import torch
 
     n = len(images)
     step = n if batch_size is None else batch_size
+    rate = lr if callable(lr) else (lambda _: lr)
+    k = 0  # steps taken
     last_epoch_loss = 0.0
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(n))
         x_epoch, y_epoch = images[order], labels[order]
-        losses = [
-            model.sgd_step(x_epoch[start : start + step], y_epoch[start : start + step], lr, grad_hook)
-            for start in range(0, n, step)
-        ]
+        losses = []
+        for start in range(0, n, step):
+            x, y = x_epoch[start : start + step], y_epoch[start : start + step]
+            if optimizer is None:
+                losses.append(model.sgd_step(x, y, rate(k), grad_hook))
+            else:
+                losses.append(optimizer_step(model, x, y, optimizer, rate(k), grad_hook))
+            k += 1
         last_epoch_loss = float(np.mean(losses))
     return last_epoch_loss
 
@@ -178,6 +189,7 @@ class ClientHost:
         self.warnings = [w for w in (self.fallback, slow) if w]  # what the user should hear about this host
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
         self.compressor = parse_compressor(config.compress)
+        self.local = LocalSettings.of(config)
         self.loaded = False
         if train_images is not None:
             self.load(train_images, train_labels, client_indices, test_images, test_labels)
@@ -262,9 +274,10 @@ class ClientHost:
             labels,
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=self.local.rates(round_idx),
             rng=generator(Purpose.SHUFFLE, cfg.seed, round_idx, client_id),
             grad_hook=hook,
+            optimizer=self.local.make_optimizer(self.model),  # fresh each update: no state is kept between them
         )
 
     def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int,
@@ -295,12 +308,13 @@ class ClientHost:
         weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
         control = None
         if self.config.strategy == "scaffold":
-            # c_i+ = c_i - c + (x - y) / (K lr), over the parameters; a float buffer has no gradient.
+            # c_i+ = c_i - c + (x - y) / (K lr), over the parameters; a float buffer has no gradient. K lr is
+            # the sum of the steps' learning rates under a schedule (the round's lr_t, a warm-up's ramp).
             cfg = self.config
             p = self.model.params.numel()
             control = np.zeros_like(weights)
-            scale = np.float32(1.0 / (local_steps(len(self.client_indices[client_id]), cfg.epochs, cfg.batch_size)
-                                      * cfg.lr))
+            steps = local_steps(len(self.client_indices[client_id]), cfg.epochs, cfg.batch_size)
+            scale = np.float32(1.0 / self.local.lr_sum(round_idx, steps))
             control[:p] = (c_i[:p] - c[:p]) + (global_weights[:p] - weights[:p]) * scale
         sent, new_residual = self._result(weights, global_weights, client_id, round_idx, residual)
         return Update(

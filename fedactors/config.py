@@ -56,6 +56,10 @@ EXPERIMENT_FIELDS = (
 OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer")
+# Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
+# before they existed computed with the default): the default local update's settings (fedactors.local).
+DEFAULTED_EXPERIMENT_FIELDS = {"client_optimizer": "sgd", "client_momentum": 0.9, "weight_decay": 0.0,
+                               "lr_schedule": "constant", "lr_warmup_steps": 0}
 # The settings that put clients on a virtual clock (fedactors.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
 # The strategies that do not run on the virtual clock, and why: refused by name here, and a user's strategy of
@@ -151,6 +155,13 @@ class RunConfig:
     # fedbuff: a server optimizer (fedavgm, fedadagrad, fedadam, fedyogi) on the buffer's pseudo-gradient in place of
     # its plain step w + eta (average - w). None: the plain step.
     server_optimizer: str | None = None
+    # The default local update (fedactors.local): its optimizer (sgd, momentum, adam), momentum, L2 weight decay, the
+    # learning rate by round (constant, exp:GAMMA, step:EVERY:GAMMA, cosine[:MIN_FRACTION]) and its warm-up in steps.
+    client_optimizer: str = "sgd"
+    client_momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.lr is None:  # resolved here, so a run's stored configuration and fingerprint hold the number
@@ -227,6 +238,9 @@ class RunConfig:
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()
+        from fedactors.local import check
+
+        check(self)
 
     def _check_strategy(self) -> None:
         if not isinstance(self.strategy, str) or not self.strategy.strip():
@@ -410,6 +424,11 @@ class RunConfig:
         for name in OPTIONAL_EXPERIMENT_FIELDS:  # only when set: the fingerprints of every other run stay what they were
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
+        for name, default in DEFAULTED_EXPERIMENT_FIELDS.items():
+            if getattr(self, name) != default:
+                fields[name] = getattr(self, name)
+        if self.lr_schedule.startswith("cosine"):  # its learning rates depend on how many rounds there are
+            fields["rounds"] = self.rounds
         return fields
 
     def fingerprint(self, identity: dict) -> str:
@@ -439,6 +458,9 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     """A setting given (`given`: its names) that the other `values` switch off is a mistake: ConfigError saying so.
 
     Shared by the command line (the flags it was given) and the Python API (the keywords it was called with)."""
+    from fedactors.local import refuse_idle
+
+    refuse_idle(given, values)
     if values.get("partition") == "natural" and "clients" in given:
         raise ConfigError("--clients does not go with --partition natural: every owner in the data is one client")
     if "trim_fraction" in given and values["aggregator"] != "trimmed-mean":

@@ -164,6 +164,15 @@ def config_label(config: dict) -> str:
             label += f" server_lr={_num(config['server_lr'])}"
         if config["strategy"] == "fedprox" and config.get("mu") is not None:
             label += f" mu={_num(config['mu'])}"
+    optimizer = config.get("client_optimizer", "sgd")  # the default local update's settings (fedactors.local)
+    if optimizer != "sgd":
+        label += f" {optimizer}" + (f"({_num(config.get('client_momentum', 0.9))})" if optimizer == "momentum" else "")
+    if config.get("weight_decay"):
+        label += f" wd={_num(config['weight_decay'])}"
+    if config.get("lr_schedule", "constant") != "constant":
+        label += f" lr:{config['lr_schedule']}"
+    if config.get("lr_warmup_steps"):
+        label += f" warmup={config['lr_warmup_steps']}"
     if config.get("byzantine"):
         label += f" byz={config['byzantine']}:{config.get('attack')}"
     if config.get("precision", "fp32") != "fp32":
@@ -455,13 +464,15 @@ def _last_clients(s: RunSummary) -> list[str]:
 
 def is_table2_setup(s: RunSummary) -> bool:
     """The paper's Table 2 setting apart from E, B and the partition: its CNN on MNIST, K=100,
-    C=0.1, plain FedAvg in fp32 with no faulty clients (another model, strategy or aggregator is
+    C=0.1, plain FedAvg in fp32 with plain SGD at a constant rate and no faulty clients (another model, strategy or aggregator is
     another experiment, not a cell of the table)."""
     c = s.config
     return (s.clients == PAPER_TABLE2_CLIENTS and math.isclose(s.frac, PAPER_TABLE2_FRAC)
             and c.get("task", "mnist-cnn") == "mnist-cnn" and c.get("strategy", "fedavg") == "fedavg"
             and c.get("aggregator", "fedavg") == "fedavg" and not c.get("byzantine")
-            and c.get("precision", "fp32") == "fp32")
+            and c.get("precision", "fp32") == "fp32" and c.get("client_optimizer", "sgd") == "sgd"
+            and not c.get("weight_decay") and c.get("lr_schedule", "constant") == "constant"
+            and not c.get("lr_warmup_steps"))
 
 
 def paper_rounds(s: RunSummary) -> int | None:

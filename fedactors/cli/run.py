@@ -15,6 +15,7 @@ from fedactors.config import (ACCOUNTANTS, AGGREGATORS, ATTACKS, CLIENT_LR, DEFA
                               SERVER_LR, RunConfig,
                               natural_clients, parse_batch_size, parse_clip, read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
+from fedactors.local import OPTIMIZERS
 
 D = RunConfig()  # defaults, shown in --help
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -68,8 +69,23 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Local epochs E per round.")
 @click.option("--batch-size", "batch_size", default=str(D.batch_size), show_default=True, help="Local minibatch size B, or 'inf' for full batch.")
 @click.option("--lr", type=float, default=None,
-              help=f"Client SGD learning rate (no momentum, no weight decay). Default: {DEFAULT_LR:g} (the paper's), "
+              help=f"Client learning rate (round 1's under --lr-schedule). Default: {DEFAULT_LR:g} (the paper's), "
                    + ", ".join(f"{k} {v:g}" for k, v in CLIENT_LR.items()) + ".")
+@click.option("--client-optimizer", "client_optimizer", type=click.Choice(OPTIMIZERS), default=D.client_optimizer,
+              show_default=True,
+              help="The clients' local optimizer: sgd (plain, the paper's), momentum (--client-momentum) or adam (torch's "
+                   "defaults, betas 0.9, 0.999); its state starts fresh each local update.")
+@click.option("--client-momentum", "client_momentum", type=float, default=D.client_momentum, show_default=True,
+              help="--client-optimizer momentum: the momentum, in [0, 1).")
+@click.option("--weight-decay", "weight_decay", type=float, default=D.weight_decay, show_default=True,
+              help="L2 weight decay of the local optimizer (W w added to each step's gradient), any --client-optimizer.")
+@click.option("--lr-schedule", "lr_schedule", default=D.lr_schedule, show_default=True, metavar="SCHEDULE",
+              help="Round t's client learning rate: constant (--lr), exp:GAMMA (--lr x GAMMA^(t-1)), step:EVERY:GAMMA "
+                   "(x GAMMA every EVERY rounds), cosine[:MIN_FRACTION] (from --lr down towards MIN_FRACTION x --lr "
+                   "over --rounds, which must be given); GAMMA in (0, 1].")
+@click.option("--lr-warmup-steps", "lr_warmup_steps", type=int, default=D.lr_warmup_steps, show_default=True,
+              help="Within each local update, ramp the round's learning rate linearly over the first N steps "
+                   "((k + 1) / N of it at step k); 0: none.")
 @click.option("--partition", type=click.Choice(PARTITIONS), default=D.partition, show_default=True,
               help="iid: n/K shuffled examples each; noniid: the paper's 2 label-sorted shards each; shards: --shards-per-client of them; "
               "dirichlet: label skew by Dirichlet(--alpha); unbalanced: IID labels, log-normal(--sigma) client sizes; "
