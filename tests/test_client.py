@@ -165,3 +165,48 @@ def test_a_model_with_dropout_trains_to_the_same_bytes_whatever_ran_before_on_th
     a, b = hosts[0].train(w0, 2, 1), hosts[1].train(w0, 2, 1)
     assert a.weights.tobytes() == b.weights.tobytes()
     assert hosts[1].train(w0, 2, 2).weights.tobytes() != a.weights.tobytes()  # another round, other dropout masks
+
+
+def _linear_hosts(n: int = 1, **settings):
+    """Hosts of a small linear task (seconds to train), with the default local update's `settings`."""
+    from torch import nn
+
+    from fedactors.partition import partition
+    from fedactors.task import Arrays, Task
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((400, 8)).astype(np.float32), rng.integers(0, 2, 400)
+    task = Task(name="linear", model=lambda: nn.Linear(8, 2), load=lambda _: Arrays(x, y, x[:50], y[:50]),
+                num_classes=2)
+    cfg = RunConfig(**{"task": "linear", "clients": 4, "partition": "iid", "epochs": 2, "batch_size": 10, **settings})
+    parts = partition(y, 4, "iid", 0)
+    return [ClientHost(cfg, x, y, parts, x[:50], y[:50], task=task) for _ in range(n)]
+
+
+def test_a_host_trains_round_t_at_its_scheduled_rate():
+    """exp:0.5 from lr 0.1 is lr 0.025 in round 3, to the byte; SCAFFOLD's control variate divides by that rate."""
+    for strategy in ("fedavg", "scaffold"):
+        scheduled = _linear_hosts(strategy=strategy, lr=0.1, lr_schedule="exp:0.5")[0]
+        w0 = scheduled.initial_weights()
+        c = np.zeros_like(w0) if strategy == "scaffold" else None
+        for round_idx, lr in ((1, 0.1), (3, 0.025)):
+            constant = _linear_hosts(strategy=strategy, lr=lr)[0]
+            a, b = scheduled.train(w0, 1, round_idx, c, c), constant.train(w0, 1, round_idx, c, c)
+            assert a.weights.tobytes() == b.weights.tobytes(), (strategy, round_idx)
+            if strategy == "scaffold":
+                assert a.control.tobytes() == b.control.tobytes()
+        assert scheduled.train(w0, 1, 3, c, c).weights.tobytes() != _linear_hosts(strategy=strategy, lr=0.1)[0].train(
+            w0, 1, 3, c, c).weights.tobytes()
+
+
+def test_a_hosts_optimizer_state_starts_fresh_each_local_update():
+    """Momentum buffers and Adam moments are not kept between updates: a client trains to the same bytes whatever
+    the host trained before, as on a fresh host; weight decay changes the result."""
+    for settings in ({"client_optimizer": "momentum"}, {"client_optimizer": "adam", "lr": 0.01}, {"weight_decay": 0.1}):
+        used, fresh = _linear_hosts(2, **settings)
+        w0 = used.initial_weights()
+        used.train(w0, 0, 1)
+        used.train(w0, 3, 1)
+        assert used.train(w0, 2, 1).weights.tobytes() == fresh.train(w0, 2, 1).weights.tobytes(), settings
+        plain = _linear_hosts(lr=settings.get("lr"))[0]
+        assert fresh.train(w0, 2, 1).weights.tobytes() != plain.train(w0, 2, 1).weights.tobytes(), settings
