@@ -77,13 +77,13 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
                    "defaults, betas 0.9, 0.999); its state starts fresh each local update.")
 @click.option("--client-momentum", "client_momentum", type=float, default=D.client_momentum, show_default=True,
               help="--client-optimizer momentum: the momentum, in [0, 1).")
-@click.option("--weight-decay", "weight_decay", type=float, default=D.weight_decay, show_default=True,
+@click.option("--weight-decay", "weight_decay", type=float, default=D.weight_decay, show_default=True, metavar="W",
               help="L2 weight decay of the local optimizer (W w added to each step's gradient), any --client-optimizer.")
 @click.option("--lr-schedule", "lr_schedule", default=D.lr_schedule, show_default=True, metavar="SCHEDULE",
               help="Round t's client learning rate: constant (--lr), exp:GAMMA (--lr x GAMMA^(t-1)), step:EVERY:GAMMA "
                    "(x GAMMA every EVERY rounds), cosine[:MIN_FRACTION] (from --lr down towards MIN_FRACTION x --lr "
                    "over --rounds, which must be given); GAMMA in (0, 1].")
-@click.option("--lr-warmup-steps", "lr_warmup_steps", type=int, default=D.lr_warmup_steps, show_default=True,
+@click.option("--lr-warmup-steps", "lr_warmup_steps", type=int, default=D.lr_warmup_steps, show_default=True, metavar="N",
               help="Within each local update, ramp the round's learning rate linearly over the first N steps "
                    "((k + 1) / N of it at step k); 0: none.")
 @click.option("--partition", type=click.Choice(PARTITIONS), default=D.partition, show_default=True,
