@@ -227,7 +227,7 @@ def _recorded() -> dict:
     if kind not in table:
         pytest.skip(f"no contract digests recorded for {kind!r}: at the commit before your change run "
                     f"`FEDACTORS_DATA=... python tests/test_contract.py --record` and add the entry it prints "
-                    f"to {DIGESTS.name}")
+                    f"to tests/{DIGESTS.name}")
     return table[kind]["cases"]
 
 
