@@ -548,3 +548,20 @@ def _positive_int(flag: str, value: object) -> None:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def stored_experiment(config: dict) -> dict:
+    """RunConfig.experiment of a stored configuration (run.json's "config"), a field it lacks at its default: the
+    settings that define what a run computed, optional and defaulted ones only where set, as the fingerprint has them.
+    For telling runs apart by what they computed (report's methods, a sweep's finished cells)."""
+    defaults = RunConfig().to_dict()
+
+    def get(name: str):
+        return config.get(name, defaults[name])
+
+    fields = {k: get(k) for k in EXPERIMENT_FIELDS}
+    fields.update({k: get(k) for k in OPTIONAL_EXPERIMENT_FIELDS if get(k) is not None})
+    fields.update({k: get(k) for k, default in DEFAULTED_EXPERIMENT_FIELDS.items() if get(k) != default})
+    if str(get("lr_schedule")).startswith("cosine"):
+        fields["rounds"] = get("rounds")
+    return fields

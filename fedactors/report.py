@@ -433,9 +433,9 @@ TUNED = ("lr", "server_lr", "server_momentum", "beta1", "beta2", "tau", "mu", "c
 
 def method(s: RunSummary) -> str:
     """The method a run is a cell of: its experiment settings less what a sweep tunes (TUNED), as text."""
-    from fedactors.config import EXPERIMENT_FIELDS
+    from fedactors.config import stored_experiment
 
-    return json.dumps({k: s.config.get(k) for k in EXPERIMENT_FIELDS if k not in TUNED}, sort_keys=True)
+    return json.dumps({k: v for k, v in stored_experiment(s.config).items() if k not in TUNED}, sort_keys=True)
 
 
 def best_by_method(summaries: list[RunSummary]) -> list[RunSummary]:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from fedactors.config import PARTITIONS, RunConfig, is_positive_int, natural_clients, parse_batch_size, read_toml
+from fedactors.config import PARTITIONS, RunConfig, is_positive_int, natural_clients, parse_batch_size, read_toml, stored_experiment
 from fedactors.errors import ConfigError
 from fedactors.report import PAPER_TABLE2_FRAC, paper_table2_grid
 
@@ -182,7 +182,7 @@ def cell_is_complete(run_dir: str | Path, expected: RunConfig | None = None) -> 
         return False
     if expected is not None:
         config = info.get("config") if isinstance(info.get("config"), dict) else {}
-        stored = {k: config.get(k, default) for k, default in RunConfig().experiment().items()}
+        stored = stored_experiment(config)
         if expected.clients is None:  # natural: the data counted the clients, and the run recorded how many
             stored["clients"] = None
         if stored != expected.experiment() or config.get("rounds") != expected.rounds:

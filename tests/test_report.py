@@ -309,3 +309,14 @@ def test_a_label_names_the_server_lr_set_by_hand_and_fedproxs_mu(tmp_path):
     plain = load_run(make_run(tmp_path / "a", [0.9], strategy="fedadam", server_lr=None))
     assert avgm.label.endswith("fedavgm server_lr=0.1") and prox.label.endswith("fedprox mu=0.01")
     assert plain.label.endswith("lr=0.1 fedadam")
+
+
+def test_best_keeps_a_method_with_an_optional_setting_apart_from_the_one_without(tmp_path):
+    from fedactors.report import best_by_method
+
+    # Compression and the client optimizer are part of the method: before, `--best` read only the paper-era
+    # fields and kept one of {plain, q8, momentum} as if they were one method tuned three ways.
+    runs = [load_run(make_run(tmp_path / name, curve, **config), target=0.97) for name, curve, config in [
+        ("plain", [0.9, 0.98], {}), ("plain-lr", [0.9, 0.95, 0.98], {"lr": 0.05}),
+        ("q8", [0.9, 0.95, 0.98], {"compress": "q8"}), ("momentum", [0.98], {"client_optimizer": "momentum"})]]
+    assert [s.path.name for s in best_by_method(runs)] == ["plain", "q8", "momentum"]

@@ -262,3 +262,27 @@ def test_a_sweep_over_learning_rates_reports_a_diverged_cell_as_failed_and_goes_
     assert "failed" in result.stdout  # the closing report shows the cell, as failed
     best = fedactors("report", *(str(d) for d in sorted(out.iterdir())), "--best", "accuracy", "--target", "0.2")
     assert best.returncode == 0 and "lr0.3" in best.stdout and "lr1e09" not in best.stdout
+
+
+@pytest.mark.parametrize("setting", [{"compress": "q8"}, {"client_optimizer": "momentum"}, {"weight_decay": 1e-4},
+                                     {"lr_schedule": "cosine", "rounds": 300}])
+def test_a_finished_cell_with_an_optional_setting_is_its_own_and_no_other(tmp_path, setting):
+    # A finished cell whose run set an optional setting (compression, a client optimizer) is that cell's, and not
+    # the cell without it: before, the stored run was read with the default settings' fields only, so re-running
+    # such a sweep refused its own finished cells and took a plain run for a compressed one.
+    cell = SweepCell(5, 10, 0.1, "noniid")
+    expected = cell.run_config({"rounds": 300, **setting})
+    write_run(tmp_path / cell.name, status="finished", config=expected)
+    assert cell_is_complete(tmp_path / cell.name, expected)
+    with pytest.raises(ConfigError, match=r"holds a finished run of another configuration"):
+        cell_is_complete(tmp_path / cell.name, cell.run_config({"rounds": 300}))
+
+
+@pytest.mark.parametrize("config", [RunConfig(), RunConfig(compress="topk:0.01", client_optimizer="adam"),
+                                    RunConfig(strategy="fedbuff", concurrency=20, buffer=5), RunConfig(lr_schedule="cosine", rounds=50),
+                                    RunConfig(batch_size=None, weight_decay=0.01, lr_warmup_steps=3)])
+def test_a_stored_configuration_reads_as_the_experiment_it_ran(config):
+    from fedactors.config import stored_experiment
+
+    stored = json.loads(json.dumps(config.to_dict()))  # as run.json holds it
+    assert stored_experiment(stored) == json.loads(json.dumps(config.experiment()))
