@@ -7,9 +7,9 @@ Blob layout (all integers little-endian):
 The header is UTF-8 JSON (run_id, round, dtype "float32", shape, sha256 of the payload,
 fingerprint, config, history, extra); the payload is the raw float32 weights. A strategy's
 state buffers (server moments, control variates; the framework's own, such as error-feedback
-residuals, under FRAMEWORK_PREFIX) are blobs of the same format, one per buffer (its name in the
-header's extra), and the checkpoint's header lists each one's sha256: a round verifies only if
-all of them do. The version
+residuals), each under the stage it belongs to (STAGES), are blobs of the same format, one per
+buffer (its name in the header's extra), and the checkpoint's header lists each one's sha256: a
+round verifies only if all of them do. The version
 sits in a fixed field before the header so that any future format, whatever its header,
 is recognised and refused by name. No pickle anywhere: a store may be shared, and
 unpickling what is in it runs code.
@@ -41,11 +41,12 @@ MAGIC = b"FEDACKPT"
 _PREFIX = struct.Struct("<8sIII")  # magic, version, header length, header CRC32
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _AUTH_ERRORS = (AuthenticationError, AuthenticationWrongNumberOfArgsError, AuthorizationError)
-# The framework's own state buffers (--compress topk/sign's residuals, fedbuff's and fedasync's older weights) are
-# stored under this prefix, the strategy's under their own names, so that a strategy may name a buffer "residual0"
-# or "version3" and get it back. A checkpoint says so in extra["framework_prefix"]; one written before it did
-# named the framework's "residual<k>" and "version<v>", beside the strategy's.
-FRAMEWORK_PREFIX = "fedactors/"
+# A checkpoint's state buffers are named "<stage>/<name>": the algorithm's (a strategy's own, any names it likes),
+# error feedback's residuals ("residual<client>") and the asynchronous loop's older weights ("version<v>"), so that
+# no stage can take another's name. extra["state_layout"] says so; a checkpoint written before it named the
+# framework's "residual<k>" and "version<v>" beside the strategy's (the coordinator tells them apart by name).
+STATE_LAYOUT = "stages"
+STAGES = ("algorithm", "feedback", "async")
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,28 @@ class Checkpoint:
     config: dict
     history: list[dict]
     extra: dict = field(default_factory=dict)
-    state: dict[str, np.ndarray] = field(default_factory=dict)  # named float32 buffers (FRAMEWORK_PREFIX)
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # named float32 buffers ("<stage>/<name>")
 
     def strategy_state(self) -> tuple[dict[str, np.ndarray], dict, dict[str, np.ndarray] | None]:
-        """What a coordinator resumes from (its `strategy_state`): (the strategy's buffers, its scalars, the
-        framework's buffers by their names without FRAMEWORK_PREFIX). The last is None for a checkpoint
-        written before the prefix, whose buffers the coordinator tells apart by the old names."""
-        if self.extra.get("framework_prefix") != FRAMEWORK_PREFIX:
-            return dict(self.state), self.extra.get("strategy", {}), None
-        own = {name[len(FRAMEWORK_PREFIX):]: b for name, b in self.state.items() if name.startswith(FRAMEWORK_PREFIX)}
-        mine = {name: b for name, b in self.state.items() if not name.startswith(FRAMEWORK_PREFIX)}
-        return mine, self.extra.get("strategy", {}), own
+        """What a coordinator resumes from (its `strategy_state`): (the algorithm's buffers, its scalars, the
+        framework's buffers by their names within their stage: "residual<k>", "version<v>"). The last is None for a
+        checkpoint written before STATE_LAYOUT, whose buffers the coordinator tells apart by the old names."""
+        scalars = self.extra.get("strategy", {})
+        layout = self.extra.get("state_layout")
+        if layout is None:
+            return dict(self.state), scalars, None
+        if layout != STATE_LAYOUT:
+            raise CheckpointError(f"run {self.run_id} round {self.round}: its state is laid out as {layout!r}, which "
+                                  f"this fedactors does not read ({STATE_LAYOUT!r})")
+        algorithm: dict[str, np.ndarray] = {}
+        framework: dict[str, np.ndarray] = {}
+        for name, buffer in self.state.items():
+            stage, _, inner = name.partition("/")
+            if stage not in STAGES or not inner:
+                raise CheckpointError(f"run {self.run_id} round {self.round}: state buffer {name!r} is of no stage "
+                                      f"this fedactors knows ({', '.join(STAGES)})")
+            (algorithm if stage == "algorithm" else framework)[inner] = buffer
+        return algorithm, scalars, framework
 
 
 def check_run_id(run_id: str) -> str:

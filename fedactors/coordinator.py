@@ -15,7 +15,7 @@ import numpy as np
 
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
-from fedactors.checkpoint import FRAMEWORK_PREFIX, Checkpoint, RedisStore
+from fedactors.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
 from fedactors.asynchronous import Schedule, buffered_update, mixed_update, parse_staleness
 from fedactors.config import ASYNC_STRATEGIES, RunConfig, host_sums_apply
@@ -126,7 +126,7 @@ class Coordinator:
         self.versions: dict[int, np.ndarray] = {}  # fedbuff, fedasync: older weights that clients in flight train from
         if strategy_state is not None:
             # (buffers, scalars[, the framework's buffers]): Checkpoint.strategy_state. Without the third (a
-            # checkpoint written before FRAMEWORK_PREFIX), the framework's are told from the strategy's by name.
+            # checkpoint written before STATE_LAYOUT), the framework's are told from the strategy's by name.
             buffers, scalars, own = (*strategy_state, None)[:3]
             if own is None:
                 own, buffers = self._framework_buffers_by_old_names(buffers)
@@ -183,7 +183,7 @@ class Coordinator:
         yield {"type": "done", "round": self.round, "weights": self.weights}
 
     def _framework_buffers_by_old_names(self, buffers: dict) -> tuple[dict, dict]:
-        """(the framework's buffers, the strategy's) of a checkpoint written before FRAMEWORK_PREFIX: as it was
+        """(the framework's buffers, the strategy's) of a checkpoint written before STATE_LAYOUT: as it was
         written, residual<k> with error feedback and version<v> for fedbuff or fedasync; any other name (a user's
         "residual_norm", or "version3" where there are no versions) is the strategy's."""
         def own(name: str) -> bool:
@@ -212,9 +212,11 @@ class Coordinator:
         Raises StoreUnavailable if the store stays down."""
         cfg = self.config
         buffers, scalars = self.strategy.state()
-        own = {**(self.feedback.state() if self.feedback is not None else {}),
-               **{f"version{v}": w for v, w in self.versions.items()}}
-        buffers = {**buffers, **{FRAMEWORK_PREFIX + name: b for name, b in own.items()}}
+        buffers = {
+            **{f"algorithm/{name}": b for name, b in buffers.items()},
+            **{f"feedback/{name}": b for name, b in (self.feedback.state() if self.feedback is not None else {}).items()},
+            **{f"async/version{v}": w for v, w in self.versions.items()},
+        }
         clock = {}
         if self.systems is not None:
             clock = {"clock": self.schedule.state() if self.schedule is not None else {"now": self.now}}
@@ -226,7 +228,7 @@ class Coordinator:
             config=cfg.to_dict(),
             history=self.history,
             extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity,
-                   "strategy": scalars, "bytes": self.traffic.to_dict(), "framework_prefix": FRAMEWORK_PREFIX, **clock},
+                   "strategy": scalars, "bytes": self.traffic.to_dict(), "state_layout": STATE_LAYOUT, **clock},
             state=buffers,
         )
         return self.store.save(ckpt, keep=cfg.keep)

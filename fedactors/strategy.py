@@ -22,8 +22,8 @@ no base class needed), named by `--strategy package.module:attr` or `file.py:att
 attribute is the strategy, or a function returning one), or given to fedactors.run(strategy=...).
 Each round it receives the global weights (its own copy: it may change them in place), the
 aggregate, and the round's accepted updates with their example counts (the framework's, maybe
-read-only), and returns the new global weights; its state is named float32 buffers (any names but
-"fedactors/...") plus JSON-able scalars, which every checkpoint stores (no pickle, checksummed),
+read-only), and returns the new global weights; its state is named float32 buffers (any names) plus
+JSON-able scalars, which every checkpoint stores (no pickle, checksummed),
 so it resumes bit-exactly. A user's strategy is server-side: the client-side methods are FedProx's and
 SCAFFOLD's, built in.
 """
@@ -39,7 +39,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedactors.checkpoint import FRAMEWORK_PREFIX
 from fedactors.config import OFF_THE_CLOCK, SERVER_LR, STRATEGIES
 from fedactors.errors import ConfigError, RoundFailed
 from fedactors.privacy import dp_epsilon, next_clip, update_noise_multiplier
@@ -78,7 +77,7 @@ class Strategy(Protocol):
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """(named float32 buffers, JSON-able scalars): everything the next round depends on.
 
-        Any names but those starting with "fedactors/", the framework's own (checkpoint.FRAMEWORK_PREFIX)."""
+        Any names: the checkpoint keeps them under the algorithm's own stage, apart from the framework's."""
 
     def load_state(self, buffers: dict[str, np.ndarray], scalars: dict) -> None:
         """Become what `state` described (on resume)."""
@@ -495,8 +494,6 @@ def state_problem(state: object) -> str | None:
     for name, buf in buffers.items():
         if not isinstance(name, str) or not name:
             return f"names a buffer {name!r}"
-        if name.startswith(FRAMEWORK_PREFIX):
-            return f"names a buffer {name!r}: names starting with {FRAMEWORK_PREFIX!r} are the framework's"
         if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
             got = f"{buf.dtype} {buf.shape}" if isinstance(buf, np.ndarray) else type(buf).__name__
             return f"holds buffer {name!r} as {got}"

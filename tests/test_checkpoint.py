@@ -481,3 +481,27 @@ def test_a_corrupt_or_missing_state_buffer_makes_its_round_unusable(store, redis
     client.hdel("fedactors:run:run-a:state:1", "c17")
     ckpt, skipped = store.latest("run-a")
     assert ckpt is None and "missing its state buffer 'c17'" in skipped[1].reason
+
+
+@pytest.mark.parametrize(("state", "extra", "message"), [
+    ({"optimizer/m": np.zeros(2, np.float32)}, {"state_layout": "stages"},
+     r"run r round 3: state buffer 'optimizer/m' is of no stage this fedactors knows \(algorithm, feedback, async\)"),
+    ({"m": np.zeros(2, np.float32)}, {"state_layout": "stages"}, r"state buffer 'm' is of no stage"),
+    ({"algorithm/m": np.zeros(2, np.float32)}, {"state_layout": "stages-2"},
+     r"run r round 3: its state is laid out as 'stages-2', which this fedactors does not read \('stages'\)"),
+])
+def test_a_checkpoint_whose_state_this_fedactors_cannot_place_is_refused_by_name(state, extra, message):
+    """A buffer of an unknown stage (a later fedactors's) is never handed to the algorithm as if it were its own."""
+    ckpt = Checkpoint("r", 3, np.zeros(2, np.float32), "f" * 64, {}, [], extra, state)
+    with pytest.raises(CheckpointError, match=message):
+        ckpt.strategy_state()
+
+
+def test_a_checkpoints_state_comes_back_by_stage():
+    state = {"algorithm/m": np.ones(2, np.float32), "algorithm/feedback/residual0": np.zeros(2, np.float32),
+             "feedback/residual4": np.full(2, 3, np.float32), "async/version7": np.full(2, 5, np.float32)}
+    ckpt = Checkpoint("r", 3, np.zeros(2, np.float32), "f" * 64, {}, [], {"state_layout": "stages",
+                                                                          "strategy": {"t": 1}}, state)
+    algorithm, scalars, framework = ckpt.strategy_state()
+    assert sorted(algorithm) == ["feedback/residual0", "m"] and scalars == {"t": 1}
+    assert sorted(framework) == ["residual4", "version7"] and framework["version7"][0] == 5

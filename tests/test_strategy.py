@@ -76,8 +76,6 @@ def test_a_strategys_bad_output_is_a_loud_round_failure():
     (({}, {"t": np.float32(1.0)}), "holds scalars JSON cannot write"),
     (({}, {3: 1}), r"names scalars \[3\], not by strings"),
     ([{}, {}], "returned a list, not \\(buffers, scalars\\)"),
-    (({"fedactors/residual0": np.zeros(4, np.float32)}, {}),
-     "names a buffer 'fedactors/residual0': names starting with 'fedactors/' are the framework's"),
 ])
 def test_a_users_strategy_state_that_a_checkpoint_cannot_hold_fails_the_round_at_once(state, message):
     """Not at the first checkpoint, with a traceback from the encoder."""
@@ -155,7 +153,8 @@ def test_a_users_step_may_change_the_weights_in_place_even_when_the_framework_ho
 
 
 class Buffered(HalfStep):
-    """Server momentum, its velocity and bookkeeping in buffers named as the framework names its own."""
+    """Server momentum, its velocity and bookkeeping in buffers named as the framework names its own (before, and
+    within a checkpoint's stages: "async/version3")."""
 
     name = "buffered"
 
@@ -168,8 +167,10 @@ class Buffered(HalfStep):
         norm = np.float32(np.linalg.norm(d))
         count = self.buffers.get("version3", np.zeros(1, np.float32)) + np.float32(1)
         scale = np.float32(1) / (np.float32(1) + self.buffers.get("residual_norm", np.zeros(1, np.float32))[0])
-        self.buffers = {"residual0": velocity, "version3": count, "residual_norm": np.array([norm], np.float32)}
-        return weights + scale * velocity / count[0]
+        lag = self.buffers.get("async/version3", np.zeros(1, np.float32))
+        self.buffers = {"residual0": velocity, "version3": count, "residual_norm": np.array([norm], np.float32),
+                        "async/version3": count * np.float32(0.5)}
+        return weights + scale * velocity / (count[0] + lag[0])
 
     def state(self):
         return dict(self.buffers), {}
@@ -191,13 +192,16 @@ def test_a_users_buffers_named_as_the_frameworks_come_back_and_the_run_resumes_b
         list(digits_run(Buffered, rounds=2, compress=compress)[1](store=store, run_id="mine").run())
         ckpt, _ = store.latest("mine")
     buffers, _, own = ckpt.strategy_state()
-    assert sorted(buffers) == ["residual0", "residual_norm", "version3"]
+    assert sorted(buffers) == ["async/version3", "residual0", "residual_norm", "version3"]
     assert all(name.startswith("residual") for name in own) and (compress is None) == (not own)
+    # Each under its stage in the checkpoint: the algorithm's apart from error feedback's.
+    assert ckpt.extra["state_layout"] == "stages"
+    assert sorted(ckpt.state) == sorted([f"algorithm/{n}" for n in buffers] + [f"feedback/{n}" for n in own])
     strategy = Buffered()
     # An aligned copy, as ray.put hands the resumed weights over (decode's view sits where the header ends).
     rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy=strategy,
                      strategy_state=ckpt.strategy_state()).run())[-1]["weights"]
-    assert sorted(strategy.buffers) == ["residual0", "residual_norm", "version3"]
+    assert sorted(strategy.buffers) == ["async/version3", "residual0", "residual_norm", "version3"]
     assert rest.tobytes() == straight.tobytes()
 
 
@@ -222,19 +226,19 @@ def test_a_users_buffers_named_as_the_frameworks_survive_a_resume_from_the_comma
     assert (tmp_path / "split" / "weights.npy").read_bytes() == (tmp_path / "straight" / "weights.npy").read_bytes()
 
 
-def written_before_the_prefix(ckpt):
-    """The checkpoint as fedactors wrote it before FRAMEWORK_PREFIX: the framework's buffers under their own
-    names (residual<k>, version<v>) beside the strategy's, and no word of the prefix in the header."""
-    from fedactors.checkpoint import FRAMEWORK_PREFIX, Checkpoint
+def written_before_the_layout(ckpt):
+    """The checkpoint as fedactors wrote it before STATE_LAYOUT: the framework's buffers under their own names
+    (residual<k>, version<v>) beside the strategy's, and no word of the layout in the header."""
+    from fedactors.checkpoint import Checkpoint
 
-    state = {name.removeprefix(FRAMEWORK_PREFIX): b for name, b in ckpt.state.items()}
-    extra = {k: v for k, v in ckpt.extra.items() if k not in ("framework_prefix", "state_sha256")}
+    state = {name.partition("/")[2]: b for name, b in ckpt.state.items()}
+    extra = {k: v for k, v in ckpt.extra.items() if k not in ("state_layout", "state_sha256")}
     return Checkpoint(ckpt.run_id, ckpt.round, ckpt.weights, ckpt.fingerprint, ckpt.config, ckpt.history, extra, state)
 
 
 @pytest.mark.parametrize("settings", [{"compress": "topk:0.05", "strategy": "fedadam"},
                                       {"strategy": "fedbuff", "concurrency": 4, "buffer": 2}])
-def test_a_checkpoint_written_before_the_framework_prefix_still_resumes_to_the_same_bytes(redis_server, settings):
+def test_a_checkpoint_written_before_the_state_layout_still_resumes_to_the_same_bytes(redis_server, settings):
     """Error-feedback residuals beside fedadam's moments, and fedbuff's older weights, named as they were."""
     from fedactors.checkpoint import RedisStore
 
@@ -243,10 +247,10 @@ def test_a_checkpoint_written_before_the_framework_prefix_still_resumes_to_the_s
     with RedisStore(redis_server.url, retry_seconds=5) as store:
         half_cfg, half = digits_run(HalfStep, rounds=2, **settings)
         list(half(strategy=make_strategy(half_cfg), store=store, run_id="new").run())
-        old = written_before_the_prefix(store.latest("new")[0])
+        old = written_before_the_layout(store.latest("new")[0])
         store.save(old, keep=1)
         ckpt = store.load("new", 2)
-    assert "framework_prefix" not in ckpt.extra and ckpt.strategy_state()[2] is None
+    assert "state_layout" not in ckpt.extra and ckpt.strategy_state()[2] is None
     old_names = "residual" if "compress" in settings else "version"  # the framework's, beside fedadam's m and v
     assert any(n.startswith(old_names) for n in ckpt.state) and ("compress" not in settings or "m" in ckpt.state)
     rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy=make_strategy(cfg),
