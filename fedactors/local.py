@@ -150,19 +150,12 @@ def optimizer_step(model: FlatModel, images: torch.Tensor, labels: torch.Tensor,
                    lr: float, grad_hook: Callable[[], None] | None = None) -> float:
     """One step of `optimizer` at `lr` on a minibatch; returns its mean loss.
 
-    The forward and backward pass are FlatModel.sgd_step's (tests/test_local.py holds this to its bytes with
-    torch's plain SGD); `grad_hook` adjusts the gradient before the optimizer sees it, as it does there."""
+    The forward and backward pass are FlatModel.sgd_step's (FlatModel.backward; tests/test_local.py holds this to
+    its bytes with torch's plain SGD); `grad_hook` adjusts the gradient before the optimizer sees it, as it does there."""
     import torch
 
-    model.module.train()
-    model.grads.zero_()
-    with model._autocast():
-        logits = model.module(images)
-    loss = model.loss(model._shaped(logits.float(), labels), labels)
-    loss.backward()
+    loss = model.backward(images, labels, grad_hook)
     with torch.no_grad():
-        if grad_hook is not None:
-            grad_hook()
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()

@@ -226,21 +226,28 @@ class FlatModel:
         else:
             self.state.copy_(torch.from_numpy(np.array(weights)))
 
-    def sgd_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float,
-                 grad_hook: Callable[[], None] | None = None) -> float:
-        """One plain SGD step (no momentum, no weight decay) on a minibatch; returns its mean loss.
+    def backward(self, images: torch.Tensor, labels: torch.Tensor,
+                 grad_hook: Callable[[], None] | None = None) -> torch.Tensor:
+        """The minibatch's mean loss, its gradient left in `grads` (zeroed first) for a step to use.
 
-        `grad_hook`, if given, runs after backward on `grads` before the update (FedProx's
-        proximal gradient, SCAFFOLD's correction: fedactors.client)."""
+        `grad_hook`, if given, runs after backward on `grads` (FedProx's proximal gradient,
+        SCAFFOLD's correction: fedactors.client)."""
         self.module.train()
         self.grads.zero_()
         with self._autocast():
             logits = self.module(images)
         loss = self.loss(self._shaped(logits.float(), labels), labels)
         loss.backward()
-        with torch.no_grad():
-            if grad_hook is not None:
+        if grad_hook is not None:
+            with torch.no_grad():
                 grad_hook()
+        return loss
+
+    def sgd_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float,
+                 grad_hook: Callable[[], None] | None = None) -> float:
+        """One plain SGD step (no momentum, no weight decay) on a minibatch; returns its mean loss."""
+        loss = self.backward(images, labels, grad_hook)
+        with torch.no_grad():
             self.params.add_(self.grads, alpha=-lr)
         return loss.item()
 
