@@ -25,10 +25,15 @@ SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01
 CLIENT_LR = {"scaffold": 0.02, "fedadam": 0.05}
 DEFAULT_LR = 0.1
 # Each strategy setting (a RunConfig field) and the built-in strategies that use it; for another, it is refused.
+# The strategies that take a server optimizer (--server-optimizer) on what they make of a round: FedBuff on its buffer's
+# average, DP-FedAvg on its noised average (post-processing: the accountant's epsilon is the same).
+OPTIMIZED_STRATEGIES = ("fedbuff", "dp-fedavg")
 STRATEGY_SETTINGS = {
-    "server_lr": (*SERVER_LR, "fedbuff"), "server_momentum": ("fedavgm", "fedbuff"),
-    "beta1": ("fedadagrad", "fedadam", "fedyogi", "fedbuff"), "beta2": ("fedadam", "fedyogi", "fedbuff"),
-    "tau": ("fedadagrad", "fedadam", "fedyogi", "fedbuff"), "mu": ("fedprox",), "server_optimizer": ("fedbuff",),
+    "server_lr": (*SERVER_LR, *OPTIMIZED_STRATEGIES), "server_momentum": ("fedavgm", *OPTIMIZED_STRATEGIES),
+    "beta1": ("fedadagrad", "fedadam", "fedyogi", *OPTIMIZED_STRATEGIES),
+    "beta2": ("fedadam", "fedyogi", *OPTIMIZED_STRATEGIES),
+    "tau": ("fedadagrad", "fedadam", "fedyogi", *OPTIMIZED_STRATEGIES), "mu": ("fedprox",),
+    "server_optimizer": OPTIMIZED_STRATEGIES,
     "clip": ("dp-fedavg",), "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",),
     "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",), "accountant": ("dp-fedavg",),
     "strict_dp_check": ("dp-fedavg",), "target_quantile": ("dp-fedavg",), "clip_lr": ("dp-fedavg",),
@@ -153,7 +158,8 @@ class RunConfig:
     staleness: str | None = None
     mixing: float | None = None
     # fedbuff: a server optimizer (fedavgm, fedadagrad, fedadam, fedyogi) on the buffer's pseudo-gradient in place of
-    # its plain step w + eta (average - w). None: the plain step.
+    # its plain step w + eta (average - w); dp-fedavg: on the noised average's (DP-FedAvgM, DP-FedAdam, ...). None (or
+    # "fedavg", which becomes None): the plain step.
     server_optimizer: str | None = None
     # The default local update (fedactors.local): its optimizer (sgd, momentum, adam), momentum, L2 weight decay, the
     # learning rate by round (constant, exp:GAMMA, step:EVERY:GAMMA, cosine[:MIN_FRACTION]) and its warm-up in steps.
@@ -164,6 +170,8 @@ class RunConfig:
     lr_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.server_optimizer == "fedavg":  # FedAvg's step is the plain one: stored as None, every fingerprint as before
+            object.__setattr__(self, "server_optimizer", None)
         if self.lr is None:  # resolved here, so a run's stored configuration and fingerprint hold the number
             object.__setattr__(self, "lr", CLIENT_LR.get(self.strategy, DEFAULT_LR)
                                if isinstance(self.strategy, str) else DEFAULT_LR)
@@ -382,7 +390,7 @@ class RunConfig:
         """--server-lr, or the default for the strategy's optimizer."""
         if self.server_lr is not None:
             return self.server_lr
-        return SERVER_LR.get(self.server_optimizer if self.strategy == "fedbuff" else self.strategy, 1.0)
+        return SERVER_LR.get(self.server_optimizer if self.strategy in OPTIMIZED_STRATEGIES else self.strategy, 1.0)
 
     @property
     def clients_per_round(self) -> int:
@@ -482,11 +490,17 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     if "krum_f" in given and values["aggregator"] not in ("krum", "multi-krum"):
         raise ConfigError(f"--krum-f applies to --aggregator krum or multi-krum only, not {values['aggregator']}")
     optimizer = values.get("server_optimizer")
-    for name in ("server_momentum", "beta1", "beta2", "tau"):
+    # FedBuff's --server-lr is its own step's rate too; DP-FedAvg has no server rate but its optimizer's.
+    for name in ("server_lr", "server_momentum", "beta1", "beta2", "tau"):
         users = STRATEGY_SETTINGS[name]
-        if name in given and values["strategy"] == "fedbuff" and optimizer not in users:
-            raise ConfigError(f"--{name.replace('_', '-')} with --strategy fedbuff needs --server-optimizer "
-                              f"{' or '.join(u for u in users if u != 'fedbuff')}")
+        strategy = values["strategy"]
+        if (name in given and strategy in OPTIMIZED_STRATEGIES and optimizer not in users
+                and not (name == "server_lr" and strategy == "fedbuff")):
+            raise ConfigError(f"--{name.replace('_', '-')} with --strategy {strategy} needs --server-optimizer "
+                              f"{' or '.join(u for u in users if u not in OPTIMIZED_STRATEGIES)}")
+    if "server_optimizer" in given and ":" in str(values["strategy"]):
+        raise ConfigError(f"--server-optimizer applies to --strategy {' or '.join(OPTIMIZED_STRATEGIES)} only: a "
+                          f"strategy of your own ({values['strategy']}) takes its own step")
     for name, strategies in STRATEGY_SETTINGS.items():
         if name in given and values["strategy"] not in strategies and ":" not in str(values["strategy"]):
             raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "

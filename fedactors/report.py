@@ -158,6 +158,10 @@ def config_label(config: dict) -> str:
         label += f" {config['aggregator']}"
     if config.get("strategy", "fedavg") == "dp-fedavg":
         label += f" dp(S={_num(config.get('clip'))},z={_num(config.get('noise_multiplier'))})"
+        if config.get("server_optimizer"):  # DP-FedAvgM, DP-FedAdam, ...: another method at the same epsilon
+            label += f"+{config['server_optimizer']}"
+            if config.get("server_lr") is not None:
+                label += f" server_lr={_num(config['server_lr'])}"
     elif config.get("strategy", "fedavg") != "fedavg":
         label += f" {config['strategy']}"
         if config.get("server_lr") is not None:  # set by hand (a sweep's axis): which cell this is

@@ -12,6 +12,7 @@ decides what the clients train and what the server does with the aggregate:
     fedprox     clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)    --mu
     scaffold    clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020)
     dp-fedavg   client-level differential privacy (McMahan et al., ICLR 2018)    --clip --noise-multiplier --delta
+                with --server-optimizer, that optimizer's step on the noised average (DP-FedAvgM, DP-FedAdam, ...)
 
 The pseudo-gradient is the global model minus the aggregate; the server optimizers' step is one
 native pass (fedactors._kernels.server_step), so e.g. `--aggregator median --strategy fedadam`
@@ -53,11 +54,14 @@ DESCRIPTIONS = {
     "fedyogi": "Yogi on the pseudo-gradient (Reddi et al., ICLR 2021)",
     "fedprox": "clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)",
     "scaffold": "clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020); --aggregator fedavg",
-    "dp-fedavg": "client-level differential privacy (McMahan et al., ICLR 2018); --aggregator fedavg",
+    "dp-fedavg": "client-level differential privacy (McMahan et al., ICLR 2018); --aggregator fedavg; "
+                 "--server-optimizer fedavgm|fedadagrad|fedadam|fedyogi steps on the noised average (same epsilon)",
     "fedbuff": "asynchronous: an update every --buffer arrivals, weighted by staleness (Nguyen et al., AISTATS 2022)",
     "fedasync": "asynchronous: each arrival mixed into the model at once (Xie et al. 2019)",
 }
 OBJECT_PREFIX = "python:"  # config.strategy of a run given a strategy object (fedactors.run(strategy=...))
+# DP-FedAvg's server optimizer's buffers and scalars in its state: "server-optimizer/m", "server-optimizer/v".
+OPTIMIZER_PREFIX = "server-optimizer/"
 
 
 @runtime_checkable
@@ -257,6 +261,13 @@ class DPFedAvg:
     noised with std `count_noise` drawn from its own generator; the update's noise multiplier is then z_delta
     (fedactors.privacy.update_noise_multiplier) and the run is still accounted at z. The clip is a JSON float in
     the checkpoint (it round-trips exactly), so a resumed run clips as the uninterrupted one would.
+
+    With an `optimizer` (--server-optimizer: DP-FedAvgM, McMahan et al. 2018's own setting; Andrew et al. 2021 run
+    adaptive clipping under FedAvgM and FedAdam) the noised average above is that optimizer's round average: the
+    pseudo-gradient is noised average - x, and its step (server lr, momentum, betas, tau) gives the new weights.
+    That is post-processing of the DP release (the optimizer reads nothing else of the clients), so the run's
+    epsilon is the accountant's for the same q, z, rounds and delta, as without it. Its buffers (momentum, moments)
+    are this strategy's state under OPTIMIZER_PREFIX, so they resume bit-exactly and no other name is taken.
     """
 
     name: str = "dp-fedavg"
@@ -276,6 +287,7 @@ class DPFedAvg:
     initial_clip: float = 0.1  # C_0, a setting (`clip` moves)
     rounds_accounted: int = 0
     last_norms: list[float] = field(default_factory=list)
+    optimizer: ServerOptimizer | None = None  # --server-optimizer: its step on the noised average
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -297,7 +309,10 @@ class DPFedAvg:
             self.clip = next_clip(clip, self.last_norms, draw, self.rate * self.num_clients, self.target_quantile,
                                   self.clip_lr)
         self.rounds_accounted = round_idx
-        return weights + total / np.float32(self.rate * self.num_clients)
+        noised = weights + total / np.float32(self.rate * self.num_clients)  # the DP release
+        if self.optimizer is None:
+            return noised
+        return self.optimizer.step(weights, noised, updates, num_examples, round_idx)
 
     def epsilon(self, rounds: int | None = None) -> float:
         """Epsilon at `delta` after `rounds` rounds (default: the rounds so far)."""
@@ -318,9 +333,16 @@ class DPFedAvg:
         scalars = {"rounds_accounted": self.rounds_accounted, "secret": f"{self.secret:x}"}
         if self.adaptive:  # only then: a fixed clip is a setting, not state
             scalars["clip"] = self.clip
-        return {}, scalars
+        if self.optimizer is None:
+            return {}, scalars
+        buffers, more = self.optimizer.state()
+        return ({OPTIMIZER_PREFIX + name: b for name, b in buffers.items()},
+                {**scalars, **{OPTIMIZER_PREFIX + name: v for name, v in more.items()}})
 
     def load_state(self, buffers, scalars):
+        if self.optimizer is not None:
+            self.optimizer.load_state(*({name[len(OPTIMIZER_PREFIX):]: v for name, v in part.items()
+                                         if name.startswith(OPTIMIZER_PREFIX)} for part in (buffers, scalars)))
         self.rounds_accounted = int(scalars.get("rounds_accounted", 0))
         # A checkpoint written before there was a secret: its rounds were keyed by the run's --seed.
         self.secret = int(scalars["secret"], 16) if "secret" in scalars else self.seed
@@ -329,10 +351,14 @@ class DPFedAvg:
 
     def settings(self):
         if not self.adaptive:  # as before adaptive clipping: every fixed-clip run's identity stays what it was
-            return {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
-        return {"clip": "adaptive", "initial_clip": self.initial_clip,
-                "noise_multiplier": self.noise_multiplier, "rate": self.rate, "target_quantile": self.target_quantile,
-                "clip_lr": self.clip_lr, "count_noise": self.count_noise}
+            out = {"clip": self.clip, "noise_multiplier": self.noise_multiplier, "rate": self.rate}
+        else:
+            out = {"clip": "adaptive", "initial_clip": self.initial_clip,
+                   "noise_multiplier": self.noise_multiplier, "rate": self.rate,
+                   "target_quantile": self.target_quantile, "clip_lr": self.clip_lr, "count_noise": self.count_noise}
+        if self.optimizer is not None:  # only then, as fedbuff's: a run without one keeps its identity
+            out["optimizer"] = {"name": self.optimizer.name, **self.optimizer.settings()}
+        return out
 
 
 @dataclass
@@ -410,8 +436,13 @@ def make_strategy(config) -> Strategy:
 
         from fedactors.privacy import CLIP_LR, TARGET_QUANTILE
 
+        if config.server_optimizer is not None:
+            extra = {"optimizer": make_strategy(dataclasses.replace(config, strategy=config.server_optimizer,
+                                                                    server_optimizer=None))}
+        else:
+            extra = {}
         adaptive = config.clip == "adaptive"
-        extra = {} if not adaptive else {
+        extra |= {} if not adaptive else {
             "adaptive": True, "target_quantile": _or(config.target_quantile, TARGET_QUANTILE),
             "clip_lr": _or(config.clip_lr, CLIP_LR), "count_noise": config.clip_count_noise_value,
             "initial_clip": config.initial_clip_value}

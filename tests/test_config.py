@@ -115,3 +115,16 @@ def test_min_updates(frac, min_fit, expected):
 @pytest.mark.parametrize(("cpus", "threads"), [(0.1, 1), (1, 1), (1.5, 1), (2, 2), (4.0, 4)])
 def test_threads_per_host_is_the_whole_cpu_share(cpus, threads):
     assert RunConfig(cpus_per_host=cpus).threads_per_host == threads
+
+
+def test_dp_fedavgs_server_optimizer_takes_its_own_rate_and_fedavg_means_none():
+    from fedactors.config import SERVER_LR
+
+    for name, lr in SERVER_LR.items():
+        assert RunConfig(strategy="dp-fedavg", server_optimizer=name).server_lr_value == lr
+    assert RunConfig(strategy="dp-fedavg", server_optimizer="fedadam", server_lr=0.3).server_lr_value == 0.3
+    plain = RunConfig(strategy="dp-fedavg", server_optimizer="fedavg")
+    assert plain.server_optimizer is None and plain == RunConfig(strategy="dp-fedavg")
+    assert RunConfig(strategy="fedbuff", server_optimizer="fedavg").server_optimizer is None
+    with pytest.raises(ConfigError, match="--server-optimizer must be one of fedavgm, fedadagrad, fedadam, fedyogi"):
+        RunConfig(strategy="dp-fedavg", server_optimizer="sgd")

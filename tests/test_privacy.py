@@ -183,3 +183,187 @@ def test_a_dp_round_whose_clients_diverge_names_the_noise(mnist):
     assert message.startswith("round 2: sampled clients returned NaN or infinite weights, which are never aggregated, "
                               "leaving fewer updates than --min-fit-fraction 1 of the round's; ")
     assert f"DP noise is the likely cause: each round adds noise of {ratio:.3g}x the clip's norm" in message
+
+
+# ---- DP-FedAvg with a server optimizer (DP-FedAvgM, DP-FedAdam, ...: issue 35) -------------------------------------
+
+@pytest.mark.parametrize(("optimizer", "clip"), [("fedavgm", 1.0), ("fedadam", "adaptive"), ("fedyogi", 0.5)])
+def test_dp_with_a_server_optimizer_is_dp_fedavgs_noised_average_then_the_optimizers_step(optimizer, clip):
+    """The same secret keys the same sampling and noise: plain DP-FedAvg's step gives the noised average, and the
+    optimizer's step on it (its NumPy oracle, computed here) gives the new weights, to the byte, round after round
+    (the moments carried over), with the same clip moving under --clip adaptive."""
+    from fedactors.strategy import DPFedAvg, make_strategy, server_step_reference
+
+    settings = dict(strategy="dp-fedavg", clients=200, frac=0.1, dp_seed=11, clip=clip, noise_multiplier=1.0)
+    composed = make_strategy(RunConfig(**settings, server_optimizer=optimizer, server_lr=0.5))
+    plain = make_strategy(RunConfig(**settings))
+    assert isinstance(composed, DPFedAvg) and composed.optimizer.name == optimizer and plain.optimizer is None
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(300).astype(np.float32)
+    m, v = np.zeros_like(x), (None if optimizer == "fedavgm" else np.zeros_like(x))
+    beta1 = 0.9  # --server-momentum and --beta1 both default to 0.9
+    for round_idx in range(1, 5):
+        updates = [x + rng.standard_normal(300).astype(np.float32) * s for s in (0.1, 0.5, 2.0)]
+        noised = plain.step(x, x, updates, [1, 1, 1], round_idx)
+        expected = server_step_reference(optimizer, noised, x, m, v, lr=0.5, beta1=beta1, beta2=0.99, tau=1e-3)
+        got = composed.step(x, x, updates, [1, 1, 1], round_idx)
+        assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+        assert got.tobytes() != noised.tobytes()  # the optimizer did take a step of its own
+        assert composed.clip == plain.clip and composed.last_norms == plain.last_norms
+        x = got
+    assert composed.optimizer.m.tobytes() == m.tobytes()
+
+
+def test_the_server_optimizers_state_is_namespaced_and_resumes_bit_exactly():
+    """Its moments are DP-FedAvg's state under server-optimizer/, beside the secret and the clip: a strategy loaded
+    from that state steps as the one that wrote it; the identity gains the optimizer only when there is one."""
+    from fedactors.strategy import OPTIMIZER_PREFIX, make_strategy
+
+    config = RunConfig(strategy="dp-fedavg", clients=200, frac=0.1, dp_seed=2, clip="adaptive",
+                       server_optimizer="fedadam")
+    a = make_strategy(config)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(100).astype(np.float32)
+    updates = [x + rng.standard_normal(100).astype(np.float32) for _ in range(4)]
+    x = a.step(x, x, updates, [1] * 4, 1)
+    buffers, scalars = a.state()
+    assert sorted(buffers) == [OPTIMIZER_PREFIX + "m", OPTIMIZER_PREFIX + "v"] == ["server-optimizer/m",
+                                                                                     "server-optimizer/v"]
+    assert {"secret", "clip", "rounds_accounted"} <= set(scalars)
+    b = make_strategy(config)
+    b.load_state({k: v.copy() for k, v in buffers.items()}, json.loads(json.dumps(scalars)))
+    assert b.step(x, x, updates, [1] * 4, 2).tobytes() == a.step(x, x, updates, [1] * 4, 2).tobytes()
+    assert a.settings()["optimizer"] == {"name": "fedadam", "lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
+    assert "optimizer" not in make_strategy(RunConfig(strategy="dp-fedavg", dp_seed=2)).settings()
+
+
+@pytest.mark.parametrize("optimizer", ["fedavgm", "fedadagrad", "fedadam", "fedyogi"])
+def test_a_server_optimizer_is_post_processing_the_epsilon_and_preflight_are_dp_fedavgs(optimizer):
+    from fedactors.privacy import dp_epsilon, preflight
+    from fedactors.strategy import make_strategy
+
+    for clip in (1.0, "adaptive"):
+        plain = RunConfig(strategy="dp-fedavg", clients=1000, frac=0.1, clip=clip, noise_multiplier=1.0, rounds=200)
+        composed = RunConfig(**{**plain.to_dict(), "server_optimizer": optimizer})
+        assert make_strategy(composed).optimizer.name == optimizer  # the optimizer is there, and spends nothing
+        assert make_strategy(composed).epsilon(200) == make_strategy(plain).epsilon(200) == dp_epsilon(
+            0.1, 1.0, 200, 1e-5, "pld")
+        assert preflight(composed, 199_210) == preflight(plain, 199_210)
+
+
+def test_no_server_optimizer_leaves_every_dp_runs_identity_as_it_was():
+    """--server-optimizer fedavg (the default, none) is stored as None: the committed DP runs' strategy settings (in
+    their identity) come out as their run.json recorded them, and the field stays out of their fingerprint."""
+    from pathlib import Path
+
+    from fedactors.strategy import make_strategy
+
+    runs = sorted((Path(__file__).resolve().parent.parent / "docs" / "runs").glob("dp-*/run.json"))
+    assert len(runs) >= 9
+    for path in runs:
+        run = json.loads(path.read_text())
+        if run["config"].get("server_optimizer"):
+            continue
+        configs = [RunConfig.from_dict({**run["config"], **extra}) for extra in ({}, {"server_optimizer": "fedavg"})]
+        assert configs[1].server_optimizer is None and configs[1].to_dict() == configs[0].to_dict()
+        assert "server_optimizer" not in configs[1].experiment()
+        assert configs[1].fingerprint(run["identity"]) == configs[0].fingerprint(run["identity"])
+        for config in configs:
+            assert make_strategy(config).settings() == run["identity"]["strategy"]["settings"], path
+    with_one = RunConfig(strategy="dp-fedavg", server_optimizer="fedavgm")
+    assert with_one.experiment()["server_optimizer"] == "fedavgm"
+    assert with_one.fingerprint({}) != RunConfig(strategy="dp-fedavg").fingerprint({})
+
+
+def test_dp_fedavgm_with_adaptive_clipping_resumes_bit_exactly_from_a_mid_run_checkpoint(redis_server):
+    """In process (LocalPool), checkpoints in a real Redis: 2 rounds, then 2 more from round 2's checkpoint (its
+    momentum, clip and secret), against 4 in one go."""
+    from fedactors.checkpoint import RedisStore
+    from fedactors.client import ClientHost
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.strategy import make_strategy
+    from fedactors.task import load_arrays, load_task
+
+    def make(rounds, **more):
+        cfg = RunConfig(task="digits-mlp", clients=40, frac=0.25, rounds=rounds, epochs=1, batch_size=10, lr=0.1,
+                        partition="iid", strategy="dp-fedavg", clip="adaptive", noise_multiplier=0.5,
+                        clip_count_noise=1.0, dp_seed=9, server_optimizer="fedavgm", server_lr=0.5, eval_every=2,
+                        accountant="rdp")
+        data = load_arrays(load_task(cfg.task), None, None)
+        parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed)
+        hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i, threads=1)
+                 for i in range(2)]
+        return Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test), **more)
+
+    straight = list(make(4).run())
+    with RedisStore(redis_server.url, retry_seconds=5) as store:
+        list(make(2, store=store, run_id="dpm").run())
+        ckpt, _ = store.latest("dpm")
+    buffers, scalars, _ = ckpt.strategy_state()
+    assert ckpt.round == 2 and sorted(buffers) == ["server-optimizer/m"] and "clip" in scalars
+    cfg = RunConfig.from_dict(ckpt.config)
+    strategy = make_strategy(cfg)
+    rest = list(make(4, start_round=2, weights=ckpt.weights.copy(), strategy=strategy,
+                     strategy_state=ckpt.strategy_state()).run())
+    assert rest[-1]["weights"].tobytes() == straight[-1]["weights"].tobytes()
+    assert strategy.optimizer.m is not None and strategy.clip != 0.1  # the clip moved, and came back with the state
+    # What each round reports is the same (its epsilon plain DP-FedAvg's, the clip it used), resumed or not.
+    from fedactors.privacy import dp_epsilon
+
+    def rounds(events):
+        return [(e["round"], e["epsilon"], e["clip"], e["accuracy"]) for e in events if e["type"] == "round"]
+
+    assert rounds(straight)[2:] == rounds(rest) and rounds(rest)[-1][1] == dp_epsilon(0.25, 0.5, 4, 1e-5, "rdp")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--server-optimizer", "fedadam"], "--server-optimizer applies to --strategy fedbuff or dp-fedavg only, not fedavg"),
+    (["--strategy", "fedprox", "--server-optimizer", "fedavgm"], "--server-optimizer applies to --strategy fedbuff or "
+                                                                  "dp-fedavg only, not fedprox"),
+    (["--strategy", "dp-fedavg", "--server-momentum", "0.5"], "--server-momentum with --strategy dp-fedavg needs "
+                                                              "--server-optimizer fedavgm"),
+    (["--strategy", "dp-fedavg", "--server-lr", "0.5"], "--server-lr with --strategy dp-fedavg needs --server-optimizer "
+                                                        "fedavgm or fedadagrad or fedadam or fedyogi"),
+    (["--strategy", "dp-fedavg", "--server-optimizer", "fedavg", "--tau", "0.01"], "--tau with --strategy dp-fedavg "
+                                                                                   "needs --server-optimizer fedadagrad"),
+    (["--strategy", "dp-fedavg", "--server-optimizer", "fedadam", "--server-momentum", "0.5"],
+     "--server-momentum with --strategy dp-fedavg needs --server-optimizer fedavgm"),
+    (["--strategy", "dp-fedavg", "--server-optimizer", "fedadam", "--aggregator", "median"],
+     "dp-fedavg clips and sums the updates itself: it needs --aggregator fedavg"),
+    (["--strategy", "dp-fedavg", "--server-optimizer", "fedavgm", "--client-speed", "lognormal:1"],
+     "--strategy dp-fedavg does not run on the virtual clock"),
+])
+def test_what_a_server_optimizer_does_not_go_with_is_one_line_exit_2(flags, message, tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+
+    out = tmp_path / "x"
+    status, _, err = run_main(monkeypatch, capsys, "run", "--task", "digits-mlp", *flags, "--out", str(out),
+                              "--dry-run")
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_readme_and_help_say_what_dp_takes_a_server_optimizer_with():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from fedactors.cli import cli
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Differential privacy"):text.index("## Uneven clients")]
+    assert "--strategy dp-fedavg --server-optimizer" in section and "post-processing" in section
+    assert "--server-optimizer" in section.split("### Adaptive clipping")[0]
+    help_text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "dp-fedavg: its step on the noised average's" in help_text
+
+
+def test_a_dp_runs_report_label_names_its_server_optimizer():
+    from fedactors.report import config_label
+
+    plain = RunConfig(strategy="dp-fedavg", clients=1000).to_dict()
+    assert config_label(plain).endswith("K=1000 dp(S=1,z=1)")
+    assert config_label({**plain, "server_optimizer": "fedadam"}).endswith("K=1000 dp(S=1,z=1)+fedadam")
+    assert config_label({**plain, "server_optimizer": "fedavgm", "server_lr": 0.5}).endswith(
+        "dp(S=1,z=1)+fedavgm server_lr=0.5")

@@ -681,12 +681,12 @@ def test_strategies_command_lists_the_builtins_with_the_settings_each_takes():
             described.append(line.split()[0])
     assert described == list(STRATEGIES)
     defaults = RunConfig().to_dict()
-    # A flag is listed for a strategy exactly when `fedactors run` accepts it with that one (fedbuff's optimizer
-    # settings with the --server-optimizer that takes them).
+    # A flag is listed for a strategy exactly when `fedactors run` accepts it with that one (fedbuff's and
+    # dp-fedavg's optimizer settings with the --server-optimizer that takes them).
     for name in STRATEGIES:
         for field in STRATEGY_SETTINGS:
             accepted = False
-            for optimizer in (None, *SERVER_LR) if name == "fedbuff" else (None,):
+            for optimizer in (None, *SERVER_LR) if name in ("fedbuff", "dp-fedavg") else (None,):
                 try:
                     refuse_idle_settings({field}, {**defaults, "strategy": name, "server_optimizer": optimizer})
                     accepted = True
@@ -695,6 +695,11 @@ def test_strategies_command_lists_the_builtins_with_the_settings_each_takes():
             assert ("--" + field.replace("_", "-") in flags.get(name, {})) == accepted, (name, field)
     assert {name: flags[name]["--server-lr"] for name in SERVER_LR} == {name: f"{lr:g}" for name, lr in SERVER_LR.items()}
     assert flags["fedadam"]["--beta2"] == f"{RunConfig().beta2:g}" and flags["fedprox"] == {"--mu": f"{RunConfig().mu:g}"}
+    # DP-FedAvg says which optimizer each of those settings is for, and what it is without one.
+    assert flags["dp-fedavg"]["--server-momentum"] == "0.9 (fedavgm)"
+    assert flags["dp-fedavg"]["--beta2"] == "0.99 (fedadam|fedyogi)"
+    assert flags["dp-fedavg"]["--server-optimizer"] == "none (the noised average itself)"
+    assert "--server-optimizer fedavgm|fedadagrad|fedadam|fedyogi" in result.stdout
 
 
 def test_a_strategy_without_lr_gets_its_own_client_rate_and_the_papers_runs_keep_theirs():

@@ -110,7 +110,8 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
               "averages the m - F updates of best score.")
 @click.option("--strategy", default=D.strategy, show_default=True,
               help="What happens around the aggregate: fedavg; server optimizers fedavgm, fedadagrad, fedadam, fedyogi; "
-              "client-side fedprox (--mu) or scaffold; dp-fedavg (--clip, --noise-multiplier); or module:attr / "
+              "client-side fedprox (--mu) or scaffold; dp-fedavg (--clip, --noise-multiplier, optionally "
+              "--server-optimizer); or module:attr / "
               "file.py:attr (see README, Strategies).")
 @click.option("--server-lr", "server_lr", type=float, default=None,
               help="Server optimizers' learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR.items()) + ".")
@@ -127,9 +128,11 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
 @click.option("--staleness", default=None, metavar="constant|polynomial:A|hinge:A,B",
               help="fedbuff, fedasync: an update tau versions stale counts s(tau): 1, (1 + tau)^-A, or 1 up to B and "
                    "then 1 / (A (tau - B) + 1). Default: polynomial:0.5.")
-@click.option("--server-optimizer", "server_optimizer", type=click.Choice(list(SERVER_LR)), default=None,
+@click.option("--server-optimizer", "server_optimizer", type=click.Choice(["fedavg", *SERVER_LR]), default=None,
               help="fedbuff: this server optimizer's step on the buffer's pseudo-gradient (with --server-lr, --beta1, "
-                   "... as for the synchronous strategy) in place of w + eta (average - w).")
+                   "... as for the synchronous strategy) in place of w + eta (average - w); dp-fedavg: its step on the "
+                   "noised average's (DP-FedAvgM, DP-FedAdam: post-processing, the same epsilon). fedavg: none, the "
+                   "default.")
 @click.option("--mixing", type=float, default=None,
               help="fedasync: the weight a (fresh) arrival gets against the model, w <- (1 - a s) w + a s y. Default: 0.6.")
 @click.option("--client-speed", "client_speed", default=None, metavar="lognormal:SIGMA",
@@ -286,7 +289,7 @@ def show_plan(plan: dict, mode: str) -> None:
             click.echo(f"warning: {plan['privacy']['warning']}")
     if plan.get("clock") is not None:
         from fedactors.config import ASYNC_STRATEGIES
-        from fedactors.systems import preview_lines
+        from fedactors.preview import preview_lines
 
         for line in preview_lines(plan["clock"], config["strategy"] in ASYNC_STRATEGIES):
             click.echo(line)
