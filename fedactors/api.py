@@ -141,7 +141,7 @@ def _object(task: str | Task) -> Task | None:
 
 def with_data_dir(config: RunConfig) -> RunConfig:
     """`config` naming the data directory actually used: --data-dir, else $FEDACTORS_DATA, else the cache."""
-    from fedactors.data import resolve_data_dir
+    from fedactors.data.mnist import resolve_data_dir
 
     return dataclasses.replace(config, data_dir=str(resolve_data_dir(config.data_dir).absolute()))
 
@@ -198,9 +198,9 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
 def _check_runnable(config: RunConfig, task_object: Task | None, strategy_object: object) -> None:
     """A task or strategy that cannot be had, or a cluster that is not there or refuses: one line, before
     anything of the run is written."""
+    from fedactors.data.registry import load_task
     from fedactors.experiment import check_cluster
     from fedactors.strategy import make_strategy
-    from fedactors.task import load_task
 
     if task_object is None:
         load_task(config.task)
@@ -214,9 +214,9 @@ def dp_preflight(config: RunConfig, task_object: Task | None = None):
     with --strict-dp-check, a ConfigError when the noise on the average outweighs the clip."""
     if config.strategy != "dp-fedavg" or config.clients is None:  # natural: K is known once the data is read
         return None
+    from fedactors.data.registry import load_task
     from fedactors.experiment import model_weights
     from fedactors.privacy import preflight
-    from fedactors.task import load_task
 
     check = preflight(config, model_weights(task_object if task_object is not None else load_task(config.task)))
     warning = check.warning()
@@ -482,8 +482,8 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     (its size is this machine's CPUs), a cluster is asked for its nodes.
     """
     from fedactors.checkpoint import mask_url
+    from fedactors.data.registry import load_task
     from fedactors.experiment import _load_data, plan_hosts
-    from fedactors.task import load_task
 
     config = with_data_dir(config)
     task = task if task is not None else load_task(config.task)
@@ -499,7 +499,8 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     clock = None
     if config.simulates_systems and loaded is not None:  # the virtual clock's first rounds, without training
         from fedactors.experiment import model_weights
-        from fedactors.systems import preview, read_trace
+        from fedactors.preview import preview
+        from fedactors.systems import read_trace
 
         trace = read_trace(config.client_trace, config.clients) if config.client_trace else None
         clock = preview(config, loaded[1].sizes, model_weights(task), trace)

@@ -25,11 +25,12 @@ import numpy as np
 from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.compress import parse as parse_compressor, send
 from fedactors.config import RunConfig
+from fedactors.data.registry import load_task
 from fedactors.local import LocalSettings, optimizer_step
 from fedactors.messages import EvalPart, HostSum, Update
 from fedactors.partition import Parts
 from fedactors.seeding import Purpose, client_torch_seed, generator, torch_seed
-from fedactors.task import Task, load_task
+from fedactors.task import Task
 
 if TYPE_CHECKING:
     import torch

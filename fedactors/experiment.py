@@ -32,10 +32,11 @@ import numpy as np
 
 from fedactors.checkpoint import Checkpoint
 from fedactors.config import ASYNC_STRATEGIES, RunConfig
-from fedactors.data import resolve_data_dir
+from fedactors.data.mnist import resolve_data_dir
+from fedactors.data.registry import load_task
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
 from fedactors.partition import Parts, hold_out, partition, summary
-from fedactors.task import Arrays, Task, digest, load_arrays, load_task, target_direction
+from fedactors.task import Arrays, Task, digest, load_arrays, target_direction
 from fedactors.systems import read_trace
 from fedactors.traffic import Totals
 

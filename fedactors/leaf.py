@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedactors.errors import DataError
-from fedactors.task import Arrays
+from fedactors.data.arrays import Arrays
 
 SPLITS = ("train", "test")
 

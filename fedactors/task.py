@@ -12,7 +12,8 @@ the task sees what it saw before tasks existed: one flat float32 buffer of weigh
 read-only arrays in the object store.
 
 A task is named on the command line (`--task`) and in a run's configuration by a spec, which
-every process that needs it (the command, each client host) resolves the same way:
+every process that needs it (the command, each client host) resolves the same way
+(fedactors.data.registry's `load_task`, also importable from here):
 
     mnist-cnn, mnist-2nn, femnist-cnn,    built-in (fedactors tasks lists them, and the inputs each takes)
     digits-mlp, shakespeare-lstm, ...
@@ -37,16 +38,14 @@ A model whose every parameter is frozen is refused with one line.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedactors.data.arrays import Arrays, as_float32, as_int64  # noqa: F401 - Arrays and as_int64 are users' here too
 from fedactors.errors import ConfigError, DataError, first_line
 from fedactors.messages import METRIC_KEYS
 
@@ -62,40 +61,18 @@ LABELS = ("classes", "values")
 # Names every evaluated round already carries (metrics.jsonl): a task's own metrics may not shadow them.
 RESERVED_METRICS = frozenset({*METRIC_KEYS, "metrics", "private", "type"})
 
-
-@dataclass(frozen=True)
-class Arrays:
-    """A data set as arrays: examples (N, ...) and labels (N,), for training and for testing.
-
-    `client_train` (N,) and `client_test` (M,), optional, say who owns each example: any
-    hashable ids (integers, strings). With them `--partition natural` makes every owner of a
-    training example one client, and the owners' test examples evaluate each client on its own
-    data. load_arrays turns them into client numbers 0..K-1 (the owners in sorted order, kept in
-    `owners`; a test owner with no training example is refused).
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    client_train: np.ndarray | Sequence | None = None
-    client_test: np.ndarray | Sequence | None = None
-    owners: np.ndarray | None = None  # set by load_arrays: client k is owners[k]
-
-    @property
-    def natural(self) -> bool:
-        """Whether the data says who owns each training example."""
-        return self.client_train is not None
+# The registry's names, kept at this address for users (`from fedactors.task import load_task`) and imported only
+# when asked for: the registry imports the built-in tasks, which import this module (tests/test_layout.py).
+# `_import` is the spec importer's old name, which fedactors.strategy still imports.
+_REGISTRY = {"load_task": "load_task", "builtin_tasks": "builtin_tasks", "_import": "import_spec"}
 
 
-def as_float32(x: np.ndarray) -> np.ndarray:
-    """The default `prepare`: the examples as float32, unchanged otherwise."""
-    return np.ascontiguousarray(x, dtype=np.float32)
+def __getattr__(name: str) -> object:
+    if name in _REGISTRY:
+        from fedactors.data import registry
 
-
-def as_int64(x: np.ndarray) -> np.ndarray:
-    """A `prepare` for integer examples (token ids for an embedding): int64, unchanged otherwise."""
-    return np.ascontiguousarray(x, dtype=np.int64)
+        return getattr(registry, _REGISTRY[name])
+    raise AttributeError(f"module 'fedactors.task' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -153,40 +130,6 @@ class Task:
             raise ConfigError(f"task {self.name}: num_classes must be a positive integer or None, got {self.num_classes!r}")
 
 
-def builtin_tasks() -> dict[str, Task]:
-    """The tasks fedactors ships, by name (imports neither torch nor the data)."""
-    from fedactors.tasks import BUILTIN
-
-    return BUILTIN
-
-
-def load_task(spec: str | Task) -> Task:
-    """The Task a spec names (or the Task itself); ConfigError with one line for anything else."""
-    if isinstance(spec, Task):
-        return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"--task must name a task, got {spec!r}")
-    builtin = builtin_tasks()
-    if spec in builtin:
-        return builtin[spec]
-    where, sep, attr = spec.rpartition(":")
-    if not sep or not where or not attr:
-        raise ConfigError(f"--task {spec}: not a built-in task ({', '.join(builtin)}), nor module:attr or file.py:attr")
-    module = _import(where, spec)
-    if not hasattr(module, attr):
-        raise ConfigError(f"--task {spec}: {where} has no attribute {attr!r}")
-    value = getattr(module, attr)
-    if callable(value) and not isinstance(value, Task):
-        try:
-            value = value()
-        except Exception as exc:  # the user's code: say whose and what
-            raise ConfigError(f"--task {spec}: calling {attr}() failed: {type(exc).__name__}: {exc}") from None
-    if not isinstance(value, Task):
-        raise ConfigError(f"--task {spec}: {attr} is a {type(value).__name__}, not a fedactors.task.Task "
-                          "(or a function returning one)")
-    return value
-
-
 def with_absolute_paths(settings: dict) -> dict:
     """`settings` with the files it names made absolute: a file.py:attr --task or --strategy, --data npz:PATH and
     --client-trace.
@@ -206,51 +149,6 @@ def with_absolute_paths(settings: dict) -> dict:
     if isinstance(out.get("client_trace"), str) and out["client_trace"].strip():
         out["client_trace"] = str(Path(out["client_trace"]).expanduser().resolve())
     return out
-
-
-def _import(where: str, spec: str, flag: str = "--task") -> Any:
-    """The module `where` names: a .py file's path, or an importable module (for --task and --strategy).
-
-    A file's directory goes first on sys.path, as `python file.py` puts it, so the file may import
-    the modules beside it; every process that resolves the spec (the command, each client host)
-    comes through here, so each of them finds those modules."""
-    if where.endswith(".py"):
-        path = Path(where).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"{flag} {spec}: no file {path}")
-        _put_on_path(path.parent)
-        name = "fedactors_task_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-        if name in sys.modules:
-            return sys.modules[name]
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except (Exception, SystemExit) as exc:  # a module that calls exit() would end the command without a word
-            del sys.modules[name]
-            raise ConfigError(f"{flag} {spec}: importing {path} failed: {type(exc).__name__}: {exc}") from None
-        # A Task object from this file (the Python API) travels to Ray's workers by value, as a
-        # notebook's would: no worker could import a module loaded from a path by this name.
-        from ray import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
-        return module
-    try:
-        return importlib.import_module(where)
-    except ImportError as exc:
-        raise ConfigError(f"{flag} {spec}: cannot import {where}: {exc}") from None
-    except (Exception, SystemExit) as exc:
-        raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
-    except Exception as exc:
-        raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
-
-
-def _put_on_path(directory: Path) -> None:
-    """`directory` at the front of sys.path, once (a resolved path: the same file always adds the same entry)."""
-    entry = str(directory)
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
 
 
 def load_npz(path: Path) -> Arrays:

@@ -34,7 +34,7 @@ def test_asking_for_more_than_the_cluster_has_fails_fast():
 
 def test_missing_data_fails_before_ray_starts(tmp_path, monkeypatch):
     """The data is read while Ray starts, but a download (and its failure) comes first."""
-    import fedactors.data
+    import fedactors.data.mnist
     from fedactors import experiment
     from fedactors.errors import DataError
 
@@ -44,7 +44,7 @@ def test_missing_data_fails_before_ray_starts(tmp_path, monkeypatch):
     def must_not_start(address):
         raise AssertionError("Ray was started for a run whose data is missing")
 
-    monkeypatch.setattr(fedactors.data, "_download", no_network)
+    monkeypatch.setattr(fedactors.data.mnist, "_download", no_network)
     monkeypatch.setattr(experiment, "_start_ray", must_not_start)
     with pytest.raises(DataError, match="download failed"):
         experiment.run(RunConfig(data_dir=str(tmp_path)), lambda event: None, run_id="r")

@@ -11,7 +11,7 @@ from fedactors.cli import cli
 def tasks() -> None:
     """List the built-in tasks (for --task) and the inputs each takes; a task of your own is module:attr or
     file.py:attr."""
-    from fedactors.task import builtin_tasks
+    from fedactors.data.registry import builtin_tasks
 
     found = builtin_tasks()
     width = max(len(name) for name in found)

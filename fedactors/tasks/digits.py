@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedactors.data.arrays import Arrays
 from fedactors.errors import DataError
-from fedactors.task import Arrays, Task
+from fedactors.task import Task
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 20170217  # the split is part of the data set, not of a run: fixed

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedactors.data.arrays import Arrays
 from fedactors.leaf import load_leaf_under
-from fedactors.task import Arrays, Task
+from fedactors.task import Task
 from fedactors.tasks.mnist import images_28
 
 NUM_CLASSES = 62

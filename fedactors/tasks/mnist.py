@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.data import MEAN, STD, load_mnist_raw, missing_files, normalise
+from fedactors.data.arrays import Arrays
+from fedactors.data.mnist import MEAN, STD, load_mnist_raw, missing_files, normalise
 from fedactors.errors import DataError
-from fedactors.task import Arrays, Task
+from fedactors.task import Task
 
 CNN_PARAMETERS = 1_663_370  # McMahan et al.'s CNN with 'same' padding
 MLP_PARAMETERS = 199_210  # the 2NN: 784-200-200-10

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedactors.data.arrays import Arrays
 from fedactors.errors import DataError
-from fedactors.task import Arrays, Task
+from fedactors.task import Task
 
 # LEAF's models/shakespeare ALL_LETTERS: the characters of its preprocessed Shakespeare.
 LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"

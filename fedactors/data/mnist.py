@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedactors.errors import DataError
-from fedactors.task import Arrays
+from fedactors.data.arrays import Arrays
 
 MEAN, STD = 0.1307, 0.3081
 ENV_VAR = "FEDACTORS_DATA"

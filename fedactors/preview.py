@@ -1,0 +1,79 @@
+"""What the virtual clock would do, without training: the `--dry-run` preview of a simulated run.
+
+It replays the first rounds of fedactors.systems' clock (synchronous plans) or of
+fedactors.asynchronous' schedule (FedBuff, FedAsync) from the run's seed and profiles alone,
+and says how long one client's local training, and a round, would take in virtual seconds.
+It lives apart from both because it drives both: systems.py knows nothing of the asynchronous
+schedule, which builds on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedactors.asynchronous import Schedule
+from fedactors.systems import Systems, Trace, parse_speed, plan_round
+from fedactors.traffic import per_client
+
+PREVIEW_ROUNDS = 20
+
+
+def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = None) -> dict:
+    """What the virtual clock would do, without training (for --dry-run): one local training's virtual seconds over
+    the clients (10th, 50th, 90th percentile, slowest), and over the first PREVIEW_ROUNDS rounds (server updates for
+    fedbuff, fedasync), or the run's rounds if fewer, the median virtual seconds a round and the clients dropped (or
+    the mean staleness); `rounds` says how many were previewed (fewer still if the trace's windows all close)."""
+    systems = Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
+    down, up = per_client(config.strategy, num_weights, config.compress)
+    work = np.asarray(sizes, dtype=np.int64) * config.epochs
+    one = systems.durations(work, down, up)
+    p10, p50, p90 = np.percentile(one, [10, 50, 90])
+    rounds = min(PREVIEW_ROUNDS, config.rounds)  # never more than the run has
+    out = {"client_seconds": {"p10": float(p10), "p50": float(p50), "p90": float(p90), "max": float(one.max())},
+           "rounds": rounds}
+    lengths, dropped, staleness = [], [], []
+    if config.strategy in ("fedbuff", "fedasync"):
+        schedule = Schedule(seed=config.seed, concurrency=config.concurrency_value, buffer=config.buffer_value,
+                            systems=systems, work=work, bytes_down=down, bytes_up=up)
+        for _ in range(rounds):
+            before = schedule.now
+            try:
+                arrivals, lost, freed = schedule.next_buffer()
+            except RuntimeError:
+                break
+            lengths.append(schedule.now - before)
+            dropped.append(len(lost))
+            staleness.extend(schedule.version - a.version for a in arrivals)
+            schedule.applied(freed)
+        out["mean_staleness"] = float(np.mean(staleness)) if staleness else None
+    else:
+        now = 0.0
+        for r in range(1, rounds + 1):
+            try:
+                plan = plan_round(systems, now, seed=config.seed, round_idx=r, m=config.clients_per_round,
+                                  over_select=config.over_select or 0.0, deadline=config.deadline, work=work,
+                                  bytes_down=down, bytes_up=up)
+            except RuntimeError:
+                break
+            now += plan.seconds
+            lengths.append(plan.seconds)
+            dropped.append(len(plan.late) + len(plan.offline))
+    out["rounds"] = len(lengths)
+    out["round_seconds"] = float(np.median(lengths)) if lengths else None
+    out["dropped_per_round"] = float(np.mean(dropped)) if dropped else None
+    return out
+
+
+def preview_lines(p: dict, asynchronous: bool) -> list[str]:
+    """--dry-run's lines for a preview()."""
+    c = p["client_seconds"]
+    lines = [f"virtual clock: one client's local training takes {c['p10']:.3g} s (10th percentile), {c['p50']:.3g} s "
+             f"(median), {c['p90']:.3g} s (90th), {c['max']:.3g} s (slowest), transfers included"]
+    if p["round_seconds"] is None:
+        return lines
+    what = "server update" if asynchronous else "round"
+    tail = (f", mean staleness {p['mean_staleness']:.2f}" if asynchronous and p.get("mean_staleness") is not None
+            else f", {p['dropped_per_round']:.1f} clients dropped a round (late or offline)")
+    first = f"the first {p['rounds']} {what}s" if p["rounds"] > 1 else f"the first {what}"
+    lines.append(f"{first}: median {p['round_seconds']:.3g} virtual s a {what}{tail}")
+    return lines
