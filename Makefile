@@ -17,12 +17,22 @@ setup: $(VENV)/.installed
 
 # Build tools first so the package can build without isolation (no second download of them);
 # the editable install rebuilds nothing at import time: re-run `make setup` after changing csrc/.
-$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*) $(VENV)/.modules
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
 	$(BIN)/python -m pip install --quiet --no-build-isolation --editable ".[test]"
 	touch $@
+
+# The editable install maps each module file it saw to its path: a module that moved or became a package
+# (fedactors/data.py -> fedactors/data/) is found only after a reinstall. So the list of module files is a
+# prerequisite too, rewritten (and so newer) only when it changes.
+MODULES := $(sort $(wildcard fedactors/*.py fedactors/*/*.py fedactors/*/*/*.py))
+$(VENV)/.modules: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(MODULES)' | cmp -s - $@ || echo '$(MODULES)' > $@
+
+FORCE:
 
 demo: setup
 	$(BIN)/fedactors run --clients 100 --frac 0.1 --rounds 3 --run-id demo-$$(date +%Y%m%d-%H%M%S)
