@@ -467,7 +467,7 @@ def _or(value, default):
 
 def load_user_strategy(spec: str) -> Strategy:
     """A user's strategy from `module:attr` or `file.py:attr` (the object, or a function returning it)."""
-    from fedactors.task import _import
+    from fedactors.data.registry import import_spec
 
     if spec.startswith(OBJECT_PREFIX):
         raise ConfigError(f"this run's strategy was a Python object ({spec[len(OBJECT_PREFIX):]}): resume it from Python, "
@@ -475,7 +475,7 @@ def load_user_strategy(spec: str) -> Strategy:
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise ConfigError(f"--strategy {spec}: not one of {', '.join(STRATEGIES)}, nor module:attr or file.py:attr")
-    module = _import(where, spec, flag="--strategy")
+    module = import_spec(where, spec, flag="--strategy")
     if not hasattr(module, attr):
         raise ConfigError(f"--strategy {spec}: {where} has no attribute {attr!r}")
     value = getattr(module, attr)

@@ -63,8 +63,7 @@ RESERVED_METRICS = frozenset({*METRIC_KEYS, "metrics", "private", "type"})
 
 # The registry's names, kept at this address for users (`from fedactors.task import load_task`) and imported only
 # when asked for: the registry imports the built-in tasks, which import this module (tests/test_layout.py).
-# `_import` is the spec importer's old name, which fedactors.strategy still imports.
-_REGISTRY = {"load_task": "load_task", "builtin_tasks": "builtin_tasks", "_import": "import_spec"}
+_REGISTRY = {"load_task": "load_task", "builtin_tasks": "builtin_tasks"}
 
 
 def __getattr__(name: str) -> object:
