@@ -128,6 +128,11 @@ class Schedule:
         count, self.parked = freed + self.parked, 0
         self._start(count)
 
+    def staleness(self, flight: Flight) -> int:
+        """tau of an arrival applied in the next update: the versions applied since it started. The one place it is
+        computed: the server step weights by it and the round's row reports it."""
+        return self.version - flight.version
+
     def needed_versions(self) -> set[int]:
         """The versions whose weights a client in flight will train from."""
         return {f.version for f in self.flights if f.client >= 0}
@@ -168,9 +173,10 @@ class Schedule:
         heapq.heapify(self.flights)
 
 
-def buffered_update(weights: np.ndarray, arrivals: list[tuple[np.ndarray, int, int, np.ndarray]], version: int,
+def buffered_update(weights: np.ndarray, arrivals: list[tuple[np.ndarray, int, int, np.ndarray]],
                     staleness: tuple[str, float, float], server_lr: float) -> tuple[np.ndarray | None, list[int]]:
-    """FedBuff's server step: `arrivals` are (client weights y, examples, start version, weights at its start).
+    """FedBuff's server step: `arrivals` are (client weights y, examples, staleness tau (Schedule.staleness),
+    weights at its start).
     Fresh updates enter the exact average as themselves, so a buffer of fresh ones is FedAvg's average.
 
     Returns (the new weights, the indices of the arrivals left out). An arrival whose z holds a value FedAvg's
@@ -180,8 +186,7 @@ def buffered_update(weights: np.ndarray, arrivals: list[tuple[np.ndarray, int, i
 
     exact = aggregate.ExactSum(len(weights), sum(n for _, n, _, _ in arrivals))
     left_out = []
-    for i, (y, n, start, w_start) in enumerate(arrivals):
-        tau = version - start
+    for i, (y, n, tau, w_start) in enumerate(arrivals):
         if tau == 0:
             z = y
         else:

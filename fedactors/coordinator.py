@@ -1,4 +1,5 @@
-"""The round loop: sample, dispatch, gather, retry, aggregate, evaluate, emit one event per round.
+"""The round loop: sample, collect (fedactors.collect: dispatch, retry, refuse, accept), aggregate, evaluate, emit
+one event per round.
 
 `Coordinator` is a plain object over a `HostPool`, so its logic runs in-process (`LocalPool`)
 as well as on Ray (`RayPool` over ClientHost actors, driven from `CoordinatorActor`).
@@ -16,12 +17,13 @@ import numpy as np
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
+from fedactors.collect import MAX_ATTEMPTS, Collection, Refused
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
 from fedactors.asynchronous import Schedule, buffered_update, mixed_update, parse_staleness
 from fedactors.config import ASYNC_STRATEGIES, RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
-from fedactors.messages import Failure, HostSum, RoundStats, Update
-from fedactors.pool import MAX_ATTEMPTS, HostPool, LocalPool, RayPool, balance, eval_slices
+from fedactors.messages import Failure, RoundStats, Update
+from fedactors.pool import HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
 from fedactors.seeding import sample_clients
 from fedactors.systems import Systems, Trace, parse_speed, plan_round
@@ -52,14 +54,6 @@ def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:
     p10, p50, p90 = np.percentile(accuracy, [10, 50, 90])
     return {"clients": len(accuracy), "mean": float(accuracy.mean()), "p10": float(p10), "p50": float(p50),
             "p90": float(p90), "worst": float(accuracy.min()), "at_target": float((accuracy >= target).mean())}
-
-
-def rejection(client_id: int, host: int, finite: bool) -> Failure:
-    """A refused update as a failure (never retried: its seeds would give it again): too large for FedAvg's exact
-    sum if `finite`, else NaN or infinite. The synchronous and asynchronous loops refuse alike."""
-    why = ("returned values too large for FedAvg's exact sum (|share x value| >= 2^18): rejected" if finite
-           else "returned NaN or infinite weights: rejected")
-    return Failure(client_id, host, why)
 
 
 class Coordinator:
@@ -236,8 +230,9 @@ class Coordinator:
     def run_round(self, round_idx: int, *, last: bool = False) -> RoundStats:
         """One round: every sampled client's update (retrying failures), aggregated, then evaluated.
 
-        An update holding NaN or infinity is rejected, never aggregated, and not retried (the same
-        seeds would give it again); the round goes on only if --min-fit-fraction allows the loss.
+        Collected as fedactors.collect says, as an asynchronous update is: an update holding NaN or infinity, or
+        a value FedAvg's exact sum cannot hold, is rejected, never aggregated, and not retried (the same seeds
+        would give it again); the round goes on only if --min-fit-fraction allows the loss.
         """
         cfg = self.config
         t0 = time.perf_counter()
@@ -266,59 +261,50 @@ class Coordinator:
         exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in todo))
                  if cfg.aggregator == "fedavg" and needs_aggregate and todo else None)
         on_hosts = exact is not None and uses_host_sums(cfg)
-        last_arrival = t0
-        updates: dict[int, Update] = {}  # per-client mode: each client's update
-        done: dict[int, tuple[int, int, float, float]] = {}  # client -> (host, examples, loss, train seconds)
-        failures: list[Failure] = []
-        retried: list[int] = []
-        rejected: list[int] = []
-        too_large: list[int] = []
         extras = self._client_state if isinstance(self.strategy, Scaffold) or self.feedback is not None else None
 
-        def reject(cid: int, host: int, finite: bool) -> None:
-            failures.append(rejection(cid, host, finite))
-            (too_large if finite else rejected).append(cid)
-
-        for _attempt in range(MAX_ATTEMPTS if todo else 0):
-            failed_now = []
-            results = (self.pool.train_sums(self.weights, round_idx, todo, int(exact.total), timeout=cfg.round_timeout)
-                       if on_hosts else
-                       self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras))
-            for result in results:
+        def dispatch(todo: list[int]) -> Iterator[tuple[int, object]]:
+            """Each client's outcome: its Update, or under host sums (host, examples, loss, seconds) once its host's
+            partial sum is merged; a Failure; a Refused the host decided."""
+            if not on_hosts:
+                for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras):
+                    yield result.client_id, result
+                return
+            for result in self.pool.train_sums(self.weights, round_idx, todo, int(exact.total),
+                                               timeout=cfg.round_timeout):
                 if isinstance(result, Failure):
-                    failures.append(result)
-                    failed_now.append(result.client_id)
-                elif isinstance(result, HostSum):
-                    last_arrival = time.perf_counter()
-                    exact.merge(result.acc, sum(result.num_examples))
-                    for cid, n, loss, seconds in zip(result.clients, result.num_examples, result.train_losses,
-                                                     result.train_seconds):
-                        done[cid] = (result.host, n, loss, seconds)
-                    for cids, finite in ((result.rejected, False), (result.out_of_range, True)):
-                        for cid in cids:
-                            reject(cid, result.host, finite)
-                    for cid, error in result.failures:
-                        failures.append(Failure(cid, result.host, error))
-                        failed_now.append(cid)
-                else:
-                    summed = (exact.add(result.weights, num_examples[result.client_id]) if exact is not None
-                              else aggregate.all_finite(result.weights))
-                    if not summed:  # the exact sum refuses NaN and inf too: tell the two apart only then
-                        reject(result.client_id, result.host, aggregate.all_finite(result.weights))
-                        continue
-                    last_arrival = time.perf_counter()
-                    updates[result.client_id] = result
-                    done[result.client_id] = (result.host, result.num_examples, result.train_loss, result.train_seconds)
-            # Enough updates (all of them unless --min-fit-fraction allows fewer), or nothing to retry.
-            if len(done) >= required or not failed_now:
-                break
-            retried.extend(failed_now)
-            todo = failed_now
+                    yield result.client_id, result
+                    continue
+                exact.merge(result.acc, sum(result.num_examples))
+                for cid, n, loss, seconds in zip(result.clients, result.num_examples, result.train_losses,
+                                                 result.train_seconds):
+                    yield cid, (result.host, n, loss, seconds)
+                for cids, finite in ((result.rejected, False), (result.out_of_range, True)):
+                    for cid in cids:
+                        yield cid, Refused(result.host, finite)
+                for cid, error in result.failures:
+                    yield cid, Failure(cid, result.host, error)
+
+        def admit(cid: int, result: object) -> Refused | None:
+            """Into the exact sum as it arrives (which refuses NaN and inf too: tell the two apart only then)."""
+            if on_hosts:
+                return None  # the host summed it, or said why not
+            summed = (exact.add(result.weights, num_examples[cid]) if exact is not None
+                      else aggregate.all_finite(result.weights))
+            return None if summed else Refused(result.host, aggregate.all_finite(result.weights))
+
+        in_plan = set(todo)
+        collection = Collection([c for c in sampled if c in in_plan], required).collect(dispatch, admit)
+        last_arrival = collection.last_arrival or t0
         wait_seconds = last_arrival - t0  # to the last update's arrival, before the result is made
-        dropped = [c for c in sampled if c not in done and (self.systems is None or c in todo)]
-        if len(done) < required:
-            raise RoundFailed(self._shortfall(round_idx, sampled, dropped, failures, rejected, too_large, required))
-        kept = [c for c in sampled if c in done]  # sampled order: same bytes whatever arrived first
+        private = isinstance(self.strategy, DPFedAvg)
+        collection.accept(round_idx, of=len(sampled), min_fit_fraction=cfg.min_fit_fraction, private=private,
+                          divergence=(lambda: divergence_hint(self.strategy.noise_to_clip(len(self.weights))))
+                          if private and round_idx > 1 else None)
+        updates = {c: u for c, u in collection.results.items() if isinstance(u, Update)}
+        done = {c: (u.host, u.num_examples, u.train_loss, u.train_seconds) if isinstance(u, Update) else u
+                for c, u in collection.results.items()}  # client -> (host, examples, loss, train seconds)
+        kept = collection.usable  # sampled order: same bytes whatever arrived first
         ordered = [updates[c] for c in kept if c in updates]
         if exact is not None and kept:
             combined = exact.result()
@@ -345,11 +331,10 @@ class Coordinator:
         for host, _, _, seconds in done.values():
             per_host[host] = per_host.get(host, 0.0) + seconds
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
-        uploaded = len(done) + len(rejected) + len(too_large)  # a refused update was sent all the same
         stats = RoundStats(
             round=round_idx,
             clients=sampled,
-            **self._count_bytes(down * len(sampled), up * uploaded),
+            **self._count_bytes(down * len(sampled), up * collection.uploads),
             num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
@@ -360,12 +345,12 @@ class Coordinator:
             epsilon=dp.epsilon() if dp is not None else None,
             private=dp is not None,
             clip=clip_used,
-            retried=retried,
-            dropped=dropped,
-            rejected=rejected + too_large,
+            retried=collection.retried,
+            dropped=collection.dropped,
+            rejected=collection.rejected,
             byzantine=[c for c in sampled if c in self.byzantine],
             hosts={c: done[c][0] for c in kept},
-            failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
+            failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in collection.failures],
         )
         if self.systems is not None:
             self.now += plan.seconds
@@ -398,9 +383,9 @@ class Coordinator:
         """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.asynchronous.Schedule), each
         is trained from the weights of its start version, and the server applies their update: version round_idx.
 
-        Failures are retried as in a synchronous round; an update holding NaN or infinity, or one whose staleness-
-        weighted value FedAvg's exact sum cannot hold, is rejected as a synchronous round rejects it: left out of the
-        buffer, which goes on with the others if --min-fit-fraction of the buffer allows."""
+        Collected as a synchronous round is (fedactors.collect: the same retries, refusals, acceptance and counts):
+        an update holding NaN or infinity, or one whose staleness-weighted value FedAvg's exact sum cannot hold, is
+        left out of the buffer, which goes on with the others if --min-fit-fraction of the buffer allows."""
         cfg, schedule = self.config, self.schedule
         t0 = time.perf_counter()
         try:
@@ -408,60 +393,39 @@ class Coordinator:
         except RuntimeError as exc:
             raise RoundFailed(f"round {round_idx}: {exc}") from None
         required = math.ceil(cfg.min_fit_fraction * len(arrivals) - 1e-9)
-        updates: dict[tuple[int, int], Update] = {}  # (client, start batch): a fast client may arrive twice
-        failures: list[Failure] = []
-        retried: list[int] = []
-        rejected: list[tuple[int, int]] = []
-        last_arrival = t0
-        todo = arrivals
-        for _attempt in range(MAX_ATTEMPTS):
-            jobs = [(self._weights_at(a.version), a.batch, a.client) for a in todo]
-            failed_now = []
+        by_key = {(a.client, a.batch): a for a in arrivals}  # (client, start batch): a fast client may arrive twice
+        taus = {key: schedule.staleness(a) for key, a in by_key.items()}  # before this update moves the version
+
+        def dispatch(todo: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], object]]:
+            jobs = [(self._weights_at(by_key[key].version), key[1], key[0]) for key in todo]
             for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout):
-                if isinstance(result, Failure):
-                    failures.append(result)
-                    failed_now.append((result.client_id, result.round))
-                elif not aggregate.all_finite(result.weights):
-                    failures.append(rejection(result.client_id, result.host, finite=False))
-                    rejected.append((result.client_id, result.round))
-                else:
-                    updates[result.client_id, result.round] = result
-                    last_arrival = time.perf_counter()
-            if not failed_now:
-                break
-            retried.extend(c for c, _ in failed_now)
-            todo = [a for a in todo if (a.client, a.batch) in failed_now]
+                yield (result.client_id, result.round), result
 
-        def usable() -> tuple[list, list[Update]]:
-            """The arrivals with a usable update, in virtual arrival order, and their updates; RoundFailed if too few."""
-            kept = [a for a in arrivals if (a.client, a.batch) in updates]
-            if len(kept) < required:
-                missing = [a.client for a in arrivals if (a.client, a.batch) not in updates]
-                raise RoundFailed(f"round {round_idx}: clients {missing} of the buffer did not return a usable update, "
-                                  f"leaving {len(kept)} of {len(arrivals)} where {required} are required (errors: "
-                                  + "; ".join(dict.fromkeys(f.error for f in failures)) + ")")
-            return kept, [updates[a.client, a.batch] for a in kept]
+        collection = Collection(list(by_key), required, client=lambda key: key[0]).collect(dispatch)
+        last_arrival = collection.last_arrival or t0
 
-        kept, got = usable()
+        def accept() -> tuple[list, list[Update]]:
+            """The arrivals' keys with a usable update, in virtual arrival order, and their updates."""
+            collection.accept(round_idx, of=len(arrivals), min_fit_fraction=cfg.min_fit_fraction)
+            return collection.usable, [collection.results[key] for key in collection.usable]
+
+        kept, got = accept()
         staleness = parse_staleness(cfg.staleness)
         old = self.weights
         if not kept:
             new = old
         elif cfg.strategy == "fedasync":
-            a = kept[0]
-            new = mixed_update(old, got[0].weights, schedule.version - a.version, staleness,
-                               self.strategy.rate)
+            new = mixed_update(old, got[0].weights, taus[kept[0]], staleness, self.strategy.rate)
         else:
             optimizer = self.strategy.optimizer
-            new, left_out = buffered_update(old, [(u.weights, u.num_examples, a.version, self._weights_at(a.version))
-                                                  for a, u in zip(kept, got)], schedule.version, staleness,
-                                            1.0 if optimizer is not None else cfg.server_lr_value)
+            new, left_out = buffered_update(old, [(u.weights, u.num_examples, taus[key],
+                                                   self._weights_at(by_key[key].version))
+                                                  for key, u in zip(kept, got)],
+                                            staleness, 1.0 if optimizer is not None else cfg.server_lr_value)
             for i in left_out:  # too large for the exact sum once weighted by its staleness
-                failures.append(rejection(got[i].client_id, got[i].host, finite=True))
-                rejected.append((kept[i].client, kept[i].batch))
-                del updates[kept[i].client, kept[i].batch]
+                collection.refuse(kept[i], Refused(got[i].host, finite=True))
             if left_out:
-                kept, got = usable()
+                kept, got = accept()
             if new is None:  # every arrival left out, and --min-fit-fraction allows it
                 new = old
             elif optimizer is not None:  # its step on the pseudo-gradient, from the buffer's average
@@ -477,12 +441,12 @@ class Coordinator:
         per_host: dict[int, float] = {}  # as a synchronous round reports it: the busiest host's training
         for u in got:
             per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds
-        taus = [round_idx - 1 - a.version for a in kept]
+        kept_taus = [taus[key] for key in kept]
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
         stats = RoundStats(
             round=round_idx,
             clients=[a.client for a in arrivals],
-            **self._count_bytes(down * (len(arrivals) + len(lost)), up * (len(kept) + len(rejected))),
+            **self._count_bytes(down * (len(arrivals) + len(lost)), up * collection.uploads),
             num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
@@ -490,17 +454,16 @@ class Coordinator:
             aggregate_seconds=aggregate_seconds,
             train_loss=(float(np.average([u.train_loss for u in got], weights=[u.num_examples for u in got]))
                         if kept else None),
-            retried=retried,
-            dropped=[a.client for a in arrivals if (a.client, a.batch) not in updates
-                     and (a.client, a.batch) not in rejected],
-            rejected=[c for c, _ in rejected],
+            retried=[c for c, _ in collection.retried],
+            dropped=[c for c, _ in collection.dropped],
+            rejected=[c for c, _ in collection.rejected],
             byzantine=[a.client for a in arrivals if a.client in self.byzantine],
-            hosts={a.client: u.host for a, u in zip(kept, got)},
-            failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in failures],
+            hosts={key[0]: u.host for key, u in zip(kept, got)},
+            failures=[f"client {f.client_id} on host {f.host}: {f.error}" for f in collection.failures],
             virtual_seconds=schedule.now,
             offline=[f.client for f in lost],
-            staleness={"mean": float(np.mean(taus)) if taus else 0.0, "max": max(taus, default=0),
-                       "counts": {str(t): taus.count(t) for t in sorted(set(taus))}},
+            staleness={"mean": float(np.mean(kept_taus)) if kept_taus else 0.0, "max": max(kept_taus, default=0),
+                       "counts": {str(t): kept_taus.count(t) for t in sorted(set(kept_taus))}},
         )
         self._evaluate(stats, round_idx, last)
         stats.round_seconds = time.perf_counter() - t0
@@ -540,35 +503,6 @@ class Coordinator:
         length = len(self.weights)
         controls = self.strategy.controls(client_id, length) if isinstance(self.strategy, Scaffold) else (None, None)
         return (*controls, self.feedback.residual(client_id, length) if self.feedback is not None else None)
-
-    def _shortfall(self, round_idx: int, sampled: list[int], dropped: list[int], failures: list[Failure],
-                   rejected: list[int], too_large: list[int], required: int) -> str:
-        """Why round `round_idx` cannot be aggregated without the `dropped` clients: the RoundFailed message."""
-        cfg = self.config
-        private = isinstance(self.strategy, DPFedAvg)  # a DP run names neither who was sampled nor how many
-
-        def who(clients: list[int]) -> str:
-            return "sampled clients" if private else f"clients {clients}"
-
-        failed = [c for c in dropped if c not in rejected and c not in too_large]
-        parts = [f"{who(failed)} failed {MAX_ATTEMPTS} times"] if failed else []
-        if rejected:
-            parts.append(f"{who(sorted(rejected))} returned NaN or infinite weights, which are never aggregated")
-        if too_large:
-            parts.append(f"{who(sorted(too_large))} returned values too large for FedAvg's exact sum "
-                         "(|share x value| >= 2^18)")
-        errors = "; ".join(dict.fromkeys(f.error for f in failures if f.client_id in failed))
-        left = (f"fewer updates than --min-fit-fraction {cfg.min_fit_fraction:g} of the round's" if private else
-                f"{len(sampled) - len(dropped)} of {len(sampled)} updates where {required} are required")
-        message = f"round {round_idx}: {' and '.join(parts)}, leaving {left}"
-        if failed:
-            message += f" (errors: {errors})"
-        if rejected and isinstance(self.strategy, DPFedAvg) and round_idx > 1:
-            # Its clients trained from noised weights: fewer of them would not help, so no word of --min-fit-fraction.
-            return message + divergence_hint(self.strategy.noise_to_clip(len(self.weights)))
-        if (rejected or too_large) and cfg.min_fit_fraction == 1:
-            message += "; --min-fit-fraction below 1 accepts rounds without them"
-        return message
 
 
 class CoordinatorActor:

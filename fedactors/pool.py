@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from fedactors.collect import MAX_ATTEMPTS
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, HostSum, Update
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     import ray.actor
 
     from fedactors.client import ClientHost
-
-MAX_ATTEMPTS = 3  # per client and round: the first try plus two retries on other hosts
 
 
 class HostPool(Protocol):
