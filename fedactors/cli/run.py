@@ -39,24 +39,106 @@ def redis_option(default_help: str):
 
 
 def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
-    """--config FILE: a TOML table of run settings, used as defaults that flags override."""
+    """--config FILE: run settings used as defaults that flags given on the command line override.
+
+    FILE is TOML (a sweep file's [run] table works too) whose keys are the flags' names without the dashes, as
+    `batch-size` or `batch_size`; or a run's run.json, whose stored "config" replays that run. Unknown keys, values of
+    the wrong type, an unreadable file: ConfigError naming the file and the key. A setting at its default is left out
+    of the defaults it makes, so that it is not "given": a stored configuration lists every setting, idle ones too."""
     if path is None:
         return None
-    table = read_toml(path, f"--config {path}")
-    table = table.get("run", table)  # a sweep file's [run] table works too
-    table = {k.replace("-", "_"): v for k, v in table.items()}
-    unknown = sorted(set(table) - CONFIG_KEYS)
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown setting {unknown[0]!r} (settings are the run flags, e.g. clients, frac, batch_size)")
-    if "batch_size" in table:
-        table["batch_size"] = str(table["batch_size"])
-    ctx.default_map = {**(ctx.default_map or {}), **table}
+    what = f"--config {path}"
+    replay = path.endswith(".json")
+    table = _read_run_json(path, what) if replay else read_toml(path, what)
+    if not replay:
+        table = table.get("run", table)
+    params = {p.name: p for p in ctx.command.params}
+    settings: dict = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in CONFIG_KEYS:
+            flag = params[name].opts[0] if name in params else None
+            raise ConfigError(f"{what}: {key!r} is not a run setting (give {flag} on the command line)" if flag else
+                              f"{what}: unknown setting {key!r} (settings are the run flags' names: clients, frac, batch-size, ...)")
+        if name in settings:
+            raise ConfigError(f"{what}: {name.replace('_', '-')} is given twice (as {name.replace('_', '-')!r} and {name!r})")
+        settings[name] = _checked(params[name], key, value, what)
+    if replay and settings.get("partition") == "natural":
+        settings.pop("clients", None)  # the count the data gave: a natural partition's clients are its owners again
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    # "rounds" stays even at its default: a cosine --lr-schedule needs it said (fedactors.local.refuse_idle).
+    settings = {k: v for k, v in settings.items() if k == "rounds" or not _same(k, v, defaults[k])}
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
     return path
+
+
+def _read_run_json(path: str, what: str) -> dict:
+    """run.json's "config": the settings a run stored, to replay it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+    if not (isinstance(stored, dict) and isinstance(stored.get("config"), dict)):
+        raise ConfigError(f"{what} is not a run's run.json (it has no \"config\" table); settings files are TOML")
+    return {k: v for k, v in stored["config"].items() if v is not None}  # null: not set, the default
+
+
+def _checked(param: click.Parameter, key: str, value: object, what: str) -> object:
+    """A file's value for `param` as its flag would give it, or ConfigError naming the file and key: click would
+    otherwise truncate clients = 1.5 to 1, and name only the flag for a value it cannot convert."""
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{what}: {key} must be {expected}, got {value!r}")
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if param.name == "batch_size":
+        parse_batch_size(value, f"{what}: {key}")
+        return str(value)
+    if param.name == "clip":
+        if isinstance(value, str):
+            try:
+                parse_clip(value)
+            except ConfigError:
+                raise wrong("a positive number or 'adaptive'") from None
+        elif not number:
+            raise wrong("a positive number or 'adaptive'")
+        return value
+    if isinstance(param.type, click.types.BoolParamType):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif isinstance(param.type, click.types.IntParamType):
+        if not (number and isinstance(value, int)):
+            raise wrong("an integer")
+    elif isinstance(param.type, click.types.FloatParamType):
+        if not number:
+            raise wrong("a number")
+    elif isinstance(param.type, click.Choice):
+        if value not in param.type.choices:
+            raise wrong(f"one of {', '.join(map(str, param.type.choices))}")
+    elif not isinstance(value, str):
+        raise wrong("a string")
+    return value
+
+
+def _same(name: str, value: object, default: object) -> bool:
+    """Whether a file's (checked) value is the setting's default, batch_size and clip as their flags parse them."""
+    if name == "batch_size":
+        return parse_batch_size(value) == default
+    if name == "clip":
+        return parse_clip(value) == default
+    return value == default
 
 
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True, expose_value=False,
-              callback=load_config_file, help="TOML file of settings (keys as the flags: clients, frac, batch_size, ...); flags override it.")
+              callback=load_config_file, metavar="FILE.toml|RUN_DIR/run.json",
+              help="Settings from a TOML file whose keys are the flags' names (clients = 100, batch-size = 10; "
+                   "batch_size also works), or from a run's run.json, which replays that run; flags given on the "
+                   "command line override the file. Unknown keys and wrong types are refused.")
 @click.option("--task", default=D.task, show_default=True,
               help="What to train: a built-in task (fedactors tasks lists them), package.module:attr or path/to/file.py:attr.")
 @click.option("--data", default=None, metavar="npz:PATH|leaf:DIR",
