@@ -24,12 +24,13 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedactors.callbacks import CallbackError, Hooks
 from fedactors.config import (DEFAULTED_EXPERIMENT_FIELDS, EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig,
                               natural_clients, parse_batch_size, refuse_idle_settings)
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
@@ -66,10 +67,13 @@ def new_run_id() -> str:
 
 def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out: str | Path | None = None,
         run_id: str | None = None, redis: str | None = None, progress: str | Renderer = "auto",
-        store_retry_seconds: float = 30.0, strategy: object = None, **settings: object) -> RunResult:
+        store_retry_seconds: float = 30.0, strategy: object = None, callbacks: Iterable[object] | None = None,
+        **settings: object) -> RunResult:
     """Run a new experiment to its last round: `config`, or RunConfig(**settings), with `task`.
 
     `strategy`: a built-in's name or an import spec (as --strategy), or a Strategy object of your own.
+    `callbacks`: objects with hooks called at run start, each evaluation, checkpoint and round's end, and run end
+    (fedactors.callbacks); one that raises stops the run (CallbackError), resumable.
     As on the command line, RAY_ADDRESS stands in for `address` (as under `ray job submit`); a store's URL
     is passed as `redis` (the command line's FEDACTORS_REDIS_URL is not read here)."""
     from fedactors.checkpoint import check_run_id
@@ -78,6 +82,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
     if config is not None and settings:
         raise ConfigError("pass a RunConfig or settings, not both")
     refuse_unknown_settings(settings)
+    hooks = Hooks(callbacks)
     spec = task.name if isinstance(task, Task) else with_absolute_paths({"task": task})["task"]
     strategy_object = strategy if strategy is not None and not isinstance(strategy, str) else None
     if isinstance(strategy_object, BUILTIN_CLASSES):
@@ -101,23 +106,25 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
     run_id = check_run_id(run_id or new_run_id())
     out = Path(out) if out is not None else Path("runs") / run_id
     return start(config, run_id, out, redis, store_retry_seconds, progress, task_object=_object(task),
-                 strategy_object=strategy_object)
+                 strategy_object=strategy_object, hooks=hooks)
 
 
 def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = None, task: Task | None = None,
            strategy: object = None, progress: str | Renderer = "auto", store_retry_seconds: float = 30.0,
-           **changes: object) -> RunResult:
+           callbacks: Iterable[object] | None = None, **changes: object) -> RunResult:
     """Continue `run_id` from its newest valid checkpoint; `changes` may set what does not change the experiment.
 
-    A run given a Task or Strategy object is resumed with the same objects again."""
+    A run given a Task or Strategy object is resumed with the same objects again; `callbacks` are not stored
+    either: pass them again (a run already finished calls none)."""
     from fedactors.checkpoint import check_run_id
 
     refuse_unknown_settings(changes)
+    hooks = Hooks(callbacks)
     run_id = check_run_id(run_id)
     out = Path(out) if out is not None else Path("runs") / run_id
     changes = with_absolute_paths(changes)
     return continue_run(run_id, out, redis, store_retry_seconds, changes, progress, task_object=task,
-                        strategy_object=strategy)
+                        strategy_object=strategy, hooks=hooks)
 
 
 # Command-line flags that are not settings, as a newcomer passes them to run() or resume(): what to write instead.
@@ -174,7 +181,8 @@ def _under(filename: object, directory: Path) -> bool:
 
 
 def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retry: float,
-          progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
+          progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None,
+          hooks: Hooks | None = None) -> RunResult:
     """A new run: checks the directory, the cluster and the store before anything is written."""
     config = with_data_dir(config)
     run_dir = RunDirectory(out)
@@ -188,7 +196,7 @@ def start(config: RunConfig, run_id: str, out: Path, redis_url: str | None, retr
         run_dir.create()
         try:
             result = _drive(config, run_id, run_dir, url, retry, None, _renderer(progress, config),
-                            store.persistence_warning(), task_object, strategy_object, privacy)
+                            store.persistence_warning(), task_object, strategy_object, privacy, hooks)
             store.mark_finished(run_id)
         finally:
             run_dir.release()
@@ -226,7 +234,8 @@ def dp_preflight(config: RunConfig, task_object: Task | None = None):
 
 
 def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, changes: dict,
-                 progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None) -> RunResult:
+                 progress: str | Renderer, task_object: Task | None = None, strategy_object: object = None,
+                 hooks: Hooks | None = None) -> RunResult:
     """Resume `run_id` from its newest checkpoint that verifies, with `changes` to what may change.
 
     The directory is written only once the cluster, the task and the strategy are there: a resume
@@ -263,7 +272,7 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
             else:
                 try:
                     result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),
-                                    task_object, strategy_object, privacy)
+                                    task_object, strategy_object, privacy, hooks)
                 except FedActorsError:
                     if (run_dir.rounds_completed() or 0) <= ckpt.round:  # it never got to run (Ray did not start...)
                         run_dir.restore(before)
@@ -345,8 +354,8 @@ def _renderer(progress: str | Renderer, config: RunConfig) -> Renderer:
 
 def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str, retry: float, resume,
            out: Renderer, store_warning: str | None, task_object: Task | None, strategy_object: object,
-           privacy=None) -> RunResult:
-    """Run (or continue) the experiment, writing the run directory as events arrive.
+           privacy=None, hooks: Hooks | None = None) -> RunResult:
+    """Run (or continue) the experiment, writing the run directory as events arrive, then calling `hooks`.
 
     However it stops, run.json says how: finished, interrupted (a signal, or stdout closed, as
     SIGPIPE; the resume command is shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
@@ -354,6 +363,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     """
     from fedactors import experiment
 
+    hooks = hooks if hooks is not None else Hooks(None)
     history: list[dict] = list(resume.history) if resume else []
     wall_before = float(resume.extra.get("wall_seconds", 0.0)) if resume else 0.0
     info: dict = {
@@ -422,7 +432,19 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
                 run_dir.append_metrics(event)
             out.round(event)
         run_dir.write_run(config, info)
+        if event["type"] == "round":  # written down first: a callback that raises leaves the run as it stands
+            call_round_hooks(event)
         stop_if_output_closed()
+
+    def call_round_hooks(event: dict) -> None:
+        where = f" at round {event['round']}; the run stops here, resumable from its last checkpoint"
+        record = metrics_fields(event)
+        if event["loss"] is not None:
+            hooks.call("on_evaluation", record, where)
+        if event.get("checkpoint_seconds") is not None:  # the coordinator wrote it before the round's event
+            hooks.call("on_checkpoint", {"round": event["round"], "checkpoint_seconds": event["checkpoint_seconds"]},
+                       where)
+        hooks.call("on_round_end", record, where)
 
     def wall() -> dict:
         part = time.perf_counter() - started
@@ -434,15 +456,22 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         if error is not None:  # why it failed, the line the user saw: a sweep's failed cell is read back from here
             info["error"] = error
         run_dir.write_run(config, info)
+        try:
+            hooks.call("on_run_end", {"config": config.to_dict(), **info})
+        except CallbackError as exc:  # the run's own error (or interruption) is what propagates; this one is kept
+            info["callback_error"] = str(exc)
+            run_dir.write_run(config, info)
 
     interrupts = Interrupts()
     try:
         with interrupts:
+            hooks.call("on_run_start", {"run_id": run_id, "run_dir": str(run_dir.path), "config": config.to_dict(),
+                                        "resumed_from_round": resume.round if resume else None}, " as the run started")
             done = experiment.run(config, on_event, run_id=run_id, store_url=store_url, store_retry_seconds=retry,
                                   resume=resume, wall_seconds_before=wall_before, task=task_object,
                                   strategy=strategy_object)
             out.close()
-            return _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out, lower)
+            result = _finish(config, run_dir, done["weights"], done["round"], history, {**info, **wall()}, out, lower)
     except KeyboardInterrupt:
         stop("interrupted")
         out.interrupted(resume_command(run_id, run_dir.path))
@@ -458,6 +487,9 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         stop("failed", line)
         log = run_dir.write_error("".join(traceback.format_exception(exc)))
         raise InternalError(f"{line} (traceback in {log})") from exc
+    # After the try: the run is finished and said so; a hook that raises here does not make it failed.
+    hooks.call("on_run_end", {"config": config.to_dict(), **result.info}, " (the run itself finished)")
+    return result
 
 
 def _finish(config: RunConfig, run_dir: RunDirectory, weights: np.ndarray, round_done: int, history: list[dict],
