@@ -287,14 +287,14 @@ def latest(store, run_id: str, out: Path, changes: dict) -> tuple:
     """(checkpoint, the configuration to continue with, rounds skipped as corrupt); ConfigError if there is none."""
     if store.info(run_id) is None:
         run_dir = RunDirectory(out)
-        if run_dir.run_id() == run_id and (run_dir.has_rows() or run_dir.weights_path.exists()):
-            # Rounds it evaluated are results, never overwritten (check_fresh): the command that started it
-            # would be refused here.
-            raise ConfigError(f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to "
-                              f"resume; its evaluated rounds stay in {out}: start it again with another --out")
-        if run_dir.run_id() == run_id:  # no result in it: check_fresh lets the same command use it again
-            raise ConfigError(f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to "
-                              "resume; start it again with the command that started it")
+        if run_dir.run_id() == run_id:
+            stopped = f"run {run_id} in {out} stopped before its first checkpoint, so there is nothing to resume"
+            if run_dir.has_rows() or run_dir.weights_path.exists():
+                # Rounds it evaluated are results, never overwritten (check_fresh): the command that started it
+                # would be refused here.
+                raise ConfigError(f"{stopped}; its evaluated rounds stay in {out}: start it again with another --out")
+            # No result in it: check_fresh lets the same command use it again.
+            raise ConfigError(f"{stopped}; start it again with the command that started it")
         raise ConfigError(f"no run {run_id} in the store at {store.url}")
     ckpt, skipped = store.latest(run_id)
     if ckpt is None:
