@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedactors.aggregate import all_finite
 from fedactors.errors import ConfigError
 from fedactors.seeding import Purpose, generator
 
@@ -223,7 +224,7 @@ def send(compressor: Compressor | TopK | Sign, weights: np.ndarray, global_weigh
     update = np.subtract(weights, global_weights, dtype=np.float32)
     if compressor.feedback and residual is not None:
         update += residual
-    if first_nonfinite(update) is not None:
+    if not all_finite(update):
         return np.add(global_weights, update, dtype=np.float32), None
     encoded = compressor.encode(update, seed, round_idx, client_id, threads=threads)
     decoded = compressor.decode(encoded, len(update), seed, round_idx, threads=threads)
