@@ -10,14 +10,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedactors.errors import ConfigError, DataError
-from fedactors.report import PAPER_TABLE2_TARGET, RunSummary, load_run, paper_rounds
+from fedactors.report import (
+    PAPER_TABLE2_TARGET,
+    RunSummary,
+    load_run,
+    paper_rounds,
+    run_labels,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 X_AXES = ("rounds", "uplink", "virtual")  # plot --x
-FIGSIZE_INCHES = (8.0, 5.0)
-DPI = 100  # so the PNG is exactly 800 x 500 pixels
+FIGSIZE_INCHES = (8.0, 5.0)  # without the legend, which widens it (legend_beside)
+DPI = 100  # so the PNG is 800 x 500 pixels and the legend's width
+LEGEND_PAD_INCHES = 0.15  # the room constrained layout keeps around the legend
 # The y-axis starts a little below the lowest accuracy once the first few evaluated rounds are
 # past, as the paper's figures do; the steep start would otherwise flatten the part that matters.
 SKIP_EARLY_FRACTION = 0.2
@@ -32,7 +39,8 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     `target` draws one dashed horizontal line; by default each distinct configured target of the
     runs gets one. `paper` marks, on the 99% line and in the run's colour, the paper's rounds to
     99% (Table 2) for each run of one of its cells. `y_min` is the bottom of the accuracy axis
-    (default: a margin below the lowest accuracy after the first few evaluated rounds). ConfigError
+    (default: a margin below the lowest accuracy after the first few evaluated rounds); a run with points off the
+    axis says how many in its legend entry, and the legend sits right of the axes (legend_beside). ConfigError
     for a bad output path, run directory or `y_min`, DataError if no run has an evaluated round.
     `clients` shades, around each run's curve, the band from the 10th to the 90th percentile of
     its clients' own accuracies (runs evaluated client by client; DataError if none was). `x` is
@@ -84,30 +92,31 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     from matplotlib.ticker import MaxNLocator
 
     targets = sorted({s.target for s in runs}) if target is None else [target]
+    marks = [paper_rounds(s) if paper and x == "rounds" else None for s in runs]
+    if any(m is not None for m in marks) and PAPER_TABLE2_TARGET not in targets:
+        targets.append(PAPER_TABLE2_TARGET)
+    limits = y_limits(runs, targets, y_min, clients)
     fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     marked = False
-    for s, label in zip(runs, legend_labels(runs)):
+    for s, label, shown, rounds in zip(runs, legend_labels(runs), legend_labels(runs, limits), marks, strict=True):
         at = (dict(zip(s.rounds, s.uplink_mb)) if x == "uplink" else dict(zip(s.rounds, s.virtual_seconds))
               if x == "virtual" else {r: r for r in s.rounds})
-        (line,) = ax.plot([at[r] for r in s.rounds], s.accuracies, linewidth=1.5, label=label)
+        (line,) = ax.plot([at[r] for r in s.rounds], s.accuracies, linewidth=1.5, label=shown)
         if clients and s.clients_curve:
-            rounds = [at[r] for r, _ in s.clients_curve]
-            ax.fill_between(rounds, [c["p10"] for _, c in s.clients_curve], [c["p90"] for _, c in s.clients_curve],
+            band = [at[r] for r, _ in s.clients_curve]
+            ax.fill_between(band, [c["p10"] for _, c in s.clients_curve], [c["p90"] for _, c in s.clients_curve],
                             color=line.get_color(), alpha=0.2, linewidth=0,
                             label=f"{label}: clients' own accuracy, 10th-90th percentile")
-        rounds = paper_rounds(s) if paper and x == "rounds" else None
         if rounds is not None:
             ax.plot([rounds], [PAPER_TABLE2_TARGET], marker="v", markersize=9, linestyle="none",
                     color=line.get_color(), markeredgecolor="black", markeredgewidth=0.6,
                     label=None if marked else "paper's rounds to 99% (Table 2)", zorder=3)
             marked = True
-    if marked and PAPER_TABLE2_TARGET not in targets:
-        targets.append(PAPER_TABLE2_TARGET)
     for t in targets:
         ax.axhline(t, color="0.3", linestyle="--", linewidth=1.0, label=f"target {t:.2%}".replace(".00%", "%"))
-    ax.set_ylim(*y_limits(runs, targets, y_min, clients))
+    ax.set_ylim(*limits)
     ax.set_xlim(left=0)
     if x == "rounds":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -117,16 +126,39 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.4)
-    ax.legend(loc="lower right", fontsize="small")
+    legend_beside(fig, ax)
     return fig
 
 
-def legend_labels(runs: list[RunSummary]) -> list[str]:
-    """Each run's configuration label; runs sharing one are told apart by their directory name, and a run with
-    nothing to draw (one that failed before its first evaluated round) says so."""
-    labels = [s.label for s in runs]
-    named = [f"{s.label} ({s.path.name})" if labels.count(s.label) > 1 else s.label for s in runs]
-    return [label if s.rounds else f"{label}: {s.status}, no evaluated round" for s, label in zip(runs, named)]
+def legend_beside(fig: Figure, ax) -> None:
+    """The legend to the right of the axes, off the curves, and the figure widened by it (taller too where the
+    legend is), so that the axes keep FIGSIZE_INCHES' room and no label is cut."""
+    legend = fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    width, height = legend.get_window_extent(fig.canvas.get_renderer()).size / DPI
+    fig.set_size_inches(FIGSIZE_INCHES[0] + width + LEGEND_PAD_INCHES, max(FIGSIZE_INCHES[1], height + LEGEND_PAD_INCHES))
+
+
+def legend_labels(runs: list[RunSummary], y_range: tuple[float, float] | None = None) -> list[str]:
+    """Each run's configuration label (report.run_labels: the data sets named as tell them apart); runs sharing one
+    are told apart by their directory name, and a run with nothing to draw (one that failed before its first evaluated
+    round) says so. With the accuracy axis' `y_range`, a run with points outside it says how many."""
+    labels = run_labels(runs)
+    named = [f"{label} ({s.path.name})" if labels.count(label) > 1 else label for s, label in zip(runs, labels)]
+    out = []
+    for s, label in zip(runs, named):
+        if not s.rounds:
+            label += f": {s.status}, no evaluated round"
+        elif y_range is not None:
+            below = sum(a < y_range[0] for a in s.accuracies)
+            above = sum(a > y_range[1] for a in s.accuracies)
+            n = len(s.accuracies)
+            hidden = [f"{below} of {n} points below the axis"] if below else []
+            if above:
+                hidden.append(f"{above} above" if below else f"{above} of {n} points above the axis")
+            if hidden:  # e.g. [3 of 30 points below the axis, 1 above]
+                label += f" [{', '.join(hidden)}]"
+        out.append(label)
+    return out
 
 
 def y_limits(runs: list[RunSummary], targets: list[float], y_min: float | None = None,

@@ -143,8 +143,9 @@ class RunSummary:
         return rounds_to_target(h, target), rounds_to_target_interpolated(h, target)
 
 
-def config_label(config: dict) -> str:
-    """E.g. "noniid E=5 B=10 C=0.1 lr=0.1"; K is added when it is not the paper's 100."""
+def config_label(config: dict, data: str | None = None) -> str:
+    """E.g. "noniid E=5 B=10 C=0.1 lr=0.1"; K is added when it is not the paper's 100, the --data a run read in place
+    of its task's own as "data=npz:rotated.npz" (`data`: that name as `data_names` gives it among other runs)."""
     label = (
         f"{config.get('partition', '?')} E={config.get('epochs', '?')} B={config.get('batch_size', '?')} "
         f"C={_num(config.get('frac', '?'))} lr={_num(config.get('lr', '?'))}"
@@ -194,7 +195,38 @@ def config_label(config: dict) -> str:
             label += f" {name}={_num(config[key]) if key != 'client_speed' else config[key]}"
     if config.get("client_trace"):
         label += f" trace={Path(config['client_trace']).name}"
+    if config.get("data"):
+        label += f" data={data or data_name(config['data'])}"
     return label
+
+
+def data_name(spec: str, parts: int = 1) -> str:
+    """A --data setting (KIND:PATH, stored with PATH absolute) as labels show it: its kind and the last `parts`
+    components of its path, e.g. npz:rotated.npz; run.json and `runs show` have the path whole."""
+    kind, sep, where = spec.partition(":")
+    tail = Path(where).parts[-parts:] if sep else ()
+    return f"{kind}:{Path(*tail)}" if tail else spec
+
+
+def data_names(specs: list[str | None]) -> dict[str, str]:
+    """Each distinct --data of `specs` (None: a task's own data, left out) named by as few trailing path components
+    as tell it apart from the others: two LEAF sets in femnist/data and shakespeare/data are leaf:femnist/data and
+    leaf:shakespeare/data, not leaf:data twice."""
+    distinct = sorted({s for s in specs if s})
+    names = {}
+    for spec in distinct:
+        depth = 1
+        while depth < len(Path(spec.partition(":")[2]).parts) and any(
+                data_name(other, depth) == data_name(spec, depth) for other in distinct if other != spec):
+            depth += 1
+        names[spec] = data_name(spec, depth)
+    return names
+
+
+def run_labels(summaries: list[RunSummary]) -> list[str]:
+    """Each run's label (config_label) among these runs: the data sets they read named so as to tell them apart."""
+    names = data_names([s.config.get("data") for s in summaries])
+    return [config_label(s.config, names.get(s.config.get("data"))) for s in summaries]
 
 
 def load_run(path: str | Path, *, target: float | None = None, metric: str = "accuracy") -> RunSummary:
@@ -392,9 +424,9 @@ def format_table(summaries: list[RunSummary], *, markdown: bool = False, also: t
         headers += ["clients mean", "p10", "worst", "at target"]
         align += "rrrr"
     rows = []
-    for s in summaries:
+    for s, label in zip(summaries, run_labels(summaries)):
         rows.append([
-            s.path.name or str(s.path), s.label, s.status, str(s.evaluated_rounds),
+            s.path.name or str(s.path), label, s.status, str(s.evaluated_rounds),
             "-" if s.best_accuracy is None else f"{s.best_accuracy:.4f} ({s.best_round})",
             _num(s.target),
             *_rounds(s.rounds_to_target, s.rounds_to_target_interpolated),

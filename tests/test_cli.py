@@ -451,7 +451,7 @@ def test_runs_list_names_each_runs_task(tmp_path, monkeypatch, capsys):
     status, out, err = run_main(monkeypatch, capsys, "runs", "list", "--runs-dir", str(runs_dir))
     assert status == 0, err
     header, *rows = out.splitlines()
-    assert header.split()[:6] == ["run", "id", "status", "round", "task", "configuration"]
+    assert header.split()[:7] == ["run", "id", "status", "round", "task", "data", "configuration"]
     column = header.index("task")
     assert {row.split()[0]: row[column:].split()[0] for row in rows} == \
         {"cnn": "mnist-cnn", "digits": "digits-mlp", "mine": "spirals.py:task"}  # a file by its name: `show` has the path

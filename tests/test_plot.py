@@ -44,10 +44,11 @@ def two_runs(tmp_path):
     return [make_run(tmp_path / "iid", iid.tolist(), partition="iid"), make_run(tmp_path / "noniid", noniid.tolist())]
 
 
-def test_writes_an_800x500_png_with_both_curves(tmp_path, two_runs):
+def test_writes_a_png_500_px_high_and_800_px_wide_plus_its_legend_with_both_curves(tmp_path, two_runs):
     out = plot_runs(two_runs, tmp_path / "acc.png", title="MNIST CNN")
     assert out == tmp_path / "acc.png"
-    assert png_size(out) == (800, 500)
+    width, height = png_size(out)
+    assert height == 500 and 800 + 200 < width < 800 + 600  # the legend's labels are some 400 px wide
     # Both lines were drawn: pixels of matplotlib's first two colours (C0 blue, C1 orange) are there.
     import matplotlib.image
 
@@ -76,6 +77,50 @@ def test_legend_tells_apart_runs_with_the_same_configuration(tmp_path):
     assert legend_labels([a, b, c]) == [
         "noniid E=5 B=10 C=0.1 lr=0.1 (seed0)", "noniid E=5 B=10 C=0.1 lr=0.1 (seed1)", "iid E=5 B=10 C=0.1 lr=0.1",
     ]
+
+
+def test_the_legend_is_beside_the_axes_and_inside_the_figure_however_many_runs(tmp_path):
+    from fedactors.plot import draw
+
+    few = [load_run(make_run(tmp_path / "a", [0.9, 0.95])), load_run(make_run(tmp_path / "b", [0.9, 0.96], epochs=1))]
+    many = [load_run(make_run(tmp_path / f"lr{i}", [0.9, 0.95], lr=0.01 * (i + 1), strategy="fedprox", mu=0.5))
+            for i in range(40)]
+    for runs in (few, many):
+        fig = draw(runs)
+        fig.canvas.draw()  # the layout is made when drawn
+        (ax,), (legend,) = fig.axes, fig.legends
+        box, frame, whole = legend.get_window_extent(), ax.get_window_extent(), fig.bbox
+        assert box.x0 > frame.x1  # right of the curves, not on them
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1  # nothing cut
+        assert frame.width > 0.8 * 800  # the axes keep their room: the figure grew by the legend
+        assert len(legend.get_texts()) == len(runs) + 1  # each run and the target
+    assert draw(many).get_size_inches()[1] > 5.0  # 41 entries do not fit 500 px: taller
+
+
+def test_a_legend_entry_says_how_many_of_its_runs_points_are_off_the_axis(tmp_path):
+    from fedactors.plot import draw
+
+    early = load_run(make_run(tmp_path / "early", [0.5, 0.9, 0.96, 0.97, 0.98]))
+    zoomed = draw([early], y_min=0.95)
+    assert zoomed.legends[0].get_texts()[0].get_text() == "noniid E=5 B=10 C=0.1 lr=0.1 [2 of 5 points below the axis]"
+    # By default the axis starts below every point after the first ones (20% of them): here the first.
+    low, _ = draw([early]).axes[0].get_ylim()
+    assert 0.5 < low < 0.9 and legend_labels([early], (low, 1.0))[0].endswith("[1 of 5 points below the axis]")
+    # A run that fell after a good start: its early best is above a zoomed axis.
+    fell = load_run(make_run(tmp_path / "fell", [0.999] + [0.5] * 9))
+    assert legend_labels([fell], y_limits([fell], [0.6], y_min=0.4))[0].endswith("[1 of 10 points above the axis]")
+    assert legend_labels([fell], (0.55, 0.6))[0].endswith("[9 of 10 points below the axis, 1 above]")
+    assert legend_labels([fell], (0.0, 1.0)) == ["noniid E=5 B=10 C=0.1 lr=0.1"]  # all on it: nothing said
+
+
+def test_legend_names_the_data_each_run_read_as_far_as_tells_them_apart(tmp_path):
+    own = load_run(make_run(tmp_path / "own", [0.9]))
+    a = load_run(make_run(tmp_path / "a", [0.9], data="npz:/sets/a/digits.npz"))
+    b = load_run(make_run(tmp_path / "b", [0.9], data="npz:/sets/b/digits.npz"))
+    assert legend_labels([own, a]) == ["noniid E=5 B=10 C=0.1 lr=0.1", "noniid E=5 B=10 C=0.1 lr=0.1 data=npz:digits.npz"]
+    assert legend_labels([own, a, b]) == ["noniid E=5 B=10 C=0.1 lr=0.1",
+                                          "noniid E=5 B=10 C=0.1 lr=0.1 data=npz:a/digits.npz",
+                                          "noniid E=5 B=10 C=0.1 lr=0.1 data=npz:b/digits.npz"]
 
 
 def test_bad_outputs_and_empty_runs_are_clear_errors(tmp_path, two_runs):

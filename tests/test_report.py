@@ -320,3 +320,19 @@ def test_best_keeps_a_method_with_an_optional_setting_apart_from_the_one_without
         ("plain", [0.9, 0.98], {}), ("plain-lr", [0.9, 0.95, 0.98], {"lr": 0.05}),
         ("q8", [0.9, 0.95, 0.98], {"compress": "q8"}), ("momentum", [0.98], {"client_optimizer": "momentum"})]]
     assert [s.path.name for s in best_by_method(runs)] == ["plain", "q8", "momentum"]
+
+
+def test_the_table_names_the_data_each_run_read_as_far_as_tells_them_apart(tmp_path):
+    # Two LEAF sets in directories of the same name (LEAF's own layout, femnist/data and shakespeare/data), an .npz,
+    # and the task's own data (no --data: nothing said, as before).
+    specs = {"own": None, "fem": "leaf:/leaf/femnist/data", "shake": "leaf:/leaf/shakespeare/data",
+             "npz": "npz:/sets/rotated.npz"}
+    runs = [load_run(make_run(tmp_path / name, [0.9, 0.95], **({"data": spec} if spec else {})))
+            for name, spec in specs.items()]
+    lines = format_table(runs, markdown=True).splitlines()[2:]
+    labels = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines}
+    assert labels == {"own": "noniid E=5 B=10 C=0.1 lr=0.1", "fem": "noniid E=5 B=10 C=0.1 lr=0.1 data=leaf:femnist/data",
+                      "shake": "noniid E=5 B=10 C=0.1 lr=0.1 data=leaf:shakespeare/data",
+                      "npz": "noniid E=5 B=10 C=0.1 lr=0.1 data=npz:rotated.npz"}
+    # Alone, a run's label names its data by its last path component.
+    assert runs[1].label == "noniid E=5 B=10 C=0.1 lr=0.1 data=leaf:data"

@@ -17,13 +17,14 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
 @cli.command()
 @run_dirs_argument
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("accuracy.png"),
-              show_default=True, help="PNG file to write (800 x 500 px).")
+              show_default=True, help="PNG file to write: 800 x 500 px and the legend beside the axes.")
 @click.option("--target", type=float, default=None, help="Accuracy line to draw. Default: each run's configured target.")
 @click.option("--title", default=None, help="Figure title.")
 @click.option("--paper", is_flag=True, help="Mark the paper's rounds to 99% (Table 2) on each run of one of its cells "
               "(the CNN, K=100, C=0.1, FedAvg), in the run's colour.")
 @click.option("--y-min", type=float, default=None, help="Bottom of the accuracy axis, e.g. 0.95 to look at the last "
-              "stretch to 99%. Default: just below the lowest accuracy after each run's first few evaluated rounds.")
+              "stretch to 99%. Default: just below the lowest accuracy after each run's first few evaluated rounds. A run's "
+              "legend entry says how many of its points fall off the axis.")
 @click.option("--clients", is_flag=True, help="Shade the band from the 10th to the 90th percentile of the clients' own "
               "accuracies around each run's curve (runs evaluated client by client: natural data with client_test, "
               "or --eval-clients).")

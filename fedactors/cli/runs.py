@@ -50,19 +50,24 @@ def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) ->
 @runs_redis_option
 @runs_dir_option
 def runs_list(redis_url: str | None, runs_dir: Path) -> None:
-    """One line per run: id, status, newest round, task, configuration."""
+    """One line per run: id, status, newest round, task, data, configuration."""
+    from fedactors.report import data_names
+
     rows = [(info, _status(info, redis_url, runs_dir, where))
             for store, where in _stores(redis_url, runs_dir) for info in store.runs()]
     if not rows:
         click.echo("no runs")
         return
     tasks = [_task(info.config) for info, _ in rows]
+    names = data_names([info.config.get("data") for info, _ in rows])
+    data = [names.get(info.config.get("data"), OWN_DATA) for info, _ in rows]
     width = max(len("task"), *(len(t) for t in tasks))
-    click.echo(f"{'run id':<28} {'status':<11} {'round':>6}  {'task':<{width}}  configuration")
-    for (info, status), task in zip(rows, tasks, strict=True):
+    data_width = max(len("data"), *(len(d) for d in data))
+    click.echo(f"{'run id':<28} {'status':<11} {'round':>6}  {'task':<{width}}  {'data':<{data_width}}  configuration")
+    for (info, status), task, source in zip(rows, tasks, data, strict=True):
         c = info.config
         click.echo(
-            f"{info.run_id:<28} {status:<11} {str(info.latest_round):>6}  {task:<{width}}  "
+            f"{info.run_id:<28} {status:<11} {str(info.latest_round):>6}  {task:<{width}}  {source:<{data_width}}  "
             f"{c.get('partition')} K={c.get('clients')} C={c.get('frac')} E={c.get('epochs')} "
             f"B={c.get('batch_size')} lr={c.get('lr')} seed={c.get('seed')} rounds={c.get('rounds')}"
         )
@@ -75,6 +80,11 @@ def _status(info, redis_url: str | None, runs_dir: Path, where: str) -> str:
     run_dir = RunDirectory(runs_dir / info.run_id if redis_url else Path(where))
     said = run_dir.info().get("status")
     return said if run_dir.run_id() == info.run_id and said in ("failed", "interrupted") else info.status
+
+
+# The data column of a run that read its task's own data (no --data); the others show --data as report's labels do:
+# its kind and file or directory name (with as many parent directories as tell the listed runs' data apart).
+OWN_DATA = "task's own"
 
 
 def _task(config: dict) -> str:
