@@ -99,14 +99,20 @@ def _task(config: dict) -> str:
 @click.argument("run_id")
 @runs_redis_option
 @runs_dir_option
-def runs_show(run_id: str, redis_url: str | None, runs_dir: Path) -> None:
-    """Everything the store knows of RUN_ID."""
+@click.option("--config", "as_config", is_flag=True,
+              help="Print only RUN_ID's stored settings, as a TOML file that `fedactors run --config FILE.toml` reads "
+                   "to run it again (flags given with it override the file's).")
+def runs_show(run_id: str, redis_url: str | None, runs_dir: Path, as_config: bool) -> None:
+    """Everything the store knows of RUN_ID (--config: its settings as a TOML file)."""
     import json
 
     from fedactors.checkpoint import mask_url
 
     for store, where in _stores(redis_url, runs_dir, run_id):
         info = store.info(run_id)
+        if info is not None and as_config:
+            click.echo(settings_toml(run_id, info.config), nl=False)
+            return
         if info is not None:
             ckpt, skipped = store.latest(run_id)
             best = max((r["accuracy"] for r in ckpt.history), default=None) if ckpt else None
@@ -143,3 +149,31 @@ def runs_rm(run_id: str, redis_url: str | None, runs_dir: Path, yes: bool) -> No
     raise ConfigError(f"no run {run_id} in {'the store at ' + mask_url(redis_url) if redis_url else runs_dir}")
 
 
+def settings_toml(run_id: str, stored: dict) -> str:
+    """A run's stored configuration as the TOML `fedactors run --config` reads (cli.run.load_config_file): a line a
+    setting, named as its flag; a setting stored as null (not set: its default) left out, as TOML has no null.
+
+    ConfigError when the store holds settings this fedactors would not run (another version's)."""
+    import json
+
+    from fedactors.config import RunConfig
+
+    settings = dict(stored)
+    if settings.get("partition") == "natural":
+        settings.pop("clients", None)  # the count its data gave: a natural partition's clients are the data's owners
+    if settings.get("strategy") == "dp-fedavg":
+        settings.setdefault("accountant", "rdp")  # checkpointed before --accountant: it counted with RDP (api.resumed_config)
+    try:
+        RunConfig.from_dict(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"run {run_id}'s stored settings are not ones this fedactors runs: {exc}") from None
+    lines = [f"# run {run_id}'s settings: fedactors run --config THIS_FILE runs it again (a flag given overrides its line)"]
+    for key, value in settings.items():
+        if value is None:
+            continue
+        # A JSON string is a TOML basic string (the same escapes) but for DEL, which TOML wants escaped;
+        # ensure_ascii=False keeps characters beyond the BMP whole (\ud83d-style surrogate escapes are not TOML).
+        text = json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f") if isinstance(value, str) else (
+            "true" if value is True else "false" if value is False else repr(value))
+        lines.append(f"{key.replace('_', '-')} = {text}")
+    return "\n".join(lines) + "\n"
