@@ -99,8 +99,8 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
     fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    marked = False
-    for s, label, shown, rounds in zip(runs, legend_labels(runs), legend_labels(runs, limits), marks, strict=True):
+    colours = []
+    for s, label, shown in zip(runs, legend_labels(runs), legend_labels(runs, limits), strict=True):
         at = (dict(zip(s.rounds, s.uplink_mb)) if x == "uplink" else dict(zip(s.rounds, s.virtual_seconds))
               if x == "virtual" else {r: r for r in s.rounds})
         (line,) = ax.plot([at[r] for r in s.rounds], s.accuracies, linewidth=1.5, label=shown)
@@ -109,9 +109,12 @@ def draw(runs: list[RunSummary], *, target: float | None = None, title: str | No
             ax.fill_between(band, [c["p10"] for _, c in s.clients_curve], [c["p90"] for _, c in s.clients_curve],
                             color=line.get_color(), alpha=0.2, linewidth=0,
                             label=f"{label}: clients' own accuracy, 10th-90th percentile")
+        colours.append(line.get_color())
+    marked = False  # drawn after the curves, so that the legend lists the runs first
+    for rounds, colour in zip(marks, colours, strict=True):
         if rounds is not None:
             ax.plot([rounds], [PAPER_TABLE2_TARGET], marker="v", markersize=9, linestyle="none",
-                    color=line.get_color(), markeredgecolor="black", markeredgewidth=0.6,
+                    color=colour, markeredgecolor="black", markeredgewidth=0.6,
                     label=None if marked else "paper's rounds to 99% (Table 2)", zorder=3)
             marked = True
     for t in targets:
