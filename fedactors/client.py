@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,88 +26,18 @@ from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.compress import parse as parse_compressor, send
 from fedactors.config import RunConfig
 from fedactors.data.registry import load_task
-from fedactors.local import LocalSettings, optimizer_step
+from fedactors.algorithms import OBJECT_PREFIX, Algorithm, LocalClient, Reply, as_reply, make_algorithm, send_problem
+from fedactors.algorithms.fedprox import prox_hook  # noqa: F401 - importable from here, where they were
+from fedactors.algorithms.scaffold import scaffold_hook  # noqa: F401
+from fedactors.local import LocalSettings, local_steps, local_update  # noqa: F401 - local_update: as above
 from fedactors.messages import EvalPart, HostSum, Update
 from fedactors.partition import Parts
-from fedactors.seeding import Purpose, client_torch_seed, generator, torch_seed
+from fedactors.seeding import torch_seed
 from fedactors.task import Task
 
 if TYPE_CHECKING:
     import torch
 
-    from fedactors.model import FlatModel
-
-
-def local_update(
-    model: FlatModel,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int | None,
-    lr: float | Callable[[int], float],
-    rng: np.random.Generator,
-    grad_hook: Callable[[], None] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> float:
-    """E epochs of minibatch steps, reshuffled each epoch by `rng`; returns the last epoch's mean loss.
-
-    `lr`: the learning rate, or step -> learning rate (steps counted from 0 over the whole update; see
-    fedactors.local). `optimizer`: a torch optimizer over the model's parameters (fedactors.local); None is
-    plain SGD, the model's own step. `grad_hook` adjusts the gradient of every step (FedProx, SCAFFOLD: see
-    `prox_hook`, `scaffold_hook`)."""
-    import torch
-
-    n = len(images)
-    step = n if batch_size is None else batch_size
-    rate = lr if callable(lr) else (lambda _: lr)
-    k = 0  # steps taken
-    last_epoch_loss = 0.0
-    for _ in range(epochs):
-        order = torch.from_numpy(rng.permutation(n))
-        x_epoch, y_epoch = images[order], labels[order]
-        losses = []
-        for start in range(0, n, step):
-            x, y = x_epoch[start : start + step], y_epoch[start : start + step]
-            if optimizer is None:
-                losses.append(model.sgd_step(x, y, rate(k), grad_hook))
-            else:
-                losses.append(optimizer_step(model, x, y, optimizer, rate(k), grad_hook))
-            k += 1
-        last_epoch_loss = float(np.mean(losses))
-    return last_epoch_loss
-
-
-def local_steps(num_examples: int, epochs: int, batch_size: int | None) -> int:
-    """SGD steps a client takes: E * ceil(n / B)."""
-    return epochs * (1 if batch_size is None else -(-num_examples // batch_size))
-
-
-def prox_hook(model: FlatModel, global_weights: np.ndarray, mu: float) -> Callable[[], None]:
-    """FedProx (Li et al. 2020): the gradient of (mu/2)||w - w_global||^2, mu (w - w_global), added to every step's."""
-    import torch
-
-    anchor = torch.from_numpy(np.array(global_weights[: model.params.numel()])).to(model.params.device)
-    scratch = torch.empty_like(anchor)
-
-    def hook() -> None:
-        torch.sub(model.params, anchor, out=scratch)
-        model.grads.add_(scratch, alpha=mu)
-
-    return hook
-
-
-def scaffold_hook(model: FlatModel, c: np.ndarray, c_i: np.ndarray) -> Callable[[], None]:
-    """SCAFFOLD (Karimireddy et al. 2020): every step's gradient corrected by c - c_i."""
-    import torch
-
-    p = model.params.numel()
-    correction = torch.from_numpy(np.subtract(c[:p], c_i[:p])).to(model.params.device)
-
-    def hook() -> None:
-        model.grads.add_(correction)
-
-    return hook
 
 
 def choose_device(gpus: float, cuda_available: bool) -> tuple[str, str | None]:
@@ -165,10 +95,12 @@ class ClientHost:
         gpus: float = 0.0,
         host_id: int = 0,
         task: Task | None = None,
+        algorithm: object | None = None,
     ) -> None:
         """The data may come here or later through `load` (a Ray actor gets it by `load`, so that a
         restarted actor is re-sent the data by whoever restarts it instead of relying on Ray to
-        keep its constructor arguments). `task`: the Task itself, when it is not config.task's spec."""
+        keep its constructor arguments). `task`: the Task itself, when it is not config.task's spec;
+        `algorithm` likewise (a user's object whose client half trains here), else config.strategy's."""
         import torch
 
         from fedactors.model import FlatModel
@@ -191,6 +123,7 @@ class ClientHost:
         self.byzantine = byzantine_clients(config.seed, config.clients, config.byzantine)
         self.compressor = parse_compressor(config.compress)
         self.local = LocalSettings.of(config)
+        self._algorithm = algorithm
         self.loaded = False
         if train_images is not None:
             self.load(train_images, train_labels, client_indices, test_images, test_labels)
@@ -248,9 +181,19 @@ class ClientHost:
     def num_examples(self) -> list[int]:
         return self.client_indices.sizes.tolist()
 
-    def _fit(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
-             c_i: np.ndarray | None = None) -> float:
-        """Train client `client_id` from `global_weights`, leaving its weights in the model; returns its loss."""
+    @property
+    def algorithm(self) -> object:
+        """The run's algorithm, whose client half trains here: the object given, else made from the configuration
+        (a run given a server-only object from Python has the default client half)."""
+        if self._algorithm is None:
+            spec = self.config.strategy
+            self._algorithm = Algorithm() if spec.startswith(OBJECT_PREFIX) else make_algorithm(self.config)
+        return self._algorithm
+
+    def _fit(self, global_weights: np.ndarray, client_id: int, round_idx: int,
+             received: dict[str, np.ndarray] | None = None) -> Reply:
+        """Train client `client_id` from `global_weights` by the algorithm's client half, leaving its weights in the
+        model; returns its Reply. `received`: what the server half's configure() sent this client."""
         import torch
 
         idx = self.client_indices[client_id]
@@ -259,27 +202,16 @@ class ClientHost:
         labels = torch.from_numpy(self.train_labels[idx]).to(self.device)
         self.model.set_weights(global_weights)
         cfg = self.config
-        hook = None
-        if cfg.strategy == "fedprox" and cfg.mu > 0:
-            hook = prox_hook(self.model, global_weights, cfg.mu)
-        elif cfg.strategy == "scaffold":
-            hook = scaffold_hook(self.model, c, c_i)
-        seed = client_torch_seed(cfg.seed, round_idx, client_id)
-        if self.device.type == "cpu":  # the generator a CPU model draws from; torch.manual_seed would also queue
-            torch.default_generator.manual_seed(seed)  # a lazy seeding of every other device (0.4 ms, with a stack trace)
-        else:
-            torch.manual_seed(seed)
-        return local_update(
-            self.model,
-            images,
-            labels,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=self.local.rates(round_idx),
-            rng=generator(Purpose.SHUFFLE, cfg.seed, round_idx, client_id),
-            grad_hook=hook,
-            optimizer=self.local.make_optimizer(self.model),  # fresh each update: no state is kept between them
-        )
+        client = LocalClient(self.model, images, labels, client_id, round_idx, global_weights, received or {},
+                             self.local, cfg.epochs, cfg.batch_size, cfg.seed)
+        algorithm = self.algorithm
+        update = getattr(algorithm, "local_update", None)  # a server-only strategy: the default local update
+        name = getattr(algorithm, "name", type(algorithm).__name__)
+        reply = as_reply(update(client) if update is not None else client.train(), name)
+        problem = send_problem(reply.send)
+        if problem:
+            raise TypeError(f"{name}.local_update's Reply {problem}")
+        return reply
 
     def _result(self, weights: np.ndarray, global_weights: np.ndarray, client_id: int, round_idx: int,
                 residual: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -296,38 +228,29 @@ class ClientHost:
         return corrupt(cfg.attack, weights, global_weights, scale=cfg.attack_scale, seed=cfg.seed,
                        round_idx=round_idx, client_id=client_id), new_residual
 
-    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int, c: np.ndarray | None = None,
-              c_i: np.ndarray | None = None, residual: np.ndarray | None = None) -> Update:
+    def train(self, global_weights: np.ndarray, client_id: int, round_idx: int,
+              residual: np.ndarray | None = None, names: Sequence[str] = (), *arrays: np.ndarray) -> Update:
         """Client `client_id`'s update in round `round_idx`, starting from `global_weights`.
 
-        With --strategy fedprox every step adds FedProx's proximal gradient; with scaffold, `c`
-        and `c_i` (the server's and this client's control variates) correct every step, and the
-        update carries the client's new control variate. With --compress topk or sign, `residual`
-        is the client's error-feedback residual and the update carries its new one."""
+        `names` and `arrays`: what the algorithm's configure() sent this client (SCAFFOLD's c and c_i), as
+        separate arguments so that Ray resolves each (an array many clients share travels once); the update
+        carries what its local update sent back (`sent`) and its metrics. With --compress topk or sign,
+        `residual` is the client's error-feedback residual and the update carries its new one."""
         start = time.perf_counter()
-        loss = self._fit(global_weights, client_id, round_idx, c, c_i)
+        reply = self._fit(global_weights, client_id, round_idx, dict(zip(names, arrays, strict=True)))
         weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
-        control = None
-        if self.config.strategy == "scaffold":
-            # c_i+ = c_i - c + (x - y) / (K lr), over the parameters; a float buffer has no gradient. K lr is
-            # the sum of the steps' learning rates under a schedule (the round's lr_t, a warm-up's ramp).
-            cfg = self.config
-            p = self.model.params.numel()
-            control = np.zeros_like(weights)
-            steps = local_steps(len(self.client_indices[client_id]), cfg.epochs, cfg.batch_size)
-            scale = np.float32(1.0 / self.local.lr_sum(round_idx, steps))
-            control[:p] = (c_i[:p] - c[:p]) + (global_weights[:p] - weights[:p]) * scale
         sent, new_residual = self._result(weights, global_weights, client_id, round_idx, residual)
         return Update(
             client_id=client_id,
             round=round_idx,
             weights=sent,
             num_examples=len(self.client_indices[client_id]),
-            train_loss=loss,
+            train_loss=reply.loss,
             train_seconds=time.perf_counter() - start,
             host=self.host_id,
-            control=control,
             residual=new_residual,
+            sent=reply.send,
+            metrics=reply.metrics,
         )
 
     def train_sum(self, global_weights: np.ndarray, client_ids: list[int], round_idx: int,
@@ -346,7 +269,9 @@ class ClientHost:
         for cid in client_ids:
             start = time.perf_counter()
             try:
-                loss = self._fit(global_weights, cid, round_idx)
+                reply = self._fit(global_weights, cid, round_idx)
+                if reply.send:  # host sums are for algorithms that send nothing but their weights (Spec.host_sums)
+                    raise TypeError(f"{self.algorithm.name} sends {sorted(reply.send)}: it cannot be summed on hosts")
             except Exception as exc:  # noqa: BLE001 - a failure is data: the coordinator retries it elsewhere
                 failures.append((cid, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -355,7 +280,7 @@ class ClientHost:
             if not total.add(weights, n):  # refuses NaN and infinity too: tell them apart only then
                 (out_of_range if all_finite(weights) else rejected).append(cid)
             else:
-                for key, value in zip(done, (cid, n, loss, time.perf_counter() - start)):
+                for key, value in zip(done, (cid, n, reply.loss, time.perf_counter() - start)):
                     done[key].append(value)
         return HostSum(host=self.host_id, round=round_idx, acc=total.acc, rejected=rejected,
                        out_of_range=out_of_range, failures=failures, **done)

@@ -9,42 +9,31 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from fedactors.algorithms import BUILTINS, builtin
+from fedactors.algorithms.fedopt import SERVER_LR
 from fedactors.errors import ConfigError
 
 PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
-STRATEGIES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox", "scaffold", "dp-fedavg",
-              "fedbuff", "fedasync")  # fedactors.strategy's; the last two asynchronous (fedactors.asynchronous)
-ASYNC_STRATEGIES = ("fedbuff", "fedasync")
-# --server-lr when not given, per server optimizer: FedAvgM's 1 is Hsu et al.'s; the adaptive ones'
-# come from Reddi et al.'s grids (their best server rates for the image tasks lie around these).
-SERVER_LR = {"fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
-# --lr when not given: the paper's 0.1 (FedAvg's), except for the strategies that fail with it on the paper's
-# non-IID CNN (E=1, B=10, C=0.1) within 100 rounds; each value is the grid's that trains there (issue 28, the runs
-# in docs/runs/tune-*).
-CLIENT_LR = {"scaffold": 0.02, "fedadam": 0.05}
+# The built-in algorithms, each described by the module that defines it (fedactors.algorithms: Spec); the tables
+# below are read off those descriptions, so no name is listed here.
+STRATEGIES = tuple(BUILTINS)
+ASYNC_STRATEGIES = tuple(name for name, spec in BUILTINS.items() if spec.asynchronous)  # fedactors.asynchronous
+# --lr when not given: the paper's 0.1 (FedAvg's), except for the algorithms whose Spec says otherwise (those that fail
+# with it on the paper's non-IID CNN, E=1, B=10, C=0.1, within 100 rounds: issue 28, the runs in docs/runs/tune-*).
+CLIENT_LR = {name: spec.default_lr for name, spec in BUILTINS.items() if spec.default_lr is not None}
 DEFAULT_LR = 0.1
-# Each strategy setting (a RunConfig field) and the built-in strategies that use it; for another, it is refused.
-# The strategies that take a server optimizer (--server-optimizer) on what they make of a round: FedBuff on its buffer's
+# The algorithms that take a server optimizer (--server-optimizer) on what they make of a round: FedBuff on its buffer's
 # average, DP-FedAvg on its noised average (post-processing: the accountant's epsilon is the same).
-OPTIMIZED_STRATEGIES = ("fedbuff", "dp-fedavg")
-STRATEGY_SETTINGS = {
-    "server_lr": (*SERVER_LR, *OPTIMIZED_STRATEGIES), "server_momentum": ("fedavgm", *OPTIMIZED_STRATEGIES),
-    "beta1": ("fedadagrad", "fedadam", "fedyogi", *OPTIMIZED_STRATEGIES),
-    "beta2": ("fedadam", "fedyogi", *OPTIMIZED_STRATEGIES),
-    "tau": ("fedadagrad", "fedadam", "fedyogi", *OPTIMIZED_STRATEGIES), "mu": ("fedprox",),
-    "server_optimizer": OPTIMIZED_STRATEGIES,
-    "clip": ("dp-fedavg",), "noise_multiplier": ("dp-fedavg",), "delta": ("dp-fedavg",),
-    "target_epsilon": ("dp-fedavg",), "dp_seed": ("dp-fedavg",), "accountant": ("dp-fedavg",),
-    "strict_dp_check": ("dp-fedavg",), "target_quantile": ("dp-fedavg",), "clip_lr": ("dp-fedavg",),
-    "initial_clip": ("dp-fedavg",), "clip_count_noise": ("dp-fedavg",),
-    "concurrency": ASYNC_STRATEGIES, "buffer": ("fedbuff",), "staleness": ASYNC_STRATEGIES, "mixing": ("fedasync",),
-}
+OPTIMIZED_STRATEGIES = tuple(name for name, spec in BUILTINS.items() if spec.takes_server_optimizer)
+# Each algorithm setting (a RunConfig field) and the built-ins that read it; for another, it is refused.
+STRATEGY_SETTINGS = {name: tuple(s for s, spec in BUILTINS.items() if name in spec.settings)
+                     for name in dict.fromkeys(f for spec in BUILTINS.values() for f in spec.settings)}
 # Adaptive clipping's settings (--clip adaptive): None is the paper's default (fedactors.privacy).
 ADAPTIVE_CLIP_SETTINGS = ("target_quantile", "clip_lr", "initial_clip", "clip_count_noise")
 ACCOUNTANTS = ("pld", "rdp")  # fedactors.privacy.dp_epsilon's
-# The strategies that need only the round's average, so that hosts may sum their clients (host_sums_apply).
-HOST_SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+# The algorithms that need only the round's average, so that hosts may sum their clients (host_sums_apply).
+HOST_SUM_STRATEGIES = tuple(name for name, spec in BUILTINS.items() if spec.host_sums)
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
 PRECISIONS = ("fp32", "bf16")
 
@@ -67,10 +56,9 @@ DEFAULTED_EXPERIMENT_FIELDS = {"client_optimizer": "sgd", "client_momentum": 0.9
                                "lr_schedule": "constant", "lr_warmup_steps": 0}
 # The settings that put clients on a virtual clock (fedactors.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
-# The strategies that do not run on the virtual clock, and why: refused by name here, and a user's strategy of
-# their kind (a subclass) by strategy.make_strategy.
-OFF_THE_CLOCK = {"dp-fedavg": "its privacy accounting assumes every sampled client reports",
-                 "scaffold": "its control variates are kept for synchronous rounds only"}
+# The algorithms that do not run on the virtual clock, and why: refused by name here, and a user's algorithm of
+# their kind (a subclass) by algorithms.make_algorithm.
+OFF_THE_CLOCK = {name: spec.off_the_clock for name, spec in BUILTINS.items() if spec.off_the_clock}
 
 
 @dataclass(frozen=True)
@@ -248,7 +236,8 @@ class RunConfig:
         self._check_strategy()
         from fedactors.local import check
 
-        check(self)
+        spec = builtin(self.strategy)
+        check(self, plain_sgd_only=spec.plain_sgd_only if spec else None, asynchronous=self.asynchronous)
 
     def _check_strategy(self) -> None:
         if not isinstance(self.strategy, str) or not self.strategy.strip():
@@ -287,12 +276,10 @@ class RunConfig:
             raise ConfigError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
         if not isinstance(self.strict_dp_check, bool):
             raise ConfigError(f"strict_dp_check must be true or false, got {self.strict_dp_check!r}")
-        if self.strategy == "dp-fedavg" and self.aggregator != "fedavg":
-            raise ConfigError(f"--strategy dp-fedavg clips and sums the updates itself: it needs --aggregator fedavg, "
+        spec = builtin(self.strategy)
+        if spec is not None and spec.needs_fedavg and not spec.asynchronous and self.aggregator != "fedavg":
+            raise ConfigError(f"--strategy {self.strategy} {spec.needs_fedavg}: it needs --aggregator fedavg, "
                               f"not {self.aggregator}")
-        if self.strategy == "scaffold" and self.aggregator != "fedavg":
-            raise ConfigError(f"--strategy scaffold averages its clients' models and control variates: it needs "
-                              f"--aggregator fedavg, not {self.aggregator}")
 
     def _check_systems(self) -> None:
         from fedactors.asynchronous import parse_staleness
@@ -313,7 +300,8 @@ class RunConfig:
             raise ConfigError(f"--server-optimizer must be one of {', '.join(SERVER_LR)}, got {self.server_optimizer!r}")
         if self.mixing is not None and not (_is_real(self.mixing) and 0 < self.mixing <= 1):
             raise ConfigError(f"--mixing must be in (0, 1], got {self.mixing!r}")
-        if self.strategy in ASYNC_STRATEGIES:
+        spec = builtin(self.strategy)
+        if spec is not None and spec.asynchronous:
             for name in ("deadline", "over_select"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"--{name.replace('_', '-')} is for synchronous rounds; --strategy "
@@ -322,12 +310,12 @@ class RunConfig:
             if self.compress is not None and self.compress.partition(":")[0] in ("topk", "sign"):
                 raise ConfigError(f"--compress {self.compress} does not go with --strategy {self.strategy}: its "
                                   "error feedback assumes a client's updates arrive in the order it made them")
-            if (self.strategy == "fedbuff" and self.buffer is not None and self.clients is not None
+            if (spec.fixed_buffer is None and self.buffer is not None and self.clients is not None
                     and self.buffer > self.concurrency_value):
                 raise ConfigError(f"--buffer {self.buffer} is more than the {self.concurrency_value} clients training at "
                                   "once (--concurrency): a buffer fills from the clients in flight")
             if self.aggregator != "fedavg":
-                raise ConfigError(f"--strategy {self.strategy} averages its buffer itself: it needs --aggregator "
+                raise ConfigError(f"--strategy {self.strategy} {spec.needs_fedavg}: it needs --aggregator "
                                   f"fedavg, not {self.aggregator}")
         if self.simulates_systems and self.strategy in OFF_THE_CLOCK:
             raise ConfigError(f"--strategy {self.strategy} does not run on the virtual clock (--client-speed, "
@@ -336,7 +324,13 @@ class RunConfig:
     @property
     def simulates_systems(self) -> bool:
         """Whether clients run on a virtual clock: a systems setting is given or the strategy is asynchronous."""
-        return self.strategy in ASYNC_STRATEGIES or any(getattr(self, n) is not None for n in SYSTEMS_SETTINGS)
+        return self.asynchronous or any(getattr(self, n) is not None for n in SYSTEMS_SETTINGS)
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the algorithm has no rounds (fedbuff, fedasync: fedactors.asynchronous)."""
+        spec = builtin(self.strategy)
+        return spec is not None and spec.asynchronous
 
     @property
     def concurrency_value(self) -> int:
@@ -346,8 +340,9 @@ class RunConfig:
     @property
     def buffer_value(self) -> int:
         """fedbuff: arrivals per server update, default min(10, concurrency); fedasync: 1."""
-        if self.strategy == "fedasync":
-            return 1
+        spec = builtin(self.strategy)
+        if spec is not None and spec.fixed_buffer is not None:
+            return spec.fixed_buffer
         return self.buffer if self.buffer is not None else min(10, self.concurrency_value)
 
     def _check_adaptive_clip(self) -> None:
@@ -390,7 +385,10 @@ class RunConfig:
         """--server-lr, or the default for the strategy's optimizer."""
         if self.server_lr is not None:
             return self.server_lr
-        return SERVER_LR.get(self.server_optimizer if self.strategy in OPTIMIZED_STRATEGIES else self.strategy, 1.0)
+        spec = builtin(self.strategy)
+        if spec is not None and spec.takes_server_optimizer:
+            spec = builtin(self.server_optimizer)
+        return spec.default_server_lr if spec is not None and spec.default_server_lr is not None else 1.0
 
     @property
     def clients_per_round(self) -> int:
@@ -494,8 +492,8 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     for name in ("server_lr", "server_momentum", "beta1", "beta2", "tau"):
         users = STRATEGY_SETTINGS[name]
         strategy = values["strategy"]
-        if (name in given and strategy in OPTIMIZED_STRATEGIES and optimizer not in users
-                and not (name == "server_lr" and strategy == "fedbuff")):
+        spec = builtin(strategy)
+        if (name in given and spec is not None and name in spec.optimizer_settings and optimizer not in users):
             raise ConfigError(f"--{name.replace('_', '-')} with --strategy {strategy} needs --server-optimizer "
                               f"{' or '.join(u for u in users if u not in OPTIMIZED_STRATEGIES)}")
     if "server_optimizer" in given and ":" in str(values["strategy"]):

@@ -19,15 +19,15 @@ from fedactors.attacks import byzantine_clients
 from fedactors.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
 from fedactors.collect import MAX_ATTEMPTS, Collection, Refused
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
-from fedactors.asynchronous import Schedule, buffered_update, mixed_update, parse_staleness
-from fedactors.config import ASYNC_STRATEGIES, RunConfig, host_sums_apply
+from fedactors.asynchronous import Schedule
+from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
 from fedactors.messages import Failure, RoundStats, Update
 from fedactors.pool import HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
 from fedactors.seeding import sample_clients
 from fedactors.systems import Systems, Trace, parse_speed, plan_round
-from fedactors.strategy import DPFedAvg, Scaffold, Strategy, checked_step, make_strategy
+from fedactors.algorithms import builtin, make_algorithm, server_step
 from fedactors.traffic import Totals, per_client
 
 # The pool's names stay importable from here, where they lived before fedactors.pool.
@@ -78,7 +78,7 @@ class Coordinator:
         run_started_at: float | None = None,
         fingerprint: str = "",
         identity: dict | None = None,
-        strategy: Strategy | None = None,
+        strategy: object | None = None,
         strategy_state: tuple | None = None,
         eval_owners: np.ndarray | None = None,
         held_out: bool = False,
@@ -87,7 +87,7 @@ class Coordinator:
         trace: Trace | None = None,
         clock: dict | None = None,
     ) -> None:
-        """`strategy`: a Strategy object (else config.strategy's); `strategy_state`: a checkpoint's state to resume,
+        """`strategy`: the algorithm object (else config.strategy's: fedactors.algorithms); `strategy_state`: a checkpoint's state to resume,
         (the strategy's buffers, its scalars, the framework's buffers) as Checkpoint.strategy_state gives it.
         `eval_owners`: the client each example of the per-client evaluation belongs to: of the test set, or with
         `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation).
@@ -113,7 +113,11 @@ class Coordinator:
         self.held_out = held_out
         self.classes = classes  # False for a task of float targets ("values"): no accuracy, the loss and metrics
         self.traffic = traffic if traffic is not None else Totals(since_round=start_round)
-        self.strategy = strategy if strategy is not None else make_strategy(config)
+        self.strategy = strategy if strategy is not None else make_algorithm(config)
+        spec = builtin(config.strategy)
+        self.asynchronous = spec is not None and spec.asynchronous  # fedbuff, fedasync: run_async, no rounds
+        # Differentially private (DP-FedAvg, or a user's subclass of it): Poisson sampling, an epsilon to report.
+        self.private = callable(getattr(self.strategy, "epsilon", None)) and callable(getattr(self.strategy, "sample", None))
         compressor = parse_compressor(config.compress)
         # --compress topk or sign: the clients' error-feedback residuals, checkpointed beside the strategy's state.
         self.feedback = ErrorFeedback() if compressor is not None and compressor.feedback else None
@@ -146,7 +150,7 @@ class Coordinator:
         cfg = self.config
         if self.systems is not None and cfg.deadline is not None:
             self._check_deadline()
-        if cfg.strategy in ASYNC_STRATEGIES and self.schedule is None:
+        if self.asynchronous and self.schedule is None:
             down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
             self.schedule = Schedule(seed=cfg.seed, concurrency=cfg.concurrency_value, buffer=cfg.buffer_value,
                                      systems=self.systems, work=self.work(), bytes_down=down, bytes_up=up,
@@ -182,7 +186,7 @@ class Coordinator:
         "residual_norm", or "version3" where there are no versions) is the strategy's."""
         def own(name: str) -> bool:
             for prefix, used in (("residual", self.feedback is not None),
-                                 ("version", self.config.strategy in ASYNC_STRATEGIES)):
+                                 ("version", self.asynchronous)):
                 if used and name.startswith(prefix) and name[len(prefix):].isdigit():
                     return True
             return False
@@ -192,7 +196,7 @@ class Coordinator:
     def _over_budget(self, round_idx: int) -> str | None:
         """Why round `round_idx` may not run (it would spend more than --target-epsilon), or None."""
         target = self.config.target_epsilon
-        if target is None or not isinstance(self.strategy, DPFedAvg):
+        if target is None or not self.private:
             return None
         spent = self.strategy.epsilon(round_idx)
         if spent <= target:
@@ -236,7 +240,7 @@ class Coordinator:
         """
         cfg = self.config
         t0 = time.perf_counter()
-        if isinstance(self.strategy, DPFedAvg):  # Poisson sampling, keyed by its secret
+        if self.private:  # Poisson sampling, keyed by its secret
             sampled = self.strategy.sample(round_idx)
             required = math.ceil(cfg.min_fit_fraction * len(sampled) - 1e-9)
         elif self.systems is not None:
@@ -261,7 +265,8 @@ class Coordinator:
         exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in todo))
                  if cfg.aggregator == "fedavg" and needs_aggregate and todo else None)
         on_hosts = exact is not None and uses_host_sums(cfg)
-        extras = self._client_state if isinstance(self.strategy, Scaffold) or self.feedback is not None else None
+        configure = getattr(self.strategy, "configure", None)  # the algorithm's server half: what each client is sent
+        extras = self._extras(round_idx, configure) if configure is not None or self.feedback is not None else None
 
         def dispatch(todo: list[int]) -> Iterator[tuple[int, object]]:
             """Each client's outcome: its Update, or under host sums (host, examples, loss, seconds) once its host's
@@ -297,7 +302,7 @@ class Coordinator:
         collection = Collection([c for c in sampled if c in in_plan], required).collect(dispatch, admit)
         last_arrival = collection.last_arrival or t0
         wait_seconds = last_arrival - t0  # to the last update's arrival, before the result is made
-        private = isinstance(self.strategy, DPFedAvg)
+        private = self.private
         collection.accept(round_idx, of=len(sampled), min_fit_fraction=cfg.min_fit_fraction, private=private,
                           divergence=(lambda: divergence_hint(self.strategy.noise_to_clip(len(self.weights))))
                           if private and round_idx > 1 else None)
@@ -317,13 +322,10 @@ class Coordinator:
                                              krum_f=cfg.krum_f)
             except ValueError as exc:  # Krum left with too few updates (--min-fit-fraction)
                 raise RoundFailed(f"round {round_idx}: {exc}") from None
-        dp = self.strategy if isinstance(self.strategy, DPFedAvg) else None
+        dp = self.strategy if private else None
         clip_used = dp.clip if dp is not None and dp.adaptive else None  # this round's, before the step moves it
         if kept or self.systems is None:  # on the virtual clock, a round nobody finished in time leaves the model
-            self.weights = checked_step(self.strategy, self.weights, combined, [u.weights for u in ordered],
-                                        [u.num_examples for u in ordered], round_idx)
-        if isinstance(self.strategy, Scaffold):
-            self.strategy.accept({u.client_id: u.control for u in ordered})
+            self.weights = server_step(self.strategy, self.weights, combined, ordered, round_idx)
         if self.feedback is not None:
             self.feedback.accept({u.client_id: u.residual for u in ordered if u.residual is not None})
         aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
@@ -410,26 +412,18 @@ class Coordinator:
             return collection.usable, [collection.results[key] for key in collection.usable]
 
         kept, got = accept()
-        staleness = parse_staleness(cfg.staleness)
         old = self.weights
-        if not kept:
-            new = old
-        elif cfg.strategy == "fedasync":
-            new = mixed_update(old, got[0].weights, taus[kept[0]], staleness, self.strategy.rate)
-        else:
-            optimizer = self.strategy.optimizer
-            new, left_out = buffered_update(old, [(u.weights, u.num_examples, taus[key],
-                                                   self._weights_at(by_key[key].version))
-                                                  for key, u in zip(kept, got)],
-                                            staleness, 1.0 if optimizer is not None else cfg.server_lr_value)
+        new = None
+        if kept:  # the algorithm's server update (fedactors.algorithms.fedbuff), arrivals in virtual arrival order
+            new, left_out = self.strategy.server_update(
+                old, [(u.weights, u.num_examples, taus[key], self._weights_at(by_key[key].version))
+                      for key, u in zip(kept, got)], round_idx)
             for i in left_out:  # too large for the exact sum once weighted by its staleness
                 collection.refuse(kept[i], Refused(got[i].host, finite=True))
             if left_out:
                 kept, got = accept()
-            if new is None:  # every arrival left out, and --min-fit-fraction allows it
-                new = old
-            elif optimizer is not None:  # its step on the pseudo-gradient, from the buffer's average
-                new = checked_step(self.strategy, old, new, [], [], round_idx)
+        if new is None:  # nobody arrived usable, or every arrival was left out and --min-fit-fraction allows it
+            new = old
         if not aggregate.all_finite(new):
             raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
         self.versions[schedule.version] = old
@@ -497,12 +491,17 @@ class Coordinator:
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
 
-    def _client_state(self, client_id: int) -> tuple:
-        """What ClientHost.train takes besides the weights for this client: (c, c_i, residual), each None if unused:
-        SCAFFOLD's control variates, and the error-feedback residual of --compress topk or sign."""
+    def _extras(self, round_idx: int, configure) -> callable:
+        """client -> what ClientHost.train takes besides the weights: (its error-feedback residual or None, then the
+        names and arrays the algorithm's configure() sends it)."""
         length = len(self.weights)
-        controls = self.strategy.controls(client_id, length) if isinstance(self.strategy, Scaffold) else (None, None)
-        return (*controls, self.feedback.residual(client_id, length) if self.feedback is not None else None)
+
+        def extras(client_id: int) -> tuple:
+            residual = self.feedback.residual(client_id, length) if self.feedback is not None else None
+            sent = configure(client_id, round_idx, self.weights) if configure is not None else {}
+            return (residual, tuple(sent), *sent.values())
+
+        return extras
 
 
 class CoordinatorActor:
@@ -525,7 +524,7 @@ class CoordinatorActor:
         weights: np.ndarray | None = None,
         history: list[dict] | None = None,
         run_started_at: float | None = None,
-        strategy: Strategy | None = None,
+        strategy: object | None = None,
         strategy_state: tuple | None = None,
         eval_owners: np.ndarray | None = None,
         held_out: bool = False,

@@ -1,4 +1,4 @@
-"""The default local update's optimizer and learning rate, from the run's settings.
+"""The default local update: its loop (`local_update`), optimizer and learning rate, from the run's settings.
 
 --client-optimizer sgd|momentum|adam (--client-momentum), --weight-decay, --lr-schedule (the
 learning rate of round t) and --lr-warmup-steps (of step k within one local update). A client's
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fedactors.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULE_FORMS = "constant, exp:GAMMA, step:EVERY:GAMMA or cosine[:MIN_FRACTION]"
-# The strategies whose client computes from its steps' sizes, and why another optimizer than plain SGD is unsound there.
-PLAIN_SGD_ONLY = {"scaffold": "its control variate c_i+ = c_i - c + (x - y) / (K lr) is the mean corrected gradient "
-                              "only when the K local steps are plain SGD steps"}
-
 
 @dataclass(frozen=True)
 class Schedule:
@@ -162,10 +160,56 @@ def optimizer_step(model: FlatModel, images: torch.Tensor, labels: torch.Tensor,
     return loss.item()
 
 
-def check(config: RunConfig) -> None:
-    """RunConfig's validation of these settings: ConfigError naming the first that is wrong or unsound."""
-    from fedactors.config import ASYNC_STRATEGIES
+def local_update(
+    model: FlatModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int | None,
+    lr: float | Callable[[int], float],
+    rng: np.random.Generator,
+    grad_hook: Callable[[], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> float:
+    """E epochs of minibatch steps, reshuffled each epoch by `rng`; returns the last epoch's mean loss.
 
+    `lr`: the learning rate, or step -> learning rate (steps counted from 0 over the whole update; see
+    fedactors.local). `optimizer`: a torch optimizer over the model's parameters (fedactors.local); None is
+    plain SGD, the model's own step. `grad_hook` adjusts the gradient of every step (FedProx, SCAFFOLD: see
+    `prox_hook`, `scaffold_hook`)."""
+    import torch
+
+    n = len(images)
+    step = n if batch_size is None else batch_size
+    rate = lr if callable(lr) else (lambda _: lr)
+    k = 0  # steps taken
+    last_epoch_loss = 0.0
+    for _ in range(epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        x_epoch, y_epoch = images[order], labels[order]
+        losses = []
+        for start in range(0, n, step):
+            x, y = x_epoch[start : start + step], y_epoch[start : start + step]
+            if optimizer is None:
+                losses.append(model.sgd_step(x, y, rate(k), grad_hook))
+            else:
+                losses.append(optimizer_step(model, x, y, optimizer, rate(k), grad_hook))
+            k += 1
+        last_epoch_loss = float(np.mean(losses))
+    return last_epoch_loss
+
+
+def local_steps(num_examples: int, epochs: int, batch_size: int | None) -> int:
+    """SGD steps a client takes: E * ceil(n / B)."""
+    return epochs * (1 if batch_size is None else -(-num_examples // batch_size))
+
+
+def check(config: RunConfig, *, plain_sgd_only: str | None = None, asynchronous: bool = False) -> None:
+    """RunConfig's validation of these settings: ConfigError naming the first that is wrong or unsound.
+
+    `plain_sgd_only`: why the algorithm needs plain SGD steps (its Spec's), if it does; `asynchronous`: whether it has
+    no rounds to schedule the learning rate by."""
     if config.client_optimizer not in OPTIMIZERS:
         raise ConfigError(f"--client-optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.client_optimizer!r}")
     if not (_is_real(config.client_momentum) and 0 <= config.client_momentum < 1):
@@ -175,10 +219,10 @@ def check(config: RunConfig) -> None:
     if isinstance(config.lr_warmup_steps, bool) or not isinstance(config.lr_warmup_steps, int) or config.lr_warmup_steps < 0:
         raise ConfigError(f"--lr-warmup-steps must be an integer >= 0, got {config.lr_warmup_steps!r}")
     schedule = parse_schedule(config.lr_schedule)
-    if config.strategy in PLAIN_SGD_ONLY and config.client_optimizer != "sgd":
+    if plain_sgd_only and config.client_optimizer != "sgd":
         raise ConfigError(f"--client-optimizer {config.client_optimizer} does not go with --strategy {config.strategy}: "
-                          f"{PLAIN_SGD_ONLY[config.strategy]}")
-    if config.strategy in ASYNC_STRATEGIES and schedule.kind != "constant":
+                          f"{plain_sgd_only}")
+    if asynchronous and schedule.kind != "constant":
         raise ConfigError(f"--lr-schedule {config.lr_schedule} does not go with --strategy {config.strategy}: a client "
                           "there trains from a server version, not in a round, so there is no round to schedule by "
                           "(--lr-warmup-steps, within each local update, does go with it)")

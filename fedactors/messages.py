@@ -54,8 +54,9 @@ class Update:
     train_loss: float  # mean minibatch loss over the client's last epoch
     train_seconds: float
     host: int = -1  # index of the host that trained it, for reporting
-    control: np.ndarray | None = None  # SCAFFOLD: the client's new control variate c_i+
     residual: np.ndarray | None = None  # --compress topk or sign: the client's new error-feedback residual
+    sent: dict[str, np.ndarray] = field(default_factory=dict)  # what the algorithm's local update sent (Reply.send)
+    metrics: dict[str, float] = field(default_factory=dict)  # ... and its metrics (Reply.metrics)
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,16 @@ FLOAT_BYTES = 4
 def per_client(strategy: str, num_weights: int, compress: str | None = None) -> tuple[int, int]:
     """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy) and `compress`
     (a --compress spec: the update goes up in the encoded buffers' bytes, fedactors.compress)."""
+    from fedactors.algorithms import builtin
     from fedactors.compress import parse
 
     model = FLOAT_BYTES * num_weights
     compressor = parse(compress)
     update = model if compressor is None else compressor.encoded_bytes(num_weights)
-    if strategy == "scaffold":  # c with the model; the control variate (in float32) with the update
-        return 2 * model, update + model
-    return model, update
+    spec = builtin(strategy)  # what else its method sends (SCAFFOLD: c down, the new control variate up)
+    if spec is None:
+        return model, update
+    return model * (1 + spec.copies_down), update + model * spec.copies_up
 
 
 @dataclass

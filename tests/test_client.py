@@ -188,15 +188,16 @@ def test_a_host_trains_round_t_at_its_scheduled_rate():
     for strategy in ("fedavg", "scaffold"):
         scheduled = _linear_hosts(strategy=strategy, lr=0.1, lr_schedule="exp:0.5")[0]
         w0 = scheduled.initial_weights()
-        c = np.zeros_like(w0) if strategy == "scaffold" else None
+        c = np.zeros_like(w0)
+        sent = (None, ("c", "c_i"), c, c) if strategy == "scaffold" else ()  # configure()'s arrays: SCAFFOLD's c, c_i
         for round_idx, lr in ((1, 0.1), (3, 0.025)):
             constant = _linear_hosts(strategy=strategy, lr=lr)[0]
-            a, b = scheduled.train(w0, 1, round_idx, c, c), constant.train(w0, 1, round_idx, c, c)
+            a, b = scheduled.train(w0, 1, round_idx, *sent), constant.train(w0, 1, round_idx, *sent)
             assert a.weights.tobytes() == b.weights.tobytes(), (strategy, round_idx)
             if strategy == "scaffold":
-                assert a.control.tobytes() == b.control.tobytes()
-        assert scheduled.train(w0, 1, 3, c, c).weights.tobytes() != _linear_hosts(strategy=strategy, lr=0.1)[0].train(
-            w0, 1, 3, c, c).weights.tobytes()
+                assert a.sent["control"].tobytes() == b.sent["control"].tobytes()
+        assert scheduled.train(w0, 1, 3, *sent).weights.tobytes() != _linear_hosts(strategy=strategy, lr=0.1)[0].train(
+            w0, 1, 3, *sent).weights.tobytes()
 
 
 def test_a_hosts_optimizer_state_starts_fresh_each_local_update():

@@ -318,9 +318,9 @@ def test_dp_fedavgm_with_adaptive_clipping_resumes_bit_exactly_from_a_mid_run_ch
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--server-optimizer", "fedadam"], "--server-optimizer applies to --strategy fedbuff or dp-fedavg only, not fedavg"),
-    (["--strategy", "fedprox", "--server-optimizer", "fedavgm"], "--server-optimizer applies to --strategy fedbuff or "
-                                                                  "dp-fedavg only, not fedprox"),
+    (["--server-optimizer", "fedadam"], "--server-optimizer applies to --strategy dp-fedavg or fedbuff only, not fedavg"),
+    (["--strategy", "fedprox", "--server-optimizer", "fedavgm"], "--server-optimizer applies to --strategy dp-fedavg or "
+                                                                  "fedbuff only, not fedprox"),
     (["--strategy", "dp-fedavg", "--server-momentum", "0.5"], "--server-momentum with --strategy dp-fedavg needs "
                                                               "--server-optimizer fedavgm"),
     (["--strategy", "dp-fedavg", "--server-lr", "0.5"], "--server-lr with --strategy dp-fedavg needs --server-optimizer "

@@ -287,7 +287,7 @@ def test_a_users_strategy_from_a_file(tmp_path):
     s = load_user_strategy(f"{tmp_path}/mine.py:strategy")
     assert s.name == "half-step" and s.settings() == {"fraction": 0.5}
     assert make_strategy(RunConfig(strategy=f"{tmp_path}/mine.py:HalfStep")).name == "half-step"  # a class is called
-    with pytest.raises(ConfigError, match="not_a_strategy lacks name, step, state, load_state, settings"):
+    with pytest.raises(ConfigError, match="not_a_strategy lacks name, aggregate \\(or step\\), state, load_state, settings"):
         load_user_strategy(f"{tmp_path}/mine.py:not_a_strategy")
     with pytest.raises(ConfigError, match="--strategy nowhere.py:x: no file"):
         load_user_strategy("nowhere.py:x")
