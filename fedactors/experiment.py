@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from fedactors.checkpoint import Checkpoint
-from fedactors.config import ASYNC_STRATEGIES, RunConfig
+from fedactors.algorithms import OBJECT_PREFIX, builtin
+from fedactors.config import RunConfig
 from fedactors.data.mnist import resolve_data_dir
 from fedactors.data.registry import load_task
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
@@ -110,9 +111,11 @@ def run(
             max_task_retries=0,  # and the coordinator, not Ray, decides who retrains its clients
         )
         # Created first, so their processes start (and import torch) while the data goes in.
+        # A Python object's client half travels to the hosts with them (one named by an import spec is imported there).
+        algorithm = strategy if config.strategy.startswith(OBJECT_PREFIX) else None
         hosts = [
             host_cls.remote(config, threads=config.threads_per_host, gpus=config.gpus_per_host, host_id=i,
-                            task=task_object)
+                            task=task_object, algorithm=algorithm)
             for i in range(num_hosts)
         ]
         data, client_indices, data_digest, split, holdout = loading.result()
@@ -222,9 +225,11 @@ def check_client_state(config: RunConfig, weights: int) -> None:
     one line when that is more than half this machine's memory (the embedded store runs here; a --redis
     elsewhere is counted as if it did)."""
     feedback = config.compress is not None and config.compress.partition(":")[0] in ("topk", "sign")
-    copies = (config.strategy == "scaffold") + feedback  # control variates, error-feedback residuals
+    spec = builtin(config.strategy)
+    own = spec.state_per_client if spec is not None else 0  # SCAFFOLD's control variates
+    copies = own + feedback  # and error-feedback residuals
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    if config.strategy in ASYNC_STRATEGIES:
+    if config.asynchronous:
         # The weights of every version a client in flight started from: at most one per client training at once.
         held = config.concurrency_value * weights * 4 * (3 + config.keep)
         if total and held > total / 2:
@@ -238,7 +243,8 @@ def check_client_state(config: RunConfig, weights: int) -> None:
     need = copies * config.clients * weights * 4 * (3 + config.keep)
     if total and need > total / 2:
         gib = 2**30
-        kept = [w for w, on in (("--strategy scaffold keeps a control variate", config.strategy == "scaffold"),
+        kept = [w for w, on in ((f"--strategy {config.strategy} keeps {own} copies of the weights" if own > 1 else
+                                  f"--strategy {config.strategy} keeps a copy of the weights", own),
                                  (f"--compress {config.compress} keeps an error-feedback residual", feedback)) if on]
         raise ConfigError(
             f"{' and '.join(kept)} per client: {config.clients} x {weights:,} floats = "

@@ -32,7 +32,7 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
     out = {"client_seconds": {"p10": float(p10), "p50": float(p50), "p90": float(p90), "max": float(one.max())},
            "rounds": rounds}
     lengths, dropped, staleness = [], [], []
-    if config.strategy in ("fedbuff", "fedasync"):
+    if config.asynchronous:
         schedule = Schedule(seed=config.seed, concurrency=config.concurrency_value, buffer=config.buffer_value,
                             systems=systems, work=work, bytes_down=down, bytes_up=up)
         for _ in range(rounds):

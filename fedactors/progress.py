@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from fedactors.algorithms import DEFAULT_ALGORITHM, builtin
 from fedactors.config import RunConfig
 from fedactors.messages import metrics_fields
 
@@ -43,11 +44,10 @@ def _variant(c: RunConfig) -> str:
         parts.append(f"byzantine={c.byzantine}:{c.attack}{scale}")
     if c.precision != "fp32":
         parts.append(c.precision)
-    if c.strategy == "dp-fedavg":
-        clip = (f"adaptive:q={c.target_quantile if c.target_quantile is not None else 0.5:g}" if c.clip == "adaptive"
-                else f"{c.clip:g}")
-        parts.append(f"dp-fedavg(clip={clip},z={c.noise_multiplier:g},delta={c.delta:g})")
-    elif c.strategy != "fedavg":
+    spec = builtin(c.strategy)
+    if spec is not None and spec.banner is not None:
+        parts.append(spec.banner(c))
+    elif c.strategy != DEFAULT_ALGORITHM:
         parts.append(c.strategy)
     if c.task != "mnist-cnn":
         parts.insert(0, c.task)

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedactors.algorithms import DEFAULT_ALGORITHM, builtin
 from fedactors.errors import ConfigError, DataError
 
 # McMahan et al. 2017, Table 2, CNN on MNIST, C = 0.1: communication rounds to reach 99% test
@@ -157,18 +158,14 @@ def config_label(config: dict, data: str | None = None) -> str:
         label = f"{config['task']} {label}"
     if config.get("aggregator", "fedavg") != "fedavg":
         label += f" {config['aggregator']}"
-    if config.get("strategy", "fedavg") == "dp-fedavg":
-        label += f" dp(S={_num(config.get('clip'))},z={_num(config.get('noise_multiplier'))})"
-        if config.get("server_optimizer"):  # DP-FedAvgM, DP-FedAdam, ...: another method at the same epsilon
-            label += f"+{config['server_optimizer']}"
-            if config.get("server_lr") is not None:
-                label += f" server_lr={_num(config['server_lr'])}"
-    elif config.get("strategy", "fedavg") != "fedavg":
-        label += f" {config['strategy']}"
+    strategy = config.get("strategy", DEFAULT_ALGORITHM)
+    spec = builtin(strategy)
+    if spec is not None and spec.label is not None:  # its name and settings, as its module writes them
+        label += spec.label(config)
+    elif strategy != DEFAULT_ALGORITHM:
+        label += f" {strategy}"
         if config.get("server_lr") is not None:  # set by hand (a sweep's axis): which cell this is
             label += f" server_lr={_num(config['server_lr'])}"
-        if config["strategy"] == "fedprox" and config.get("mu") is not None:
-            label += f" mu={_num(config['mu'])}"
     optimizer = config.get("client_optimizer", "sgd")  # the default local update's settings (fedactors.local)
     if optimizer != "sgd":
         label += f" {optimizer}" + (f"({_num(config.get('client_momentum', 0.9))})" if optimizer == "momentum" else "")
@@ -184,9 +181,9 @@ def config_label(config: dict, data: str | None = None) -> str:
         label += f" {config['precision']}"
     if config.get("compress"):
         label += f" {config['compress']}"
-    if config.get("strategy") in ("fedbuff", "fedasync"):
+    if spec is not None and spec.asynchronous:
         label += f" conc={config.get('concurrency') or 'm'}"
-        if config.get("strategy") == "fedbuff":
+        if spec.fixed_buffer is None:
             label += f" buf={config.get('buffer') or 'default'}"
         if config.get("staleness"):
             label += f" s={config['staleness']}"
@@ -504,7 +501,7 @@ def is_table2_setup(s: RunSummary) -> bool:
     another experiment, not a cell of the table)."""
     c = s.config
     return (s.clients == PAPER_TABLE2_CLIENTS and math.isclose(s.frac, PAPER_TABLE2_FRAC)
-            and c.get("task", "mnist-cnn") == "mnist-cnn" and c.get("strategy", "fedavg") == "fedavg"
+            and c.get("task", "mnist-cnn") == "mnist-cnn" and c.get("strategy", DEFAULT_ALGORITHM) == DEFAULT_ALGORITHM
             and c.get("aggregator", "fedavg") == "fedavg" and not c.get("byzantine")
             and c.get("precision", "fp32") == "fp32" and c.get("client_optimizer", "sgd") == "sgd"
             and not c.get("weight_decay") and c.get("lr_schedule", "constant") == "constant"

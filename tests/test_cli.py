@@ -64,7 +64,7 @@ def _fedactors(*args, env=None, cwd=None):
         (["--byzantine", "100"], "--byzantine must be an integer in [0, --clients), got 100"),
         (["--precision", "fp16"], "Invalid value for '--precision'"),
         (["--aggregator", "median", "--host-sums"], "--host-sums applies to --aggregator fedavg with --strategy fedavg, "
-                                                     "fedprox, fedavgm, fedadagrad, fedadam, fedyogi, not --aggregator median"),
+                                                     "fedavgm, fedadagrad, fedadam, fedyogi, fedprox, not --aggregator median"),
         (["--strategy", "scaffold", "--host-sums"], "not --aggregator fedavg --strategy scaffold"),
     ],
 )

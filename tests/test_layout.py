@@ -24,10 +24,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fedactors"
 
 # (importer, imported, why it is left): the circles this step does not open.
 KNOWN = {
-    ("fedactors.config", "fedactors.local"):
-        "config validates the client optimizer settings lazily with local.check / refuse_idle, and local reads "
-        "config.ASYNC_STRATEGIES: config's lazy validation imports still point upward (STYLE.md, Module map) "
-        "until each stage validates its own settings",
     **{("fedactors.cli", f"fedactors.cli.{name}"):
        "click's registration: the package defines the group `cli`, then imports the command modules last so "
        "that each attaches its command to it (the modules import `cli` from the package)"
@@ -182,3 +178,41 @@ def test_public_import_paths_still_work():
     assert load_task("mnist-cnn") is builtin_tasks()["mnist-cnn"]
     for name in ("MEAN", "STD", "load_mnist", "load_mnist_raw", "read_idx", "resolve_data_dir", "missing_files"):
         assert hasattr(fedactors.data, name), name
+
+
+def _names_checked(path: Path, names: set[str], where: str) -> list[str]:
+    """Where `path` tests a built-in algorithm's name: any string constant that is one of `names` (a docstring or
+    a message is not the name alone), and a comparison of "fedavg" (also an aggregator's name) with a strategy."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings):
+            found.append((node.lineno, f"{where}:{node.lineno}: {node.value!r}"))
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            if (any(isinstance(p, ast.Constant) and p.value == "fedavg" for p in parts)
+                    and "strategy" in ast.unparse(node)):
+                found.append((node.lineno, f"{where}:{node.lineno}: {ast.unparse(node)}"))
+    return [text for _, text in sorted(found)]
+
+
+def test_no_algorithm_name_is_checked_outside_the_module_that_defines_it():
+    """Issue 35: what a method does, composes with and is labelled by is in its file (its Spec), not in name tests
+    across the package. FedAvg, the default, may be compared with where a run is told apart from the paper's."""
+    from fedactors.algorithms import BUILTINS
+
+    names = set(BUILTINS) - {"fedavg"}
+    found = [hit for name, path in modules().items() if path.suffix == ".py"
+             and not name.startswith("fedactors.algorithms")
+             for hit in _names_checked(path, names, str(path.relative_to(PACKAGE.parent)))]
+    assert not found, "built-in names tested outside fedactors/algorithms:\n" + "\n".join(found)
+
+
+def test_the_name_check_finds_a_name_test(tmp_path):
+    """The reader itself: a comparison with a built-in's name is found, the same name in a docstring is not."""
+    path = tmp_path / "probe.py"
+    path.write_text('"""scaffold"""\nif config.strategy == "scaffold":\n    pass\nif config.strategy != "fedavg":\n'
+                    '    pass\nif config.aggregator != "fedavg":\n    pass\n')
+    assert _names_checked(path, {"scaffold"}, "probe.py") == ["probe.py:2: 'scaffold'",
+                                                               "probe.py:4: config.strategy != 'fedavg'"]

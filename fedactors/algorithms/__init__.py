@@ -39,12 +39,13 @@ from fedactors.algorithms.fedprox import FedProx
 from fedactors.algorithms.scaffold import Scaffold
 from fedactors.errors import ConfigError, RoundFailed
 
-__all__ = ["Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "FedAvg", "FedProx", "LocalClient", "Reply", "as_reply",
+__all__ = ["DEFAULT_ALGORITHM", "Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "FedAvg", "FedProx", "LocalClient", "Reply", "as_reply",
            "Scaffold", "ServerOptimizer", "Spec", "builtin", "make_algorithm", "send_problem", "server_step"]
 
 # The built-ins by name, in the order `fedactors strategies` lists them; each module declares its own.
 BUILTINS: dict[str, Spec] = {spec.name: spec for spec in (
     fedavg.SPEC, *fedopt.SPECS, fedprox.SPEC, scaffold.SPEC, dpfedavg.SPEC, *fedbuff.SPECS)}
+DEFAULT_ALGORITHM = fedavg.SPEC.name  # RunConfig's: a run told apart from the paper's FedAvg compares with it
 # The built-ins' classes: run by name (make_algorithm), trusted not to write the framework's arrays.
 BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg, Asynchronous)
 OBJECT_PREFIX = "python:"  # config.strategy of a run given an algorithm object (fedactors.run(strategy=...))

@@ -189,3 +189,7 @@ class Spec:
     copies_down: int = 0  # float32 copies of the weights sent to a client besides the weights themselves
     copies_up: int = 0  # ... and sent back with its update
     state_per_client: int = 0  # float32 copies of the weights it keeps per client seen
+    label: Callable[[dict], str] | None = None  # a run's label (fedactors report, plots): " name" and its settings,
+    #                                             from the run's stored settings; None: " name" (+ a set server_lr)
+    banner: Callable[[Any], str] | None = None  # the progress display's word for a run (RunConfig); None: its name
+    means: dict[str, str] = field(default_factory=dict)  # `fedactors strategies`: what a setting's default means here

@@ -173,6 +173,26 @@ def _or(value, default):
     return default if value is None else value
 
 
+def _label(config: dict) -> str:
+    """E.g. " dp(S=1,z=1)+fedavgm server_lr=0.5": the clip and noise multiplier, and a server optimizer if any."""
+    label = f" dp(S={_num(config.get('clip'))},z={_num(config.get('noise_multiplier'))})"
+    if config.get("server_optimizer"):  # DP-FedAvgM, DP-FedAdam, ...: another method at the same epsilon
+        label += f"+{config['server_optimizer']}"
+        if config.get("server_lr") is not None:
+            label += f" server_lr={_num(config['server_lr'])}"
+    return label
+
+
+def _num(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)  # as fedactors.report writes numbers
+
+
+def _banner(c) -> str:
+    clip = (f"adaptive:q={c.target_quantile if c.target_quantile is not None else 0.5:g}" if c.clip == "adaptive"
+            else f"{c.clip:g}")
+    return f"dp-fedavg(clip={clip},z={c.noise_multiplier:g},delta={c.delta:g})"
+
+
 SPEC = Spec("dp-fedavg", "client-level differential privacy (McMahan et al., ICLR 2018); --aggregator fedavg; "
                          "--server-optimizer fedavgm|fedadagrad|fedadam|fedyogi steps on the noised average (same epsilon)",
             make=make,
@@ -180,4 +200,6 @@ SPEC = Spec("dp-fedavg", "client-level differential privacy (McMahan et al., ICL
                       "accountant", "strict_dp_check", "target_quantile", "clip_lr", "initial_clip", "clip_count_noise"),
             off_the_clock="its privacy accounting assumes every sampled client reports",
             needs_fedavg="clips and sums the updates itself", takes_server_optimizer=True, private=True,
-            optimizer_settings=OPTIMIZER_SETTINGS[1:])
+            optimizer_settings=OPTIMIZER_SETTINGS[1:], label=_label, banner=_banner,
+            means={"server_optimizer": "none (the noised average itself)",
+                   "server_lr": "the optimizer's (fedavgm 1, fedadam 0.01, ...)"})

@@ -43,5 +43,15 @@ class FedProx(Algorithm):
         return {"mu": self.mu}
 
 
+def _label(config: dict) -> str:
+    def num(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)  # as fedactors.report writes numbers
+
+    label = " fedprox"
+    if config.get("server_lr") is not None:  # refused with fedprox today; a stored run may still hold one
+        label += f" server_lr={num(config['server_lr'])}"
+    return label + (f" mu={num(config['mu'])}" if config.get("mu") is not None else "")
+
+
 SPEC = Spec("fedprox", "clients add (mu/2)||w - w_global||^2 to their loss (Li et al., MLSys 2020)",
-            make=lambda config: FedProx(mu=config.mu), settings=("mu",), host_sums=True)
+            make=lambda config: FedProx(mu=config.mu), settings=("mu",), host_sums=True, label=_label)

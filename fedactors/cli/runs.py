@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from fedactors.cli import cli
+from fedactors.algorithms import builtin
 from fedactors.api import STORE_DIR, open_store
 from fedactors.cli.run import forget_redis_variable, redis_option
 from fedactors.errors import ConfigError
@@ -161,7 +162,8 @@ def settings_toml(run_id: str, stored: dict) -> str:
     settings = dict(stored)
     if settings.get("partition") == "natural":
         settings.pop("clients", None)  # the count its data gave: a natural partition's clients are the data's owners
-    if settings.get("strategy") == "dp-fedavg":
+    spec = builtin(settings.get("strategy"))
+    if spec is not None and spec.private:
         settings.setdefault("accountant", "rdp")  # checkpointed before --accountant: it counted with RDP (api.resumed_config)
     try:
         RunConfig.from_dict(settings)

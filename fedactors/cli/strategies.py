@@ -11,11 +11,6 @@ NONE_MEANS = {"target_epsilon": "none", "dp_seed": "(a secret from the OS)", "ta
               "clip_lr": "0.2 (adaptive)", "initial_clip": "0.1 (adaptive)", "clip_count_noise": "qK/20 (adaptive)",
              "concurrency": "m (as a round samples)", "buffer": "min(10, concurrency)", "staleness": "polynomial:0.5",
              "mixing": "0.6", "server_optimizer": "none (eta x the buffer's average change)"}
-# What a default means for one strategy where it differs from NONE_MEANS (or the number RunConfig gives).
-STRATEGY_MEANS = {"dp-fedavg": {"server_optimizer": "none (the noised average itself)",
-                                "server_lr": "the optimizer's (fedavgm 1, fedadam 0.01, ...)"}}
-# Settings DP-FedAvg takes only with a --server-optimizer that uses them: which ones, after the default.
-WITH_OPTIMIZER = ("server_lr", "server_momentum", "beta1", "beta2", "tau")
 
 
 @cli.command()
@@ -36,17 +31,19 @@ def strategies() -> None:
 
 def _settings(name: str) -> dict[str, str]:
     """The flags strategy `name` takes, with their defaults as text (the server rate is its own: SERVER_LR)."""
+    from fedactors.algorithms import builtin
     from fedactors.config import OPTIMIZED_STRATEGIES, STRATEGY_SETTINGS, RunConfig
 
     defaults = RunConfig(strategy=name)
-    own = STRATEGY_MEANS.get(name, {})
+    spec = builtin(name)
+    own = spec.means  # what a default means for this one, where it differs from NONE_MEANS
     shown = {}
     for field, users in STRATEGY_SETTINGS.items():
         if name in users:
             value = defaults.server_lr_value if field == "server_lr" else getattr(defaults, field)
             text = (own[field] if field in own else NONE_MEANS[field] if value is None else ("on" if value else "off")
                     if isinstance(value, bool) else value if isinstance(value, str) else f"{value:g}")
-            if name == "dp-fedavg" and field in WITH_OPTIMIZER[1:]:  # DP-FedAvg has no server step of its own
+            if field in spec.optimizer_settings and field not in own:  # only with a --server-optimizer reading it
                 text += f" ({'|'.join(u for u in users if u not in OPTIMIZED_STRATEGIES)})"
             shown[field.replace("_", "-")] = text
     return shown

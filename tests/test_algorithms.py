@@ -1,0 +1,166 @@
+"""The algorithm protocol from a researcher's side (issue 35 item 1): a method of one file that changes the client
+half (its local update, what it sends back) and the server half (how results are combined), run by the real round
+loop in-process (ClientHost x 2 on a LocalPool, no Ray: the Ray path of the same calls is SCAFFOLD's, in
+test_strategy's resume tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedactors.algorithms import Algorithm, Reply, builtin
+from fedactors.errors import ConfigError, RoundFailed
+
+# A FedNova-like method (Wang et al., NeurIPS 2020): each client reports its number of local steps tau_i, and the
+# server averages the normalized updates d_i = (x - y_i) / tau_i and steps by tau_eff = sum p_i tau_i. With
+# unequal clients (B = 10, sizes from --partition unbalanced) the steps differ, so the result is not FedAvg's.
+NOVA = '''
+import numpy as np
+from fedactors.algorithms import Algorithm, Reply
+
+
+class Nova(Algorithm):
+    name = "nova"
+
+    def __init__(self):
+        self.seen = []  # (round, client, steps, examples) as the server half got them
+
+    def local_update(self, client):
+        loss = client.train()
+        return Reply(loss, metrics={"steps": float(client.steps)})
+
+    def aggregate(self, weights, combined, results, round_idx):
+        n = np.array([u.num_examples for u in results], np.float64)
+        p = n / n.sum()
+        tau = np.array([u.metrics["steps"] for u in results])
+        self.seen += [(round_idx, u.client_id, u.metrics["steps"], u.num_examples) for u in results]
+        x = weights.astype(np.float64)
+        d = sum(pi * (x - u.weights.astype(np.float64)) / ti for pi, ti, u in zip(p, tau, results))
+        return (x - float(p @ tau) * d).astype(np.float32)
+
+
+class Plain(Algorithm):
+    """The default halves, written out: the protocol's default local update is the run's, byte for byte."""
+    name = "plain"
+
+    def local_update(self, client):
+        return Reply(client.train())
+
+
+class Shrink(Algorithm):
+    """A client half that sends an array back: its weights' norm, which the server half keeps as state."""
+    name = "shrink"
+
+    def __init__(self):
+        self.norms = {}
+
+    def local_update(self, client):
+        loss = client.train()
+        return Reply(loss, send={"norm": np.array([np.linalg.norm(client.weights())], np.float32)})
+
+    def aggregate(self, weights, combined, results, round_idx):
+        self.norms.update({u.client_id: float(u.sent["norm"][0]) for u in results})
+        return combined
+
+
+class BadSend(Algorithm):
+    name = "bad-send"
+
+    def local_update(self, client):
+        return Reply(client.train(), send={"x": np.zeros(3)})  # float64: refused
+'''
+
+
+def _run(strategy, tmp_path, **settings):
+    """Rounds of digits-mlp in this process: (the round events, the final weights, the algorithm object)."""
+    import torch
+
+    from fedactors.client import ClientHost
+    from fedactors.config import RunConfig
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    cfg = RunConfig(**{"task": "digits-mlp", "clients": 12, "frac": 0.5, "rounds": 2, "epochs": 1, "batch_size": 10,
+                       "partition": "unbalanced", "seed": 3, "strategy": strategy, **settings})
+    data = load_arrays(load_task(cfg.task), None, tmp_path)
+    parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed, sigma=cfg.sigma)
+    threads = torch.get_num_threads()
+    try:
+        hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i, threads=1)
+                 for i in range(2)]
+        coordinator = Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test))
+        events = list(coordinator.run())
+    finally:
+        torch.set_num_threads(threads)
+    rounds = [e for e in events if e["type"] == "round"]
+    return rounds, events[-1]["weights"], coordinator.strategy, parts
+
+
+@pytest.fixture
+def nova(tmp_path):
+    path = tmp_path / "nova.py"
+    path.write_text(NOVA)
+    return str(path)
+
+
+def test_a_users_client_half_reports_metrics_the_server_half_combines(nova, tmp_path):
+    rounds, weights, algorithm, parts = _run(f"{nova}:Nova", tmp_path)
+    # The server half got every accepted client's steps, E * ceil(n / B), as its client half measured them.
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["num_updates"] == 6 for r in rounds)
+    assert len(algorithm.seen) == 12
+    for _, client, steps, examples in algorithm.seen:
+        assert examples == len(parts[client]) and steps == -(-examples // 10)
+    assert len({steps for _, _, steps, _ in algorithm.seen}) > 1  # unequal clients: the normalization matters
+    fedavg = _run("fedavg", tmp_path)[1]
+    assert weights.tobytes() != fedavg.tobytes()
+
+
+def test_the_default_halves_written_out_are_fedavgs_bytes(nova, tmp_path):
+    """A subclass whose local_update calls client.train() and whose server half is the default: FedAvg to the byte
+    (and so are the per-round records), through configure/extras and the per-client path (no host sums)."""
+    rounds, weights, _, _ = _run(f"{nova}:Plain", tmp_path)
+    reference, expected, _, _ = _run("fedavg", tmp_path, host_sums=False)
+    assert weights.tobytes() == expected.tobytes()
+    assert [(r["train_loss"], r["accuracy"]) for r in rounds] == [(r["train_loss"], r["accuracy"]) for r in reference]
+
+
+def test_arrays_a_client_sends_reach_the_server_half(nova, tmp_path):
+    rounds, weights, algorithm, _ = _run(f"{nova}:Shrink", tmp_path)
+    clients = {c for r in rounds for c in r["clients"]}
+    assert set(algorithm.norms) == clients and all(v > 0 for v in algorithm.norms.values())
+    assert weights.tobytes() == _run("fedavg", tmp_path)[1].tobytes()  # the aggregate itself: FedAvg
+
+
+def test_a_reply_that_cannot_travel_fails_the_round_naming_it(nova, tmp_path):
+    with pytest.raises(RoundFailed, match="bad-send.local_update's Reply sends 'x' as float64"):
+        _run(f"{nova}:BadSend", tmp_path)
+
+
+def test_a_server_only_object_keeps_working_and_half_an_algorithm_is_refused(tmp_path):
+    """The protocol before this one (a `step`) is an algorithm with the default client half; an object with
+    neither `aggregate` nor `step` is one line naming what it lacks."""
+    (tmp_path / "old.py").write_text(
+        "class Old:\n    name = 'old'\n    def step(self, weights, aggregate, updates, num_examples, round_idx):\n"
+        "        return aggregate\n    def state(self):\n        return {}, {}\n"
+        "    def load_state(self, b, s):\n        pass\n    def settings(self):\n        return {}\n"
+        "class Half:\n    name = 'half'\n    def state(self):\n        return {}, {}\n"
+        "    def load_state(self, b, s):\n        pass\n    def settings(self):\n        return {}\n")
+    weights = _run(f"{tmp_path}/old.py:Old", tmp_path)[1]
+    assert weights.tobytes() == _run("fedavg", tmp_path)[1].tobytes()
+    from fedactors.algorithms import load_user_algorithm
+
+    with pytest.raises(ConfigError, match=r"Half lacks aggregate \(or step\)"):
+        load_user_algorithm(f"{tmp_path}/old.py:Half")
+
+
+def test_every_builtin_is_an_algorithm_with_a_spec():
+    from fedactors.algorithms import BUILTINS
+    from fedactors.config import RunConfig
+
+    for name, spec in BUILTINS.items():
+        algorithm = spec.make(RunConfig(strategy=name, dp_seed=1))
+        assert isinstance(algorithm, Algorithm) and algorithm.name == name, name
+        assert builtin(name) is spec
+    assert builtin("nova.py:Nova") is None and builtin(None) is None
+    assert isinstance(Reply(0.5).send, dict)
