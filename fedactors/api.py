@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.algorithms import builtin
 from fedactors.callbacks import CallbackError, Hooks
 from fedactors.config import (DEFAULTED_EXPERIMENT_FIELDS, EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig,
                               natural_clients, parse_batch_size, refuse_idle_settings)
@@ -218,16 +217,10 @@ def _check_runnable(config: RunConfig, task_object: Task | None, strategy_object
     check_cluster(config.address)
 
 
-def _private(config: RunConfig) -> bool:
-    """Whether the run's algorithm is a built-in differentially private one (an epsilon to check and report)."""
-    spec = builtin(config.strategy)
-    return spec is not None and spec.private
-
-
 def dp_preflight(config: RunConfig, task_object: Task | None = None):
     """DP-FedAvg's pre-flight (fedactors.privacy.Preflight) from a model built here, or None for other strategies;
     with --strict-dp-check, a ConfigError when the noise on the average outweighs the clip."""
-    if not _private(config) or config.clients is None:  # natural: K is known once the data is read
+    if not config.private or config.clients is None:  # natural: K is known once the data is read
         return None
     from fedactors.data.registry import load_task
     from fedactors.experiment import model_weights
@@ -341,7 +334,7 @@ def resumed_config(ckpt, changes: dict, run_id: str) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
     config = with_data_dir(dataclasses.replace(config, **changes))
-    if _private(config) and config.target_epsilon is not None and ckpt.round > 0:
+    if config.private and config.target_epsilon is not None and ckpt.round > 0:
         from fedactors.strategy import dp_epsilon
 
         spent = dp_epsilon(config.frac, config.noise_multiplier, ckpt.round, config.delta, config.accountant)
@@ -553,7 +546,7 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     else:
         data = f"task {task.name}'s own loader, given {data_dir}"
     epsilon = privacy = None
-    if _private(config):
+    if config.private:
         check = dp_preflight(config, task)  # the model built here, as check_model does; strict: the error now
         epsilon, privacy = check.epsilon, {**check.to_dict(), "lines": check.lines(), "warning": check.warning()}
     return {

@@ -47,7 +47,7 @@ EXPERIMENT_FIELDS = (
 
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
-OPTIONAL_EXPERIMENT_FIELDS = ("dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
+OPTIONAL_EXPERIMENT_FIELDS = ("dp", "dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
@@ -122,6 +122,9 @@ class RunConfig:
     # before it existed holds none and resumes with "rdp", what it reported then (api.resumed_config).
     accountant: str = "pld"
     strict_dp_check: bool = False  # dp-fedavg: noise on the average of a larger norm than the clip is an error
+    # The DP stage on another method (--dp gaussian): DP-FedAvg's sampling, clipping, noise and accountant around the
+    # --strategy's client half and server step (fedactors.algorithms.dpfedavg.stage); the settings above apply.
+    dp: str | None = None
     byzantine: int = 0  # faulty clients, fixed for the run by the seed (fedactors.attacks)
     attack: str = "sign-flip"
     attack_scale: float = 10.0
@@ -245,6 +248,8 @@ class RunConfig:
         if self.strategy not in STRATEGIES and ":" not in self.strategy:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, or module:attr / file.py:attr, "
                               f"got {self.strategy!r}")
+        if self.dp is not None:
+            self._check_dp_stage()
         if self.server_lr is not None and not (_is_real(self.server_lr) and self.server_lr > 0):
             raise ConfigError(f"--server-lr must be a positive number, got {self.server_lr!r}")
         for flag, value in (("--server-momentum", self.server_momentum), ("--beta1", self.beta1), ("--beta2", self.beta2)):
@@ -280,6 +285,31 @@ class RunConfig:
         if spec is not None and spec.needs_fedavg and not spec.asynchronous and self.aggregator != "fedavg":
             raise ConfigError(f"--strategy {self.strategy} {spec.needs_fedavg}: it needs --aggregator fedavg, "
                               f"not {self.aggregator}")
+
+    def _check_dp_stage(self) -> None:
+        from fedactors.algorithms.dpfedavg import MECHANISMS, NEEDS_FEDAVG
+
+        if self.dp not in MECHANISMS:
+            raise ConfigError(f"--dp must be one of {', '.join(MECHANISMS)}, got {self.dp!r}")
+        spec = builtin(self.strategy)
+        if spec is None:
+            takes = ", ".join(name for name, s in BUILTINS.items() if s.refuses_dp is None)
+            raise ConfigError(f"--dp {self.dp} composes with the built-in methods whose server step reads only the "
+                              f"average ({takes}), not your own --strategy {self.strategy}: subclass "
+                              "fedactors.algorithms.DPFedAvg to privatize it")
+        if spec.refuses_dp:
+            raise ConfigError(f"--dp {self.dp} does not go with --strategy {self.strategy}: {spec.refuses_dp}")
+        if self.server_optimizer is not None:
+            raise ConfigError(f"--server-optimizer does not go with --dp: name the optimizer as the method, e.g. "
+                              f"--strategy {self.server_optimizer} --dp {self.dp}")
+        if self.aggregator != "fedavg":
+            raise ConfigError(f"--dp {self.dp} {NEEDS_FEDAVG}: it needs --aggregator fedavg, not {self.aggregator}")
+
+    @property
+    def private(self) -> bool:
+        """Whether the run is differentially private: DP-FedAvg, or the DP stage (--dp) on another method."""
+        spec = builtin(self.strategy)
+        return self.dp is not None or (spec is not None and spec.private)
 
     def _check_systems(self) -> None:
         from fedactors.asynchronous import parse_staleness
@@ -317,6 +347,11 @@ class RunConfig:
             if self.aggregator != "fedavg":
                 raise ConfigError(f"--strategy {self.strategy} {spec.needs_fedavg}: it needs --aggregator "
                                   f"fedavg, not {self.aggregator}")
+        if self.simulates_systems and self.dp is not None and not self.asynchronous:  # (that one: _check_dp_stage)
+            from fedactors.algorithms.dpfedavg import OFF_THE_CLOCK as DP_OFF_THE_CLOCK
+
+            raise ConfigError(f"--dp {self.dp} does not run on the virtual clock (--client-speed, --client-trace, "
+                              f"--deadline, --over-select): {DP_OFF_THE_CLOCK}")
         if self.simulates_systems and self.strategy in OFF_THE_CLOCK:
             raise ConfigError(f"--strategy {self.strategy} does not run on the virtual clock (--client-speed, "
                               f"--client-trace, --deadline, --over-select): {OFF_THE_CLOCK[self.strategy]}")
@@ -446,12 +481,12 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def host_sums_apply(aggregator: str, strategy: str, compress: str | None = None) -> bool:
+def host_sums_apply(aggregator: str, strategy: str, compress: str | None = None, dp: str | None = None) -> bool:
     """Whether hosts may sum their clients' weights: FedAvg's average with a built-in strategy that needs only
     it. A strategy of your own (an import spec, or a Python object's "python:" name) is handed every update, and
     so is a compressor with error feedback (each client's residual comes back with its update)."""
     feedback = compress is not None and compress.partition(":")[0] in ("topk", "sign")
-    return aggregator == "fedavg" and strategy in HOST_SUM_STRATEGIES and not feedback
+    return aggregator == "fedavg" and strategy in HOST_SUM_STRATEGIES and not feedback and dp is None
 
 
 def natural_clients(settings: dict) -> dict:
@@ -477,6 +512,8 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     for name, scheme in (("shards_per_client", "shards"), ("alpha", "dirichlet"), ("sigma", "unbalanced")):
         if name in given and values["partition"] != scheme:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
+    if values.get("dp") and "host_sums" in given and values.get("host_sums"):
+        raise ConfigError(f"--host-sums does not go with --dp {values['dp']}: each client's update is clipped on its own")
     if values.get("host_sums") and "host_sums" in given and not host_sums_apply(values["aggregator"], values["strategy"],
                                                                                  values.get("compress")):
         if host_sums_apply(values["aggregator"], values["strategy"]):  # only the compressor stands in the way
@@ -499,9 +536,14 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     if "server_optimizer" in given and ":" in str(values["strategy"]):
         raise ConfigError(f"--server-optimizer applies to --strategy {' or '.join(OPTIMIZED_STRATEGIES)} only: a "
                           f"strategy of your own ({values['strategy']}) takes its own step")
+    from fedactors.algorithms.dpfedavg import DP_SETTINGS
+
     for name, strategies in STRATEGY_SETTINGS.items():
+        if values.get("dp") and name in DP_SETTINGS:  # the DP stage's, on whichever method it wraps
+            continue
         if name in given and values["strategy"] not in strategies and ":" not in str(values["strategy"]):
-            raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)} only, "
+            also = " (or --dp gaussian on another method)" if name in DP_SETTINGS else ""
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --strategy {' or '.join(strategies)}{also} only, "
                               f"not {values['strategy']}")
 
 

@@ -42,7 +42,7 @@ def uses_host_sums(config: RunConfig) -> bool:
     server optimizers), unless --no-host-sums. Robust aggregators, SCAFFOLD (each client's control
     variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
     each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
-    return config.host_sums and host_sums_apply(config.aggregator, config.strategy, config.compress)
+    return config.host_sums and host_sums_apply(config.aggregator, config.strategy, config.compress, config.dp)
 
 
 def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:

@@ -243,8 +243,7 @@ def check_client_state(config: RunConfig, weights: int) -> None:
     need = copies * config.clients * weights * 4 * (3 + config.keep)
     if total and need > total / 2:
         gib = 2**30
-        kept = [w for w, on in ((f"--strategy {config.strategy} keeps {own} copies of the weights" if own > 1 else
-                                  f"--strategy {config.strategy} keeps a copy of the weights", own),
+        kept = [w for w, on in ((f"--strategy {config.strategy} keeps {spec.client_state if spec else ''}", own),
                                  (f"--compress {config.compress} keeps an error-feedback residual", feedback)) if on]
         raise ConfigError(
             f"{' and '.join(kept)} per client: {config.clients} x {weights:,} floats = "

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from fedactors.algorithms import DEFAULT_ALGORITHM, builtin
+from fedactors.algorithms import DEFAULT_ALGORITHM, DP_STAGE, builtin
 from fedactors.config import RunConfig
 from fedactors.messages import metrics_fields
 
@@ -45,6 +45,8 @@ def _variant(c: RunConfig) -> str:
     if c.precision != "fp32":
         parts.append(c.precision)
     spec = builtin(c.strategy)
+    if c.dp is not None:  # the DP stage around the method named next
+        parts.append(DP_STAGE.banner(c))
     if spec is not None and spec.banner is not None:
         parts.append(spec.banner(c))
     elif c.strategy != DEFAULT_ALGORITHM:

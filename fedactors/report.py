@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedactors.algorithms import DEFAULT_ALGORITHM, builtin
+from fedactors.algorithms import DEFAULT_ALGORITHM, DP_STAGE, builtin
 from fedactors.errors import ConfigError, DataError
 
 # McMahan et al. 2017, Table 2, CNN on MNIST, C = 0.1: communication rounds to reach 99% test
@@ -160,6 +160,8 @@ def config_label(config: dict, data: str | None = None) -> str:
         label += f" {config['aggregator']}"
     strategy = config.get("strategy", DEFAULT_ALGORITHM)
     spec = builtin(strategy)
+    if config.get("dp"):  # the DP stage around the method named next
+        label += DP_STAGE.label(config)
     if spec is not None and spec.label is not None:  # its name and settings, as its module writes them
         label += spec.label(config)
     elif strategy != DEFAULT_ALGORITHM:

@@ -164,3 +164,123 @@ def test_every_builtin_is_an_algorithm_with_a_spec():
         assert builtin(name) is spec
     assert builtin("nova.py:Nova") is None and builtin(None) is None
     assert isinstance(Reply(0.5).send, dict)
+
+
+def test_scaffold_on_the_clock_counts_only_the_clients_that_finished(tmp_path):
+    """Issue 35 item 2: SCAFFOLD with a deadline and over-selection runs; a client dropped by the clock did not
+    participate, so its c_i stays unset and c = (1/N) sum of the finishers' c_i (from zero, one round)."""
+    rounds, weights, scaffold, _ = _run("scaffold", tmp_path, rounds=1, client_speed="lognormal:1", over_select=0.5,
+                                        deadline=4.0)
+    (r,) = rounds
+    finished = set(r["hosts"])
+    assert finished and len(finished) < len(r["clients"])  # the clock dropped some of those it sampled
+    assert set(scaffold.client_c) == finished
+    expected = sum(scaffold.client_c[c].astype(np.float64) for c in sorted(finished)) / 12
+    np.testing.assert_allclose(scaffold.c, expected.astype(np.float32), rtol=0, atol=1e-7)
+    assert r["virtual_seconds"] <= 4.0 + 1e-9
+
+
+class _Capture:
+    """The coordinator's store: keeps the last checkpoint it is handed."""
+
+    checkpoint = None
+
+    def save(self, ckpt, keep: int):
+        self.checkpoint = ckpt
+
+
+def _resumed(strategy, tmp_path, stop: int, **settings):
+    """Run to round `stop` with checkpoints, then resume from that checkpoint to settings["rounds"] in new hosts:
+    the final weights."""
+    import torch
+
+    from fedactors.client import ClientHost
+    from fedactors.config import RunConfig
+    from fedactors.coordinator import Coordinator, LocalPool
+    from fedactors.partition import partition
+    from fedactors.task import load_arrays, load_task
+
+    full = RunConfig(**{"task": "digits-mlp", "clients": 12, "frac": 0.5, "epochs": 1, "batch_size": 10,
+                        "partition": "unbalanced", "seed": 3, "strategy": strategy, **settings})
+    data = load_arrays(load_task(full.task), None, tmp_path)
+    parts = partition(data.y_train, full.clients, full.partition, full.seed, sigma=full.sigma)
+    threads = torch.get_num_threads()
+
+    def pool(cfg):
+        return LocalPool([ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i,
+                                     threads=1) for i in range(2)])
+
+    try:
+        first = RunConfig(**{**full.to_dict(), "rounds": stop, "batch_size": full.batch_size})
+        store = _Capture()
+        list(Coordinator(first, pool(first), num_test=len(data.y_test), store=store, run_id="r").run())
+        ckpt = store.checkpoint
+        events = list(Coordinator(full, pool(full), num_test=len(data.y_test), start_round=ckpt.round,
+                                  weights=ckpt.weights, strategy_state=ckpt.strategy_state()).run())
+    finally:
+        torch.set_num_threads(threads)
+    return events[-1]["weights"]
+
+
+DP = dict(dp_seed=5, clip=0.5, noise_multiplier=0.3, lr=0.1, frac=0.4)
+
+
+def test_the_dp_stage_on_fedavg_and_a_server_optimizer_is_dp_fedavgs_bytes(tmp_path):
+    """Issue 35 item 2: --dp gaussian is a stage around a method. Around FedAvg it is --strategy dp-fedavg, around
+    FedAdam it is dp-fedavg --server-optimizer fedadam: the same weights and epsilons, to the byte."""
+    for method, alias in (({"strategy": "fedavg"}, {"strategy": "dp-fedavg"}),
+                          ({"strategy": "fedadam", "server_lr": 0.05},
+                           {"strategy": "dp-fedavg", "server_optimizer": "fedadam", "server_lr": 0.05})):
+        staged = _run(method.pop("strategy"), tmp_path, dp="gaussian", **DP, **method)
+        plain = _run(alias.pop("strategy"), tmp_path, **DP, **alias)
+        assert staged[1].tobytes() == plain[1].tobytes(), method
+        assert [r["epsilon"] for r in staged[0]] == [r["epsilon"] for r in plain[0]]
+        assert all(r["private"] and r["epsilon"] > 0 for r in staged[0])
+        assert [r["clients"] for r in staged[0]] == [r["clients"] for r in plain[0]]  # Poisson-sampled alike
+
+
+def test_the_dp_stage_keeps_fedprox_clients_and_resumes_to_the_same_bytes(tmp_path):
+    """Around FedProx the clients train as FedProx's (mu = 0 is FedAvg's local update: DP-FedAvg's bytes; mu > 0
+    is not), and a stopped and resumed run (the stage's secret, clip and rounds in its checkpoint) is the
+    uninterrupted one, adaptive clip and all."""
+    fedprox = _run("fedprox", tmp_path, dp="gaussian", mu=0.5, **DP)[1]
+    assert fedprox.tobytes() != _run("dp-fedavg", tmp_path, **DP)[1].tobytes()
+    assert _run("fedprox", tmp_path, dp="gaussian", mu=0.0, **DP)[1].tobytes() == _run("dp-fedavg", tmp_path,
+                                                                                          **DP)[1].tobytes()
+    settings = {**DP, "clip": "adaptive", "rounds": 4}
+    straight = _run("fedprox", tmp_path, dp="gaussian", mu=0.5, **settings)[1]
+    assert _resumed("fedprox", tmp_path, 2, dp="gaussian", mu=0.5, **settings).tobytes() == straight.tobytes()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"strategy": "scaffold", "dp": "gaussian"}, "--dp gaussian does not go with --strategy scaffold: its clients "
+                                                 "send their control variates"),
+    ({"strategy": "fedbuff", "dp": "gaussian"}, "--dp gaussian does not go with --strategy fedbuff"),
+    ({"strategy": "dp-fedavg", "dp": "gaussian"}, "--dp gaussian does not go with --strategy dp-fedavg: it is DP-FedAvg"),
+    ({"strategy": "x.py:Mine", "dp": "gaussian"}, "--dp gaussian composes with the built-in methods"),
+    ({"dp": "laplace"}, "--dp must be one of gaussian, got 'laplace'"),
+    ({"dp": "gaussian", "aggregator": "median"}, "--dp gaussian clips and sums the updates itself: it needs "
+                                                 "--aggregator fedavg, not median"),
+    ({"dp": "gaussian", "strategy": "dp-fedavg", "server_optimizer": "fedadam"}, "--dp gaussian does not go"),
+    ({"dp": "gaussian", "server_optimizer": "fedadam"}, "--server-optimizer does not go with --dp: name the optimizer "
+                                                        "as the method, e.g. --strategy fedadam --dp gaussian"),
+    ({"dp": "gaussian", "deadline": 5.0}, "--dp gaussian does not run on the virtual clock"),
+])
+def test_what_the_dp_stage_does_not_compose_with_says_why(settings, message):
+    from fedactors.config import RunConfig
+
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(task="digits-mlp", clients=12, **settings)
+
+
+def test_dp_settings_are_the_stages_on_any_method_and_refused_without_it():
+    from fedactors.config import refuse_idle_settings
+
+    values = {"strategy": "fedprox", "dp": "gaussian", "aggregator": "fedavg", "byzantine": 0,
+              "partition": "iid", "host_sums": True}
+    refuse_idle_settings({"clip", "noise_multiplier", "target_epsilon", "mu"}, values)  # no error
+    with pytest.raises(ConfigError, match=r"--clip applies to --strategy dp-fedavg \(or --dp gaussian on another "
+                                          r"method\) only, not fedprox"):
+        refuse_idle_settings({"clip"}, {**values, "dp": None})
+    with pytest.raises(ConfigError, match="--host-sums does not go with --dp gaussian"):
+        refuse_idle_settings({"host_sums"}, values)

@@ -310,16 +310,18 @@ class MyScaffold(Scaffold):
 @pytest.mark.parametrize(("flags", "settings"), [(["--deadline", "10"], {"deadline": 10.0}),
                                                   (["--over-select", "0.3"], {"over_select": 0.3}),
                                                   (["--client-speed", "lognormal:1"], {"client_speed": "lognormal:1"})])
-def test_a_subclass_of_dp_fedavg_or_scaffold_is_refused_the_virtual_clock_by_its_kind(tmp_path, flags, settings):
+def test_a_subclass_of_dp_fedavg_is_refused_the_virtual_clock_by_its_kind(tmp_path, flags, settings):
     """It reached round 1 and an UnboundLocalError in the coordinator (`todo`): the check was by the name
     "dp-fedavg". One line, exit 2, nothing written, before Ray starts."""
     from conftest import fedactors
 
     (tmp_path / "mine.py").write_text(SUBCLASSES)
-    for attr, kind in (("QuietDP", "DPFedAvg"), ("MyScaffold", "Scaffold")):
-        spec = f"{tmp_path}/mine.py:{attr}"
-        with pytest.raises(ConfigError, match=f"^--strategy {spec} is a {kind} .*does not run on the virtual clock"):
-            make_strategy(RunConfig(task="digits-mlp", clients=10, strategy=spec, **settings))
+    spec = f"{tmp_path}/mine.py:QuietDP"
+    with pytest.raises(ConfigError, match=f"^--strategy {spec} is a DPFedAvg .*does not run on the virtual clock"):
+        make_strategy(RunConfig(task="digits-mlp", clients=10, strategy=spec, **settings))
+    # SCAFFOLD runs on the clock (a client that misses the deadline did not participate): so does a subclass of it.
+    assert type(make_strategy(RunConfig(task="digits-mlp", clients=10, strategy=f"{tmp_path}/mine.py:MyScaffold",
+                                        **settings))).__name__ == "MyScaffold"
     result = fedactors("run", "--task", "digits-mlp", "--clients", "10", "--strategy", f"{tmp_path}/mine.py:QuietDP",
                        *flags, "--rounds", "2", "--out", str(tmp_path / "run"))
     assert result.returncode == 2, result.stderr

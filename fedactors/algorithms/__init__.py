@@ -39,12 +39,13 @@ from fedactors.algorithms.fedprox import FedProx
 from fedactors.algorithms.scaffold import Scaffold
 from fedactors.errors import ConfigError, RoundFailed
 
-__all__ = ["DEFAULT_ALGORITHM", "Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "FedAvg", "FedProx", "LocalClient", "Reply", "as_reply",
+__all__ = ["DEFAULT_ALGORITHM", "DP_STAGE", "Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "FedAvg", "FedProx", "LocalClient", "Reply", "as_reply",
            "Scaffold", "ServerOptimizer", "Spec", "builtin", "make_algorithm", "send_problem", "server_step"]
 
 # The built-ins by name, in the order `fedactors strategies` lists them; each module declares its own.
 BUILTINS: dict[str, Spec] = {spec.name: spec for spec in (
     fedavg.SPEC, *fedopt.SPECS, fedprox.SPEC, scaffold.SPEC, dpfedavg.SPEC, *fedbuff.SPECS)}
+DP_STAGE = dpfedavg.SPEC  # --dp gaussian: DP-FedAvg's mechanism around another method (its label, its settings)
 DEFAULT_ALGORITHM = fedavg.SPEC.name  # RunConfig's: a run told apart from the paper's FedAvg compares with it
 # The built-ins' classes: run by name (make_algorithm), trusted not to write the framework's arrays.
 BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg, Asynchronous)
@@ -60,8 +61,8 @@ def builtin(name: object) -> Spec | None:
 def make_algorithm(config) -> object:
     """The run's algorithm object, from its configuration (a built-in name or an import spec)."""
     spec = builtin(config.strategy)
-    if spec is not None:
-        return spec.make(config)
+    if spec is not None:  # RunConfig has checked that a --dp composes with it
+        return spec.make(config) if getattr(config, "dp", None) is None else dpfedavg.stage(config, spec.make(config))
     algorithm = load_user_algorithm(config.strategy)
     # The runtime treats a subclass of a built-in as the built-in (Poisson sampling, control variates), so the settings
     # refused to the built-in by name are refused to it by kind, before anything runs.

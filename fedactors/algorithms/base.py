@@ -186,9 +186,11 @@ class Spec:
     takes_server_optimizer: bool = False  # --server-optimizer steps on what it makes of a round
     optimizer_settings: tuple[str, ...] = ()  # of its settings, those that need a --server-optimizer that reads them
     private: bool = False  # it is differentially private: Poisson sampling, an epsilon, --target-epsilon
+    refuses_dp: str | None = None  # why the DP stage (--dp gaussian) does not compose with it (None: it does)
     copies_down: int = 0  # float32 copies of the weights sent to a client besides the weights themselves
     copies_up: int = 0  # ... and sent back with its update
     state_per_client: int = 0  # float32 copies of the weights it keeps per client seen
+    client_state: str = "a copy of the weights"  # what it keeps per client, in words (the memory check's message)
     label: Callable[[dict], str] | None = None  # a run's label (fedactors report, plots): " name" and its settings,
     #                                             from the run's stored settings; None: " name" (+ a set server_lr)
     banner: Callable[[Any], str] | None = None  # the progress display's word for a run (RunConfig); None: its name

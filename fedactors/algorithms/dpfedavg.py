@@ -4,6 +4,7 @@ default local update; the server half samples (Poisson), clips, sums, noises and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedactors.algorithms.base import Algorithm, Spec
+from fedactors.algorithms.fedavg import FedAvg
 from fedactors.algorithms.fedopt import OPTIMIZER_SETTINGS, ServerOptimizer, make_optimizer
 from fedactors.privacy import dp_epsilon, next_clip, update_noise_multiplier
 
@@ -69,6 +71,8 @@ class DPFedAvg(Algorithm):
     rounds_accounted: int = 0
     last_norms: list[float] = field(default_factory=list)
     optimizer: ServerOptimizer | None = None  # --server-optimizer: its step on the noised average
+    client: Algorithm | None = None  # --dp gaussian on another method: its client half (FedProx's), whose server
+    #                                  step takes the average, so the noised average is the new model
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -94,6 +98,12 @@ class DPFedAvg(Algorithm):
         if self.optimizer is None:
             return noised
         return self.optimizer.step(weights, noised, updates, num_examples, round_idx)
+
+    def configure(self, client_id, round_idx, weights):
+        return {} if self.client is None else self.client.configure(client_id, round_idx, weights)
+
+    def local_update(self, client):
+        return super().local_update(client) if self.client is None else self.client.local_update(client)
 
     def epsilon(self, rounds: int | None = None) -> float:
         """Epsilon at `delta` after `rounds` rounds (default: the rounds so far)."""
@@ -139,6 +149,8 @@ class DPFedAvg(Algorithm):
                    "target_quantile": self.target_quantile, "clip_lr": self.clip_lr, "count_noise": self.count_noise}
         if self.optimizer is not None:  # only then, as fedbuff's: a run without one keeps its identity
             out["optimizer"] = {"name": self.optimizer.name, **self.optimizer.settings()}
+        if self.client is not None:  # likewise: the method whose clients train under the DP stage
+            out["client"] = {"name": self.client.name, **self.client.settings()}
         return out
 
 
@@ -169,6 +181,18 @@ def make(config) -> DPFedAvg:
                     secret=config.dp_seed if config.dp_seed is not None else secrets.randbits(128), **extra)
 
 
+def stage(config, inner: Algorithm) -> DPFedAvg:
+    """--dp gaussian around `inner`, the run's --strategy (a built-in whose Spec does not refuse it): a server optimizer
+    steps on the noised average, as --strategy dp-fedavg --server-optimizer does (the same bytes); FedAvg's or
+    FedProx's server step takes the noised average, and FedProx's clients train as FedProx's."""
+    dp = make(dataclasses.replace(config, server_optimizer=None))
+    if isinstance(inner, ServerOptimizer):
+        dp.optimizer = inner
+    elif type(inner) is not FedAvg:
+        dp.client = inner
+    return dp
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -193,13 +217,20 @@ def _banner(c) -> str:
     return f"dp-fedavg(clip={clip},z={c.noise_multiplier:g},delta={c.delta:g})"
 
 
+OFF_THE_CLOCK = "its privacy accounting assumes every sampled client reports"
+NEEDS_FEDAVG = "clips and sums the updates itself"
+# The DP stage's own settings (besides a server optimizer's): given with --dp gaussian on any method that takes it.
+DP_SETTINGS = ("clip", "noise_multiplier", "delta", "target_epsilon", "dp_seed", "accountant", "strict_dp_check",
+               "target_quantile", "clip_lr", "initial_clip", "clip_count_noise")
+MECHANISMS = ("gaussian",)  # --dp
+
+
 SPEC = Spec("dp-fedavg", "client-level differential privacy (McMahan et al., ICLR 2018); --aggregator fedavg; "
                          "--server-optimizer fedavgm|fedadagrad|fedadam|fedyogi steps on the noised average (same epsilon)",
             make=make,
-            settings=(*OPTIMIZER_SETTINGS, "clip", "noise_multiplier", "delta", "target_epsilon", "dp_seed",
-                      "accountant", "strict_dp_check", "target_quantile", "clip_lr", "initial_clip", "clip_count_noise"),
-            off_the_clock="its privacy accounting assumes every sampled client reports",
-            needs_fedavg="clips and sums the updates itself", takes_server_optimizer=True, private=True,
+            settings=(*OPTIMIZER_SETTINGS, *DP_SETTINGS),
+            off_the_clock=OFF_THE_CLOCK, needs_fedavg=NEEDS_FEDAVG, takes_server_optimizer=True, private=True,
+            refuses_dp="it is DP-FedAvg already (the same as --strategy fedavg --dp gaussian)",
             optimizer_settings=OPTIMIZER_SETTINGS[1:], label=_label, banner=_banner,
             means={"server_optimizer": "none (the noised average itself)",
                    "server_lr": "the optimizer's (fedavgm 1, fedadam 0.01, ...)"})

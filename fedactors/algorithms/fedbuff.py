@@ -73,7 +73,8 @@ def make(name: str, config) -> Asynchronous:
                         config.staleness or ASYNC_DEFAULTS["staleness"], rate, optimizer)
 
 
-_CLOCK = dict(asynchronous=True, needs_fedavg="averages its buffer itself")
+_CLOCK = dict(asynchronous=True, needs_fedavg="averages its buffer itself",
+              refuses_dp="the accountant composes Poisson-sampled synchronous rounds, and it has none")
 SPECS = (
     Spec("fedbuff", "asynchronous: an update every --buffer arrivals, weighted by staleness (Nguyen et al., AISTATS "
                     "2022)", make=lambda config: make("fedbuff", config),

@@ -6,6 +6,9 @@ clients are equal in size), and c += (1/N) sum over the round's clients of (c_i+
 Client half: every local step uses the gradient g + c - c_i; after its K steps the client's new control variate
 is c_i+ = c_i - c + (x - y_i) / (K lr) (the steps' rates summed under a schedule), sent back with its update.
 
+On the virtual clock (--client-speed, --deadline, --over-select, --client-trace) a client that does not finish in
+time is one that did not participate: its c_i stays as it was and c moves by the finishers' changes only, over N.
+
 The control variates live here, in the coordinator: whichever host trains a client, or retrains it after another
 died, is sent the same c and c_i; they are part of every checkpoint. Each client seen costs one float32 copy of
 the weights (6.65 MB for the CNN: 665 MB for K = 100, 6.65 GB for K = 1,000), held in the coordinator and written
@@ -106,8 +109,9 @@ SPEC = Spec("scaffold", "clients correct each step by c - c_i, control variates 
                         "--aggregator fedavg",
             make=lambda config: Scaffold(num_clients=config.clients),
             default_lr=0.02,  # the paper's 0.1 fails on the non-IID CNN within 100 rounds (issue 28, docs/runs/tune-*)
-            off_the_clock="its control variates are kept for synchronous rounds only",
             needs_fedavg="averages its clients' models and control variates",
             plain_sgd_only="its control variate c_i+ = c_i - c + (x - y) / (K lr) is the mean corrected gradient "
                            "only when the K local steps are plain SGD steps",
-            copies_down=1, copies_up=1, state_per_client=1)
+            copies_down=1, copies_up=1, state_per_client=1, client_state="a control variate",
+            refuses_dp="its clients send their control variates to the server unclipped and without noise (the DP "
+                       "stage privatizes the model's updates only)")

@@ -163,7 +163,7 @@ def settings_toml(run_id: str, stored: dict) -> str:
     if settings.get("partition") == "natural":
         settings.pop("clients", None)  # the count its data gave: a natural partition's clients are the data's owners
     spec = builtin(settings.get("strategy"))
-    if spec is not None and spec.private:
+    if (spec is not None and spec.private) or settings.get("dp"):
         settings.setdefault("accountant", "rdp")  # checkpointed before --accountant: it counted with RDP (api.resumed_config)
     try:
         RunConfig.from_dict(settings)
