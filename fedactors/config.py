@@ -337,9 +337,6 @@ class RunConfig:
                     raise ConfigError(f"--{name.replace('_', '-')} is for synchronous rounds; --strategy "
                                       f"{self.strategy} has no rounds to close (a client's update counts whenever "
                                       "it arrives, weighted by its staleness)")
-            if self.compress is not None and self.compress.partition(":")[0] in ("topk", "sign"):
-                raise ConfigError(f"--compress {self.compress} does not go with --strategy {self.strategy}: its "
-                                  "error feedback assumes a client's updates arrive in the order it made them")
             if (spec.fixed_buffer is None and self.buffer is not None and self.clients is not None
                     and self.buffer > self.concurrency_value):
                 raise ConfigError(f"--buffer {self.buffer} is more than the {self.concurrency_value} clients training at "

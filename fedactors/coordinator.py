@@ -398,10 +398,36 @@ class Coordinator:
         by_key = {(a.client, a.batch): a for a in arrivals}  # (client, start batch): a fast client may arrive twice
         taus = {key: schedule.staleness(a) for key, a in by_key.items()}  # before this update moves the version
 
+        length = len(self.weights)
+        residuals: dict[int, np.ndarray] = {}  # --compress topk/sign: each client's residual as its next job starts
+
         def dispatch(todo: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], object]]:
-            jobs = [(self._weights_at(by_key[key].version), key[1], key[0]) for key in todo]
-            for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout):
-                yield (result.client_id, result.round), result
+            """The jobs in waves: a client's second job in this buffer started after its first arrived, so with error
+            feedback it trains from the residual the first left (without, one wave holds every job)."""
+            waves: list[list[tuple[int, int]]] = []
+            seen: dict[int, int] = {}
+            for key in sorted(todo, key=lambda k: (k[0], k[1])):  # a client's jobs in the order they started
+                wave = seen.get(key[0], 0) if self.feedback is not None else 0
+                seen[key[0]] = wave + 1
+                waves.extend([] for _ in range(wave + 1 - len(waves)))
+                waves[wave].append(key)
+            blocked: set[int] = set()  # clients whose earlier job failed this try: their later ones wait for its retry
+            for wave in waves:
+                ready = [key for key in todo if key in set(wave) and key[0] not in blocked]  # the round's order
+                for key in wave:
+                    if key[0] in blocked:
+                        yield key, Failure(key[0], -1, "not trained: its earlier update in this buffer failed and is "
+                                                       "retried first (error feedback chains them)", round=key[1])
+                jobs = [(self._weights_at(by_key[key].version), key[1], key[0]) for key in ready]
+                extras = None
+                if self.feedback is not None:
+                    extras = [(residuals.get(c, self.feedback.residual(c, length)),) for _, _, c in jobs]
+                for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout, extras=extras):
+                    if isinstance(result, Failure):
+                        blocked.add(result.client_id)
+                    elif result.residual is not None and aggregate.all_finite(result.weights):
+                        residuals[result.client_id] = result.residual  # a client's next job starts from it
+                    yield (result.client_id, result.round), result
 
         collection = Collection(list(by_key), required, client=lambda key: key[0]).collect(dispatch)
         last_arrival = collection.last_arrival or t0
@@ -426,6 +452,8 @@ class Coordinator:
             new = old
         if not aggregate.all_finite(new):
             raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
+        if self.feedback is not None:  # the kept updates' residuals, a client's last in arrival order winning
+            self.feedback.accept({key[0]: u.residual for key, u in zip(kept, got) if u.residual is not None})
         self.versions[schedule.version] = old
         self.weights = new
         schedule.applied(freed)

@@ -38,10 +38,11 @@ class HostPool(Protocol):
         """Each client's update or failure; `extras(cid)` are more arguments for ClientHost.train (SCAFFOLD's)."""
         ...
 
-    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
-                   ) -> Iterator[Update | Failure]:
+    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None,
+                   extras: Sequence[tuple] | None = None) -> Iterator[Update | Failure]:
         """Train (weights, round key, client) jobs at once, spread over the hosts (fedbuff's arrivals, each from the
-        weights of its start): an Update's round and client_id say whose it is, and a Failure's round and client_id."""
+        weights of its start): an Update's round and client_id say whose it is, and a Failure's round and client_id.
+        `extras[i]`: more arguments for job i's ClientHost.train (its error-feedback residual, ...)."""
         ...
 
     def train_sums(
@@ -104,15 +105,15 @@ class LocalPool:
                 except Exception as exc:  # a failure is data: the coordinator decides what it means
                     yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}")
 
-    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
-                   ) -> Iterator[Update | Failure]:
+    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None,
+                   extras: Sequence[tuple] | None = None) -> Iterator[Update | Failure]:
         examples = self.num_examples()
         plan = balance(range(len(jobs)), [examples[c] for _, _, c in jobs], range(len(self.hosts)))
         for h, indices in plan.items():
             for i in indices:
                 weights, round_idx, cid = jobs[i]
                 try:
-                    yield self.hosts[h].train(weights, cid, round_idx)
+                    yield self.hosts[h].train(weights, cid, round_idx, *(extras[i] if extras else ()))
                 except Exception as exc:
                     yield Failure(client_id=cid, host=h, error=f"{type(exc).__name__}: {exc}", round=round_idx)
 
@@ -257,8 +258,8 @@ class RayPool:
         }
         yield from self._gather(pending, timeout)
 
-    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None
-                   ) -> Iterator[Update | Failure]:
+    def train_jobs(self, jobs: Sequence[tuple[np.ndarray, int, int]], timeout: float | None = None,
+                   extras: Sequence[tuple] | None = None) -> Iterator[Update | Failure]:
         examples = self.num_examples()
         plan = self._plan(range(len(jobs)), [examples[c] for _, _, c in jobs])  # by job index
         if isinstance(plan, str):
@@ -272,7 +273,8 @@ class RayPool:
         for h, indices in plan.items():
             for i in indices:
                 weights, round_idx, cid = jobs[i]
-                pending[self.actors[h].train.remote(refs[id(weights)][1], cid, round_idx)] = ([cid], h, round_idx)
+                more = tuple(self._ray.put(a) if isinstance(a, np.ndarray) else a for a in (extras[i] if extras else ()))
+                pending[self.actors[h].train.remote(refs[id(weights)][1], cid, round_idx, *more)] = ([cid], h, round_idx)
         yield from self._gather(pending, timeout)
 
     def train_sums(

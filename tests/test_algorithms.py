@@ -216,7 +216,8 @@ def _resumed(strategy, tmp_path, stop: int, **settings):
         list(Coordinator(first, pool(first), num_test=len(data.y_test), store=store, run_id="r").run())
         ckpt = store.checkpoint
         events = list(Coordinator(full, pool(full), num_test=len(data.y_test), start_round=ckpt.round,
-                                  weights=ckpt.weights, strategy_state=ckpt.strategy_state()).run())
+                                  weights=ckpt.weights, strategy_state=ckpt.strategy_state(),
+                                  clock=ckpt.extra.get("clock")).run())
     finally:
         torch.set_num_threads(threads)
     return events[-1]["weights"]
@@ -284,3 +285,40 @@ def test_dp_settings_are_the_stages_on_any_method_and_refused_without_it():
         refuse_idle_settings({"clip"}, {**values, "dp": None})
     with pytest.raises(ConfigError, match="--host-sums does not go with --dp gaussian"):
         refuse_idle_settings({"host_sums"}, values)
+
+
+def test_top_k_error_feedback_composes_with_fedbuff(tmp_path):
+    """Issue 35 item 2: --compress topk with FedBuff runs. A client that arrives twice in one buffer started its
+    second job after its first arrived, so the second trains from the residual the first left (checked on what the
+    pool was handed); the residuals kept are the last arrivals'; a resumed run is the uninterrupted one."""
+    from fedactors.coordinator import LocalPool
+
+    handed: list[tuple[int, int, bytes, bytes]] = []  # (client, start batch, residual given, residual returned)
+    train_jobs = LocalPool.train_jobs
+
+    def recording(self, jobs, timeout=None, extras=None):
+        given = {(cid, batch): extra[0].tobytes() for (_, batch, cid), extra in zip(jobs, extras, strict=True)}
+        for result in train_jobs(self, jobs, timeout, extras):  # in the hosts' order, not the jobs'
+            key = (result.client_id, result.round)
+            handed.append((*key, given[key], result.residual.tobytes()))
+            yield result
+
+    settings = dict(compress="topk:0.1", concurrency=6, buffer=4, client_speed="lognormal:1.5", rounds=4, frac=0.5)
+    LocalPool.train_jobs = recording
+    try:
+        rounds, weights, _, _ = _run("fedbuff", tmp_path, **settings)
+    finally:
+        LocalPool.train_jobs = train_jobs
+    twice = [r for r in rounds if len(set(r["clients"])) < len(r["clients"])]
+    assert twice, "no client arrived twice in a buffer: the chain is not exercised"
+    by_client: dict[int, list] = {}
+    for cid, batch, given, returned in handed:
+        by_client.setdefault(cid, []).append((batch, given, returned))
+    chained = 0
+    for jobs in by_client.values():
+        jobs.sort()
+        for (b1, _, returned), (b2, given, _) in zip(jobs, jobs[1:]):
+            assert given == returned, "a client's next job did not start from the residual its last one left"
+            chained += 1
+    assert chained > 0
+    assert _resumed("fedbuff", tmp_path, 2, **settings).tobytes() == weights.tobytes()
