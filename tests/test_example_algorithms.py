@@ -2,8 +2,8 @@
 FedDyn (per-client gradient state), FedNova (normalized averaging) and FedAvg with a decaying server rate and
 client momentum (its own training loop). Each is run by the real round loop in-process (ClientHost x 2 on a
 LocalPool, the client half loaded from the file as `--strategy` names it), its arithmetic checked against NumPy
-from what its server half saw, and resumed from a checkpoint (encoded and decoded) to the uninterrupted run's
-bytes; FedDyn also on real Ray, SIGKILLed mid-round, resumed from a real Redis."""
+from what its server half saw, and resumed from its checkpoint in a real Redis to the uninterrupted run's bytes;
+FedDyn also on real Ray, SIGKILLed mid-round and resumed from Redis alone. Also `fedactors strategies FILE.py:ATTR`."""
 
 from __future__ import annotations
 
