@@ -297,8 +297,22 @@ def _same(name: str, value: object, default: object) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event on stdout: header, start, warning, round, summary "
               "(and privacy, interrupted, already_finished or dry_run where they happen).")
 @click.option("--dry-run", "dry_run", is_flag=True, help="Print the resolved configuration and the planned resources, and start nothing.")
+@click.option("--tensorboard", "tensorboard", default=None, metavar="DIR",
+              help="Log to TensorBoard: event files in DIR/RUN_ID (tensorboard --logdir DIR) with the settings, every "
+                   "number of each metrics.jsonl line at step = round, and run.json at the end; a --resume continues "
+                   "them. Needs the tensorboard package (pip install 'fedactors[trackers]').")
+@click.option("--mlflow", "mlflow", is_flag=False, flag_value="", default=None, metavar="[URI]",
+              help="Log to MLflow (experiment fedactors, run named RUN_ID): the settings as params, every number of "
+                   "each metrics.jsonl line at step = round once checkpointed, run.json and figures as artifacts. URI: "
+                   "an http(s):// tracking server or a store; without one, the one a --resume run last logged to, "
+                   "else $MLFLOW_TRACKING_URI, else a file store mlruns/ in the current directory. Needs mlflow-skinny "
+                   "(pip install 'fedactors[trackers]').")
+@click.option("--tracker-optional", "tracker_optional", is_flag=True,
+              help="A --tensorboard or --mlflow that cannot be reached or written (exit 2 before round 1 without "
+                   "this), or fails later, is left out with one warning; the run goes on.")
 def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | None, resume: str | None,
-        store_retry_seconds: float, quiet: bool, as_json: bool, dry_run: bool, **flags: object) -> None:
+        store_retry_seconds: float, quiet: bool, as_json: bool, dry_run: bool, tensorboard: str | None,
+        mlflow: str | None, tracker_optional: bool, **flags: object) -> None:
     """Run a federated experiment (FedAvg on MNIST's CNN by default), or --resume one: a live progress bar in a
     terminal, a line per round elsewhere."""
     from fedactors import api
@@ -326,16 +340,26 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
                 ckpt, config, _ = api.latest(store, run_id, out, changes)
             show_plan(api.plan(config, run_id, out, redis_url, resume_round=ckpt.round), mode)
             return
+        hooks = _trackers(tensorboard, mlflow, tracker_optional, out)
         with exit_on_interrupt():
-            api.continue_run(run_id, out, redis_url, store_retry_seconds, changes, mode)
+            api.continue_run(run_id, out, redis_url, store_retry_seconds, changes, mode, hooks=hooks)
         return
     _refuse_idle_flags(flags)
     config = RunConfig(**natural_clients(flags))  # type: ignore[arg-type]
     if dry_run:
         show_plan(api.plan(config, run_id, out, redis_url), mode)
         return
+    hooks = _trackers(tensorboard, mlflow, tracker_optional, out)
     with exit_on_interrupt():
-        api.start(config, run_id, out, redis_url, store_retry_seconds, mode)
+        api.start(config, run_id, out, redis_url, store_retry_seconds, mode, hooks=hooks)
+
+
+def _trackers(tensorboard: str | None, mlflow: str | None, optional: bool, out: Path):
+    """The run's hooks: the trackers its flags ask for, each checked before anything of the run is written."""
+    from fedactors.callbacks import Hooks
+    from fedactors.trackers import from_flags
+
+    return Hooks(from_flags(tensorboard, mlflow, optional, out))
 
 
 def _given(flags: dict, sources: tuple) -> dict:
