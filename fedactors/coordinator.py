@@ -7,7 +7,6 @@ as well as on Ray (`RayPool` over ClientHost actors, driven from `CoordinatorAct
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from collections.abc import Iterator
@@ -25,8 +24,8 @@ from fedactors.errors import RoundFailed
 from fedactors.messages import Failure, RoundStats, Update
 from fedactors.pool import HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
-from fedactors.seeding import sample_clients
-from fedactors.systems import Systems, Trace, parse_speed, plan_round
+from fedactors.samplers import Buffered, Clock, Poisson, Uniform
+from fedactors.systems import Systems, Trace, parse_speed
 from fedactors.algorithms import builtin, make_algorithm, server_step
 from fedactors.traffic import Totals, per_client
 
@@ -141,6 +140,7 @@ class Coordinator:
         self.clock = clock
         self.schedule: Schedule | None = None  # fedbuff, fedasync: made by run(), once the hosts hold their data
         self._work: np.ndarray | None = None  # on the clock: each client's examples processed in a round (work())
+        self._sampler: Uniform | Poisson | Clock | Buffered | None = None  # sampler(): made once the loop is known
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
@@ -240,24 +240,8 @@ class Coordinator:
         """
         cfg = self.config
         t0 = time.perf_counter()
-        if self.private:  # Poisson sampling, keyed by its secret
-            sampled = self.strategy.sample(round_idx)
-            required = math.ceil(cfg.min_fit_fraction * len(sampled) - 1e-9)
-        elif self.systems is not None:
-            down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
-            try:
-                plan = plan_round(self.systems, self.now, seed=cfg.seed, round_idx=round_idx, m=cfg.clients_per_round,
-                                  over_select=cfg.over_select or 0.0, deadline=cfg.deadline, work=self.work(),
-                                  bytes_down=down, bytes_up=up)
-            except RuntimeError as exc:
-                raise RoundFailed(f"round {round_idx}: {exc}") from None
-            sampled, todo = plan.sampled, plan.kept
-            required = math.ceil(cfg.min_fit_fraction * len(todo) - 1e-9)
-        else:
-            sampled = sample_clients(cfg.seed, round_idx, cfg.clients, cfg.clients_per_round).tolist()
-            required = cfg.min_updates
-        if self.systems is None:
-            todo = sampled
+        draw = self.sampler().draw(round_idx, self.now)  # uniform, Poisson (DP) or on the clock: fedactors.samplers
+        sampled, todo, required, plan = draw.clients, draw.jobs, draw.required, draw.plan
         # FedAvg's exact sum (aggregate.ExactSum) takes each update as it arrives, in any order, or
         # each host's partial sum of its clients (host-side sums: linear built-in strategies only).
         num_examples = self.pool.num_examples()
@@ -362,6 +346,23 @@ class Coordinator:
         stats.round_seconds = time.perf_counter() - t0
         return stats
 
+    def sampler(self) -> Uniform | Poisson | Clock | Buffered:
+        """Who each round trains (fedactors.samplers): the asynchronous schedule's buffers, Poisson sampling for a
+        private algorithm, the virtual clock's plan, or the paper's uniform m; made once, when first asked for."""
+        if self._sampler is None:
+            cfg = self.config
+            if self.schedule is not None:
+                self._sampler = Buffered(self.schedule, cfg.min_fit_fraction)
+            elif self.private:  # keyed by the algorithm's secret
+                self._sampler = Poisson(self.strategy.sample, cfg.min_fit_fraction)
+            elif self.systems is not None:
+                down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+                self._sampler = Clock(self.systems, cfg.seed, cfg.clients_per_round, cfg.over_select or 0.0,
+                                      cfg.deadline, self.work(), down, up, cfg.min_fit_fraction)
+            else:
+                self._sampler = Uniform(cfg.seed, cfg.clients, cfg.clients_per_round, cfg.min_updates)
+        return self._sampler
+
     def _check_deadline(self) -> None:
         """A --deadline no client can meet is a failure of the run's first round, not rounds that never train."""
         cfg = self.config
@@ -390,11 +391,8 @@ class Coordinator:
         left out of the buffer, which goes on with the others if --min-fit-fraction of the buffer allows."""
         cfg, schedule = self.config, self.schedule
         t0 = time.perf_counter()
-        try:
-            arrivals, lost, freed = schedule.next_buffer()
-        except RuntimeError as exc:
-            raise RoundFailed(f"round {round_idx}: {exc}") from None
-        required = math.ceil(cfg.min_fit_fraction * len(arrivals) - 1e-9)
+        draw = self.sampler().draw(round_idx)  # the schedule's next --buffer arrivals (fedactors.samplers.Buffered)
+        arrivals, lost, freed, required = draw.arrivals, draw.lost, draw.freed, draw.required
         by_key = {(a.client, a.batch): a for a in arrivals}  # (client, start batch): a fast client may arrive twice
         taus = {key: schedule.staleness(a) for key, a in by_key.items()}  # before this update moves the version
 
@@ -429,7 +427,7 @@ class Coordinator:
                         residuals[result.client_id] = result.residual  # a client's next job starts from it
                     yield (result.client_id, result.round), result
 
-        collection = Collection(list(by_key), required, client=lambda key: key[0]).collect(dispatch)
+        collection = Collection(draw.jobs, required, client=lambda key: key[0]).collect(dispatch)
         last_arrival = collection.last_arrival or t0
 
         def accept() -> tuple[list, list[Update]]:
