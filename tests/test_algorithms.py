@@ -322,3 +322,24 @@ def test_top_k_error_feedback_composes_with_fedbuff(tmp_path):
             chained += 1
     assert chained > 0
     assert _resumed("fedbuff", tmp_path, 2, **settings).tobytes() == weights.tobytes()
+
+
+def test_the_dp_flag_on_the_command_line(monkeypatch, capsys, tmp_path):
+    """`--dp gaussian` reaches the run's settings (and its epsilon preview); what it does not compose with is one
+    line, exit 2, nothing written."""
+    import json
+
+    from conftest import run_main
+
+    status, out, err = run_main(monkeypatch, capsys, "run", "--task", "digits-mlp", "--clients", "20", "--strategy",
+                                "fedadam", "--dp", "gaussian", "--clip", "adaptive", "--clip-count-noise", "1", "--rounds", "3", "--out",
+                                str(tmp_path / "a"), "--dry-run", "--json")
+    assert status == 0, err
+    plan = json.loads(out)
+    assert plan["config"]["dp"] == "gaussian" and plan["config"]["strategy"] == "fedadam" and plan["epsilon"] > 0
+    status, out, err = run_main(monkeypatch, capsys, "run", "--task", "digits-mlp", "--clients", "20", "--strategy",
+                                "scaffold", "--dp", "gaussian", "--out", str(tmp_path / "b"))
+    assert status == 2 and err.strip().splitlines() == [
+        "fedactors: error: --dp gaussian does not go with --strategy scaffold: its clients send their control "
+        "variates to the server unclipped and without noise (the DP stage privatizes the model's updates only)"]
+    assert not (tmp_path / "b").exists()

@@ -229,6 +229,11 @@ def _same(name: str, value: object, default: object) -> bool:
               help="Virtual seconds a round waits: clients finishing later are dropped (reported as late).")
 @click.option("--over-select", "over_select", type=float, default=None,
               help="Sample ceil(m x (1 + F)) online clients and keep the first m to finish (inside --deadline).")
+@click.option("--dp", "dp", type=click.Choice(["gaussian"]), default=None,
+              help="The DP stage around --strategy (fedavg, a server optimizer or fedprox): DP-FedAvg's Poisson "
+                   "sampling, clipping (--clip), Gaussian noise (--noise-multiplier) and accountant on that method's "
+                   "clients and server step; --strategy fedadam --dp gaussian is DP-FedAdam, --strategy fedavg --dp "
+                   "gaussian is --strategy dp-fedavg to the byte. The dp-fedavg settings below apply.")
 @click.option("--clip", default=str(D.clip), show_default=True, metavar="S|adaptive",
               help="dp-fedavg: each client update's L2 norm is clipped to this (S); adaptive: the clip follows "
               "--target-quantile of the update norms (Andrew et al. 2021), from --initial-clip.")
