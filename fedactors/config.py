@@ -13,6 +13,7 @@ from fedactors.algorithms import BUILTINS, builtin
 from fedactors.algorithms.fedopt import SERVER_LR
 from fedactors.errors import ConfigError
 
+DATA_KINDS = ("npz", "leaf", "hf")  # --data KIND:PATH (fedactors.task.load_arrays)
 PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")  # fedactors.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 # The built-in algorithms, each described by the module that defines it (fedactors.algorithms: Spec); the tables
@@ -47,7 +48,7 @@ EXPERIMENT_FIELDS = (
 
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
-OPTIONAL_EXPERIMENT_FIELDS = ("dp", "dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
+OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "dp", "dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
@@ -66,7 +67,12 @@ class RunConfig:
     """Everything a run needs to know. `batch_size=None` means B = inf (full batch)."""
 
     task: str = "mnist-cnn"  # a built-in name, module:attr or file.py:attr (fedactors.task)
-    data: str | None = None  # npz:PATH: arrays in place of the task's own data
+    data: str | None = None  # npz:PATH, leaf:DIR or hf:DIR: arrays in place of the task's own data
+    # --data hf:DIR (fedactors.data.hf): one client per value of this column (with --partition natural), and the
+    # columns holding the examples and the labels. None: no owners; `image` or the one column left; `label`.
+    partition_by: str | None = None
+    input_column: str | None = None
+    label_column: str | None = None
     clients: int | None = 100  # None only with partition "natural" until the data is read: one client per owner
     frac: float = 0.1
     rounds: int = 200
@@ -168,9 +174,20 @@ class RunConfig:
                                if isinstance(self.strategy, str) else DEFAULT_LR)
         if not isinstance(self.task, str) or not self.task.strip():
             raise ConfigError(f"--task must name a task, got {self.task!r}")
-        if self.data is not None and not (isinstance(self.data, str) and self.data.partition(":")[0] in ("npz", "leaf")
+        if self.data is not None and not (isinstance(self.data, str) and self.data.partition(":")[0] in DATA_KINDS
                                           and self.data.partition(":")[2]):
-            raise ConfigError(f"--data must be npz:PATH or leaf:DIR, got {self.data!r}")
+            raise ConfigError(f"--data must be npz:PATH, leaf:DIR or hf:DIR, got {self.data!r}")
+        for name in ("partition_by", "input_column", "label_column"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (isinstance(value, str) and value.strip()):
+                raise ConfigError(f"--{name.replace('_', '-')} must name a column, got {value!r}")
+            if not (isinstance(self.data, str) and self.data.startswith("hf:")):
+                raise ConfigError(f"--{name.replace('_', '-')} applies to --data hf:DIR only")
+        if self.partition_by is not None and self.partition != "natural":
+            raise ConfigError(f"--partition-by {self.partition_by} makes one client per value of that column: it "
+                              f"goes with --partition natural, not {self.partition}")
         if self.clients is None:  # natural: the data decides, and experiment.run fills it in before anything uses it
             if self.partition != "natural":
                 raise ConfigError(f"--clients is needed with --partition {self.partition}")

@@ -193,7 +193,8 @@ def run(
 def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, Parts, str, dict, Parts | None]:
     """The prepared data set, its partition into the run's clients, its digest, the partition's summary, and the
     examples held out for per-client evaluation (--eval-clients; else None)."""
-    data = load_arrays(task, config.data, data_dir)
+    data = load_arrays(task, config.data, data_dir, columns={
+        "partition_by": config.partition_by, "input_column": config.input_column, "label_column": config.label_column})
     if not task.builtin or config.data is not None:  # a user's model, or a built-in one on the user's arrays
         check_model(task, data)
     parts = partition(data.y_train, config.clients, config.partition, config.seed,

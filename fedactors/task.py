@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TASK = "mnist-cnn"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-DATA_KINDS = ("npz", "leaf")  # --data KIND:PATH
+DATA_KINDS = ("npz", "leaf", "hf")  # --data KIND:PATH (config.DATA_KINDS)
 NPZ_OWNER_KEYS = ("client_train", "client_test")  # optional: who owns each example (--partition natural)
 LABELS = ("classes", "values")
 # Names every evaluated round already carries (metrics.jsonl): a task's own metrics may not shadow them.
@@ -165,15 +165,20 @@ def load_npz(path: Path) -> Arrays:
         raise DataError(f"--data npz:{path} is not a readable .npz file: {exc}") from None
 
 
-def load_arrays(task: Task, data: str | None, data_dir: Path) -> Arrays:
-    """The task's data (or `--data npz:PATH` / `leaf:DIR` in its place), prepared and checked: float32 or int64
-    examples, int64 labels (float32 targets for labels="values"), owners as client numbers."""
+def load_arrays(task: Task, data: str | None, data_dir: Path, *, columns: dict | None = None) -> Arrays:
+    """The task's data (or `--data npz:PATH` / `leaf:DIR` / `hf:DIR` in its place), prepared and checked: float32 or
+    int64 examples, int64 labels (float32 targets for labels="values"), owners as client numbers. `columns`: hf's
+    partition_by, input_column and label_column (fedactors.data.hf)."""
     if data is not None:
         kind, _, where = data.partition(":")
         if kind not in DATA_KINDS or not where:
-            raise ConfigError(f"--data must be npz:PATH or leaf:DIR, got {data!r}")
+            raise ConfigError(f"--data must be npz:PATH, leaf:DIR or hf:DIR, got {data!r}")
         if kind == "npz":
             raw = load_npz(Path(where).expanduser())
+        elif kind == "hf":
+            from fedactors.data.hf import load_hf
+
+            raw = load_hf(Path(where).expanduser(), **(columns or {}))
         else:
             from fedactors.leaf import load_leaf
 

@@ -141,10 +141,18 @@ def _same(name: str, value: object, default: object) -> bool:
                    "command line override the file. Unknown keys and wrong types are refused.")
 @click.option("--task", default=D.task, show_default=True,
               help="What to train: a built-in task (fedactors tasks lists them), package.module:attr or path/to/file.py:attr.")
-@click.option("--data", default=None, metavar="npz:PATH|leaf:DIR",
+@click.option("--data", default=None, metavar="npz:PATH|leaf:DIR|hf:DIR",
               help="Arrays in place of the task's data: an .npz with x_train, y_train, x_test, y_test (integer labels 0..C-1) "
-                   "and optionally client_train, client_test (owner ids, for --partition natural); or a LEAF data set's "
-                   "directory (train/ and test/ of JSON files).")
+                   "and optionally client_train, client_test (owner ids, for --partition natural); a LEAF data set's "
+                   "directory (train/ and test/ of JSON files); or a Hugging Face dataset on disk (save_to_disk's "
+                   "DatasetDict, or train*.parquet and test*.parquet files) with train and test splits.")
+@click.option("--partition-by", "partition_by", default=None, metavar="COLUMN",
+              help="--data hf: one client per value of this column (with --partition natural): its test split's "
+                   "rows of that column evaluate each client on its own data.")
+@click.option("--input-column", "input_column", default=None, metavar="COLUMN",
+              help="--data hf: the column holding the examples. Default: image, else the one column left.")
+@click.option("--label-column", "label_column", default=None, metavar="COLUMN",
+              help="--data hf: the column holding the labels. Default: label.")
 @click.option("--clients", type=int, default=D.clients, show_default=True, help="Number of clients K (not with --partition natural).")
 @click.option("--frac", type=float, default=D.frac, show_default=True, help="Fraction C of clients sampled each round, in (0, 1].")
 @click.option("--rounds", type=int, default=D.rounds, show_default=True, help="Communication rounds to run (on --resume: the new total).")
