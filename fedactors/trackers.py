@@ -167,7 +167,8 @@ class Tracker(Callback):
 
 
 class TensorBoard(Tracker):
-    """Event files in LOG_DIR/RUN_ID through torch's SummaryWriter: `tensorboard --logdir LOG_DIR` shows each run."""
+    """Event files in LOG_DIR/RUN_ID through torch's SummaryWriter: `tensorboard --logdir LOG_DIR` shows each run.
+    Made, it checks that LOG_DIR can be written (TrackerError if not)."""
 
     def __init__(self, log_dir: str | Path, *, optional: bool = False) -> None:
         super().__init__(optional)
@@ -308,7 +309,8 @@ def _client(uri: str):
 class MLflow(Tracker):
     """An MLflow run named by the run id, in experiment `experiment` at `uri` (mlflow_uri's default: a file store
     ./mlruns); a resumed run continues the MLflow run it logged to (RUN_DIR/trackers.json), at the URI it last used
-    when `uri` is not given. Params are the settings the run started with; run.json says what it ended with."""
+    when `uri` is not given. Params are the settings the run started with; run.json says what it ended with.
+    Made, it checks the store (check_mlflow): TrackerError before any run if it cannot be used."""
 
     def __init__(self, uri: str | None = None, *, experiment: str = "fedactors", optional: bool = False) -> None:
         super().__init__(optional)
