@@ -343,3 +343,14 @@ def test_the_dp_flag_on_the_command_line(monkeypatch, capsys, tmp_path):
         "fedactors: error: --dp gaussian does not go with --strategy scaffold: its clients send their control "
         "variates to the server unclipped and without noise (the DP stage privatizes the model's updates only)"]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_server_half_returning_what_cannot_be_the_model_names_the_algorithm_and_its_method(nova, tmp_path):
+    """Issue 35, bad input: the round fails in one line naming the algorithm and the method that returned it."""
+    (tmp_path / "bad.py").write_text(
+        "import numpy as np\nfrom fedactors.algorithms import Algorithm\n"
+        "class Short(Algorithm):\n    name = 'short'\n"
+        "    def aggregate(self, weights, combined, results, round_idx):\n        return combined[:-1]\n")
+    with pytest.raises(RoundFailed, match=r"^round 1: strategy short returned float32 \(\d+,\), expected float32 "
+                                          r"\(\d+,\), from its aggregate\(\)$"):
+        _run(f"{tmp_path}/bad.py:Short", tmp_path)

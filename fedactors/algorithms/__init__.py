@@ -126,14 +126,18 @@ def server_step(algorithm, weights: np.ndarray, combined: np.ndarray, results, r
     # 1 ms for the CNN's 1.66 M floats once a round. The built-ins never write it: they get the array itself.
     mine = weights if builtin_class else weights.copy()
     if hasattr(algorithm, "aggregate"):
+        method = "aggregate()"
         new = algorithm.aggregate(mine, combined, results, round_idx)
     else:
+        method = "step()"
         new = algorithm.step(mine, combined, [u.weights for u in results], [u.num_examples for u in results], round_idx)
     if not isinstance(new, np.ndarray) or new.dtype != np.float32 or new.shape != weights.shape:
         got = f"{new.dtype} {new.shape}" if isinstance(new, np.ndarray) else type(new).__name__
-        raise RoundFailed(f"round {round_idx}: strategy {algorithm.name} returned {got}, expected float32 {weights.shape}")
+        raise RoundFailed(f"round {round_idx}: strategy {algorithm.name} returned {got}, expected float32 {weights.shape}, "
+                          f"from its {method}")
     if not all_finite(new):
-        raise RoundFailed(f"round {round_idx}: strategy {algorithm.name} returned weights holding NaN or infinity")
+        raise RoundFailed(f"round {round_idx}: strategy {algorithm.name} returned weights holding NaN or infinity, from "
+                          f"its {method}")
     if not builtin_class:
         problem = state_problem(algorithm.state())
         if problem:
