@@ -30,7 +30,7 @@ import json
 import numpy as np
 
 from fedactors.algorithms import dpfedavg, fedavg, fedbuff, fedopt, fedprox, scaffold
-from fedactors.algorithms.base import Algorithm, LocalClient, Reply, Spec, as_reply, send_problem
+from fedactors.algorithms.base import Algorithm, LocalClient, Reply, Spec, as_reply, send_problem, vector_problem
 from fedactors.algorithms.dpfedavg import DPFedAvg
 from fedactors.algorithms.fedavg import FedAvg
 from fedactors.algorithms.fedbuff import Asynchronous
@@ -151,12 +151,10 @@ def state_problem(state: object) -> str | None:
     if not (isinstance(state, tuple) and len(state) == 2 and all(isinstance(part, dict) for part in state)):
         return f"returned a {type(state).__name__}, not (buffers, scalars), two dicts"
     buffers, scalars = state
-    for name, buf in buffers.items():
-        if not isinstance(name, str) or not name:
-            return f"names a buffer {name!r}"
-        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
-            got = f"{buf.dtype} {buf.shape}" if isinstance(buf, np.ndarray) else type(buf).__name__
-            return f"holds buffer {name!r} as {got}"
+    problem = vector_problem(buffers)
+    if problem is not None:
+        name, got = problem
+        return f"names a buffer {name!r}" if got is None else f"holds buffer {name!r} as {got}"
     if not all(isinstance(name, str) for name in scalars):
         return f"names scalars {[n for n in scalars if not isinstance(n, str)]!r}, not by strings"
     try:

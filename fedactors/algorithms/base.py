@@ -156,15 +156,24 @@ def as_reply(value: Any, where: str) -> Reply:
     raise TypeError(f"{where}.local_update returned {type(value).__name__}, expected a Reply or a loss")
 
 
+def vector_problem(arrays: dict) -> tuple[object, str | None] | None:
+    """(name, what it is) of the first entry of `arrays` that is not a 1-D float32 array named by a string (what is
+    None when the name is the problem), or None: what a checkpoint stores and a Reply sends."""
+    for name, value in arrays.items():
+        if not isinstance(name, str) or not name:
+            return name, None
+        if not (isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 1):
+            return name, f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+    return None
+
+
 def send_problem(send: dict) -> str | None:
     """What makes a Reply's `send` unfit to travel (1-D float32 arrays named by strings), or None."""
-    for name, value in send.items():
-        if not isinstance(name, str) or not name:
-            return f"names an array {name!r}"
-        if not (isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 1):
-            got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-            return f"sends {name!r} as {got}, not a 1-D float32 array"
-    return None
+    problem = vector_problem(send)
+    if problem is None:
+        return None
+    name, got = problem
+    return f"names an array {name!r}" if got is None else f"sends {name!r} as {got}, not a 1-D float32 array"
 
 
 @dataclass(frozen=True)
