@@ -23,13 +23,13 @@ import numpy as np
 from _util import TreeMemory, warm_page_cache
 
 from fedactors.data import load_mnist, resolve_data_dir
-from fedactors.partition import partition
+from fedactors.data.partition import partition
 from fedactors.seeding import Purpose, generator, sample_clients, torch_seed
 
 BENCH = Path(__file__).resolve().parent
 FLOWER_PYTHON = BENCH / "peers" / ".venv-flower" / "bin" / "python"
 # What a fedactors process imports (CLI, Redis client, Ray, torch in the hosts): warmed before it is timed.
-FEDACTORS_IMPORTS = "torch, ray, redis, fedactors.cli, fedactors.client"
+FEDACTORS_IMPORTS = "torch, ray, redis, fedactors.cli, fedactors.runtime.client"
 ROUND_LINE = re.compile(r"^round\s+(\d+)/\d+.*\(train [\d.]+, eval [\d.]+(?:, checkpoint ([\d.]+))?\)")
 
 
@@ -122,7 +122,7 @@ def _worker(conn, data, client_indices, args_dict) -> None:
     """A plain process: one torch thread, data inherited from the parent; trains and evaluates on request."""
     import torch
 
-    from fedactors.client import local_update
+    from fedactors.runtime.client import local_update
     from fedactors.model import FlatModel
 
     torch.set_num_threads(1)
@@ -262,7 +262,7 @@ def probe_startup(args: argparse.Namespace) -> dict:
     import ray
 
     mark("import_ray")
-    from fedactors.experiment import _start_ray
+    from fedactors.runtime.experiment import _start_ray
 
     _start_ray(None)  # as `fedactors run` starts a local Ray, without its preload of torch
     mark("ray_init")
@@ -290,7 +290,7 @@ def probe_startup(args: argparse.Namespace) -> dict:
     importers = [TorchImporter.remote() for _ in range(hosts)]
     t["torch_import_in_worker"] = max(ray.get([a.ping.remote() for a in importers]))
     mark("torch_actors_up")
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
 
     config = RunConfig(clients=args.clients, frac=args.frac, epochs=args.epochs, partition=args.partition, seed=args.seed)
@@ -304,7 +304,7 @@ def probe_startup(args: argparse.Namespace) -> dict:
     @ray.remote(num_cpus=0)
     class CoordinatorLike:
         def __init__(self, hosts: list) -> None:
-            import fedactors.coordinator  # noqa: F401  what CoordinatorActor's process imports
+            import fedactors.runtime.coordinator  # noqa: F401  what CoordinatorActor's process imports
 
         def ping(self) -> tuple[bool, float]:
             import psutil

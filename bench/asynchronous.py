@@ -74,10 +74,10 @@ def memory(concurrency: int, buffer: int) -> dict:
 
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     updates = max(40, 3 * concurrency // buffer)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from fedactors.checkpoint import Checkpoint, RedisStore, decode, encode
-from fedactors.embedded_redis import EmbeddedRedis, find_redis_server
+from fedactors.store.checkpoint import Checkpoint, RedisStore, decode, encode
+from fedactors.store.embedded_redis import EmbeddedRedis, find_redis_server
 
 N_PARAMS = 1_663_370
 

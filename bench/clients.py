@@ -17,10 +17,10 @@ Systems, each run for --rounds rounds (round 1 is warm-up; figures are medians o
              round, the default) and --no-host-sums (each client's weights go to the coordinator).
   floor      framework-free, in this invocation: --processes (2) spawned processes with one torch
              thread each, holding the data of the clients they will train (normalised as
-             fedactors.data does, fedactors.partition's IID split). Per round each gets the global
+             fedactors.data does, fedactors.data.partition's IID split). Per round each gets the global
              weights once over a pipe and, for each of its half of the sampled clients
              (fedactors.seeding.sample_clients), loads them into its fedactors.model.FlatModel,
-             trains (fedactors.client.local_update) and adds n_k * weights to a float32 sum; one
+             trains (fedactors.runtime.client.local_update) and adds n_k * weights to a float32 sum; one
              sum per process goes back over the pipe. wait = dispatch -> both sums received.
   flower     (--peer flower) Flower 1.42's Ray simulation, bench/peers/flower_clients.py in
              bench/peers/.venv-flower (bash bench/peers/setup_flower.sh): the same clients, the
@@ -71,7 +71,7 @@ BENCH = Path(__file__).resolve().parent
 FEDACTORS = Path(sys.executable).parent / "fedactors"
 FLOWER_PYTHON = BENCH / "peers" / ".venv-flower" / "bin" / "python"
 FLOWER_SETUP = "bash bench/peers/setup_flower.sh"
-FEDACTORS_IMPORTS = "torch, ray, redis, fedactors.cli, fedactors.client"  # as bench/_systems.py warms them
+FEDACTORS_IMPORTS = "torch, ray, redis, fedactors.cli, fedactors.runtime.client"  # as bench/_systems.py warms them
 WEIGHTS_BYTES = 1_663_370 * 4
 
 WORKLOADS = {  # name: (K, C); n/K examples per client
@@ -245,10 +245,10 @@ def floor_worker(conn, data_dir: str, clients: int, seed: int, my_clients: list[
     """One plain process: its clients' data as tensors, a FlatModel, one torch thread; a sum per round."""
     import torch
 
-    from fedactors.client import local_update
+    from fedactors.runtime.client import local_update
     from fedactors.data import load_mnist_raw, normalise
     from fedactors.model import FlatModel
-    from fedactors.partition import partition
+    from fedactors.data.partition import partition
     from fedactors.seeding import Purpose, generator, torch_seed
 
     torch.set_num_threads(1)

@@ -32,7 +32,7 @@ from _util import median  # noqa: E402
 
 from fedactors.config import RunConfig  # noqa: E402
 from fedactors.data import load_mnist, resolve_data_dir
-from fedactors.partition import partition  # noqa: E402
+from fedactors.data.partition import partition  # noqa: E402
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 
@@ -41,7 +41,7 @@ class Host:
     """A ClientHost that trains clients from one fixed global model and evaluates it; returns seconds."""
 
     def __init__(self, config: RunConfig, client_indices: list, *data: np.ndarray) -> None:
-        from fedactors.client import ClientHost
+        from fedactors.runtime.client import ClientHost
 
         self.host = ClientHost(config, data[0], data[1], client_indices, data[2], data[3], threads=1)
         self.weights = self.host.initial_weights()
@@ -86,7 +86,7 @@ def main() -> None:
         pipes.append(parent)
         procs.append(proc)
 
-    from fedactors.experiment import _start_ray
+    from fedactors.runtime.experiment import _start_ray
 
     _start_ray(None)  # as `fedactors run` starts a local cluster
     import ray

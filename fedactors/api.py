@@ -13,7 +13,7 @@ marked failed; Interrupted (a KeyboardInterrupt) after Ctrl-C, SIGTERM or SIGHUP
 marked interrupted. `task` is a built-in name, "module:attr", "file.py:attr" or a Task object
 (a Task object is not recorded anywhere a later process could import it from: resume such a
 run from Python, passing the same task again). `progress` is "auto" (a live bar in a terminal,
-else a line per round), "plain", "quiet", "json" or a fedactors.progress.Renderer.
+else a line per round), "plain", "quiet", "json" or a fedactors.results.progress.Renderer.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from fedactors.callbacks import CallbackError, Hooks
 from fedactors.config import (DEFAULTED_EXPERIMENT_FIELDS, EXPERIMENT_FIELDS, OPTIONAL_EXPERIMENT_FIELDS, RunConfig,
                               natural_clients, parse_batch_size, refuse_idle_settings)
 from fedactors.errors import CheckpointError, ConfigError, FedActorsError, InternalError, first_line
-from fedactors.interrupts import Interrupts
+from fedactors.runtime.interrupts import Interrupts
 from fedactors.messages import metrics_fields
-from fedactors.outputs import RunDirectory, resume_command
-from fedactors.progress import Renderer, make_renderer
-from fedactors.report import summarise
+from fedactors.results.outputs import RunDirectory, resume_command
+from fedactors.results.progress import Renderer, make_renderer
+from fedactors.results.report import summarise
 from fedactors.task import DEFAULT_TASK, Task, with_absolute_paths
 
 STORE_DIR = "checkpoints"  # the embedded Redis keeps its files in OUT/checkpoints
@@ -76,7 +76,7 @@ def run(task: str | Task = DEFAULT_TASK, *, config: RunConfig | None = None, out
     (fedactors.callbacks); one that raises stops the run (CallbackError), resumable.
     As on the command line, RAY_ADDRESS stands in for `address` (as under `ray job submit`); a store's URL
     is passed as `redis` (the command line's FEDACTORS_REDIS_URL is not read here)."""
-    from fedactors.checkpoint import check_run_id
+    from fedactors.store.checkpoint import check_run_id
     from fedactors.strategy import BUILTIN_CLASSES, OBJECT_PREFIX
 
     if config is not None and settings:
@@ -116,7 +116,7 @@ def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = No
 
     A run given a Task or Strategy object is resumed with the same objects again; `callbacks` are not stored
     either: pass them again (a run already finished calls none)."""
-    from fedactors.checkpoint import check_run_id
+    from fedactors.store.checkpoint import check_run_id
 
     refuse_unknown_settings(changes)
     hooks = Hooks(callbacks)
@@ -156,8 +156,8 @@ def with_data_dir(config: RunConfig) -> RunConfig:
 @contextlib.contextmanager
 def open_store(redis_url: str | None, out: Path, retry: float) -> Iterator[tuple]:
     """(store, url), checked: a given URL, or the embedded server under OUT."""
-    from fedactors.checkpoint import RedisStore
-    from fedactors.embedded_redis import EmbeddedRedis
+    from fedactors.store.checkpoint import RedisStore
+    from fedactors.store.embedded_redis import EmbeddedRedis
 
     with contextlib.ExitStack() as stack:
         try:
@@ -207,7 +207,7 @@ def _check_runnable(config: RunConfig, task_object: Task | None, strategy_object
     """A task or strategy that cannot be had, or a cluster that is not there or refuses: one line, before
     anything of the run is written."""
     from fedactors.data.registry import load_task
-    from fedactors.experiment import check_cluster
+    from fedactors.runtime.experiment import check_cluster
     from fedactors.strategy import make_strategy
 
     if task_object is None:
@@ -223,7 +223,7 @@ def dp_preflight(config: RunConfig, task_object: Task | None = None):
     if not config.private or config.clients is None:  # natural: K is known once the data is read
         return None
     from fedactors.data.registry import load_task
-    from fedactors.experiment import model_weights
+    from fedactors.runtime.experiment import model_weights
     from fedactors.privacy import preflight
 
     check = preflight(config, model_weights(task_object if task_object is not None else load_task(config.task)))
@@ -361,7 +361,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
     SIGPIPE; the resume command is shown, Interrupted raised), or failed (a FedActorsError, raised; or an unexpected error,
     whose traceback goes to OUT/error.log, raised as InternalError).
     """
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     hooks = hooks if hooks is not None else Hooks(None)
     history: list[dict] = list(resume.history) if resume else []
@@ -420,7 +420,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             if not event.get("private") and "bytes_up_total" in event:  # the bytes count who took part: DP hides it
                 info["bytes"] = {"down": event["bytes_down_total"], "up": event["bytes_up_total"],
                                  "since_round": event["bytes_since_round"]}
-            if event.get("virtual_seconds") is not None:  # the virtual clock so far (fedactors.systems)
+            if event.get("virtual_seconds") is not None:  # the virtual clock so far (fedactors.runtime.systems)
                 info["virtual_seconds"] = event["virtual_seconds"]
             for host in event["hosts"].values():
                 if 0 <= host < len(info.get("host_info", [])):
@@ -476,7 +476,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         stop("interrupted")
         out.interrupted(resume_command(run_id, run_dir.path))
         # The signal remembered, not the exception's: Ray turns one raised inside ray.get into a plain KeyboardInterrupt.
-        from fedactors.interrupts import Interrupted
+        from fedactors.runtime.interrupts import Interrupted
 
         raise Interrupted(interrupts.stopped_by()) from None
     except FedActorsError as exc:
@@ -513,9 +513,9 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
     The data is read (not downloaded) to summarise the partition; a local Ray is not started
     (its size is this machine's CPUs), a cluster is asked for its nodes.
     """
-    from fedactors.checkpoint import mask_url
+    from fedactors.store.checkpoint import mask_url
     from fedactors.data.registry import load_task
-    from fedactors.experiment import _load_data, plan_hosts
+    from fedactors.runtime.experiment import _load_data, plan_hosts
 
     config = with_data_dir(config)
     task = task if task is not None else load_task(config.task)
@@ -530,9 +530,9 @@ def plan(config: RunConfig, run_id: str, out: Path, redis_url: str | None, *, re
         config = dataclasses.replace(config, clients=split["clients"])
     clock = None
     if config.simulates_systems and loaded is not None:  # the virtual clock's first rounds, without training
-        from fedactors.experiment import model_weights
-        from fedactors.preview import preview
-        from fedactors.systems import read_trace
+        from fedactors.runtime.experiment import model_weights
+        from fedactors.runtime.preview import preview
+        from fedactors.runtime.systems import read_trace
 
         trace = read_trace(config.client_trace, config.clients) if config.client_trace else None
         clock = preview(config, loaded[1].sizes, model_weights(task), trace)

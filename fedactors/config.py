@@ -14,12 +14,12 @@ from fedactors.algorithms.fedopt import SERVER_LR
 from fedactors.errors import ConfigError
 
 DATA_KINDS = ("npz", "leaf", "hf")  # --data KIND:PATH (fedactors.task.load_arrays)
-PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")  # fedactors.partition implements them
+PARTITIONS = ("iid", "noniid", "shards", "dirichlet", "unbalanced", "natural")  # fedactors.data.partition implements them
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 # The built-in algorithms, each described by the module that defines it (fedactors.algorithms: Spec); the tables
 # below are read off those descriptions, so no name is listed here.
 STRATEGIES = tuple(BUILTINS)
-ASYNC_STRATEGIES = tuple(name for name, spec in BUILTINS.items() if spec.asynchronous)  # fedactors.asynchronous
+ASYNC_STRATEGIES = tuple(name for name, spec in BUILTINS.items() if spec.asynchronous)  # fedactors.runtime.asynchronous
 # --lr when not given: the paper's 0.1 (FedAvg's), except for the algorithms whose Spec says otherwise (those that fail
 # with it on the paper's non-IID CNN, E=1, B=10, C=0.1, within 100 rounds: issue 28, the runs in docs/runs/tune-*).
 CLIENT_LR = {name: spec.default_lr for name, spec in BUILTINS.items() if spec.default_lr is not None}
@@ -52,10 +52,10 @@ OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "d
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
-# before they existed computed with the default): the default local update's settings (fedactors.local).
+# before they existed computed with the default): the default local update's settings (fedactors.algorithms.local).
 DEFAULTED_EXPERIMENT_FIELDS = {"client_optimizer": "sgd", "client_momentum": 0.9, "weight_decay": 0.0,
                                "lr_schedule": "constant", "lr_warmup_steps": 0}
-# The settings that put clients on a virtual clock (fedactors.systems): any of them, or an asynchronous strategy.
+# The settings that put clients on a virtual clock (fedactors.runtime.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
 # The algorithms that do not run on the virtual clock, and why: refused by name here, and a user's algorithm of
 # their kind (a subclass) by algorithms.make_algorithm.
@@ -99,7 +99,7 @@ class RunConfig:
     round_timeout: float | None = None  # seconds; None waits as long as training takes
     aggregator: str = "fedavg"
     # FedAvg's sum made on the hosts: each returns one exact partial sum of its clients a round instead
-    # of each client's weights (fedactors.coordinator); the bytes are the same either way.
+    # of each client's weights (fedactors.runtime.coordinator); the bytes are the same either way.
     host_sums: bool = True
     trim_fraction: float = 0.1  # beta of the trimmed mean: drop floor(beta * m) at each end
     krum_f: int = 1  # Krum's assumed number of faulty clients among a round's m
@@ -136,19 +136,19 @@ class RunConfig:
     attack_scale: float = 10.0
     precision: str = "fp32"  # bf16: bfloat16 compute, float32 master weights
     # A seeded fraction of the clients keeps a share of its examples out of training and is evaluated on it
-    # every evaluated round (fedactors.partition.hold_out). None: only clients with test data of their own
+    # every evaluated round (fedactors.data.partition.hold_out). None: only clients with test data of their own
     # (a natural partition's client_test) are evaluated one by one.
     eval_clients: float | None = None
     # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
     compress: str | None = None
-    # Uneven clients in virtual time (fedactors.systems): lognormal:SIGMA speeds, a CSV trace of speeds and online
+    # Uneven clients in virtual time (fedactors.runtime.systems): lognormal:SIGMA speeds, a CSV trace of speeds and online
     # windows (its path; its digest is in the run's identity), a round's deadline in virtual seconds, and the
     # fraction sampled beyond m (the first m to finish are kept). None: every client alike, no clock.
     client_speed: str | None = None
     client_trace: str | None = None
     deadline: float | None = None
     over_select: float | None = None
-    # fedbuff / fedasync (fedactors.asynchronous): clients training at once, arrivals per server update (fedbuff),
+    # fedbuff / fedasync (fedactors.runtime.asynchronous): clients training at once, arrivals per server update (fedbuff),
     # the staleness weighting, and fedasync's mixing weight. None: their defaults (ASYNC_DEFAULTS).
     concurrency: int | None = None
     buffer: int | None = None
@@ -158,7 +158,7 @@ class RunConfig:
     # its plain step w + eta (average - w); dp-fedavg: on the noised average's (DP-FedAvgM, DP-FedAdam, ...). None (or
     # "fedavg", which becomes None): the plain step.
     server_optimizer: str | None = None
-    # The default local update (fedactors.local): its optimizer (sgd, momentum, adam), momentum, L2 weight decay, the
+    # The default local update (fedactors.algorithms.local): its optimizer (sgd, momentum, adam), momentum, L2 weight decay, the
     # learning rate by round (constant, exp:GAMMA, step:EVERY:GAMMA, cosine[:MIN_FRACTION]) and its warm-up in steps.
     client_optimizer: str = "sgd"
     client_momentum: float = 0.9
@@ -254,7 +254,7 @@ class RunConfig:
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()
-        from fedactors.local import check
+        from fedactors.algorithms.local import check
 
         spec = builtin(self.strategy)
         check(self, plain_sgd_only=spec.plain_sgd_only if spec else None, asynchronous=self.asynchronous)
@@ -329,8 +329,8 @@ class RunConfig:
         return self.dp is not None or (spec is not None and spec.private)
 
     def _check_systems(self) -> None:
-        from fedactors.asynchronous import parse_staleness
-        from fedactors.systems import parse_speed
+        from fedactors.runtime.asynchronous import parse_staleness
+        from fedactors.runtime.systems import parse_speed
 
         parse_speed(self.client_speed)
         if self.client_trace is not None and not (isinstance(self.client_trace, str) and self.client_trace.strip()):
@@ -377,7 +377,7 @@ class RunConfig:
 
     @property
     def asynchronous(self) -> bool:
-        """Whether the algorithm has no rounds (fedbuff, fedasync: fedactors.asynchronous)."""
+        """Whether the algorithm has no rounds (fedbuff, fedasync: fedactors.runtime.asynchronous)."""
         spec = builtin(self.strategy)
         return spec is not None and spec.asynchronous
 
@@ -513,7 +513,7 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
     """A setting given (`given`: its names) that the other `values` switch off is a mistake: ConfigError saying so.
 
     Shared by the command line (the flags it was given) and the Python API (the keywords it was called with)."""
-    from fedactors.local import refuse_idle
+    from fedactors.algorithms.local import refuse_idle
 
     refuse_idle(given, values)
     if values.get("partition") == "natural" and "clients" in given:

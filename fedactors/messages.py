@@ -19,7 +19,7 @@ METRIC_KEYS = (
     "virtual_seconds", "available", "late", "offline", "staleness",
 )
 # Keys a row carries only where they have a value: the clients' spread, adaptive clipping's clip, and the virtual
-# clock's (fedactors.systems): every other run's rows stay as they were.
+# clock's (fedactors.runtime.systems): every other run's rows stay as they were.
 SOMETIMES_KEYS = ("client_accuracy", "clip", "virtual_seconds", "available", "late", "offline", "staleness")
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
@@ -134,7 +134,7 @@ class RoundStats:
     bytes_since_round: int = 0  # the totals count the rounds after this one (0: the whole run)
     metrics: dict[str, float] = field(default_factory=dict)  # the task's own metrics on the test set, by name
     client_accuracy: dict | None = None  # per-client evaluation: coordinator.client_spread
-    # On the virtual clock (fedactors.systems): its time at the end of the round (the server update), how many
+    # On the virtual clock (fedactors.runtime.systems): its time at the end of the round (the server update), how many
     # clients were online when the round sampled, who missed the deadline or the first m (late), who went offline
     # before finishing, and (fedbuff, fedasync) the staleness of the update's arrivals: mean, max, count by value.
     virtual_seconds: float | None = None

@@ -231,7 +231,7 @@ class FlatModel:
         """The minibatch's mean loss, its gradient left in `grads` (zeroed first) for a step to use.
 
         `grad_hook`, if given, runs after backward on `grads` (FedProx's proximal gradient,
-        SCAFFOLD's correction: fedactors.client)."""
+        SCAFFOLD's correction: fedactors.runtime.client)."""
         self.module.train()
         self.grads.zero_()
         with self._autocast():

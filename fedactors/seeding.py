@@ -27,8 +27,8 @@ class Purpose(IntEnum):
     # Numbered apart from the ones above so that purposes added beside them (11, 12, ...) never collide.
     ROTATION = 20  # --compress ...:rotate: a round's random signs (the same for all its clients)
     QUANTIZE = 21  # --compress: a client's rounding draws in a round
-    SPEED = 22  # --client-speed lognormal: every client's speed (fedactors.systems)
-    ASYNC_START = 23  # fedbuff, fedasync: the client a freed slot starts (fedactors.asynchronous)
+    SPEED = 22  # --client-speed lognormal: every client's speed (fedactors.runtime.systems)
+    ASYNC_START = 23  # fedbuff, fedasync: the client a freed slot starts (fedactors.runtime.asynchronous)
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:

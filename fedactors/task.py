@@ -180,7 +180,7 @@ def load_arrays(task: Task, data: str | None, data_dir: Path, *, columns: dict |
 
             raw = load_hf(Path(where).expanduser(), **(columns or {}))
         else:
-            from fedactors.leaf import load_leaf
+            from fedactors.data.leaf import load_leaf
 
             raw = load_leaf(Path(where).expanduser())
     elif task.load is None:

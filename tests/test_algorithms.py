@@ -75,10 +75,10 @@ def _run(strategy, tmp_path, **settings):
     """Rounds of digits-mlp in this process: (the round events, the final weights, the algorithm object)."""
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(**{"task": "digits-mlp", "clients": 12, "frac": 0.5, "rounds": 2, "epochs": 1, "batch_size": 10,
@@ -194,10 +194,10 @@ def _resumed(strategy, tmp_path, stop: int, **settings):
     the final weights."""
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     full = RunConfig(**{"task": "digits-mlp", "clients": 12, "frac": 0.5, "epochs": 1, "batch_size": 10,
@@ -291,7 +291,7 @@ def test_top_k_error_feedback_composes_with_fedbuff(tmp_path):
     """Issue 35 item 2: --compress topk with FedBuff runs. A client that arrives twice in one buffer started its
     second job after its first arrived, so the second trains from the residual the first left (checked on what the
     pool was handed); the residuals kept are the last arrivals'; a resumed run is the uninterrupted one."""
-    from fedactors.coordinator import LocalPool
+    from fedactors.runtime.coordinator import LocalPool
 
     handed: list[tuple[int, int, bytes, bytes]] = []  # (client, start batch, residual given, residual returned)
     train_jobs = LocalPool.train_jobs

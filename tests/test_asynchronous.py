@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedactors.asynchronous import buffered_update
-from fedactors.client import ClientHost
+from fedactors.runtime.asynchronous import buffered_update
+from fedactors.runtime.client import ClientHost
 from fedactors.errors import RoundFailed
 from test_systems import rounds_of, run_in_process, spirals_config
 
@@ -50,8 +50,8 @@ def _run_on(host_cls, cfg):
     """`cfg` run in this process on two hosts of `host_cls` (test_systems.run_in_process's, with another host)."""
     import torch
 
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     threads = torch.get_num_threads()

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedactors.checkpoint import (FORMAT_VERSION, MAGIC, Checkpoint, CorruptRound, RedisStore,
+from fedactors.store.checkpoint import (FORMAT_VERSION, MAGIC, Checkpoint, CorruptRound, RedisStore,
                                   decode, encode, mask_url)
-from fedactors.embedded_redis import EmbeddedRedis
+from fedactors.store.embedded_redis import EmbeddedRedis
 from fedactors.errors import CheckpointError, ConfigError, StoreUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,7 +208,7 @@ def test_newest_corrupt_falls_back_to_previous_valid_and_reports_it(store, redis
 _KILLED_WRITER = r"""
 import os, signal, sys, time
 import redis.connection
-from fedactors.checkpoint import RedisStore
+from fedactors.store.checkpoint import RedisStore
 sys.path.insert(0, sys.argv[3])
 from test_checkpoint import make_ckpt
 
@@ -371,7 +371,7 @@ def _zombie_or_gone(pid: int) -> bool:
 
 def _start_and_abandon(data_dir: Path, *, parent_death_signal: bool) -> int:
     """A process that starts an embedded server, saves round 1, and exits without stopping it; returns its pid."""
-    starter = ("import sys; from fedactors import embedded_redis; from fedactors.checkpoint import RedisStore\n"
+    starter = ("import sys; from fedactors.store import embedded_redis; from fedactors.store.checkpoint import RedisStore\n"
                "from test_checkpoint import make_ckpt\n"
                f"{'' if parent_death_signal else 'embedded_redis._die_with_parent = lambda: None'}\n"
                "server = embedded_redis.EmbeddedRedis(sys.argv[1]).start()\n"

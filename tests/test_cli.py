@@ -45,7 +45,7 @@ def _fedactors(*args, env=None, cwd=None):
         (["--task", "no-such-task"], "--task no-such-task: not a built-in task (mnist-cnn, mnist-2nn, femnist-cnn, digits-mlp, shakespeare-lstm, char-lm-tiny)"),
         (["--task", "fedactors.nothing:task"], "--task fedactors.nothing:task: cannot import fedactors.nothing"),
         (["--task", "fedactors.config:PARTITIONS"], "PARTITIONS is a tuple, not a fedactors.task.Task"),
-        (["--data", "csv:x.csv"], "--data must be npz:PATH or leaf:DIR, got 'csv:x.csv'"),
+        (["--data", "csv:x.csv"], "--data must be npz:PATH, leaf:DIR or hf:DIR, got 'csv:x.csv'"),
         (["--batch-size", "zero"], "--batch-size must be a positive integer or 'inf'"),
         (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
         (["--lr", "-0.1"], "--lr must be a positive finite number"),
@@ -126,7 +126,7 @@ def test_config_file_sets_defaults_that_flags_override(tmp_path):
 def test_a_stop_signal_is_remembered_even_if_its_exception_is_swallowed(name):
     import signal
 
-    from fedactors.interrupts import Interrupted, Interrupts as _Interrupts
+    from fedactors.runtime.interrupts import Interrupted, Interrupts as _Interrupts
 
     signum = getattr(signal, name)
     before = signal.getsignal(signum)
@@ -146,7 +146,7 @@ def test_a_stop_signal_is_remembered_even_if_its_exception_is_swallowed(name):
 def test_stop_signal_latch_leaves_an_ignored_signal_ignored():
     import signal
 
-    from fedactors.interrupts import Interrupts as _Interrupts
+    from fedactors.runtime.interrupts import Interrupts as _Interrupts
 
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
     try:
@@ -172,7 +172,7 @@ def _one_round(config, on_event, *, run_id, store_url, round_done=1, checkpoint=
     and the final weights."""
     import numpy as np
 
-    from fedactors.checkpoint import Checkpoint, RedisStore
+    from fedactors.store.checkpoint import Checkpoint, RedisStore
 
     identity = {"digest": "stand-in"}
     with RedisStore(store_url) as store:
@@ -189,7 +189,7 @@ def _one_round(config, on_event, *, run_id, store_url, round_done=1, checkpoint=
 
 
 def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback(tmp_path, monkeypatch, capsys):
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     def broken(config, on_event, **kwargs):
         raise ValueError("a bug deep inside")
@@ -206,7 +206,7 @@ def test_an_unexpected_error_fails_the_run_with_one_line_and_keeps_the_traceback
 
 
 def test_error_log_goes_once_a_resume_gets_past_the_failure_it_describes(tmp_path, monkeypatch, capsys):
-    from fedactors import experiment
+    from fedactors.runtime import experiment
     from fedactors.errors import DataError
 
     def round_then_bug(config, on_event, **kwargs):
@@ -234,7 +234,7 @@ def test_error_log_goes_once_a_resume_gets_past_the_failure_it_describes(tmp_pat
 
 
 def test_a_run_that_failed_before_its_first_round_does_not_block_the_same_command(tmp_path, monkeypatch, capsys):
-    from fedactors import experiment
+    from fedactors.runtime import experiment
     from fedactors.errors import DataError
 
     def no_data(config, on_event, **kwargs):
@@ -297,7 +297,7 @@ def test_a_run_killed_before_its_first_checkpoint_leaves_its_directory_to_the_co
     """SIGKILL leaves run.json `running`. While that run lives its directory is refused; once it is dead, --resume
     says to start it again with the command that started it, and that command is not refused."""
     from conftest import EXE
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     (tmp_path / "slow.py").write_text(SLOW_TASK)
     out = tmp_path / "run"
@@ -331,7 +331,7 @@ def test_a_run_with_an_evaluated_round_but_no_checkpoint_is_not_told_to_start_ag
         tmp_path, monkeypatch, capsys):
     """With --checkpoint-every 5 a run can fail after evaluated rounds and before its first checkpoint: those rounds
     are results, so the command that started it is refused there, and --resume says to use another --out."""
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     out = tmp_path / "run"
     command = ["run", *SMALL, "--rounds", "5", "--checkpoint-every", "5", "--run-id", "first", "--out", str(out)]
@@ -348,7 +348,7 @@ def test_a_run_with_an_evaluated_round_but_no_checkpoint_is_not_told_to_start_ag
 
 def test_runs_list_and_show_say_failed_for_a_run_that_failed(tmp_path, monkeypatch, capsys):
     """The store is told when a run finishes, not when it fails: run.json's `failed` is what the list shows."""
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     runs_dir = tmp_path / "runs"
     monkeypatch.setattr(experiment, "run", _fails_after_round_1(checkpoint=True))
@@ -372,7 +372,7 @@ def test_the_resume_command_shown_can_be_pasted_into_a_shell(tmp_path, monkeypat
     import shlex
     import signal
 
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     def interrupted(config, on_event, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, before round 1
@@ -440,7 +440,7 @@ def test_a_plot_into_a_read_only_directory_is_one_line_and_exit_2(read_only_dir,
 
 def test_runs_list_names_each_runs_task(tmp_path, monkeypatch, capsys):
     from conftest import REPO
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     monkeypatch.setattr(experiment, "run", _one_round)
     runs_dir = tmp_path / "runs"
@@ -458,7 +458,7 @@ def test_runs_list_names_each_runs_task(tmp_path, monkeypatch, capsys):
 
 
 def test_run_json_records_the_data_directory_actually_used(tmp_path, monkeypatch, capsys):
-    from fedactors import experiment
+    from fedactors.runtime import experiment
 
     monkeypatch.setattr(experiment, "run", _one_round)
     monkeypatch.setenv("FEDACTORS_DATA", str(tmp_path / "from-env"))

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedactors.client import ClientHost, local_update
+from fedactors.runtime.client import ClientHost, local_update
 from fedactors.config import RunConfig
-from fedactors.partition import partition
+from fedactors.data.partition import partition
 from fedactors.model import CNN, FlatModel
 
 
@@ -90,7 +90,7 @@ def test_evaluate_slices_add_up(mnist):
 
 
 def test_device_choice_falls_back_to_cpu_with_a_reason():
-    from fedactors.client import choose_device
+    from fedactors.runtime.client import choose_device
 
     assert choose_device(0.0, cuda_available=True) == ("cpu", None)
     assert choose_device(0.5, cuda_available=True) == ("cuda", None)
@@ -99,7 +99,7 @@ def test_device_choice_falls_back_to_cpu_with_a_reason():
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_is_reported_as_slow():
-    from fedactors.client import precision_warning
+    from fedactors.runtime.client import precision_warning
 
     assert "several times slower than fp32" in precision_warning("bf16", "cpu", native_bf16=False)
     assert precision_warning("bf16", "cpu", native_bf16=True) is None
@@ -110,7 +110,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_reported_as_slow():
 def test_host_reports_its_warnings():
     import torch
 
-    from fedactors.client import ClientHost, cpu_has_bf16
+    from fedactors.runtime.client import ClientHost, cpu_has_bf16
 
     host = ClientHost(RunConfig(clients=10, precision="bf16"), threads=1)
     info = host.describe()
@@ -121,7 +121,7 @@ def test_host_reports_its_warnings():
 def test_the_bf16_probe_agrees_with_the_cpu_flags():
     """An oracle independent of torch: the kernel's CPU flags. bf16 instructions (AVX512-BF16, AMX) mean
     native bf16; no AVX-512 at all means none. (AVX-512 without them, e.g. Skylake, oneDNN may count either way.)"""
-    from fedactors.client import cpu_has_bf16
+    from fedactors.runtime.client import cpu_has_bf16
 
     from pathlib import Path
 
@@ -139,7 +139,7 @@ def test_importing_the_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, fedactors.client, fedactors.coordinator; print('torch' in sys.modules)"
+    code = "import sys, fedactors.runtime.client, fedactors.runtime.coordinator; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
 
@@ -149,7 +149,7 @@ def test_a_model_with_dropout_trains_to_the_same_bytes_whatever_ran_before_on_th
     import torch
     from torch import nn
 
-    from fedactors.partition import partition
+    from fedactors.data.partition import partition
     from fedactors.task import Arrays, Task
 
     rng = np.random.default_rng(0)
@@ -171,7 +171,7 @@ def _linear_hosts(n: int = 1, **settings):
     """Hosts of a small linear task (seconds to train), with the default local update's `settings`."""
     from torch import nn
 
-    from fedactors.partition import partition
+    from fedactors.data.partition import partition
     from fedactors.task import Arrays, Task
 
     rng = np.random.default_rng(0)

@@ -1,11 +1,11 @@
-"""The collection phase both loops share (fedactors.collect): retry, refuse, accept and the counts, with a fake dispatch."""
+"""The collection phase both loops share (fedactors.runtime.collect): retry, refuse, accept and the counts, with a fake dispatch."""
 
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from fedactors.collect import MAX_ATTEMPTS, NOT_FINITE, TOO_LARGE, Collection, Refused
+from fedactors.runtime.collect import MAX_ATTEMPTS, NOT_FINITE, TOO_LARGE, Collection, Refused
 from fedactors.errors import RoundFailed
 from fedactors.messages import Failure
 

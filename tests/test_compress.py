@@ -199,7 +199,7 @@ def test_through_ray_a_diverged_compressed_client_is_named_as_nan_not_an_opaque_
 
 def test_host_sums_are_refused_with_an_error_feedback_compressor():
     from fedactors.config import RunConfig, refuse_idle_settings
-    from fedactors.coordinator import uses_host_sums
+    from fedactors.runtime.coordinator import uses_host_sums
     from fedactors.errors import ConfigError
 
     assert not uses_host_sums(RunConfig(compress="topk:0.1")) and uses_host_sums(RunConfig(compress="q4"))
@@ -208,10 +208,10 @@ def test_host_sums_are_refused_with_an_error_feedback_compressor():
 
 
 def _digits(**kw):
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     kw.setdefault("compress", "q4:rotate")

@@ -66,7 +66,7 @@ def test_out_of_range_values_name_the_flag(kwargs, message):
 
 def test_any_k_is_accepted_the_data_decides_later():
     assert RunConfig(clients=300, partition="noniid").clients == 300  # 600 shards of 100
-    assert RunConfig(clients=7, partition="iid").clients == 7  # 8572 or 8571 each (fedactors.partition)
+    assert RunConfig(clients=7, partition="iid").clients == 7  # 8572 or 8571 each (fedactors.data.partition)
 
 
 @pytest.mark.parametrize(("text", "value"), [("10", 10), ("inf", None), ("INF", None), ("full", None),

@@ -178,11 +178,11 @@ def run_case(name: str) -> dict:
     """Run CASES[name] in this process and reduce it to its entries (weights, state, rounds, accuracy)."""
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import hold_out, partition
-    from fedactors.systems import read_trace
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import hold_out, partition
+    from fedactors.runtime.systems import read_trace
 
     settings = {**BASE, **CASES[name]}
     cfg = RunConfig(**settings, checkpoint_every=settings["rounds"])

@@ -3,10 +3,10 @@ import time
 import numpy as np
 import pytest
 
-from fedactors.client import ClientHost
+from fedactors.runtime.client import ClientHost
 from fedactors.config import RunConfig
-from fedactors.coordinator import Coordinator, LocalPool, balance, eval_slices
-from fedactors.partition import partition
+from fedactors.runtime.coordinator import Coordinator, LocalPool, balance, eval_slices
+from fedactors.data.partition import partition
 from fedactors.errors import RoundFailed
 
 
@@ -226,7 +226,7 @@ def ray_pool_factory(local_ray):
     def make(n: int, restarts: int = 0):
         made = [ray.remote(StandInHost).options(num_cpus=0, max_restarts=restarts).remote(i) for i in range(n)]
         actors.extend(made)
-        from fedactors.coordinator import RayPool
+        from fedactors.runtime.coordinator import RayPool
 
         pool = RayPool(made, [])
         pool.REVIVE_WAIT_SECONDS = 5.0

@@ -58,10 +58,10 @@ def _run(strategy: str, tmp_path, *, algorithm=None, rounds: int = 2, store=None
     server half's object (else made from `strategy`); the hosts load theirs from `strategy`, as a run's do."""
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     resume = {k: settings.pop(k) for k in ("start_round", "weights", "strategy_state") if k in settings}
@@ -117,7 +117,7 @@ def test_feddyns_first_local_update_is_fedproxs_and_its_gradient_state_shifts_ea
     import torch
 
     from fedactors.algorithms import FedProx, LocalClient
-    from fedactors.local import LocalSettings
+    from fedactors.algorithms.local import LocalSettings
     from fedactors.model import FlatModel
     from fedactors.task import load_arrays, load_task
 
@@ -206,7 +206,7 @@ def test_decay_momentum_decays_the_server_step_and_its_own_loop_is_the_runs_mome
 def test_each_resumes_from_its_checkpoint_to_the_uninterrupted_runs_bytes(name, tmp_path, redis_server):
     """2 rounds checkpointed into a real Redis, a fresh object resumed from what the store gives back to 4 rounds:
     the bytes (and round records) of 4 rounds run straight."""
-    from fedactors.checkpoint import RedisStore
+    from fedactors.store.checkpoint import RedisStore
 
     settings = {"feddyn": {"num_clients": 12}, "fednova": {}, "decay": {"gamma": 0.7}}[name]
     lr = {"decay": 0.02}.get(name, 0.1)

@@ -2,7 +2,7 @@ import pytest
 
 from fedactors.config import RunConfig
 from fedactors.errors import ClusterError
-from fedactors.experiment import pool_size
+from fedactors.runtime.experiment import pool_size
 
 
 def test_default_pool_is_one_host_per_cpu_capped_at_k():
@@ -35,7 +35,7 @@ def test_asking_for_more_than_the_cluster_has_fails_fast():
 def test_missing_data_fails_before_ray_starts(tmp_path, monkeypatch):
     """The data is read while Ray starts, but a download (and its failure) comes first."""
     import fedactors.data.mnist
-    from fedactors import experiment
+    from fedactors.runtime import experiment
     from fedactors.errors import DataError
 
     def no_network(data_dir):
@@ -56,7 +56,7 @@ def test_data_on_disk_is_loaded_alongside_ray(tmp_path, monkeypatch, mnist_dir):
 
     import shutil
 
-    from fedactors import experiment
+    from fedactors.runtime import experiment
     from fedactors.errors import DataError
 
     raw = tmp_path / "MNIST" / "raw"
@@ -71,7 +71,7 @@ def test_data_on_disk_is_loaded_alongside_ray(tmp_path, monkeypatch, mnist_dir):
 
 
 def test_torch_is_preloaded_only_where_it_pays():
-    from fedactors.experiment import _local_cpus, preload_pays
+    from fedactors.runtime.experiment import _local_cpus, preload_pays
 
     assert preload_pays(RunConfig())  # one host per CPU: every idle worker becomes a host
     assert preload_pays(RunConfig(hosts=1)) == (_local_cpus() == 1)
@@ -84,7 +84,7 @@ def test_first_workers_import_torch_but_not_the_coordinators():
 
     import ray
 
-    from fedactors.experiment import COORDINATOR_ENV, PRELOAD_VARIABLE, _start_ray
+    from fedactors.runtime.experiment import COORDINATOR_ENV, PRELOAD_VARIABLE, _start_ray
 
     @ray.remote(num_cpus=0)
     class Probe:
@@ -108,7 +108,7 @@ def test_a_local_cluster_starts_without_log_monitor_and_autoscaler():
     import ray
     from ray._private import parameter
 
-    from fedactors.experiment import _start_ray
+    from fedactors.runtime.experiment import _start_ray
 
     base = parameter.RayParams
     _start_ray(None)

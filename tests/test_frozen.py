@@ -114,10 +114,10 @@ def test_hosts_that_built_other_frozen_parameters_are_refused(task_file):
     """A factory reading a pretrained file that differs between nodes: caught before any round, in one line."""
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
     from fedactors.errors import ConfigError
-    from fedactors.experiment import frozen_identity
+    from fedactors.runtime.experiment import frozen_identity
     from fedactors.task import load_task
 
     cfg = RunConfig(task=f"{task_file}:task", clients=4, partition="iid", seed=4)
@@ -174,10 +174,10 @@ def test_lora_adapters_start_as_the_base_and_are_all_that_trains():
 
 
 def test_lora_learns_federated_above_chance():
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(task=f"{REPO}/examples/lora.py:task", clients=10, frac=0.5, rounds=6, epochs=2, batch_size=10,

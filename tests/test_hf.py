@@ -60,10 +60,10 @@ def _run(data: str, tmp_path: Path, **settings):
     """Two rounds of mnist-2nn on `data` in this process (two ClientHosts, no Ray): the final weights."""
     import torch
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(task="mnist-2nn", data=data, partition="natural", clients=None, frac=0.5, rounds=2, epochs=1,

@@ -132,8 +132,8 @@ def test_the_graph_sees_lazy_imports_and_skips_type_checking_ones():
     """The reader itself: a function-level import is an edge, one under TYPE_CHECKING is not."""
     edges = graph()
     assert "fedactors.model" in edges["fedactors.tasks.mnist"]  # imported inside cnn(), lazily
-    assert "fedactors.client" not in edges["fedactors.pool"]  # only under `if TYPE_CHECKING:`
-    assert "fedactors.aggregate" in edges["fedactors.coordinator"]  # `from fedactors import aggregate`
+    assert "fedactors.runtime.client" not in edges["fedactors.runtime.pool"]  # only under `if TYPE_CHECKING:`
+    assert "fedactors.aggregate" in edges["fedactors.runtime.coordinator"]  # `from fedactors import aggregate`
 
 
 def circles(edges: dict[str, dict[str, int]]) -> list[list[str]]:

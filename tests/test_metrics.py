@@ -90,7 +90,7 @@ def test_a_metric_named_like_fedactors_own_is_refused():
 
 
 def test_summaries_of_another_target_metric():
-    from fedactors.report import summarise
+    from fedactors.results.report import summarise
 
     history = [{"round": 1, "accuracy": 0.5, "loss": 2.0}, {"round": 2, "accuracy": 0.7, "loss": 1.2},
                {"round": 3, "accuracy": 0.6, "loss": 0.9}]

@@ -21,7 +21,7 @@ def test_owners_become_client_numbers_in_sorted_order_and_test_owners_map_to_the
 
 
 def test_the_natural_partition_gives_each_owner_its_examples_in_order():
-    from fedactors.partition import partition, summary
+    from fedactors.data.partition import partition, summary
 
     owners = np.array([2, 0, 2, 1, 0, 2])
     labels = np.array([1, 1, 0, 3, 1, 0])
@@ -34,7 +34,7 @@ def test_the_natural_partition_gives_each_owner_its_examples_in_order():
 
 
 def test_a_million_owners_each_become_one_client_holding_just_their_examples():
-    from fedactors.partition import natural
+    from fedactors.data.partition import natural
 
     # How long it takes (one sort of the examples, not a loop over owners) is a benchmark's figure, not a test's:
     # bench/million.py --natural measures it. A wall-time bound here failed on shared cores for no fault of the code.
@@ -142,7 +142,7 @@ def shakespeare_like(num_users=4, per_user=10, seed=0):
 
 
 def test_leaf_files_load_with_each_user_an_owner(tmp_path):
-    from fedactors.leaf import load_leaf
+    from fedactors.data.leaf import load_leaf
 
     write_leaf(tmp_path, shakespeare_like())
     data = load_leaf(tmp_path)
@@ -303,7 +303,7 @@ def test_int_examples_for_a_model_that_needs_floats_are_one_line(tmp_path):
 # ---- Per-client evaluation --------------------------------------------------------------------------
 
 def test_the_client_spread_is_each_clients_own_accuracy_summarised():
-    from fedactors.coordinator import client_spread
+    from fedactors.runtime.coordinator import client_spread
 
     owners = np.array([0, 0, 1, 1, 1, 1, 3, 3])  # client 2 has no evaluation examples: not counted
     hits = np.array([1, 1, 0, 1, 0, 0, 1, 0], dtype=bool)
@@ -315,7 +315,7 @@ def test_the_client_spread_is_each_clients_own_accuracy_summarised():
 
 
 def test_held_out_examples_leave_training_for_a_seeded_fraction_of_clients():
-    from fedactors.partition import HOLDOUT_FRACTION, hold_out, partition
+    from fedactors.data.partition import HOLDOUT_FRACTION, hold_out, partition
 
     parts = partition(np.arange(1000) % 10, 50, "unbalanced", seed=1)
     train, held = hold_out(parts, 0.3, seed=4)

@@ -1,10 +1,10 @@
-"""fedactors.partition: every scheme seeded, deterministic, disjoint and covering, no client empty."""
+"""fedactors.data.partition: every scheme seeded, deterministic, disjoint and covering, no client empty."""
 
 import numpy as np
 import pytest
 
 from fedactors.errors import ConfigError
-from fedactors.partition import dirichlet, iid, partition, shards, summary, unbalanced
+from fedactors.data.partition import dirichlet, iid, partition, shards, summary, unbalanced
 
 
 def _check_covering(parts, n):
@@ -128,7 +128,7 @@ def test_iid_is_the_shuffle_dealt_in_array_split_runs_each_sorted(n, k):
 
 
 def test_parts_is_a_read_only_sequence_of_every_clients_indices():
-    from fedactors.partition import Parts
+    from fedactors.data.partition import Parts
 
     lists = [np.array([4, 9]), np.array([0]), np.array([1, 2, 3])]
     parts = Parts.of(lists)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fedactors.errors import ConfigError, DataError
-from fedactors.plot import legend_labels, plot_runs, y_limits
-from fedactors.report import load_run
+from fedactors.results.plot import legend_labels, plot_runs, y_limits
+from fedactors.results.report import load_run
 
 CONFIG = {
     "clients": 100, "frac": 0.1, "rounds": 50, "epochs": 5, "batch_size": 10, "lr": 0.1, "partition": "noniid",
@@ -80,7 +80,7 @@ def test_legend_tells_apart_runs_with_the_same_configuration(tmp_path):
 
 
 def test_the_legend_is_beside_the_axes_and_inside_the_figure_however_many_runs(tmp_path):
-    from fedactors.plot import draw
+    from fedactors.results.plot import draw
 
     few = [load_run(make_run(tmp_path / "a", [0.9, 0.95])), load_run(make_run(tmp_path / "b", [0.9, 0.96], epochs=1))]
     many = [load_run(make_run(tmp_path / f"lr{i}", [0.9, 0.95], lr=0.01 * (i + 1), strategy="fedprox", mu=0.5))
@@ -98,7 +98,7 @@ def test_the_legend_is_beside_the_axes_and_inside_the_figure_however_many_runs(t
 
 
 def test_a_legend_entry_says_how_many_of_its_runs_points_are_off_the_axis(tmp_path):
-    from fedactors.plot import draw
+    from fedactors.results.plot import draw
 
     early = load_run(make_run(tmp_path / "early", [0.5, 0.9, 0.96, 0.97, 0.98]))
     zoomed = draw([early], y_min=0.95)
@@ -137,7 +137,7 @@ def test_bad_outputs_and_empty_runs_are_clear_errors(tmp_path, two_runs):
 
 
 def test_paper_marks_sit_at_table2s_rounds_in_each_runs_colour_and_only_for_its_cells(tmp_path):
-    from fedactors.plot import draw
+    from fedactors.results.plot import draw
 
     runs = [load_run(make_run(tmp_path / "e5b10", [0.9, 0.95, 0.97])),  # noniid E=5 B=10: the paper's 229
             load_run(make_run(tmp_path / "e1b50", [0.9, 0.96], epochs=1, batch_size=50)),  # noniid E=1 B=50: 600
@@ -153,7 +153,7 @@ def test_paper_marks_sit_at_table2s_rounds_in_each_runs_colour_and_only_for_its_
 
 
 def test_y_min_sets_the_bottom_of_the_accuracy_axis_and_bad_values_are_refused(tmp_path, two_runs):
-    from fedactors.plot import draw
+    from fedactors.results.plot import draw
 
     runs = [load_run(d) for d in two_runs]
     assert draw(runs).axes[0].get_ylim()[0] < 0.95  # the default follows the curves' low points

@@ -164,9 +164,9 @@ def test_the_default_tasks_dp_dry_run_warns_with_the_numbers_and_strict_refuses(
 def test_a_dp_round_whose_clients_diverge_names_the_noise(mnist):
     """Noise of std 1e29 a weight on the first average: the next round's clients return NaN, and the round's failure
     says DP noise is the likely cause with the noise-to-clip ratio, not only the generic NaN line."""
-    from fedactors.client import ClientHost
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(task="digits-mlp", clients=20, frac=0.5, rounds=3, epochs=1, batch_size=10, partition="iid",
@@ -278,10 +278,10 @@ def test_no_server_optimizer_leaves_every_dp_runs_identity_as_it_was():
 def test_dp_fedavgm_with_adaptive_clipping_resumes_bit_exactly_from_a_mid_run_checkpoint(redis_server):
     """In process (LocalPool), checkpoints in a real Redis: 2 rounds, then 2 more from round 2's checkpoint (its
     momentum, clip and secret), against 4 in one go."""
-    from fedactors.checkpoint import RedisStore
-    from fedactors.client import ClientHost
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.store.checkpoint import RedisStore
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.strategy import make_strategy
     from fedactors.task import load_arrays, load_task
 
@@ -360,7 +360,7 @@ def test_the_readme_and_help_say_what_dp_takes_a_server_optimizer_with():
 
 
 def test_a_dp_runs_report_label_names_its_server_optimizer():
-    from fedactors.report import config_label
+    from fedactors.results.report import config_label
 
     plain = RunConfig(strategy="dp-fedavg", clients=1000).to_dict()
     assert config_label(plain).endswith("K=1000 dp(S=1,z=1)")

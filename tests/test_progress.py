@@ -3,7 +3,7 @@
 import io
 import json
 
-from fedactors.progress import JsonRenderer, QuietRenderer, Renderer, RichRenderer, make_renderer
+from fedactors.results.progress import JsonRenderer, QuietRenderer, Renderer, RichRenderer, make_renderer
 from fedactors.config import RunConfig
 
 CFG = RunConfig(rounds=3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedactors.errors import ConfigError, DataError
-from fedactors.report import (
+from fedactors.results.report import (
     PAPER_TABLE2,
     format_table,
     format_table2,
@@ -312,7 +312,7 @@ def test_a_label_names_the_server_lr_set_by_hand_and_fedproxs_mu(tmp_path):
 
 
 def test_best_keeps_a_method_with_an_optional_setting_apart_from_the_one_without(tmp_path):
-    from fedactors.report import best_by_method
+    from fedactors.results.report import best_by_method
 
     # Compression and the client optimizer are part of the method: before, `--best` read only the paper-era
     # fields and kept one of {plain, q8, momentum} as if they were one method tuned three ways.

@@ -135,9 +135,9 @@ def test_sweep_needs_a_grid(tmp_path):
 def test_sweep_dry_run_names_the_round_a_cell_would_resume_after(tmp_path):
     import numpy as np
 
-    from fedactors.checkpoint import Checkpoint, RedisStore
-    from fedactors.embedded_redis import EmbeddedRedis
-    from fedactors.sweep import SweepCell
+    from fedactors.store.checkpoint import Checkpoint, RedisStore
+    from fedactors.store.embedded_redis import EmbeddedRedis
+    from fedactors.results.sweep import SweepCell
 
     cell = SweepCell(1, 50, 0.05, "iid")
     config = cell.run_config({"rounds": 7})

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import run_main
 
-from fedactors.checkpoint import Checkpoint, RedisStore
+from fedactors.store.checkpoint import Checkpoint, RedisStore
 from fedactors.config import RunConfig
-from fedactors.embedded_redis import EmbeddedRedis
+from fedactors.store.embedded_redis import EmbeddedRedis
 
 
 def store_run(runs_dir, run_id, config: dict):

@@ -5,8 +5,8 @@ import pytest
 
 from fedactors.config import RunConfig
 from fedactors.errors import ConfigError
-from fedactors.report import PAPER_TABLE2
-from fedactors.sweep import SweepCell, cell_is_complete, load_sweep_toml, paper_table2_cells, plan_sweep
+from fedactors.results.report import PAPER_TABLE2
+from fedactors.results.sweep import SweepCell, cell_is_complete, load_sweep_toml, paper_table2_cells, plan_sweep
 
 
 def test_plan_is_the_full_grid_in_a_fixed_order():
@@ -196,7 +196,7 @@ def test_sweep_data_dir_is_the_directory_every_cells_task_reads(tmp_path):
 # ---- Any setting as a grid axis; failed cells; each method at its best --------------------------
 
 def test_grid_axes_are_typed_run_settings_and_name_their_cells():
-    from fedactors.sweep import parse_grid, plan_sweep
+    from fedactors.results.sweep import parse_grid, plan_sweep
 
     grid = parse_grid(["lr=0.02,0.1", "server-lr=0.01", "strategy=fedadam,fedyogi", "host_sums=false"])
     assert grid == {"lr": [0.02, 0.1], "server_lr": [0.01], "strategy": ["fedadam", "fedyogi"], "host_sums": [False]}
@@ -218,14 +218,14 @@ def test_grid_axes_are_typed_run_settings_and_name_their_cells():
     (["epochs=1,5"], "use --epochs"), (["rounds=10"], "every cell runs --rounds"), (["lr=0.1", "lr=0.2"], "given twice"),
 ])
 def test_bad_grid_axes_are_one_clear_error(items, message):
-    from fedactors.sweep import parse_grid, plan_sweep
+    from fedactors.results.sweep import parse_grid, plan_sweep
 
     with pytest.raises(ConfigError, match=message):
         plan_sweep([1], [10], [0.1], ["iid"], parse_grid(items))
 
 
 def test_each_methods_best_cell_is_the_fewest_rounds_to_target_then_the_better_final_value(tmp_path):
-    from fedactors.report import best_by_method, load_run
+    from fedactors.results.report import best_by_method, load_run
 
     runs = {  # (strategy, lr, accuracies by round, status)
         "adam-a": ("fedadam", 0.1, [0.5, 0.8, 0.9], "finished"), "adam-b": ("fedadam", 0.05, [0.6, 0.9, 0.95], "finished"),

@@ -11,11 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from fedactors.asynchronous import Flight, Schedule, parse_staleness, staleness_weight
+from fedactors.runtime.asynchronous import Flight, Schedule, parse_staleness, staleness_weight
 from fedactors.config import RunConfig
 from fedactors.errors import ConfigError
 from fedactors.seeding import sample_clients
-from fedactors.systems import Systems, Trace, read_trace, sample_available
+from fedactors.runtime.systems import Systems, Trace, read_trace, sample_available
 
 SPIRALS = dict(clients=20, frac=0.25, partition="iid", epochs=2, batch_size=20, lr=0.2, eval_every=4, seed=3)
 
@@ -30,9 +30,9 @@ def run_in_process(cfg: RunConfig, hosts: int = 2, trace: Trace | None = None, *
     """Every event of `cfg` run without Ray, on `hosts` ClientHosts of one torch thread."""
     import torch
 
-    from fedactors.client import ClientHost
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     threads = torch.get_num_threads()
@@ -256,8 +256,8 @@ def test_a_deadline_drops_the_slow_and_over_selection_keeps_the_first_m():
     assert any(r["num_updates"] < m for r in tight) and any(r["num_updates"] == m for r in tight)
     # Each round, recomputed from the clients' profiles: it keeps the sampled clients that finish inside the
     # deadline, at most m, and lasts until the m-th of them arrives, or the whole deadline when fewer finish.
-    from fedactors.experiment import model_weights
-    from fedactors.partition import partition
+    from fedactors.runtime.experiment import model_weights
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
     from fedactors.traffic import per_client
 
@@ -402,7 +402,7 @@ def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_round_plan_keeps_the_first_m_inside_the_deadline():
-    from fedactors.systems import plan_round
+    from fedactors.runtime.systems import plan_round
 
     # Client c takes c + 1 virtual seconds (100 examples at 0.01 (c + 1) s each, nothing to send).
     systems = Systems(10, seed=0, trace=Trace(profiles={c: (0.01 * (c + 1), 1.0, 1.0) for c in range(10)}))
@@ -514,7 +514,7 @@ def test_a_synchronous_run_on_the_clock_continues_from_its_saved_clock():
 def test_fedbuff_refuses_a_concurrency_whose_weights_would_not_fit():
     import os
 
-    from fedactors.experiment import check_client_state
+    from fedactors.runtime.experiment import check_client_state
 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cfg = RunConfig(strategy="fedbuff", concurrency=100, keep=1)

@@ -247,10 +247,10 @@ def test_models_whose_state_cannot_be_averaged_are_refused_with_one_line(factory
 
 
 def test_digits_learns_in_process_with_the_coordinator():
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, rounds=8, epochs=2, batch_size=10, lr=0.1,

@@ -9,10 +9,10 @@ from conftest import fedactors
 
 
 def _rounds(strategy="fedavg", host_sums=True, rounds=3, byzantine=0):
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, rounds=rounds, epochs=1, batch_size=20, lr=0.1,

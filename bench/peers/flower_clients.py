@@ -5,13 +5,13 @@ does that and compares. It reuses bench/peers/flower_round.py: its data cache (l
 IDX files read once per actor process, the most favourable setup for Flower) and its
 SameClientsFedAvg (the clients fedactors.seeding samples, mapped to the simulation's nodes;
 it stamps each round's dispatch and the replies' arrival). The workload: K clients of an IID
-partition (fedactors.partition), m = round(C K) of them a round, E=1, B=10, lr 0.1, no
+partition (fedactors.data.partition), m = round(C K) of them a round, E=1, B=10, lr 0.1, no
 evaluation (fraction_evaluate 0, no evaluate_fn), one torch thread per Ray actor and one actor
 per CPU (--actors).
 
 The client does what the floor in bench/clients.py does, no more: the model is built once per
 actor process (fedactors.model.FlatModel, the same CNN) and each call loads the global weights
-into it, trains with fedactors.client.local_update and replies with the flat weights as a
+into it, trains with fedactors.runtime.client.local_update and replies with the flat weights as a
 one-array ArrayRecord. flower_round.py's client builds a new CNN every call, a few
 milliseconds that a 1-example client would be charged for; that is the benchmark's code, not
 Flower's, so it is not used here.
@@ -71,7 +71,7 @@ _MODEL: dict = {}  # this actor process's model, built on its first call
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """The floor's per-client work: global weights into the model, E epochs of SGD, the weights back."""
-    from fedactors.client import local_update
+    from fedactors.runtime.client import local_update
     from fedactors.model import FlatModel
 
     t_call = time.time()

@@ -88,7 +88,7 @@ def load_data(cfg: ConfigRecord) -> tuple[dict, float]:
     t0 = time.perf_counter()
     if cfg["data-dir"]:
         from fedactors.data import load_mnist  # NumPy only: IDX parse and normalisation
-        from fedactors.partition import partition
+        from fedactors.data.partition import partition
 
         mnist = load_mnist(Path(cfg["data-dir"]), download=False)
         # canonical strides, as arrays come out of Ray's object store to fedactors' hosts (the

@@ -23,8 +23,8 @@ import numpy as np
 
 
 def latest(run_dir: Path):
-    from fedactors.checkpoint import RedisStore
-    from fedactors.embedded_redis import EmbeddedRedis
+    from fedactors.store.checkpoint import RedisStore
+    from fedactors.store.embedded_redis import EmbeddedRedis
 
     run_id = run_dir.name
     with EmbeddedRedis(run_dir / "checkpoints") as redis, RedisStore(redis.url) as store:
@@ -35,10 +35,10 @@ def latest(run_dir: Path):
 
 
 def host_for(ckpt, **changes):
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
     from fedactors.data import load_mnist, resolve_data_dir
-    from fedactors.partition import partition
+    from fedactors.data.partition import partition
 
     config = dataclasses.replace(RunConfig.from_dict(ckpt.config), **changes)
     mnist = load_mnist(resolve_data_dir(config.data_dir))
@@ -70,7 +70,7 @@ def scaffold(run_dir: Path, clients: list[int]) -> None:
 def trace(run_dir: Path, cid: int) -> None:
     import torch
 
-    from fedactors.client import local_update
+    from fedactors.runtime.client import local_update
     from fedactors.seeding import Purpose, client_torch_seed, generator
 
     ckpt = latest(run_dir)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedactors.local import LocalSettings, local_steps, local_update
+from fedactors.algorithms.local import LocalSettings, local_steps, local_update
 from fedactors.seeding import Purpose, client_torch_seed, generator
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class Spec:
     off_the_clock: str | None = None  # why it does not run on the virtual clock (None: it does)
     needs_fedavg: str | None = None  # why it needs --aggregator fedavg (None: any aggregator)
     plain_sgd_only: str | None = None  # why its client must take plain SGD steps (None: any client optimizer)
-    asynchronous: bool = False  # it has no rounds: a server update every buffer of arrivals (fedactors.asynchronous)
+    asynchronous: bool = False  # it has no rounds: a server update every buffer of arrivals (fedactors.runtime.asynchronous)
     fixed_buffer: int | None = None  # asynchronous: arrivals per server update when not --buffer's
     takes_server_optimizer: bool = False  # --server-optimizer steps on what it makes of a round
     optimizer_settings: tuple[str, ...] = ()  # of its settings, those that need a --server-optimizer that reads them

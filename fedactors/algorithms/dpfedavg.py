@@ -208,7 +208,7 @@ def _label(config: dict) -> str:
 
 
 def _num(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)  # as fedactors.report writes numbers
+    return f"{value:g}" if isinstance(value, float) else str(value)  # as fedactors.results.report writes numbers
 
 
 def _banner(c) -> str:

@@ -1,7 +1,7 @@
 """The asynchronous methods: FedBuff (Nguyen et al., AISTATS 2022) and FedAsync (Xie et al. 2019).
 
 They have no rounds: clients train from whichever server version was current when they started, in virtual time
-(fedactors.asynchronous.Schedule), and the server updates every --buffer arrivals (FedAsync: every arrival), each
+(fedactors.runtime.asynchronous.Schedule), and the server updates every --buffer arrivals (FedAsync: every arrival), each
 arrival weighted by its staleness. The client half is the run's default local update; the server half is
 `server_update`, which the asynchronous loop calls with each buffer."""
 
@@ -30,8 +30,8 @@ class Asynchronous(Algorithm):
                       round_idx: int) -> tuple[np.ndarray | None, list[int]]:
         """(the next version's weights, the indices of the arrivals left out) from a buffer of (client weights,
         examples, staleness, the weights it started from) in arrival order; None if every arrival was left out
-        (fedactors.asynchronous.buffered_update)."""
-        from fedactors.asynchronous import buffered_update, mixed_update, parse_staleness
+        (fedactors.runtime.asynchronous.buffered_update)."""
+        from fedactors.runtime.asynchronous import buffered_update, mixed_update, parse_staleness
 
         staleness = parse_staleness(self.staleness)
         if self.name == "fedasync":
@@ -61,7 +61,7 @@ class Asynchronous(Algorithm):
 
 
 def make(name: str, config) -> Asynchronous:
-    from fedactors.asynchronous import ASYNC_DEFAULTS
+    from fedactors.runtime.asynchronous import ASYNC_DEFAULTS
 
     optimizer = None
     if name == "fedbuff" and config.server_optimizer is not None:

@@ -45,7 +45,7 @@ class FedProx(Algorithm):
 
 def _label(config: dict) -> str:
     def num(value) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value)  # as fedactors.report writes numbers
+        return f"{value:g}" if isinstance(value, float) else str(value)  # as fedactors.results.report writes numbers
 
     label = " fedprox"
     if config.get("server_lr") is not None:  # refused with fedprox today; a stored run may still hold one

@@ -27,7 +27,7 @@ def cli() -> None:
 def exit_on_interrupt() -> Iterator[None]:
     """A run stopped by Ctrl-C, SIGTERM or SIGHUP (already marked interrupted, its resume command shown)
     exits 128 + the signal, before click could turn the KeyboardInterrupt into "Aborted!"."""
-    from fedactors.interrupts import Interrupted
+    from fedactors.runtime.interrupts import Interrupted
 
     try:
         yield

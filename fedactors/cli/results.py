@@ -35,7 +35,7 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
 def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool,
          y_min: float | None, clients: bool, x: str) -> None:
     """Test accuracy against communication rounds (or uplink MB) for one or more run directories."""
-    from fedactors.plot import plot_runs
+    from fedactors.results.plot import plot_runs
 
     click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper, y_min=y_min,
                              clients=clients, x=x)))
@@ -55,7 +55,7 @@ def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: 
 def report(run_dirs: tuple[Path, ...], markdown: bool, targets: tuple[float, ...], table2: bool,
            best: str | None) -> None:
     """A table of runs: configuration, best accuracy, rounds to target (first and interpolated), time."""
-    from fedactors.report import best_by_method, format_table, format_table2, load_run
+    from fedactors.results.report import best_by_method, format_table, format_table2, load_run
 
     if len(targets) > 1 and best not in (None, "accuracy"):
         raise ConfigError(f"--best {best} takes one --target (a value of {best}); more than one is for accuracy")
@@ -120,8 +120,8 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
     are skipped, so an interrupted sweep continues where it stopped; a cell whose run fails (a NaN) is a result
     of the sweep, not the end of it. Ends with the report (and Table 2 beside the paper's)."""
     from fedactors.cli.run import forget_redis_variable
-    from fedactors.report import format_table, format_table2, load_run
-    from fedactors.sweep import load_sweep_toml, paper_table2_cells, parse_grid, plan_sweep
+    from fedactors.results.report import format_table, format_table2, load_run
+    from fedactors.results.sweep import load_sweep_toml, paper_table2_cells, parse_grid, plan_sweep
 
     forget_redis_variable()
     spec = load_sweep_toml(config_file) if config_file else {"run": {}}
@@ -162,7 +162,7 @@ def sweep(paper_table2: bool, config_file: Path | None, epochs, batch_sizes, fra
 def _run_cells(plans: list, out: Path, redis_url: str | None, mode: str) -> None:
     """Each cell into its own run directory: finished ones skipped, interrupted ones resumed, the rest started.
     A cell whose run fails (a round that cannot be completed: a NaN) is that cell's result; the sweep goes on."""
-    from fedactors.sweep import cell_is_complete
+    from fedactors.results.sweep import cell_is_complete
 
     for i, (cell, config) in enumerate(plans, 1):
         run_dir = out / cell.name
@@ -180,7 +180,7 @@ def _run_cells(plans: list, out: Path, redis_url: str | None, mode: str) -> None
 def _run_cell(run_id: str, run_dir: Path, config, redis_url: str | None, mode: str) -> None:
     """One cell: resumed where its store has the run, else started."""
     from fedactors import api
-    from fedactors.outputs import RunDirectory
+    from fedactors.results.outputs import RunDirectory
 
     if redis_url is not None or (run_dir / api.STORE_DIR).is_dir():
         # A data directory named now is the one read now (without it, a resume reads where the run read).
@@ -197,7 +197,7 @@ def _run_cell(run_id: str, run_dir: Path, config, redis_url: str | None, mode: s
 def _sweep_plan(plans: list, out: Path, redis_url: str | None) -> None:
     """What a sweep would do, cell by cell: nothing is started or written (but a cell's embedded store is read)."""
     from fedactors.api import STORE_DIR, open_store
-    from fedactors.sweep import cell_is_complete
+    from fedactors.results.sweep import cell_is_complete
 
     click.echo(f"sweep of {len(plans)} cells into {out} (dry run)")
     total = 0

@@ -15,7 +15,7 @@ from fedactors.config import (ACCOUNTANTS, AGGREGATORS, ATTACKS, CLIENT_LR, DEFA
                               SERVER_LR, RunConfig,
                               natural_clients, parse_batch_size, parse_clip, read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
-from fedactors.local import OPTIMIZERS
+from fedactors.algorithms.local import OPTIMIZERS
 
 D = RunConfig()  # defaults, shown in --help
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -66,7 +66,7 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, path: str | No
     if replay and settings.get("partition") == "natural":
         settings.pop("clients", None)  # the count the data gave: a natural partition's clients are its owners again
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    # "rounds" stays even at its default: a cosine --lr-schedule needs it said (fedactors.local.refuse_idle).
+    # "rounds" stays even at its default: a cosine --lr-schedule needs it said (fedactors.algorithms.local.refuse_idle).
     settings = {k: v for k, v in settings.items() if k == "rounds" or not _same(k, v, defaults[k])}
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return path
@@ -329,7 +329,7 @@ def run(out: Path | None, batch_size: str, redis_url: str | None, run_id: str | 
     """Run a federated experiment (FedAvg on MNIST's CNN by default), or --resume one: a live progress bar in a
     terminal, a line per round elsewhere."""
     from fedactors import api
-    from fedactors.checkpoint import check_run_id
+    from fedactors.store.checkpoint import check_run_id
 
     from fedactors.task import with_absolute_paths
 
@@ -408,7 +408,7 @@ def show_plan(plan: dict, mode: str) -> None:
             click.echo(f"warning: {plan['privacy']['warning']}")
     if plan.get("clock") is not None:
         from fedactors.config import ASYNC_STRATEGIES
-        from fedactors.preview import preview_lines
+        from fedactors.runtime.preview import preview_lines
 
         for line in preview_lines(plan["clock"], config["strategy"] in ASYNC_STRATEGIES):
             click.echo(line)

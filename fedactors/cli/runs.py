@@ -14,7 +14,7 @@ from fedactors.algorithms import builtin
 from fedactors.api import STORE_DIR, open_store
 from fedactors.cli.run import forget_redis_variable, redis_option
 from fedactors.errors import ConfigError
-from fedactors.outputs import RunDirectory
+from fedactors.results.outputs import RunDirectory
 
 
 @cli.group()
@@ -52,7 +52,7 @@ def _stores(redis_url: str | None, runs_dir: Path, run_id: str | None = None) ->
 @runs_dir_option
 def runs_list(redis_url: str | None, runs_dir: Path) -> None:
     """One line per run: id, status, newest round, task, data, configuration."""
-    from fedactors.report import data_names
+    from fedactors.results.report import data_names
 
     rows = [(info, _status(info, redis_url, runs_dir, where))
             for store, where in _stores(redis_url, runs_dir) for info in store.runs()]
@@ -107,7 +107,7 @@ def runs_show(run_id: str, redis_url: str | None, runs_dir: Path, as_config: boo
     """Everything the store knows of RUN_ID (--config: its settings as a TOML file)."""
     import json
 
-    from fedactors.checkpoint import mask_url
+    from fedactors.store.checkpoint import mask_url
 
     for store, where in _stores(redis_url, runs_dir, run_id):
         info = store.info(run_id)
@@ -136,7 +136,7 @@ def runs_show(run_id: str, redis_url: str | None, runs_dir: Path, as_config: boo
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def runs_rm(run_id: str, redis_url: str | None, runs_dir: Path, yes: bool) -> None:
     """Delete RUN_ID's checkpoints from the store (its output files stay)."""
-    from fedactors.checkpoint import mask_url
+    from fedactors.store.checkpoint import mask_url
 
     for store, where in _stores(redis_url, runs_dir, run_id):
         if store.info(run_id) is not None:

@@ -1,7 +1,7 @@
 """A data set as arrays, and the two stock `prepare` functions: what a task's loader returns.
 
 It imports only NumPy: the task contract (fedactors.task), the loaders (fedactors.data.mnist,
-fedactors.leaf) and the built-in tasks (fedactors.tasks) all build on it, and none of them is
+fedactors.data.leaf) and the built-in tasks (fedactors.tasks) all build on it, and none of them is
 imported by it. `fedactors.task.Arrays` is this class.
 """
 

@@ -4,7 +4,7 @@ The files are torchvision's layout, `DATA_DIR/MNIST/raw/*-ubyte`. When they are 
 torchvision's `datasets.MNIST(download=True)` fetches them; reading is a direct parse of the
 IDX files into NumPy (the same bytes torchvision reads, checked in tests), so a run needs
 neither torch nor PIL in the process that loads the data. How examples are split among
-clients is fedactors.partition's.
+clients is fedactors.data.partition's.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedactors.data.arrays import Arrays
-from fedactors.leaf import load_leaf_under
+from fedactors.data.leaf import load_leaf_under
 from fedactors.task import Task
 from fedactors.tasks.mnist import images_28
 

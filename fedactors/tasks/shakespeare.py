@@ -69,7 +69,7 @@ def lstm(layers: int = 2, hidden: int = 256, embedding: int = 8):
 
 def load_leaf_dir(data_dir: Path) -> Arrays:
     """LEAF's Shakespeare in DATA_DIR/shakespeare (train/ and test/ of JSON files)."""
-    from fedactors.leaf import load_leaf_under
+    from fedactors.data.leaf import load_leaf_under
 
     return load_leaf_under(data_dir, "shakespeare", "LEAF's Shakespeare")
 

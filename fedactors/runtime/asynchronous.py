@@ -1,7 +1,7 @@
 """Asynchronous FedBuff and FedAsync, deterministic in virtual time (issue 26).
 
 `--concurrency C` clients train at once, each from the model version current when it started.
-Their arrivals are ordered by the virtual clock (fedactors.systems: each client's duration
+Their arrivals are ordered by the virtual clock (fedactors.runtime.systems: each client's duration
 follows from its speed, its work and the bytes it moves), ties by client id and start version,
 never by which host finished first. Every `--buffer K` arrivals the server applies one update:
 
@@ -32,7 +32,7 @@ from dataclasses import astuple, dataclass
 import numpy as np
 
 from fedactors.errors import ConfigError
-from fedactors.systems import Systems, sample_available
+from fedactors.runtime.systems import Systems, sample_available
 
 ASYNC_DEFAULTS = {"staleness": "polynomial:0.5", "mixing": 0.6}  # FedBuff's and FedAsync's papers use these
 

@@ -30,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedactors.checkpoint import Checkpoint
+from fedactors.store.checkpoint import Checkpoint
 from fedactors.algorithms import OBJECT_PREFIX, builtin
 from fedactors.config import RunConfig
 from fedactors.data.mnist import resolve_data_dir
 from fedactors.data.registry import load_task
 from fedactors.errors import CheckpointError, ClusterError, ConfigError, DataError, FedActorsError
-from fedactors.partition import Parts, hold_out, partition, summary
+from fedactors.data.partition import Parts, hold_out, partition, summary
 from fedactors.task import Arrays, Task, digest, load_arrays, target_direction
-from fedactors.systems import read_trace
+from fedactors.runtime.systems import read_trace
 from fedactors.traffic import Totals
 
 EventHandler = Callable[[dict], None]
@@ -97,8 +97,8 @@ def run(
 
     import ray
 
-    from fedactors.client import ClientHost
-    from fedactors.coordinator import CoordinatorActor
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import CoordinatorActor
 
     _start_ray(config.address, preload_torch=preload_pays(config))
     try:
@@ -510,7 +510,7 @@ def _attach_auth(address: str) -> None:
 _GCS_PROBE = """
 import sys
 from ray._raylet import GcsClient
-from fedactors.experiment import _is_auth_failure
+from fedactors.runtime.experiment import _is_auth_failure
 try:
     GcsClient(address=sys.argv[1])
 except Exception as exc:  # AuthenticationError, or a refusal Ray did not map to it but that names the token

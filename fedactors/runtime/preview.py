@@ -1,7 +1,7 @@
 """What the virtual clock would do, without training: the `--dry-run` preview of a simulated run.
 
-It replays the first rounds of fedactors.systems' clock (synchronous plans) or of
-fedactors.asynchronous' schedule (FedBuff, FedAsync) from the run's seed and profiles alone,
+It replays the first rounds of fedactors.runtime.systems' clock (synchronous plans) or of
+fedactors.runtime.asynchronous' schedule (FedBuff, FedAsync) from the run's seed and profiles alone,
 and says how long one client's local training, and a round, would take in virtual seconds.
 It lives apart from both because it drives both: systems.py knows nothing of the asynchronous
 schedule, which builds on it.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedactors.asynchronous import Schedule
-from fedactors.systems import Systems, Trace, parse_speed, plan_round
+from fedactors.runtime.asynchronous import Schedule
+from fedactors.runtime.systems import Systems, Trace, parse_speed, plan_round
 from fedactors.traffic import per_client
 
 PREVIEW_ROUNDS = 20

@@ -29,9 +29,9 @@ from fedactors.data.registry import load_task
 from fedactors.algorithms import OBJECT_PREFIX, Algorithm, LocalClient, Reply, as_reply, make_algorithm, send_problem
 from fedactors.algorithms.fedprox import prox_hook  # noqa: F401 - importable from here, where they were
 from fedactors.algorithms.scaffold import scaffold_hook  # noqa: F401
-from fedactors.local import LocalSettings, local_steps, local_update  # noqa: F401 - local_update: as above
+from fedactors.algorithms.local import LocalSettings, local_steps, local_update  # noqa: F401 - local_update: as above
 from fedactors.messages import EvalPart, HostSum, Update
-from fedactors.partition import Parts
+from fedactors.data.partition import Parts
 from fedactors.seeding import torch_seed
 from fedactors.task import Task
 

@@ -151,7 +151,7 @@ class Renderer:
         extra = f"  retried {len(ev['retried'])}" if ev["retried"] else ""
         extra += f"  dropped {len(ev['dropped'])}" if ev["dropped"] else ""
         extra += f"  rejected {len(ev['rejected'])}" if ev.get("rejected") else ""
-        if ev.get("virtual_seconds") is not None:  # on the virtual clock (fedactors.systems)
+        if ev.get("virtual_seconds") is not None:  # on the virtual clock (fedactors.runtime.systems)
             dropped = len(ev.get("late") or []) + len(ev.get("offline") or [])
             extra += f"  virtual {ev['virtual_seconds']:.0f} s" + (f", {dropped} late or offline" if dropped else "")
             if ev.get("staleness"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedactors.errors import ConfigError, DataError
-from fedactors.report import (
+from fedactors.results.report import (
     PAPER_TABLE2_TARGET,
     RunSummary,
     load_run,
@@ -45,7 +45,7 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
     `clients` shades, around each run's curve, the band from the 10th to the 90th percentile of
     its clients' own accuracies (runs evaluated client by client; DataError if none was). `x` is
     "rounds", "uplink" (the cumulative MB the clients sent: DataError for a run that predates it) or "virtual" (the
-    simulated clock's seconds, fedactors.systems: DataError for a run not on it).
+    simulated clock's seconds, fedactors.runtime.systems: DataError for a run not on it).
     """
     out_png = Path(out_png)
     if out_png.suffix.lower() != ".png":

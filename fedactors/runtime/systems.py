@@ -6,7 +6,7 @@ on its examples, send its update back,
     duration = bytes_down / down + speed x (epochs x examples) + bytes_up / up
 
 with `speed` in seconds per example processed and `down`, `up` in bytes per second. The round
-loop (fedactors.coordinator) keeps a virtual clock with it: a synchronous round lasts until the
+loop (fedactors.runtime.coordinator) keeps a virtual clock with it: a synchronous round lasts until the
 last client it keeps reports (or its deadline); asynchronous FedBuff applies updates in the
 order of their virtual arrival. Real training runs as fast as the hosts allow; only the order
 and the clock are virtual, so a run's bytes depend on the seed and the profiles alone.

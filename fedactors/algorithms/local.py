@@ -10,7 +10,7 @@ Plain SGD without weight decay is not a torch optimizer here: it stays FlatModel
 `params -= lr * grads`, the bytes of every run made before these settings existed.
 
 torch is imported where it is used: config validates through this module, and the coordinator,
-which imports config, never loads torch (see fedactors.client).
+which imports config, never loads torch (see fedactors.runtime.client).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def local_update(
     """E epochs of minibatch steps, reshuffled each epoch by `rng`; returns the last epoch's mean loss.
 
     `lr`: the learning rate, or step -> learning rate (steps counted from 0 over the whole update; see
-    fedactors.local). `optimizer`: a torch optimizer over the model's parameters (fedactors.local); None is
+    fedactors.algorithms.local). `optimizer`: a torch optimizer over the model's parameters (fedactors.algorithms.local); None is
     plain SGD, the model's own step. `grad_hook` adjusts the gradient of every step (FedProx, SCAFFOLD: see
     `prox_hook`, `scaffold_hook`)."""
     import torch

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from fedactors.collect import MAX_ATTEMPTS
+from fedactors.runtime.collect import MAX_ATTEMPTS
 from fedactors.errors import RoundFailed
 from fedactors.messages import EvalPart, Failure, HostSum, Update
 
 if TYPE_CHECKING:
     import ray.actor
 
-    from fedactors.client import ClientHost
+    from fedactors.runtime.client import ClientHost
 
 
 class HostPool(Protocol):

@@ -132,7 +132,7 @@ class RunSummary:
     bytes_up: int | None = None
     bytes_rounds: int | None = None  # the rounds the totals count
     uplink_mb: tuple[float | None, ...] = ()
-    # The virtual clock (fedactors.systems) at each of `rounds`, in seconds; None where a run has none.
+    # The virtual clock (fedactors.runtime.systems) at each of `rounds`, in seconds; None where a run has none.
     virtual_seconds: tuple[float | None, ...] = ()
 
     def history(self) -> list[dict]:
@@ -168,7 +168,7 @@ def config_label(config: dict, data: str | None = None) -> str:
         label += f" {strategy}"
         if config.get("server_lr") is not None:  # set by hand (a sweep's axis): which cell this is
             label += f" server_lr={_num(config['server_lr'])}"
-    optimizer = config.get("client_optimizer", "sgd")  # the default local update's settings (fedactors.local)
+    optimizer = config.get("client_optimizer", "sgd")  # the default local update's settings (fedactors.algorithms.local)
     if optimizer != "sgd":
         label += f" {optimizer}" + (f"({_num(config.get('client_momentum', 0.9))})" if optimizer == "momentum" else "")
     if config.get("weight_decay"):

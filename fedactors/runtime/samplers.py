@@ -8,7 +8,7 @@
 Each `draw(round_idx, now)` returns a `Draw`: the clients the round reports as sampled, the jobs to train (client ids,
 or (client, start batch) for an asynchronous buffer, where a fast client may arrive twice), how many usable results
 the round needs (--min-fit-fraction of its jobs, or the paper's rule), and what the clock says of it. The loops
-(fedactors.coordinator) then collect the jobs the one way fedactors.collect does.
+(fedactors.runtime.coordinator) then collect the jobs the one way fedactors.runtime.collect does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from fedactors.errors import RoundFailed
 from fedactors.seeding import sample_clients
-from fedactors.systems import RoundPlan, Systems, plan_round
+from fedactors.runtime.systems import RoundPlan, Systems, plan_round
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Clock:
 
 @dataclass
 class Buffered:
-    """FedBuff's and FedAsync's: the asynchronous schedule's next --buffer arrivals (fedactors.asynchronous.Schedule)."""
+    """FedBuff's and FedAsync's: the asynchronous schedule's next --buffer arrivals (fedactors.runtime.asynchronous.Schedule)."""
 
     schedule: object
     min_fit_fraction: float

@@ -1,4 +1,4 @@
-"""The round loop: sample, collect (fedactors.collect: dispatch, retry, refuse, accept), aggregate, evaluate, emit
+"""The round loop: sample, collect (fedactors.runtime.collect: dispatch, retry, refuse, accept), aggregate, evaluate, emit
 one event per round.
 
 `Coordinator` is a plain object over a `HostPool`, so its logic runs in-process (`LocalPool`)
@@ -15,21 +15,21 @@ import numpy as np
 
 from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
-from fedactors.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
-from fedactors.collect import MAX_ATTEMPTS, Collection, Refused
+from fedactors.store.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
+from fedactors.runtime.collect import MAX_ATTEMPTS, Collection, Refused
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
-from fedactors.asynchronous import Schedule
+from fedactors.runtime.asynchronous import Schedule
 from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
 from fedactors.messages import Failure, RoundStats, Update
-from fedactors.pool import HostPool, LocalPool, RayPool, balance, eval_slices
+from fedactors.runtime.pool import HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
-from fedactors.samplers import Buffered, Clock, Poisson, Uniform
-from fedactors.systems import Systems, Trace, parse_speed
+from fedactors.runtime.samplers import Buffered, Clock, Poisson, Uniform
+from fedactors.runtime.systems import Systems, Trace, parse_speed
 from fedactors.algorithms import builtin, make_algorithm, server_step
 from fedactors.traffic import Totals, per_client
 
-# The pool's names stay importable from here, where they lived before fedactors.pool.
+# The pool's names stay importable from here, where they lived before fedactors.runtime.pool.
 __all__ = ["Coordinator", "CoordinatorActor", "HostPool", "LocalPool", "MAX_ATTEMPTS", "RayPool", "balance",
            "client_spread", "eval_slices", "uses_host_sums"]
 
@@ -133,7 +133,7 @@ class Coordinator:
             self.versions = {int(name[len("version"):]): np.array(b) for name, b in own.items()
                              if name.startswith("version")}
             self.strategy.load_state({name: np.array(b) for name, b in buffers.items()}, dict(scalars))
-        # The virtual clock (fedactors.systems), only when a systems setting or an asynchronous strategy asks for it.
+        # The virtual clock (fedactors.runtime.systems), only when a systems setting or an asynchronous strategy asks for it.
         self.systems = (Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
                         if config.simulates_systems else None)
         self.now = float((clock or {}).get("now", 0.0))
@@ -234,13 +234,13 @@ class Coordinator:
     def run_round(self, round_idx: int, *, last: bool = False) -> RoundStats:
         """One round: every sampled client's update (retrying failures), aggregated, then evaluated.
 
-        Collected as fedactors.collect says, as an asynchronous update is: an update holding NaN or infinity, or
+        Collected as fedactors.runtime.collect says, as an asynchronous update is: an update holding NaN or infinity, or
         a value FedAvg's exact sum cannot hold, is rejected, never aggregated, and not retried (the same seeds
         would give it again); the round goes on only if --min-fit-fraction allows the loss.
         """
         cfg = self.config
         t0 = time.perf_counter()
-        draw = self.sampler().draw(round_idx, self.now)  # uniform, Poisson (DP) or on the clock: fedactors.samplers
+        draw = self.sampler().draw(round_idx, self.now)  # uniform, Poisson (DP) or on the clock: fedactors.runtime.samplers
         sampled, todo, required, plan = draw.clients, draw.jobs, draw.required, draw.plan
         # FedAvg's exact sum (aggregate.ExactSum) takes each update as it arrives, in any order, or
         # each host's partial sum of its clients (host-side sums: linear built-in strategies only).
@@ -347,7 +347,7 @@ class Coordinator:
         return stats
 
     def sampler(self) -> Uniform | Poisson | Clock | Buffered:
-        """Who each round trains (fedactors.samplers): the asynchronous schedule's buffers, Poisson sampling for a
+        """Who each round trains (fedactors.runtime.samplers): the asynchronous schedule's buffers, Poisson sampling for a
         private algorithm, the virtual clock's plan, or the paper's uniform m; made once, when first asked for."""
         if self._sampler is None:
             cfg = self.config
@@ -383,15 +383,15 @@ class Coordinator:
         return self.weights if version == self.schedule.version else self.versions[version]
 
     def run_async(self, round_idx: int, *, last: bool = False) -> RoundStats:
-        """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.asynchronous.Schedule), each
+        """fedbuff or fedasync: the clock runs to the next `--buffer` arrivals (fedactors.runtime.asynchronous.Schedule), each
         is trained from the weights of its start version, and the server applies their update: version round_idx.
 
-        Collected as a synchronous round is (fedactors.collect: the same retries, refusals, acceptance and counts):
+        Collected as a synchronous round is (fedactors.runtime.collect: the same retries, refusals, acceptance and counts):
         an update holding NaN or infinity, or one whose staleness-weighted value FedAvg's exact sum cannot hold, is
         left out of the buffer, which goes on with the others if --min-fit-fraction of the buffer allows."""
         cfg, schedule = self.config, self.schedule
         t0 = time.perf_counter()
-        draw = self.sampler().draw(round_idx)  # the schedule's next --buffer arrivals (fedactors.samplers.Buffered)
+        draw = self.sampler().draw(round_idx)  # the schedule's next --buffer arrivals (fedactors.runtime.samplers.Buffered)
         arrivals, lost, freed, required = draw.arrivals, draw.lost, draw.freed, draw.required
         by_key = {(a.client, a.batch): a for a in arrivals}  # (client, start batch): a fast client may arrive twice
         taus = {key: schedule.staleness(a) for key, a in by_key.items()}  # before this update moves the version

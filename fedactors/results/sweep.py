@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedactors.config import PARTITIONS, RunConfig, is_positive_int, natural_clients, parse_batch_size, read_toml, stored_experiment
 from fedactors.errors import ConfigError
-from fedactors.report import PAPER_TABLE2_FRAC, paper_table2_grid
+from fedactors.results.report import PAPER_TABLE2_FRAC, paper_table2_grid
 
 GRID_KEYS = ("epochs", "batch_sizes", "fracs", "partitions")
 # RunConfig fields each cell sets; a [run] table may not set them too.

@@ -213,7 +213,7 @@ class EmbeddedRedis:
             os.unlink(socket_path)  # left by a killed server
         conf = self.data_dir / "redis.conf"
         conf.write_text("\n".join([
-            "# written by fedactors.embedded_redis; regenerated at every start",
+            "# written by fedactors.store.embedded_redis; regenerated at every start",
             "port 0", f"unixsocket {_quote(socket_path)}", "unixsocketperm 700",
             f"dir {_quote(str(self.data_dir))}", "daemonize no", "protected-mode yes",
             "appendonly yes", 'appendfilename "appendonly.aof"', f"appendfsync {self.appendfsync}",

@@ -1,0 +1,1 @@
+"""What a run leaves: its directory (outputs), reports, plots, the progress display and sweeps."""

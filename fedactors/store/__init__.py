@@ -1,0 +1,1 @@
+"""Where runs are kept: checkpoints in Redis (checkpoint) and the embedded Redis a local run starts."""
