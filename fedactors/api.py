@@ -115,7 +115,8 @@ def resume(run_id: str, *, out: str | Path | None = None, redis: str | None = No
     """Continue `run_id` from its newest valid checkpoint; `changes` may set what does not change the experiment.
 
     A run given a Task or Strategy object is resumed with the same objects again; `callbacks` are not stored
-    either: pass them again (a run already finished calls none)."""
+    either: pass them again (a run already finished calls on_run_start and on_run_end only, so that a tracker
+    given now catches up on its rounds)."""
     from fedactors.store.checkpoint import check_run_id
 
     refuse_unknown_settings(changes)
@@ -268,7 +269,13 @@ def continue_run(run_id: str, out: Path, redis_url: str | None, retry: float, ch
                 info = {**kept, "run_id": run_id, "fingerprint": ckpt.fingerprint, "wall_seconds": 0.0,
                         "total_wall_seconds": total}
                 lower = kept.get("target_lower", config.target_metric == "loss")  # the task said so when it ran
+                if hooks is not None:  # nothing runs, but a tracker given now may lack rounds: it catches up here
+                    hooks.call("on_run_start", {"run_id": run_id, "run_dir": str(run_dir.path),
+                                                "config": config.to_dict(), "resumed_from_round": ckpt.round},
+                               " as the finished run was resumed")
                 result = _finish(config, run_dir, ckpt.weights, ckpt.round, ckpt.history, info, renderer, lower)
+                if hooks is not None:
+                    hooks.call("on_run_end", {"config": config.to_dict(), **result.info}, " (the run itself finished)")
             else:
                 try:
                     result = _drive(config, run_id, run_dir, url, retry, ckpt, renderer, store.persistence_warning(),

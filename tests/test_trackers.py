@@ -212,6 +212,14 @@ def test_a_stopped_run_resumed_from_the_command_line_continues_the_same_tracker_
     assert [a.path for a in client.list_artifacts(again.info.run_id)] == ["run.json"]
     assert not (tmp_path / "mlruns").exists()  # the store the run had, not the current directory's
 
+    # Execute: the finished run resumed again with a tracker new to it (as when the coordinator, running ahead of
+    # the hooks, checkpointed the last round before a callback stopped the run): nothing runs, the tracker catches up
+    status, _, err = run_main(monkeypatch, capsys, "run", "--resume", "stopped", "--out", str(out), "--redis",
+                              redis_server.url, "-q", "--tensorboard", str(tmp_path / "late"))
+    assert status == 0, err
+    assert [r["round"] for r in lines(out)] == [1, 2, 3, 4, 5, 6]
+    assert_float32_equal(tensorboard_scalars(tmp_path / "late" / "stopped"), expected(rows))
+
 
 def test_tracker_optional_runs_on_without_an_unreachable_tracker_and_says_so_once(tmp_path, monkeypatch, capsys):
     out, tb = tmp_path / "run", tmp_path / "tb"
