@@ -495,6 +495,10 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
+# The settings in RunConfig's order (its flags' order in --help), whichever algorithm declared one first.
+STRATEGY_SETTINGS = {f.name: STRATEGY_SETTINGS[f.name] for f in fields(RunConfig) if f.name in STRATEGY_SETTINGS}
+
+
 def host_sums_apply(aggregator: str, strategy: str, compress: str | None = None, dp: str | None = None) -> bool:
     """Whether hosts may sum their clients' weights: FedAvg's average with a built-in strategy that needs only
     it. A strategy of your own (an import spec, or a Python object's "python:" name) is handed every update, and
