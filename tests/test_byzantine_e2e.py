@@ -8,12 +8,14 @@ from conftest import accuracies, fedactors
 
 pytestmark = pytest.mark.slow
 
-# K = 50, C = 0.2 and 10 faulty clients: with seed 0 both rounds sample exactly two of them among
-# their ten (test_two_of_ten_attack_in_each_round checks it). 1,200 images per client keep a round short.
-# Only round 2 is evaluated: what is compared is where the model got to.
-ATTACKED = ["--clients", "50", "--frac", "0.2", "--partition", "iid", "--epochs", "1", "--batch-size", "50",
-            "--rounds", "2", "--eval-every", "2", "--seed", "0", "--byzantine", "10", "--attack", "sign-flip",
-            "--attack-scale", "10"]
+# K = 50, C = 0.2 and 10 faulty clients: with seed 0 both rounds sample exactly two of them among their ten
+# (test_the_attackers_and_aggregator_are_recorded checks the evaluated round's record). The paper's 2NN on
+# 1,200 images per client keeps a round to a second (the CNN's took 20 to 30 s, and evaluating it 3 s more): the
+# aggregators see flat updates whatever the model. B = 10 lets Krum's one chosen update (a single client's 120
+# steps) reach 0.89, clear of the 0.8 bar. Only round 2 is evaluated: what is compared is where the model got to.
+ATTACKED = ["--task", "mnist-2nn", "--clients", "50", "--frac", "0.2", "--partition", "iid", "--epochs", "1",
+            "--batch-size", "10", "--rounds", "2", "--eval-every", "2", "--seed", "0", "--byzantine", "10",
+            "--attack", "sign-flip", "--attack-scale", "10"]
 # The trimmed mean is the median's sibling (the same native sort): its kernel is tested against NumPy, not run here.
 AGGREGATORS = {"fedavg": [], "median": ["--aggregator", "median"], "krum": ["--aggregator", "krum", "--krum-f", "2"],
                "multi-krum": ["--aggregator", "multi-krum", "--krum-f", "2"]}
