@@ -98,9 +98,9 @@ def test_a_users_strategy_state_that_a_checkpoint_cannot_hold_fails_the_round_at
 def digits_run(strategy_class, **settings):
     """(config, a function making Coordinators of one small in-process run: digits, LocalPool, a new strategy_class
     unless given one)."""
-    from fedactors.client import ClientHost
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.data.partition import partition
     from fedactors.task import load_arrays, load_task
 
     cfg = RunConfig(task="digits-mlp", clients=10, frac=0.5, epochs=1, batch_size=20, lr=0.1, partition="iid", seed=0,
@@ -184,7 +184,7 @@ def test_a_users_buffers_named_as_the_frameworks_come_back_and_the_run_resumes_b
     """`residual0`, `version3` and `residual_norm` were taken for the framework's (error-feedback residuals,
     fedbuff's versions): lost on resume (other bytes), or `invalid literal for int()`. With --compress topk the
     framework's residual0 is in the same checkpoint as the strategy's."""
-    from fedactors.checkpoint import RedisStore
+    from fedactors.store.checkpoint import RedisStore
 
     _, make = digits_run(Buffered, rounds=4, compress=compress)
     straight = list(make().run())[-1]["weights"]
@@ -216,20 +216,19 @@ def test_a_users_buffers_named_as_the_frameworks_survive_a_resume_from_the_comma
     (tmp_path / "mine.py").write_text("import numpy as np\n\n\n" + inspect.getsource(HalfStep)
                                       + "\n\n" + inspect.getsource(Buffered))
     args = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.5", "--partition", "iid", "--epochs", "1",
-            "--hosts", "2", "--strategy", f"{tmp_path}/mine.py:Buffered", "--compress", "topk:0.05", "-q"]
-    straight = fedactors("run", *args, "--rounds", "4", "--out", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
-    first = fedactors("run", *args, "--rounds", "2", "--run-id", "u", "--out", str(tmp_path / "split"))
+            "--hosts", "2", "--strategy", f"{tmp_path}/mine.py:Buffered", "--compress", "topk:0.05"]
+    first = fedactors("run", *args, "-q", "--rounds", "2", "--run-id", "u", "--out", str(tmp_path / "split"))
     assert first.returncode == 0, first.stderr
     rest = fedactors("run", "--resume", "u", "--rounds", "4", "--out", str(tmp_path / "split"), "-q")
     assert rest.returncode == 0, rest.stderr
-    assert (tmp_path / "split" / "weights.npy").read_bytes() == (tmp_path / "straight" / "weights.npy").read_bytes()
+    # The uninterrupted run computed in process (the same bytes as on Ray: test_scaffolds_client_state_survives_...).
+    assert np.load(tmp_path / "split" / "weights.npy").tobytes() == in_process_weights(args, 4).tobytes()
 
 
 def written_before_the_layout(ckpt):
     """The checkpoint as fedactors wrote it before STATE_LAYOUT: the framework's buffers under their own names
     (residual<k>, version<v>) beside the strategy's, and no word of the layout in the header."""
-    from fedactors.checkpoint import Checkpoint
+    from fedactors.store.checkpoint import Checkpoint
 
     state = {name.partition("/")[2]: b for name, b in ckpt.state.items()}
     extra = {k: v for k, v in ckpt.extra.items() if k not in ("state_layout", "state_sha256")}
@@ -240,7 +239,7 @@ def written_before_the_layout(ckpt):
                                       {"strategy": "fedbuff", "concurrency": 4, "buffer": 2}])
 def test_a_checkpoint_written_before_the_state_layout_still_resumes_to_the_same_bytes(redis_server, settings):
     """Error-feedback residuals beside fedadam's moments, and fedbuff's older weights, named as they were."""
-    from fedactors.checkpoint import RedisStore
+    from fedactors.store.checkpoint import RedisStore
 
     cfg, make = digits_run(HalfStep, rounds=4, **settings)
     straight = list(make(strategy=make_strategy(cfg)).run())[-1]["weights"]
@@ -366,57 +365,98 @@ def spirals(strategy: str, *flags: str) -> list[str]:
     return [*spirals_args(), "--strategy", strategy, *flags]
 
 
-def in_process_weights(args: list[str], rounds: int) -> np.ndarray:
-    """What the same run computes without Ray (LocalPool, one torch thread per host as the hosts have)."""
-    import torch
+def in_process_run(args: list[str], rounds: int, *, config: RunConfig | None = None,
+                   **coordinator) -> tuple[RunConfig, object]:
+    """(the run's configuration, the Coordinator of the same run without Ray: LocalPool, one torch thread per host as
+    the hosts have). The configuration is what `fedactors run ARGS --rounds ROUNDS` resolves, or `config` itself;
+    the data is loaded and partitioned by the run's own loader (runtime.experiment), a natural partition's clients
+    counted as the run counts them. The caller restores torch's thread count (the hosts set it)."""
+    import dataclasses
+
     from click.testing import CliRunner
 
     from fedactors.cli import cli
-    from fedactors.client import ClientHost
-    from fedactors.coordinator import Coordinator, LocalPool
-    from fedactors.partition import partition
-    from fedactors.task import load_arrays, load_task
+    from fedactors.data.mnist import resolve_data_dir
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
+    from fedactors.runtime.experiment import _load_data
+    from fedactors.task import load_task
 
-    plan = CliRunner().invoke(cli, ["run", *args, "--rounds", str(rounds), "--dry-run", "--json"])
+    if config is None:
+        plan = CliRunner().invoke(cli, ["run", *args, "--rounds", str(rounds), "--dry-run", "--json"])
+        config = RunConfig.from_dict(json.loads(plan.output)["config"])
+    data, parts, _, split, _ = _load_data(config, load_task(config.task), resolve_data_dir(config.data_dir))
+    cfg = dataclasses.replace(config, clients=split["clients"]) if config.clients is None else config
+    hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i, threads=1)
+             for i in range(2)]
+    return cfg, Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test), **coordinator)
 
-    cfg = RunConfig.from_dict(json.loads(plan.output)["config"])
+
+def in_process_weights(args: list[str], rounds: int) -> np.ndarray:
+    """What the same run computes without Ray (LocalPool, one torch thread per host as the hosts have)."""
+    import torch
+
     threads = torch.get_num_threads()
     try:
-        data = load_arrays(load_task(cfg.task), cfg.data, None)
-        parts = partition(data.y_train, cfg.clients, cfg.partition, cfg.seed, alpha=cfg.alpha)
-        hosts = [ClientHost(cfg, data.x_train, data.y_train, parts, data.x_test, data.y_test, host_id=i, threads=1)
-                 for i in range(2)]
-        return list(Coordinator(cfg, LocalPool(hosts), num_test=len(data.y_test)).run())[-1]["weights"]
+        return list(in_process_run(args, rounds)[1].run())[-1]["weights"]
     finally:
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGY_FLAGS))
-def test_every_strategy_resumes_bit_exactly_after_sigkill(strategy, tmp_path):
-    from conftest import fedactors
-    from test_resume import start_and_kill_mid_round
+def test_every_strategy_resumes_bit_exactly_from_its_checkpoint_in_a_real_redis(strategy, redis_server):
+    """Each built-in's state (server moments, FedProx's none, SCAFFOLD's control variates) goes through a checkpoint
+    in a real Redis and back: resumed from round 3's by new hosts and a new strategy, with the configuration read
+    from the checkpoint (api.resumed_config, as --resume reads it), the run ends on the uninterrupted run's bytes.
+    In process, two seconds each: the Ray, SIGKILL and --resume path they all share is run by
+    test_scaffolds_client_state_survives_a_dead_host_and_a_sigkill_of_everything (SCAFFOLD, the most state),
+    test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget (DP with an adaptive clip), tests/test_systems.py
+    (FedBuff) and tests/test_resume.py (FedAvg)."""
+    import torch
 
-    args = spirals(strategy, *STRATEGY_FLAGS[strategy])
-    out = tmp_path / "run"
-    start_and_kill_mid_round(out, "--run-id", "s", args=args, rounds=ROUNDS, after_rounds=6)
-    result = fedactors("run", "--resume", "s", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert np.load(out / "weights.npy").tobytes() == in_process_weights(args, ROUNDS).tobytes()
+    from fedactors.api import resumed_config
+    from fedactors.store.checkpoint import RedisStore
+
+    rounds, stop = 8, 3
+    args = [*spirals(strategy, *STRATEGY_FLAGS[strategy]), "--keep", str(rounds)]  # every round's checkpoint kept
+    threads = torch.get_num_threads()
+    try:
+        with RedisStore(redis_server.url, retry_seconds=5) as store:
+            cfg, straight = in_process_run(args, rounds, store=store, run_id="s", identity={})
+            straight.fingerprint = cfg.fingerprint({})
+            expected = list(straight.run())[-1]["weights"]
+            ckpt = store.load("s", stop)
+        resumed = resumed_config(ckpt, {}, "s")
+        assert resumed.strategy == strategy and resumed.experiment() == cfg.experiment()
+        _, rest = in_process_run(args, rounds, config=resumed, start_round=ckpt.round, weights=ckpt.weights.copy(),
+                                 history=ckpt.history, strategy_state=ckpt.strategy_state(),
+                                 clock=ckpt.extra.get("clock"))
+        weights = list(rest.run())[-1]["weights"]
+    finally:
+        torch.set_num_threads(threads)
+    assert weights.tobytes() == expected.tobytes()
+    assert bool(ckpt.state) == (strategy != "fedprox")  # the others had state to lose
 
 
 @pytest.mark.slow
-def test_scaffolds_client_state_survives_the_death_of_a_host(tmp_path):
-    from test_cluster import _kill_host_after_rounds, _start
+def test_scaffolds_client_state_survives_a_dead_host_and_a_sigkill_of_everything(tmp_path):
+    """On real Ray: client host 1 SIGKILLed after round 3 (its clients retried on the host Ray restarts), then the
+    whole tree SIGKILLed mid-round after round 6 and the run resumed with `fedactors run --resume`: the bytes of the
+    same run in process. One run for both faults (each Ray start-up costs seconds): the control variates live in
+    the coordinator and its checkpoints, not in a host."""
+    from conftest import fedactors
+    from test_cluster import _kill_host_after_rounds
+    from test_resume import start_and_kill_mid_round
 
     args = spirals("scaffold")
     out = tmp_path / "run"
-    proc, log = _start(out, *args, "--rounds", str(ROUNDS))
-    _kill_host_after_rounds(proc, out, 6, host=1, delay=0.0)
-    assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
-    log.close()
-    run = json.loads((out / "run.json").read_text())
-    assert run["failures"] >= 1 and run["retried"] >= 1, run
+    start_and_kill_mid_round(out, "--run-id", "s", args=args, rounds=ROUNDS, after_rounds=6,
+                             meanwhile=lambda proc: _kill_host_after_rounds(proc, out, 3, host=1, delay=0.0,
+                                                                            log=tmp_path / "run.log"))
+    killed = json.loads((out / "run.json").read_text())
+    assert killed["failures"] >= 1 and killed["retried"] >= 1, killed
+    result = fedactors("run", "--resume", "s", "--out", str(out))
+    assert result.returncode == 0, result.stderr
     assert np.load(out / "weights.npy").tobytes() == in_process_weights(args, ROUNDS).tobytes()
 
 
@@ -644,7 +684,7 @@ def test_scaffolds_memory_check_counts_the_copies_at_the_checkpoint_peak():
     of the --keep checkpoints and in the one being written: (3 + keep) copies, not (1 + keep)."""
     import os
 
-    from fedactors.experiment import check_client_state
+    from fedactors.runtime.experiment import check_client_state
 
     half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
     config = RunConfig(strategy="scaffold", clients=100, keep=2)
@@ -721,7 +761,7 @@ def test_every_client_rate_default_is_a_committed_run_that_trains():
     that rate (docs/runs/tune-*): 100 rounds, no failure, 97% reached; a committed run at a faster rate failed."""
     from conftest import REPO
     from fedactors.config import CLIENT_LR
-    from fedactors.report import load_run
+    from fedactors.results.report import load_run
 
     runs = [load_run(d) for d in sorted((REPO / "docs" / "runs").iterdir()) if (d / "run.json").exists()]
     runs = [s for s in runs if s.config.get("task", "mnist-cnn") == "mnist-cnn" and s.config["partition"] == "noniid"
@@ -739,7 +779,7 @@ def test_every_client_rate_default_is_a_committed_run_that_trains():
 def test_the_readmes_comparison_at_each_methods_best_is_what_its_committed_runs_say():
     """Every row of README's "Each method at its best" table: its run's rounds to 97% and 99% as report reads them."""
     from conftest import REPO
-    from fedactors.report import load_run
+    from fedactors.results.report import load_run
 
     section = (REPO / "README.md").read_text().split("### Each method at its best", 1)[1]
     table = next(block for block in section.split("\n\n") if block.startswith("| method |"))
