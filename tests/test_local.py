@@ -1,4 +1,4 @@
-"""The default local update's optimizers and learning-rate schedules (fedactors.local): each against plain torch or
+"""The default local update's optimizers and learning-rate schedules (fedactors.algorithms.local): each against plain torch or
 its formula, the default's bytes and fingerprint as before, bad settings refused in one line, and a resume bit-exact."""
 
 import hashlib
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedactors.client import local_update
+from fedactors.runtime.client import local_update
 from fedactors.config import RunConfig
 from fedactors.errors import ConfigError
-from fedactors.local import LocalSettings, optimizer_step, parse_schedule
+from fedactors.algorithms.local import LocalSettings, optimizer_step, parse_schedule
 from fedactors.model import CNN, FlatModel
 
 from conftest import run_main
@@ -192,7 +192,7 @@ def test_a_cosine_runs_rounds_cannot_change_on_resume():
 
 
 def test_the_report_labels_a_runs_local_optimizer_and_schedule():
-    from fedactors.report import config_label
+    from fedactors.results.report import config_label
 
     plain = config_label(RunConfig().to_dict())
     tuned = config_label(RunConfig(client_optimizer="momentum", weight_decay=1e-4, lr_schedule="exp:0.99",
@@ -201,25 +201,40 @@ def test_the_report_labels_a_runs_local_optimizer_and_schedule():
     assert config_label(RunConfig(client_optimizer="adam").to_dict()) == plain + " adam"
 
 
-@pytest.mark.slow
-def test_a_run_with_momentum_and_a_schedule_resumed_from_a_checkpoint_is_bit_exact(tmp_path, make_redis_server):
-    """Stopped after round 3 (its last), resumed to round 6: the bytes of a run that went to 6 at once."""
-    import fedactors
+def test_a_run_with_momentum_and_a_schedule_resumed_from_a_checkpoint_is_bit_exact(redis_server):
+    """Stopped after round 3 (its last), its checkpoint in a real Redis, resumed to round 6 by new hosts with the
+    configuration --resume reads from the checkpoint (api.resumed_config): the bytes and metrics of a run that went
+    to 6 at once. In process (LocalPool): the Ray and --resume path around it is the same for every setting, and run
+    by tests/test_resume.py and tests/test_strategy.py."""
+    from fedactors.api import resumed_config
+    from fedactors.store.checkpoint import RedisStore
+    from test_strategy import in_process_run
 
-    server = make_redis_server()
-    common = dict(clients=10, frac=0.5, partition="dirichlet", alpha=1.0, epochs=2, batch_size=10, lr=0.05,
-                  client_optimizer="momentum", weight_decay=1e-4, lr_schedule="step:2:0.5", lr_warmup_steps=3,
-                  eval_every=3, hosts=2, progress="quiet", redis=server.url)
-    first = fedactors.run("digits-mlp", rounds=3, out=tmp_path / "a", run_id="a", **common)
-    assert first.info["status"] == "finished"
-    resumed = fedactors.resume("a", out=tmp_path / "a", rounds=6, redis=server.url, progress="quiet")
-    straight = fedactors.run("digits-mlp", rounds=6, out=tmp_path / "b", run_id="b", **common)
-    assert [r["round"] for r in resumed.history] == [3, 6]
-    assert resumed.weights.tobytes() == straight.weights.tobytes()
-    assert [(r["accuracy"], r["loss"], r["train_loss"]) for r in resumed.history] == [
+    common = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.5", "--partition", "dirichlet", "--alpha", "1.0",
+              "--epochs", "2", "--batch-size", "10", "--lr", "0.05", "--eval-every", "3", "--hosts", "2"]
+    local = ["--client-optimizer", "momentum", "--weight-decay", "1e-4", "--lr-schedule", "step:2:0.5",
+             "--lr-warmup-steps", "3"]
+    threads = torch.get_num_threads()
+    try:
+        with RedisStore(redis_server.url, retry_seconds=5) as store:
+            cfg, first = in_process_run([*common, *local], 3, store=store, run_id="a", identity={})
+            first.fingerprint = cfg.fingerprint({})
+            stopped = list(first.run())[-1]["weights"]
+            ckpt, _ = store.latest("a")
+        resumed = resumed_config(ckpt, {"rounds": 6}, "a")
+        assert (resumed.client_optimizer, resumed.weight_decay, resumed.lr_schedule, resumed.lr_warmup_steps) == (
+            "momentum", 1e-4, "step:2:0.5", 3)
+        _, rest = in_process_run([*common, *local], 6, config=resumed, start_round=ckpt.round,
+                                 weights=ckpt.weights.copy(), history=ckpt.history)
+        weights = list(rest.run())[-1]["weights"]
+        _, straight = in_process_run([*common, *local], 6)
+        expected = list(straight.run())[-1]["weights"]
+        _, plain = in_process_run(common, 3)
+        plain_weights = list(plain.run())[-1]["weights"]
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["round"] for r in rest.history] == [3, 6]
+    assert weights.tobytes() == expected.tobytes()
+    assert [(r["accuracy"], r["loss"], r["train_loss"]) for r in rest.history] == [
         (r["accuracy"], r["loss"], r["train_loss"]) for r in straight.history]
-    plain = fedactors.run("digits-mlp", rounds=3, out=tmp_path / "c", run_id="c",
-                          **{**common, "client_optimizer": "sgd", "weight_decay": 0.0, "lr_schedule": "constant",
-                             "lr_warmup_steps": 0})
-    assert plain.weights.tobytes() != first.weights.tobytes()  # the settings reached the hosts
-    assert json.loads((tmp_path / "a" / "run.json").read_text())["config"]["client_optimizer"] == "momentum"
+    assert plain_weights.tobytes() != stopped.tobytes()  # the settings reached the hosts
