@@ -1,11 +1,13 @@
 """fedactors.run(callbacks=[...]): the hooks see what the run directory gets; one that raises stops it, resumable."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 import fedactors
 from fedactors.callbacks import Callback, CallbackError
+from fedactors.config import RunConfig
 from fedactors.errors import ConfigError
 
 # digits-mlp (scikit-learn's digits, no download): 4 real rounds on a local Ray take seconds; every round evaluated
@@ -55,62 +57,76 @@ def _lines(out):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """An uninterrupted run with a Recorder: (result, recorder)."""
-    recorder = Recorder()
-    out = tmp_path_factory.mktemp("callbacks") / "straight"
-    result = fedactors.run("digits-mlp", out=out, run_id="straight", callbacks=[recorder], **SETTINGS)
-    return result, recorder
+def stopped_and_resumed(tmp_path_factory):
+    """One run on real Ray and a real Redis server, stopped by a tracker failing at round 3's end, then resumed with
+    `fedactors.resume` to round 4: what each part's Recorder saw, the error, and the directory at each step.
+    Two Ray runs in all: the uninterrupted run it is compared with is computed in this process (LocalPool, the
+    bytes Ray's hosts give: tests/test_strategy.py's SIGKILL tests hold the two to each other)."""
+    from conftest import RedisServer
+
+    base = tmp_path_factory.mktemp("callbacks")
+    (base / "redis").mkdir()
+    server = RedisServer(base / "redis").start()
+    out = base / "stopped"
+    first, again = Recorder(), Recorder()
+    try:
+        with pytest.raises(CallbackError) as raised:
+            fedactors.run("digits-mlp", out=out, run_id="stopped", redis=server.url,
+                          callbacks=[first, TrackerDown(fail_at=3)], **SETTINGS)
+        stopped = json.loads((out / "run.json").read_text()), _lines(out)
+        resumed = fedactors.resume("stopped", out=out, redis=server.url, callbacks=[again], progress="quiet")
+    finally:
+        server.kill()
+    return SimpleNamespace(out=out, first=first, again=again, message=str(raised.value), stopped=stopped,
+                           resumed=resumed)
 
 
-def test_hooks_see_every_round_as_metrics_jsonl_has_it(straight):
-    result, recorder = straight
-    lines = _lines(result.run_dir)
+def test_hooks_see_every_round_as_metrics_jsonl_has_it(stopped_and_resumed):
+    run = stopped_and_resumed
+    lines = _lines(run.out)
 
     assert [r["round"] for r in lines] == [1, 2, 3, 4]
-    assert recorder.records("on_evaluation") == lines
-    assert recorder.records("on_round_end") == lines
-    checkpoints = recorder.records("on_checkpoint")
+    # Rounds 1-3 before the stop, round 4 after the resume: each part's hooks get its rounds' lines.
+    assert run.first.records("on_evaluation") == run.first.records("on_round_end") == lines[:3]
+    assert run.again.records("on_evaluation") == run.again.records("on_round_end") == lines[3:]
+    checkpoints = run.first.records("on_checkpoint") + run.again.records("on_checkpoint")
     assert [c["round"] for c in checkpoints] == [1, 2, 3, 4] and all(c["checkpoint_seconds"] >= 0 for c in checkpoints)
-    names = [name for name, _ in recorder.calls]
-    assert names == ["on_run_start", *["on_evaluation", "on_checkpoint", "on_round_end"] * 4, "on_run_end"]
-    start = recorder.records("on_run_start")[0]
-    assert (start["run_id"], start["resumed_from_round"], start["config"]["rounds"]) == ("straight", None, 4)
-    assert recorder.records("on_run_end") == [json.loads((result.run_dir / "run.json").read_text())]
-    assert recorder.records("on_run_end")[0]["status"] == "finished"
+    each = ["on_evaluation", "on_checkpoint", "on_round_end"]
+    assert [name for name, _ in run.first.calls] == ["on_run_start", *each * 3, "on_run_end"]
+    assert [name for name, _ in run.again.calls] == ["on_run_start", *each, "on_run_end"]
+    start = run.first.records("on_run_start")[0]
+    assert (start["run_id"], start["resumed_from_round"], start["config"]["rounds"]) == ("stopped", None, 4)
+    assert run.again.records("on_run_start")[0]["resumed_from_round"] == 3
+    # on_run_end gets run.json's content as the run ends: failed, then finished.
+    assert run.first.records("on_run_end") == [run.stopped[0]]
+    assert run.again.records("on_run_end") == [json.loads((run.out / "run.json").read_text())]
+    assert run.again.records("on_run_end")[0]["status"] == "finished"
 
 
-def test_a_raising_callback_stops_the_run_with_one_line_and_it_resumes_to_the_same_bytes(straight, redis_server,
-                                                                                         tmp_path):
-    # Prepare
-    reference, _ = straight
-    recorder = Recorder()
-    out = tmp_path / "stopped"
+def test_a_raising_callback_stops_the_run_with_one_line_and_it_resumes_to_the_same_bytes(stopped_and_resumed):
+    import torch
 
-    # Execute: the tracker fails at round 3's end, after its checkpoint
-    with pytest.raises(CallbackError) as raised:
-        fedactors.run("digits-mlp", out=out, run_id="stopped", redis=redis_server.url,
-                      callbacks=[recorder, TrackerDown(fail_at=3)], **SETTINGS)
+    from test_strategy import in_process_run
 
-    # Assert: one line naming the callback and its hook; run.json failed at round 3, saying why
-    message = str(raised.value)
-    assert message == ("callback TrackerDown.on_round_end raised ConnectionError: tracking server refused the "
-                       "connection at round 3; the run stops here, resumable from its last checkpoint")
-    run = json.loads((out / "run.json").read_text())
-    assert (run["status"], run["rounds_completed"], run["error"]) == ("failed", 3, message)
-    assert recorder.records("on_run_end")[-1]["status"] == "failed"
-    assert [r["round"] for r in _lines(out)] == [1, 2, 3]
+    run = stopped_and_resumed
+    # One line naming the callback and its hook; run.json failed at round 3, saying why
+    assert run.message == ("callback TrackerDown.on_round_end raised ConnectionError: tracking server refused the "
+                           "connection at round 3; the run stops here, resumable from its last checkpoint")
+    info, lines = run.stopped
+    assert (info["status"], info["rounds_completed"], info["error"]) == ("failed", 3, run.message)
+    assert [r["round"] for r in lines] == [1, 2, 3]
 
-    # Execute: resumed from its round-3 checkpoint, with a callback again
-    again = Recorder()
-    resumed = fedactors.resume("stopped", out=out, redis=redis_server.url, callbacks=[again], progress="quiet")
-
-    # Assert: the same bytes as the run never stopped
-    assert resumed.weights.tobytes() == reference.weights.tobytes()
-    assert [r["accuracy"] for r in _lines(out)] == [r["accuracy"] for r in _lines(reference.run_dir)]
-    assert again.records("on_run_start")[0]["resumed_from_round"] == 3
-    assert [r["round"] for r in again.records("on_round_end")] == [4]
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    # The same bytes and accuracies as the run never stopped
+    threads = torch.get_num_threads()
+    try:
+        config = RunConfig(task="digits-mlp", **{k: v for k, v in SETTINGS.items() if k != "progress"})
+        _, straight = in_process_run([], config.rounds, config=config)
+        weights = list(straight.run())[-1]["weights"]
+    finally:
+        torch.set_num_threads(threads)
+    assert run.resumed.weights.tobytes() == weights.tobytes()
+    assert [r["accuracy"] for r in _lines(run.out)] == [r["accuracy"] for r in straight.history]
+    assert json.loads((run.out / "run.json").read_text())["status"] == "finished"
 
 
 def test_an_object_without_hooks_is_refused_before_anything_runs(tmp_path):
