@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 # A suite started in the background (`make test &`, nohup) inherits SIGINT and SIGHUP ignored, and a run leaves an
-# ignored signal ignored (fedactors.interrupts): the tests of how a run stops would see no stop. Every process of
+# ignored signal ignored (fedactors.runtime.interrupts): the tests of how a run stops would see no stop. Every process of
 # the suite, and each command it starts, gets them back as a terminal gives them.
 for _signum, _handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL)):
     if signal.getsignal(_signum) is signal.SIG_IGN:
@@ -87,11 +88,27 @@ def assert_same_as_reference(out: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, mnist_dir) -> Path:
-    """An uninterrupted local run of ARGS for ROUNDS rounds: what every disturbed run must reproduce."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = fedactors("run", *ARGS, "--rounds", str(ROUNDS), "--run-id", "ref", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert len(accuracies(out)) == 1
+    """An uninterrupted local run of ARGS for ROUNDS rounds: what every disturbed run must reproduce.
+
+    Made once per suite (30 s of Ray and MNIST's CNN): under pytest-xdist its workers share it, the first to need
+    it making it while the others wait on a lock. Its readers only read it; tests/test_resume.py's, which resume
+    and list it, rewrite run.json by atomic rename (fedactors.results.outputs), so a reader never sees half a file."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # pytest-N/: this suite's, and common to its workers (each has a popen-gwK/ in it)
+    out, done = shared / "reference" / "run", shared / "reference.done"
+    with open(shared / "reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the run fails
+        if not done.exists():
+            if out.parent.exists():  # a worker's attempt that failed: made again, and failing again, here
+                shutil.rmtree(out.parent)
+            out.parent.mkdir()
+            result = fedactors("run", *ARGS, "--rounds", str(ROUNDS), "--run-id", "ref", "--out", str(out))
+            assert result.returncode == 0, result.stderr
+            assert len(accuracies(out)) == 1
+            done.touch()
     return out
 
 
@@ -123,7 +140,7 @@ def local_ray():
     """
     import ray
 
-    from fedactors.experiment import _start_ray
+    from fedactors.runtime.experiment import _start_ray
 
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), saved) if p)
@@ -170,7 +187,7 @@ class RedisServer:
         import time
 
         import redis
-        from fedactors.embedded_redis import find_redis_server
+        from fedactors.store.embedded_redis import find_redis_server
 
         if self.proc is not None:
             attempts = 1  # a restart must come back on the same port
