@@ -58,10 +58,10 @@ def _run(strategy: str, tmp_path, *, algorithm=None, rounds: int = 2, store=None
     server half's object (else made from `strategy`); the hosts load theirs from `strategy`, as a run's do."""
     import torch
 
-    from fedactors.runtime.client import ClientHost
     from fedactors.config import RunConfig
-    from fedactors.runtime.coordinator import Coordinator, LocalPool
     from fedactors.data.partition import partition
+    from fedactors.runtime.client import ClientHost
+    from fedactors.runtime.coordinator import Coordinator, LocalPool
     from fedactors.task import load_arrays, load_task
 
     resume = {k: settings.pop(k) for k in ("start_round", "weights", "strategy_state") if k in settings}
