@@ -19,7 +19,7 @@ def test_a_runs_stored_settings_replay_it_to_the_same_bytes(reference):
     dry run's and the run's alike (cli/run.py), and one configuration gives one set of bytes: every comparison with
     the reference (tests/test_tasks.py's recorded digest, tests/test_resume.py, tests/test_cluster.py) runs on it.
     So the replay is checked in a dry run, not in a second Ray run of the reference (37 s)."""
-    # Prepare: run A is the reference (ARGS through the CLI, real Ray); only its run.json is given to run B.
+    # Prepare: run A is the reference (ARGS through the CLI, real Ray); only its run.json is given to the dry run.
     stored = json.loads((reference / "run.json").read_text())["config"]
 
     # Execute
