@@ -19,11 +19,16 @@ pytestmark = pytest.mark.slow
 from conftest import ARGS, EXE, ROUNDS, accuracies, assert_same_as_reference, fedactors, rounds_done
 
 
-def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUNDS):
-    """Start a run, wait until `after_rounds` rounds are done, SIGKILL every process of its tree mid-round."""
+def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUNDS, meanwhile=None):
+    """Start a run, wait until `after_rounds` rounds are done, SIGKILL every process of its tree mid-round.
+
+    `meanwhile(proc)`, if given, is called once the run has started, before the wait: another fault to survive
+    first (tests/test_strategy.py kills a client host with it)."""
     log = open(out.parent / f"{out.name}.log", "w")
     proc = subprocess.Popen([EXE, "run", *args, "--rounds", str(rounds), "--out", str(out), *extra],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if meanwhile is not None:
+        meanwhile(proc)
     deadline = time.monotonic() + 300
     first = None  # when the first round was done: the rounds after it give the time a round takes
     while (done := rounds_done(out)) < after_rounds:
@@ -64,10 +69,22 @@ def test_sigkill_mid_round_then_resume_is_bit_exact_embedded_store(reference, tm
     assert run["total_wall_seconds"] > run["wall_seconds"] + 5  # the killed part's rounds count too
 
 
-def test_sigkill_mid_round_then_resume_is_bit_exact_redis_url(reference, tmp_path, make_redis_server):
+def test_a_host_killed_then_everything_sigkilled_resumes_from_redis_alone_bit_exact(reference, tmp_path,
+                                                                                    make_redis_server):
+    """Two faults in one run (each Ray start-up costs seconds). Client host 0 is SIGKILLed mid-round 2: its clients
+    are retried, Ray restarts it, the weights do not change (this was tests/test_cluster.py's own run). Then mid-round
+    4 the whole tree is SIGKILLed and the output directory lost: with --redis the store has everything, and the
+    resumed run ends on the reference's bytes, so rounds 2 and 3 after the host's death were the undisturbed ones."""
+    from test_cluster import _kill_host_after_rounds
+
     server = make_redis_server()
     out = tmp_path / "run"
-    start_and_kill_mid_round(out, "--run-id", "victim", "--redis", server.url, after_rounds=3)
+    start_and_kill_mid_round(out, "--run-id", "victim", "--redis", server.url, after_rounds=3,
+                             meanwhile=lambda proc: _kill_host_after_rounds(proc, out, 1, log=tmp_path / "run.log"))
+    killed = json.loads((out / "run.json").read_text())
+    assert killed["failures"] >= 1 and killed["retried"] >= 1 and killed.get("dropped", 0) == 0, killed
+    text = (tmp_path / "run.log").read_text()
+    assert "failed: client" in text and "died" in text and "retried" in text
     # The output directory can even be lost: with --redis the store has everything.
     for f in out.iterdir():
         f.unlink()
@@ -236,12 +253,24 @@ def test_a_resume_refused_before_it_runs_leaves_the_directory_as_it_was(referenc
 
 def test_a_resume_into_another_runs_directory_is_refused(reference, tmp_path, make_redis_server):
     """With a shared store, --resume A --out B would have rewritten B's results with A's."""
+    import torch
+
+    from fedactors.store.checkpoint import RedisStore
+    from test_strategy import in_process_run
+
     server = make_redis_server()
-    a, b = tmp_path / "a", tmp_path / "b"
-    tiny = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.2", "--epochs", "1", "--rounds", "1", "--hosts", "1",
-            "--redis", server.url]
-    for out, run_id in ((a, "run-a"), (b, "run-b")):
-        assert fedactors("run", *tiny, "--run-id", run_id, "--out", str(out)).returncode == 0
+    b = tmp_path / "b"
+    tiny = ["--task", "digits-mlp", "--clients", "10", "--frac", "0.2", "--epochs", "1", "--hosts", "1"]
+    assert fedactors("run", *tiny, "--rounds", "1", "--redis", server.url, "--run-id", "run-b",
+                     "--out", str(b)).returncode == 0
+    # Run A in the same store, checkpointed by a coordinator in this process (a second Ray start-up adds nothing).
+    threads = torch.get_num_threads()
+    try:
+        with RedisStore(server.url, retry_seconds=5) as store:
+            list(in_process_run(tiny, 1, store=store, run_id="run-a")[1].run())
+            assert store.latest("run-a")[0].round == 1
+    finally:
+        torch.set_num_threads(threads)  # the hosts set this process's
     before = {f.name: f.read_bytes() for f in b.iterdir() if f.is_file()}
     result = fedactors("run", "--resume", "run-a", "--out", str(b), "--rounds", "2", "--redis", server.url)
     assert result.returncode == 2
