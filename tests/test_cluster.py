@@ -52,7 +52,7 @@ def test_a_cluster_started_with_ray_start_as_the_readme_says_trains_on_both_node
         trap 'ray stop --force > /dev/null 2>&1' EXIT
         fedactors run {args} --rounds {ROUNDS} --address 127.0.0.1:6379 --out {out} > {tmp_path}/run.log 2>&1
         echo "run: $?"
-        fedactors run --clients 100 --frac 0.02 --partition iid --epochs 1 --batch-size 50 --hosts 1 --rounds 1 \
+        fedactors run --task digits-mlp --clients 10 --frac 0.2 --hosts 1 --rounds 1 \
             --out {tmp_path}/local > {tmp_path}/local.log 2>&1
         echo "local: $?"
         HOME={empty} fedactors run --address 127.0.0.1:6379 --rounds 1 --out {tmp_path}/a > /dev/null \
@@ -112,10 +112,11 @@ def _start(out, *args):
     return proc, log
 
 
-def _kill_host_after_rounds(proc, out, n_rounds, host=0, delay=0.3):
+def _kill_host_after_rounds(proc, out, n_rounds, host=0, delay=0.3, log=None):
+    """SIGKILL client host `host` `delay` s after `n_rounds` rounds are done; `log`: the run's output (_start's)."""
     deadline = time.monotonic() + 300
     while rounds_done(out) < n_rounds:
-        assert proc.poll() is None and time.monotonic() < deadline, (out.parent / "log.txt").read_text()
+        assert proc.poll() is None and time.monotonic() < deadline, (log or out.parent / "log.txt").read_text()
         time.sleep(0.02)
     time.sleep(delay)  # the next round's clients are training now
     pid = json.loads((out / "run.json").read_text())["host_info"][host]["pid"]
@@ -123,23 +124,15 @@ def _kill_host_after_rounds(proc, out, n_rounds, host=0, delay=0.3):
     return pid
 
 
-def test_a_host_killed_mid_round_is_replaced_and_the_weights_do_not_change(reference, tmp_path):
-    out = tmp_path / "run"
-    proc, log = _start(out, *ARGS, "--rounds", str(ROUNDS))
-    _kill_host_after_rounds(proc, out, 2)
-    assert proc.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()
-    log.close()
-    run = json.loads((out / "run.json").read_text())
-    assert run["failures"] >= 1 and run["retried"] >= 1 and run.get("dropped", 0) == 0
-    text = (tmp_path / "log.txt").read_text()
-    assert "failed: client" in text and "died" in text and "retried" in text
-    assert_same_as_reference(out, reference)
+# A host killed mid-round, replaced, the weights unchanged: tests/test_resume.py's
+# test_a_host_killed_then_everything_sigkilled_resumes_from_redis_alone_bit_exact, in the run it SIGKILLs after.
 
 
 def test_min_fit_fraction_accepts_a_round_with_fewer_updates(tmp_path):
-    # Five hosts, one client each: a killed host loses exactly its one client, 4 of 5 = 0.8.
+    # Five hosts, one client each: a killed host loses exactly its one client, 4 of 5 = 0.8. Killed in round 2,
+    # the last and only evaluated round (its row is the one to read; evaluating every round cost seconds each).
     args = ["--clients", "100", "--frac", "0.05", "--partition", "iid", "--epochs", "3", "--batch-size", "50",
-            "--hosts", "5", "--cpus-per-host", "0.4", "--min-fit-fraction", "0.8", "--rounds", "3"]
+            "--hosts", "5", "--cpus-per-host", "0.4", "--min-fit-fraction", "0.8", "--rounds", "2", "--eval-every", "2"]
     out = tmp_path / "run"
     proc, log = _start(out, *args)
     _kill_host_after_rounds(proc, out, 1, host=2)
@@ -174,8 +167,10 @@ def gpu_cluster():
 
 
 def test_ten_hosts_share_one_gpu_at_a_tenth_each_and_an_eleventh_is_refused(gpu_cluster, tmp_path):
-    args = ["--clients", "100", "--frac", "0.1", "--partition", "iid", "--epochs", "1", "--batch-size", "100",
-            "--rounds", "1", "--gpus-per-host", "0.1", "--cpus-per-host", "0.1", "--address", gpu_cluster.address]
+    # The paper's 2NN: where hosts go is the test, not the model (the CNN's round and evaluation took seconds).
+    args = ["--task", "mnist-2nn", "--clients", "100", "--frac", "0.1", "--partition", "iid", "--epochs", "1",
+            "--batch-size", "10", "--rounds", "1", "--gpus-per-host", "0.1", "--cpus-per-host", "0.1",
+            "--address", gpu_cluster.address]
     refused = fedactors("run", *args, "--hosts", "11", "--out", str(tmp_path / "eleven"), timeout=180)
     assert refused.returncode == 2
     assert "--hosts 11 needs 1.1 CPUs and 1.1 GPUs, but the Ray cluster has 2 CPUs and 1 GPUs (room for 10 hosts)" in refused.stderr
