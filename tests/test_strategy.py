@@ -595,8 +595,9 @@ def dp_args() -> list[str]:
 
 @pytest.mark.slow
 def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
-    """One run for all of it (each Ray start-up costs seconds): the pre-flight before round 1, SIGKILL and resume to
-    the bytes of the run in one go, the adaptive clip moving and checkpointed, the release, the budget."""
+    """One run for all of it (each Ray start-up costs seconds): the pre-flight before round 1, SIGKILL, and a resume
+    given a budget that stops it cleanly before round 10, on the bytes of the run in one go; the adaptive clip moving
+    and checkpointed, the release, the budget spent refusing another resume."""
     from conftest import fedactors
     from fedactors.api import open_store
     from fedactors.messages import PRIVATE_KEYS
@@ -609,32 +610,33 @@ def test_dp_fedavg_resumes_bit_exactly_and_stops_at_its_budget(tmp_path):
     first = next(i for i, line in enumerate(log) if line.split()[:2] == ["round", f"1/{ROUNDS}"])
     assert any("z = 1 (the update's z_delta = 1.033)" in line for line in log[:first])  # the pre-flight, before round 1
     assert any(line.startswith("warning: DP noise outweighs the updates") for line in log[:first])
-    result = fedactors("run", "--resume", "dp", "--out", str(out))
+    # A budget given to the resume (killed in round 7 or 8): it stops cleanly before the round that would spend more,
+    # and says so.
+    budget = dp_epsilon(0.2, 1.0, 9, 1e-5, "pld") + 1e-9
+    result = fedactors("run", "--resume", "dp", "--out", str(out), "--target-epsilon", str(budget))
     assert result.returncode == 0, result.stderr
+    assert "warning: stopped before round 10" in result.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == 9 and "stopped before round 10" in run["stopped"]
     # The run drew its secret; the resumed part took it and the clip from the checkpoint: the bytes are those of
-    # the same run computed in one go with that secret given (--dp-seed).
+    # the same run computed in one go with that secret given (--dp-seed), stopped by the same budget.
     with open_store(None, out, 5.0) as (store, _):
         state = store.latest("dp")[0].extra["strategy"]
     secret = state["secret"]
     assert int(secret, 16) > 2**64
-    reference = in_process_weights([*dp_args(), "--dp-seed", str(int(secret, 16))], ROUNDS)
+    reference = in_process_weights([*dp_args(), "--dp-seed", str(int(secret, 16)), "--target-epsilon", str(budget)],
+                                   ROUNDS)
     assert np.load(out / "weights.npy").tobytes() == reference.tobytes()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [4, 8, 9]  # every 4th, and the last the budget allows
     clips = [row["clip"] for row in rows]  # the clip each evaluated round clipped to: it moved from 0.1 every time
     assert clips[0] != 0.1 and len(set(clips)) == len(clips) and state["clip"] != clips[-1]
-    assert rows[-1]["epsilon"] == dp_epsilon(0.2, 1.0, ROUNDS, 1e-5, "pld")  # accounted at z (privacy.py)
+    assert rows[-1]["epsilon"] == dp_epsilon(0.2, 1.0, 9, 1e-5, "pld")  # accounted at z (privacy.py)
     # What the run writes says nothing of who was sampled, nor of the secret.
     assert rows and all(not set(PRIVATE_KEYS) & set(row) for row in rows) and {"accuracy", "epsilon"} <= set(rows[-1])
     assert all(secret not in f.read_text() for f in (out / "metrics.jsonl", out / "run.json"))
-    # A budget: the run stops cleanly before the round that would spend more, and says so.
-    budget = dp_epsilon(0.2, 1.0, 7, 1e-5, "pld") + 1e-9
-    stopped = fedactors("run", *dp_args(), "--rounds", str(ROUNDS), "--target-epsilon", str(budget), "--out", str(tmp_path / "b"))
-    assert stopped.returncode == 0, stopped.stderr
-    run = json.loads((tmp_path / "b" / "run.json").read_text())
-    assert run["status"] == "finished" and run["rounds_completed"] == 7 and "stopped before round 8" in run["stopped"]
-    assert "warning: stopped before round 8" in stopped.stdout
     # Resuming it with a budget it has already spent is refused.
-    over = fedactors("run", "--resume", run["run_id"], "--out", str(tmp_path / "b"), "--target-epsilon", "0.5")
+    over = fedactors("run", "--resume", "dp", "--out", str(out), "--target-epsilon", "0.5")
     assert over.returncode == 2 and "has already spent epsilon" in over.stderr
     assert len(over.stderr.strip().splitlines()) == 1
 
