@@ -196,8 +196,8 @@ def test_the_shakespeare_lstm_is_the_papers_model():
     assert out.shape == (3, 81)
 
 
-def accuracy_of(out, task_name, data) -> float:
-    """The test accuracy of a run's weights.npy, computed here with plain torch (the module's parameters set from
+def accuracy_of(weights, task_name, data) -> float:
+    """The test accuracy of a run's final weights, computed here with plain torch (the module's parameters set from
     the flat buffer in order, one forward pass a hundred examples), not by the run's own evaluation."""
     import torch
     from torch.nn.utils import vector_to_parameters
@@ -205,12 +205,33 @@ def accuracy_of(out, task_name, data) -> float:
     from fedactors.task import load_task
 
     module = load_task(task_name).model()
-    vector_to_parameters(torch.from_numpy(np.load(out / "weights.npy")), module.parameters())
+    vector_to_parameters(torch.from_numpy(np.array(weights)), module.parameters())
     module.eval()
     with torch.no_grad():
         guesses = [module(torch.from_numpy(data.x_test[i : i + 100])).argmax(1).numpy()
                    for i in range(0, len(data.y_test), 100)]
     return int((np.concatenate(guesses) == data.y_test).sum()) / len(data.y_test)
+
+
+def natural_run(args, rounds) -> tuple[dict, object, np.ndarray]:
+    """`fedactors run ARGS`'s plan (its --dry-run --json: the configuration and the partition's summary run.json
+    gets), and the run itself in this process: (plan, its Coordinator once run, the final weights). The Ray path
+    every run shares is run from LEAF files by test_shakespeare_lstm_runs_on_leaf_files_with_a_client_per_role and
+    on natural clients by tiny_reference's tests."""
+    import torch
+
+    from test_strategy import in_process_run
+
+    plan = fedactors("run", *args, "--rounds", str(rounds), "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    threads = torch.get_num_threads()
+    try:
+        cfg, run = in_process_run(args, rounds)
+        weights = list(run.run())[-1]["weights"]
+    finally:
+        torch.set_num_threads(threads)
+    assert cfg.clients == json.loads(plan.stdout)["partition"]["clients"]  # counted as the run counts them
+    return json.loads(plan.stdout), run, weights
 
 
 def test_shakespeare_lstm_runs_on_leaf_files_with_a_client_per_role(tmp_path):
@@ -227,7 +248,7 @@ def test_shakespeare_lstm_runs_on_leaf_files_with_a_client_per_role(tmp_path):
     assert run["partition"]["examples"] == {"min": 4, "median": 4.0, "max": 4}
     assert np.load(out / "weights.npy").size == run["identity"]["weights"]
     data = load_arrays(load_task("shakespeare-lstm"), f"leaf:{tmp_path / 'leaf'}", tmp_path)
-    assert accuracies(out) == [accuracy_of(out, "shakespeare-lstm", data)]
+    assert accuracies(out) == [accuracy_of(np.load(out / "weights.npy"), "shakespeare-lstm", data)]
 
 
 def test_a_leaf_set_of_8x8_digit_writers_plans_with_a_builtin_model_and_clients_given_is_refused(tmp_path):
@@ -246,22 +267,19 @@ def test_femnist_cnn_runs_on_leaf_femnist_of_the_real_shape_with_a_client_per_wr
 
     users = femnist_writers(num_users=7, per_user=10)  # 784 floats in [0, 1], labels 0..61, writers f0000_NN
     write_leaf(tmp_path / "leaf", users, files=3)
-    out = tmp_path / "run"
-    result = fedactors("run", "--task", "femnist-cnn", "--data", f"leaf:{tmp_path / 'leaf'}", "--partition", "natural",
-                       "--frac", "0.5", "--rounds", "2", "--epochs", "1", "--batch-size", "4", "--lr", "0.05",
-                       "--hosts", "2", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "finished" and run["config"]["clients"] == 7 and run["partition"]["clients"] == 7
-    assert run["partition"]["examples"] == {"min": 8, "median": 8.0, "max": 8}
-    assert {f["owner"] for f in run["partition"]["fewest"]} <= set(users)
-    assert np.load(out / "weights.npy").size == run["identity"]["weights"] == PARAMETERS
+    plan, run, weights = natural_run(["--task", "femnist-cnn", "--data", f"leaf:{tmp_path / 'leaf'}", "--partition",
+                                      "natural", "--frac", "0.5", "--epochs", "1", "--batch-size", "4", "--lr", "0.05",
+                                      "--hosts", "2"], rounds=2)
+    assert run.round == 2 and plan["config"]["clients"] == 7 and plan["partition"]["clients"] == 7
+    assert plan["partition"]["examples"] == {"min": 8, "median": 8.0, "max": 8}
+    assert {f["owner"] for f in plan["partition"]["fewest"]} <= set(users)
+    assert weights.size == run.pool.hosts[0].describe()["weights"] == PARAMETERS
     data = load_arrays(load_task("femnist-cnn"), f"leaf:{tmp_path / 'leaf'}", tmp_path)
     assert data.x_train.shape == (56, 1, 28, 28) and data.x_train.dtype == np.float32
     assert sorted(set(data.y_train.tolist()) | set(data.y_test.tolist())) == list(range(62))
     first = next(iter(users.values()))[0][0]
     assert np.array_equal(data.x_train[0, 0], np.float32(first).reshape(28, 28))  # the pixels as LEAF has them
-    assert accuracies(out)[-1] == accuracy_of(out, "femnist-cnn", data)
+    assert run.history[-1]["accuracy"] == accuracy_of(weights, "femnist-cnn", data)
 
 
 def test_the_mnist_models_take_leaf_rows_of_784_as_they_take_28x28_images(tmp_path):
