@@ -235,7 +235,7 @@ def test_feddyn_on_ray_resumes_bit_exactly_after_sigkill_from_a_real_redis(tmp_p
     from test_resume import start_and_kill_mid_round
     from test_strategy import in_process_weights
 
-    rounds = 16
+    rounds = 40  # digits-mlp rounds take ~0.1 s: headroom so the kill lands mid-run on a loaded machine too
     args = ["--task", "digits-mlp", "--clients", "100", "--frac", "0.1", "--partition", "iid", "--epochs", "1",
             "--batch-size", "10", "--seed", "5", "--hosts", "2", "--eval-every", str(rounds), "--checkpoint-every", "2",
             "--strategy", spec("feddyn")]
