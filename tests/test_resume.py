@@ -57,16 +57,45 @@ def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUN
     return len(tree)
 
 
-def test_sigkill_mid_round_then_resume_is_bit_exact_embedded_store(reference, tmp_path):
+def stop_with_signal(out, signum, run_id):
+    """Start a run of ARGS, send it `signum` after round 2: it stops cleanly and says how to resume (status
+    interrupted, the resume command printed, exit 128 + the signal, no traceback)."""
+    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), "--run-id", run_id],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while rounds_done(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    finished_before = proc.poll()
+    signalled_at = rounds_done(out)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, (
+        f"exit {proc.returncode} (already exited before the signal: {finished_before}; signalled after round "
+        f"{signalled_at}, {rounds_done(out)} at the end)\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    )
+    assert f"continue with: fedactors run --resume {run_id} --out {out}" in stdout
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    stop_with_signal(tmp_path / "run", signal.SIGINT, "c")
+
+
+def test_sigterm_then_sigkill_mid_round_then_resume_is_bit_exact_embedded_store(reference, tmp_path):
+    """Stopped by SIGTERM (as kill, Slurm, Kubernetes, systemd and timeout send it), resumed with the command it
+    printed, that run SIGKILLed mid-round with its whole tree (Ray, its workers, the embedded redis-server), resumed
+    again: the reference's bytes. One run through both (each Ray start-up costs seconds; each was a test's own)."""
     out = tmp_path / "run"
-    killed = start_and_kill_mid_round(out, "--run-id", "victim")
+    stop_with_signal(out, signal.SIGTERM, "victim")
+    killed = start_and_kill_mid_round(out, args=["--resume", "victim"], after_rounds=3)
     assert killed > 5  # the CLI, Ray's processes, its workers and the embedded redis-server
     result = fedactors("run", "--resume", "victim", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "resuming run victim after round" in result.stdout
     assert_same_as_reference(out, reference)
     run = json.loads((out / "run.json").read_text())
-    assert run["total_wall_seconds"] > run["wall_seconds"] + 5  # the killed part's rounds count too
+    assert run["total_wall_seconds"] > run["wall_seconds"] + 5  # the stopped and killed parts' rounds count too
 
 
 def test_a_host_killed_then_everything_sigkilled_resumes_from_redis_alone_bit_exact(reference, tmp_path,
@@ -91,33 +120,6 @@ def test_a_host_killed_then_everything_sigkilled_resumes_from_redis_alone_bit_ex
     result = fedactors("run", "--resume", "victim", "--redis", server.url, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert_same_as_reference(out, reference)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_signal_stops_cleanly_and_says_how_to_resume(reference, tmp_path, signum):
-    """Ctrl-C, and SIGTERM as kill, Slurm, Kubernetes, systemd and timeout send it: status interrupted, the
-    resume command printed, exit 128 + the signal. The SIGTERM run is then resumed to the reference's bytes."""
-    out = tmp_path / "run"
-    proc = subprocess.Popen([EXE, "run", *ARGS, "--rounds", str(ROUNDS), "--out", str(out), "--run-id", "c"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while rounds_done(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    finished_before = proc.poll()
-    signalled_at = rounds_done(out)
-    proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signum, (
-        f"exit {proc.returncode} (already exited before the signal: {finished_before}; signalled after round "
-        f"{signalled_at}, {rounds_done(out)} at the end)\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    )
-    assert f"continue with: fedactors run --resume c --out {out}" in stdout
-    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    assert "Traceback" not in stderr and "SIGTERM received" not in stderr
-    if signum == signal.SIGTERM:
-        result = fedactors("run", "--resume", "c", "--out", str(out))
-        assert result.returncode == 0, result.stderr
-        assert_same_as_reference(out, reference)
 
 
 def test_resume_of_a_finished_run_does_no_work(reference):
