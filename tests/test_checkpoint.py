@@ -18,6 +18,7 @@ import pytest
 
 from fedactors.store.checkpoint import (FORMAT_VERSION, MAGIC, Checkpoint, CorruptRound, RedisStore,
                                   decode, encode, mask_url)
+from fedactors.store import embedded_redis
 from fedactors.store.embedded_redis import EmbeddedRedis
 from fedactors.errors import CheckpointError, ConfigError, StoreUnavailable
 
@@ -393,6 +394,40 @@ def test_embedded_server_dies_with_the_process_that_started_it_and_keeps_its_dat
         with EmbeddedRedis(tmp_path / "run") as server, RedisStore(server.url) as store:
             assert server.pid != orphan and server.owner
             assert same(store.latest("run-a")[0], make_ckpt(1))  # flushed on SIGTERM, read back from the AOF
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan, signal.SIGKILL)
+
+
+def test_a_server_shutting_down_after_its_starter_died_is_waited_for_not_reused(tmp_path):
+    """Right after a SIGKILLed run, its server has its parent-death SIGTERM but still answers until Redis's next
+    cron tick: a resume at that moment must wait for it to go and start its own, not adopt it and lose the
+    connection a moment later ("Connection reset by peer" on the first command, seen in CI)."""
+    orphan = _start_and_abandon(tmp_path / "run", parent_death_signal=True)
+    try:
+        with EmbeddedRedis(tmp_path / "run") as server, RedisStore(server.url) as store:  # at once, no wait
+            assert server.pid != orphan and server.owner and _zombie_or_gone(orphan)
+            for _ in range(5):  # the server it uses stays
+                assert same(store.latest("run-a")[0], make_ckpt(1))
+                time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan, signal.SIGKILL)
+
+
+def test_a_server_that_should_have_died_with_its_starter_but_lives_is_adopted(tmp_path, monkeypatch):
+    """Should the parent-death signal not come (the starter's thread was not its last), the wait ends and the
+    live server is adopted as on a system without the signal."""
+    orphan = _start_and_abandon(tmp_path / "run", parent_death_signal=False)
+    try:
+        state_path = tmp_path / "run" / embedded_redis.STATE_FILE
+        state = json.loads(state_path.read_text())
+        state_path.write_text(json.dumps({**state, "dies_with_owner": True}))
+        monkeypatch.setattr(EmbeddedRedis, "EXIT_SECONDS", 0.5)
+        started = time.monotonic()
+        server = EmbeddedRedis(tmp_path / "run").start()
+        assert server.pid == orphan and server.owner and time.monotonic() - started >= 0.5
+        server.stop()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(orphan, signal.SIGKILL)

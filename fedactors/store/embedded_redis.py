@@ -86,6 +86,16 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _exits(pid: int, timeout_seconds: float) -> bool:
+    """True once `pid` is gone (or a zombie), False if it is still alive after `timeout_seconds`."""
+    deadline = time.monotonic() + timeout_seconds
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A preexec_fn asking the kernel for SIGTERM when the starting thread dies (Linux); else None.
 
@@ -133,6 +143,11 @@ def _answers(socket_path: str, data_dir: Path) -> bool:
 class EmbeddedRedis:
     """One redis-server keeping its AOF in `data_dir`; `.url` is its unix:// URL."""
 
+    # A server whose starter died was sent SIGTERM by the kernel; Redis still answers until its next
+    # cron tick, then flushes its AOF and exits. It is waited for, not adopted mid-exit (a resume right
+    # after a SIGKILL would reuse it and lose the connection a moment later).
+    EXIT_SECONDS = 30.0
+
     def __init__(self, data_dir: str | os.PathLike, *, appendfsync: str = "always",
                  executable: str | None = None, start_timeout_seconds: float = 30.0):
         if appendfsync not in ("always", "everysec", "no"):
@@ -146,6 +161,7 @@ class EmbeddedRedis:
         self.owner = False  # True if stop() should shut the server down
         self._proc: subprocess.Popen | None = None
         self._tmp_socket_dir: str | None = None
+        self._dies_with_owner = False  # started with a parent-death signal: it shuts down when its starter dies
 
     @property
     def url(self) -> str:
@@ -179,7 +195,7 @@ class EmbeddedRedis:
     def _write_state(self) -> None:
         tmp = self.data_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({"pid": self.pid, "socket": self.socket_path,
-                                   "owner_pid": os.getpid(),
+                                   "owner_pid": os.getpid(), "dies_with_owner": self._dies_with_owner,
                                    "tmp_socket_dir": self._tmp_socket_dir}))
         os.replace(tmp, self.data_dir / STATE_FILE)
 
@@ -192,13 +208,15 @@ class EmbeddedRedis:
             state = self._read_state()
             if (state and isinstance(state.get("pid"), int) and isinstance(state.get("socket"), str)
                     and _alive(state["pid"]) and _answers(state["socket"], self.data_dir)):
-                self.pid, self.socket_path = state["pid"], state["socket"]
-                self._tmp_socket_dir = state.get("tmp_socket_dir")
                 owner_pid = state.get("owner_pid")
-                self.owner = not (isinstance(owner_pid, int) and _alive(owner_pid))
-                if self.owner:  # its starter is gone: adopt it
-                    self._write_state()
-                return self
+                orphaned = not (isinstance(owner_pid, int) and _alive(owner_pid))
+                if not (orphaned and state.get("dies_with_owner") and _exits(state["pid"], self.EXIT_SECONDS)):
+                    self.pid, self.socket_path = state["pid"], state["socket"]
+                    self._tmp_socket_dir = state.get("tmp_socket_dir")
+                    self.owner = orphaned
+                    if self.owner:  # its starter is gone and it did not follow: adopt it
+                        self._write_state()
+                    return self
             self._spawn()
             self.owner = True
             self._write_state()
@@ -220,10 +238,12 @@ class EmbeddedRedis:
             'save ""', "loglevel notice", "",
         ]))
         executable = self.executable or find_redis_server()
+        preexec = _die_with_parent()
+        self._dies_with_owner = preexec is not None
         with open(self.data_dir / LOG_FILE, "ab") as log:
             self._proc = subprocess.Popen([executable, str(conf)], cwd=self.data_dir,
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          start_new_session=True, preexec_fn=_die_with_parent())
+                                          start_new_session=True, preexec_fn=preexec)
         self.pid, self.socket_path = self._proc.pid, socket_path
         deadline = time.monotonic() + self.start_timeout_seconds
         client = _client(socket_path)
@@ -265,12 +285,7 @@ class EmbeddedRedis:
                 return True
             except subprocess.TimeoutExpired:
                 return False
-        deadline = time.monotonic() + timeout_seconds
-        while self.pid is not None and _alive(self.pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return self.pid is None or _exits(self.pid, timeout_seconds)
 
     def _kill(self) -> None:
         if self.pid is not None:
