@@ -54,7 +54,8 @@ class Update:
     train_loss: float  # mean minibatch loss over the client's last epoch
     train_seconds: float
     host: int = -1  # index of the host that trained it, for reporting
-    residual: np.ndarray | None = None  # --compress topk or sign: the client's new error-feedback residual
+    kept: dict[str, np.ndarray] = field(default_factory=dict)  # the client's state to keep (fedactors.runtime.states)
+    kept_stages: tuple[str, ...] = ()  # ... the stages it replaces: "algorithm/" (Reply.keep), "feedback/residual"
     sent: dict[str, np.ndarray] = field(default_factory=dict)  # what the algorithm's local update sent (Reply.send)
     metrics: dict[str, float] = field(default_factory=dict)  # ... and its metrics (Reply.metrics)
 

@@ -94,6 +94,7 @@ def _run(strategy, tmp_path, **settings):
     finally:
         torch.set_num_threads(threads)
     rounds = [e for e in events if e["type"] == "round"]
+    _run.states = coordinator.states.everything()  # the clients' state at the end (fedactors.runtime.states)
     return rounds, events[-1]["weights"], coordinator.strategy, parts
 
 
@@ -174,22 +175,14 @@ def test_scaffold_on_the_clock_counts_only_the_clients_that_finished(tmp_path):
     (r,) = rounds
     finished = set(r["hosts"])
     assert finished and len(finished) < len(r["clients"])  # the clock dropped some of those it sampled
-    assert set(scaffold.client_c) == finished
-    expected = sum(scaffold.client_c[c].astype(np.float64) for c in sorted(finished)) / 12
+    controls = {c: state["algorithm/c_i"] for c, state in _run.states.items()}  # each client's kept c_i
+    assert set(controls) == finished
+    expected = sum(controls[c].astype(np.float64) for c in sorted(finished)) / 12
     np.testing.assert_allclose(scaffold.c, expected.astype(np.float32), rtol=0, atol=1e-7)
     assert r["virtual_seconds"] <= 4.0 + 1e-9
 
 
-class _Capture:
-    """The coordinator's store: keeps the last checkpoint it is handed."""
-
-    checkpoint = None
-
-    def save(self, ckpt, keep: int):
-        self.checkpoint = ckpt
-
-
-def _resumed(strategy, tmp_path, stop: int, **settings):
+def _resumed(strategy, tmp_path, stop: int, redis_url: str, **settings):
     """Run to round `stop` with checkpoints, then resume from that checkpoint to settings["rounds"] in new hosts:
     the final weights."""
     import torch
@@ -198,6 +191,7 @@ def _resumed(strategy, tmp_path, stop: int, **settings):
     from fedactors.config import RunConfig
     from fedactors.runtime.coordinator import Coordinator, LocalPool
     from fedactors.data.partition import partition
+    from fedactors.store.checkpoint import RedisStore
     from fedactors.task import load_arrays, load_task
 
     full = RunConfig(**{"task": "digits-mlp", "clients": 12, "frac": 0.5, "epochs": 1, "batch_size": 10,
@@ -212,12 +206,13 @@ def _resumed(strategy, tmp_path, stop: int, **settings):
 
     try:
         first = RunConfig(**{**full.to_dict(), "rounds": stop, "batch_size": full.batch_size})
-        store = _Capture()
-        list(Coordinator(first, pool(first), num_test=len(data.y_test), store=store, run_id="r").run())
-        ckpt = store.checkpoint
-        events = list(Coordinator(full, pool(full), num_test=len(data.y_test), start_round=ckpt.round,
-                                  weights=ckpt.weights, strategy_state=ckpt.strategy_state(),
-                                  clock=ckpt.extra.get("clock")).run())
+        with RedisStore(redis_url, retry_seconds=5) as store:
+            list(Coordinator(first, pool(first), num_test=len(data.y_test), store=store, run_id="r").run())
+            ckpt = store.latest("r")[0]
+            events = list(Coordinator(full, pool(full), num_test=len(data.y_test), start_round=ckpt.round,
+                                      weights=ckpt.weights.copy(), strategy_state=ckpt.strategy_state(),
+                                      clock=ckpt.extra.get("clock"), store=store, run_id="r",
+                                      clients=ckpt.extra.get("clients")).run())
     finally:
         torch.set_num_threads(threads)
     return events[-1]["weights"]
@@ -240,7 +235,7 @@ def test_the_dp_stage_on_fedavg_and_a_server_optimizer_is_dp_fedavgs_bytes(tmp_p
         assert [r["clients"] for r in staged[0]] == [r["clients"] for r in plain[0]]  # Poisson-sampled alike
 
 
-def test_the_dp_stage_keeps_fedprox_clients_and_resumes_to_the_same_bytes(tmp_path):
+def test_the_dp_stage_keeps_fedprox_clients_and_resumes_to_the_same_bytes(tmp_path, redis_server):
     """Around FedProx the clients train as FedProx's (mu = 0 is FedAvg's local update: DP-FedAvg's bytes; mu > 0
     is not), and a stopped and resumed run (the stage's secret, clip and rounds in its checkpoint) is the
     uninterrupted one, adaptive clip and all."""
@@ -250,7 +245,7 @@ def test_the_dp_stage_keeps_fedprox_clients_and_resumes_to_the_same_bytes(tmp_pa
                                                                                           **DP)[1].tobytes()
     settings = {**DP, "clip": "adaptive", "rounds": 4}
     straight = _run("fedprox", tmp_path, dp="gaussian", mu=0.5, **settings)[1]
-    assert _resumed("fedprox", tmp_path, 2, dp="gaussian", mu=0.5, **settings).tobytes() == straight.tobytes()
+    assert _resumed("fedprox", tmp_path, 2, redis_server.url, dp="gaussian", mu=0.5, **settings).tobytes() == straight.tobytes()
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -287,20 +282,27 @@ def test_dp_settings_are_the_stages_on_any_method_and_refused_without_it():
         refuse_idle_settings({"host_sums"}, values)
 
 
-def test_top_k_error_feedback_composes_with_fedbuff(tmp_path):
+def test_top_k_error_feedback_composes_with_fedbuff(tmp_path, redis_server):
     """Issue 35 item 2: --compress topk with FedBuff runs. A client that arrives twice in one buffer started its
     second job after its first arrived, so the second trains from the residual the first left (checked on what the
     pool was handed); the residuals kept are the last arrivals'; a resumed run is the uninterrupted one."""
     from fedactors.runtime.coordinator import LocalPool
+    from fedactors.runtime.states import RESIDUAL
 
     handed: list[tuple[int, int, bytes, bytes]] = []  # (client, start batch, residual given, residual returned)
     train_jobs = LocalPool.train_jobs
+    nothing = b""  # a client's first job: no residual yet (the host starts from zeros)
+
+    def residual_in(extra) -> bytes:
+        names, *arrays = extra
+        return dict(zip(names, arrays)).get(("state", RESIDUAL), np.zeros(0, np.float32)).tobytes() or nothing
 
     def recording(self, jobs, timeout=None, extras=None):
-        given = {(cid, batch): extra[0].tobytes() for (_, batch, cid), extra in zip(jobs, extras, strict=True)}
+        given = {(cid, batch): residual_in(extra) if extras else nothing
+                 for i, (_, batch, cid) in enumerate(jobs) for extra in [extras[i] if extras else None]}
         for result in train_jobs(self, jobs, timeout, extras):  # in the hosts' order, not the jobs'
             key = (result.client_id, result.round)
-            handed.append((*key, given[key], result.residual.tobytes()))
+            handed.append((*key, given[key], result.kept[RESIDUAL].tobytes()))
             yield result
 
     settings = dict(compress="topk:0.1", concurrency=6, buffer=4, client_speed="lognormal:1.5", rounds=4, frac=0.5)
@@ -321,7 +323,7 @@ def test_top_k_error_feedback_composes_with_fedbuff(tmp_path):
             assert given == returned, "a client's next job did not start from the residual its last one left"
             chained += 1
     assert chained > 0
-    assert _resumed("fedbuff", tmp_path, 2, **settings).tobytes() == weights.tobytes()
+    assert _resumed("fedbuff", tmp_path, 2, redis_server.url, **settings).tobytes() == weights.tobytes()
 
 
 def test_the_dp_flag_on_the_command_line(monkeypatch, capsys, tmp_path):

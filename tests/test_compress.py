@@ -184,7 +184,7 @@ def test_clients_diverging_under_compression_are_rejected_not_retried(spec, host
                                           r"which are never aggregated, leaving 0 of 5 updates"):
         list(coordinator.run())
     assert np.array_equal(coordinator.weights, before)
-    assert coordinator.feedback is None or coordinator.feedback.residuals == {}
+    assert len(coordinator.states) == 0  # no client keeps a residual of an update never used
 
 
 @pytest.mark.slow
@@ -235,18 +235,30 @@ def test_a_compressed_run_continued_from_a_round_gives_the_uninterrupted_bytes_a
     assert all(e["bytes_up"] == e["num_updates"] * up for e in straight if e["type"] == "round")
 
 
-def test_residuals_go_into_the_checkpoint_and_a_continued_run_gives_the_uninterrupted_bytes():
+def test_residuals_go_into_the_checkpoint_and_a_continued_run_gives_the_uninterrupted_bytes(redis_server):
+    """Each client's residual is its state in the store (fedactors.runtime.states), written with the checkpoint; a run
+    resumed from it, or from a checkpoint written before issue 36 (residual<k> among the checkpoint's buffers), is
+    the uninterrupted one."""
+    from fedactors.runtime.states import RESIDUAL
+    from fedactors.store.checkpoint import RedisStore
+
     _, make = _digits(rounds=4, compress="topk:0.05")
     straight = list(make().run())
-    half = _digits(rounds=2, compress="topk:0.05")[1]()
-    events = list(half.run())
-    middle = events[-1]["weights"]
-    buffers = half.feedback.state()
-    trained = {c for e in events if e["type"] == "round" for c in e["clients"]}
-    assert sorted(buffers) == sorted(f"residual{c}" for c in trained)  # a residual for every client that trained
-    rest = list(make(start_round=2, weights=middle, strategy_state=(buffers, {})).run())
+    with RedisStore(redis_server.url, retry_seconds=5) as store:
+        half = _digits(rounds=2, compress="topk:0.05")[1](store=store, run_id="ef")
+        events = list(half.run())
+        ckpt = store.latest("ef")[0]
+        trained = {c for e in events if e["type"] == "round" for c in e["clients"]}
+        kept = half.states.everything()
+        assert sorted(kept) == sorted(trained) and all(list(s) == [RESIDUAL] for s in kept.values())
+        assert not ckpt.state  # nothing of it in the checkpoint's own buffers
+        rest = list(make(start_round=2, weights=ckpt.weights.copy(), store=store, run_id="ef",
+                         clients=ckpt.extra["clients"]).run())
+        assert np.array_equal(rest[-1]["weights"], straight[-1]["weights"])
+    old = {f"residual{c}": s[RESIDUAL] for c, s in kept.items()}  # as a checkpoint before issue 36 held them
+    rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy_state=(old, {})).run())
     assert np.array_equal(rest[-1]["weights"], straight[-1]["weights"])
-    forgotten = list(make(start_round=2, weights=middle).run())  # without the residuals: other bytes
+    forgotten = list(make(start_round=2, weights=ckpt.weights.copy()).run())  # without the residuals: other bytes
     assert not np.array_equal(forgotten[-1]["weights"], straight[-1]["weights"])
 
 

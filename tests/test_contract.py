@@ -162,12 +162,22 @@ def _arrays(task: str):
 
 
 class _Capture:
-    """Where the coordinator's last checkpoint goes: the object it hands its store, kept to be read here."""
+    """Where the coordinator's last checkpoint goes: the object it hands its store, kept to be read here, with the
+    clients' state it writes (issue 36: each client's state is written beside the checkpoint, not in it)."""
 
     checkpoint = None
 
-    def save(self, ckpt, keep: int):
+    def __init__(self):
+        self.clients = {}
+
+    def save(self, ckpt, keep: int, clients=None):
         self.checkpoint = ckpt
+        self.clients.update(clients or {})
+
+
+# A client's state under the name its buffer had in the checkpoint before issue 36 moved it out (the digests were
+# recorded then): SCAFFOLD's c_i was "c<k>", an error-feedback residual "residual<k>".
+_OLD_NAMES = {"algorithm/c_i": "c{}", "feedback/residual": "residual{}"}
 
 
 def _sha(data: bytes) -> str:
@@ -214,6 +224,8 @@ def run_case(name: str) -> dict:
     ckpt = store.checkpoint
     assert ckpt is not None and ckpt.round == cfg.rounds and np.array_equal(ckpt.weights, events[-1]["weights"])
     buffers = {n.rsplit("/", 1)[-1]: _sha(np.ascontiguousarray(b).tobytes()) for n, b in ckpt.state.items()}
+    buffers.update({_OLD_NAMES[n].format(cid): _sha(np.ascontiguousarray(b).tobytes())
+                    for cid, state in store.clients.items() for n, b in state.items()})
     scalars = {k: ckpt.extra.get(k) for k in ("strategy", "clock", "bytes")}
     return {"weights": _sha(events[-1]["weights"].tobytes()),
             "state": _sha(json.dumps([buffers, scalars], sort_keys=True).encode()),

@@ -1,4 +1,4 @@
-"""README's table of DP-FedAvg, DP-FedAvgM and DP-FedAdam with adaptive clipping (issue 35, Measure) against the
+"""The table of DP-FedAvg, DP-FedAvgM and DP-FedAdam with adaptive clipping (issue 35, Measure) against the
 committed runs it names: every number read back from their run.json and metrics.jsonl, the runs one setting apart
 (the server optimizer), and the figure's script drawing exactly those runs. Files only, no Ray."""
 
@@ -10,15 +10,16 @@ import json
 from conftest import REPO
 
 RUNS = REPO / "docs" / "runs"
-HEADING = "### DP with a server optimizer: DP-FedAvg, DP-FedAvgM and DP-FedAdam, adaptive clipping"
-# What the four runs share: the adaptive 2NN command of README's "Where DP works".
+PAGE = REPO / "docs" / "results-privacy.md"  # the results page of the DP guide (docs/privacy.md)
+HEADING = "## DP with a server optimizer: DP-FedAvg, DP-FedAvgM and DP-FedAdam, adaptive clipping"
+# What the four runs share: the adaptive 2NN command of "Where DP works" (the same page).
 SHARED = {"task": "mnist-2nn", "clients": 1000, "frac": 0.1, "rounds": 200, "epochs": 1, "batch_size": 10, "lr": 0.1,
           "partition": "iid", "seed": 0, "eval_every": 5, "strategy": "dp-fedavg", "clip": "adaptive",
           "noise_multiplier": 1.0, "delta": 1e-5, "dp_seed": 0, "accountant": "pld"}
 
 
 def table_rows() -> list[list[str]]:
-    section = (REPO / "README.md").read_text().split(HEADING, 1)[1]
+    section = PAGE.read_text().split(HEADING, 1)[1]
     table = next(block for block in section.split("\n\n") if block.startswith("| method, adaptive clip"))
     return [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
 

@@ -37,17 +37,24 @@ def test_server_optimizers_keep_their_moments_and_resume_from_their_state():
 
 
 def test_scaffold_moves_c_by_the_clients_changes_over_n():
+    """c += (1/N) sum of the round's (c_i+ - c_i); each client's c_i is its own state (a client keeps it), so the
+    server's state is c alone; a checkpoint from before issue 36 (c<k> beside c) hands the c_i to the clients."""
     s = Scaffold(num_clients=4)
-    c, c1 = s.controls(1, 3)
-    assert not c.any() and not c1.any()
-    s.accept({1: np.array([4.0, 0.0, -4.0], np.float32), 2: np.array([0.0, 8.0, 0.0], np.float32)})
+    (c,) = s.configure(1, 1, np.zeros(3, np.float32)).values()
+    assert not c.any() and list(s.configure(2, 1, np.zeros(3, np.float32))) == ["c"]
+    zero = np.zeros(3, np.float32)
+    c1, c2 = np.array([4.0, 0.0, -4.0], np.float32), np.array([0.0, 8.0, 0.0], np.float32)
+    s.accept({1: (c1, zero), 2: (c2, zero)})
     np.testing.assert_array_equal(s.c, [1.0, 2.0, -1.0])  # (4 + 0) / 4, (0 + 8) / 4, -4 / 4
-    s.accept({1: np.array([0.0, 0.0, 0.0], np.float32)})  # client 1's c_i goes back to zero
+    s.accept({1: (zero, c1)})  # client 1's c_i goes back to zero
     np.testing.assert_array_equal(s.c, [0.0, 2.0, 0.0])
     buffers, _ = s.state()
+    assert list(buffers) == ["c"]
     again = Scaffold(num_clients=4)
-    again.load_state(buffers, {})
-    assert again.client_c.keys() == {1, 2} and again.c.tobytes() == s.c.tobytes()
+    own, clients = again.client_state_from({**buffers, "c1": c1, "c2": c2})
+    again.load_state(own, {})
+    assert again.c.tobytes() == s.c.tobytes() and list(own) == ["c"]
+    assert {k: v["c_i"].tolist() for k, v in clients.items()} == {1: c1.tolist(), 2: c2.tolist()}
 
 
 def test_a_strategys_bad_output_is_a_loud_round_failure():
@@ -191,16 +198,17 @@ def test_a_users_buffers_named_as_the_frameworks_come_back_and_the_run_resumes_b
     with RedisStore(redis_server.url, retry_seconds=5) as store:
         list(digits_run(Buffered, rounds=2, compress=compress)[1](store=store, run_id="mine").run())
         ckpt, _ = store.latest("mine")
-    buffers, _, own = ckpt.strategy_state()
-    assert sorted(buffers) == ["async/version3", "residual0", "residual_norm", "version3"]
-    assert all(name.startswith("residual") for name in own) and (compress is None) == (not own)
-    # Each under its stage in the checkpoint: the algorithm's apart from error feedback's.
-    assert ckpt.extra["state_layout"] == "stages"
-    assert sorted(ckpt.state) == sorted([f"algorithm/{n}" for n in buffers] + [f"feedback/{n}" for n in own])
-    strategy = Buffered()
-    # An aligned copy, as ray.put hands the resumed weights over (decode's view sits where the header ends).
-    rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy=strategy,
-                     strategy_state=ckpt.strategy_state()).run())[-1]["weights"]
+        buffers, _, own = ckpt.strategy_state()
+        assert sorted(buffers) == ["async/version3", "residual0", "residual_norm", "version3"]
+        # Each under its stage: the algorithm's in the checkpoint, error feedback's residuals each client's own state.
+        assert ckpt.extra["state_layout"] == "stages" and own == {}
+        assert sorted(ckpt.state) == sorted(f"algorithm/{n}" for n in buffers)
+        assert (compress is None) == ("clients" not in ckpt.extra)
+        strategy = Buffered()
+        # An aligned copy, as ray.put hands the resumed weights over (decode's view sits where the header ends).
+        rest = list(make(start_round=2, weights=ckpt.weights.copy(), strategy=strategy,
+                         strategy_state=ckpt.strategy_state(), store=store, run_id="mine",
+                         clients=ckpt.extra.get("clients")).run())[-1]["weights"]
     assert sorted(strategy.buffers) == ["async/version3", "residual0", "residual_norm", "version3"]
     assert rest.tobytes() == straight.tobytes()
 
@@ -225,13 +233,16 @@ def test_a_users_buffers_named_as_the_frameworks_survive_a_resume_from_the_comma
     assert np.load(tmp_path / "split" / "weights.npy").tobytes() == in_process_weights(args, 4).tobytes()
 
 
-def written_before_the_layout(ckpt):
+def written_before_the_layout(ckpt, store):
     """The checkpoint as fedactors wrote it before STATE_LAYOUT: the framework's buffers under their own names
-    (residual<k>, version<v>) beside the strategy's, and no word of the layout in the header."""
-    from fedactors.store.checkpoint import Checkpoint
+    (residual<k>, version<v>) beside the strategy's, and no word of the layout in the header (nor of the clients'
+    state, which was among the buffers then)."""
+    from fedactors.store.checkpoint import Checkpoint, manifest_from
 
     state = {name.partition("/")[2]: b for name, b in ckpt.state.items()}
-    extra = {k: v for k, v in ckpt.extra.items() if k not in ("state_layout", "state_sha256")}
+    clients = store.client_states(ckpt.run_id, manifest_from(ckpt.extra))
+    state.update({f"residual{c}": s["feedback/residual"] for c, s in clients.items()})
+    extra = {k: v for k, v in ckpt.extra.items() if k not in ("state_layout", "state_sha256", "clients")}
     return Checkpoint(ckpt.run_id, ckpt.round, ckpt.weights, ckpt.fingerprint, ckpt.config, ckpt.history, extra, state)
 
 
@@ -246,7 +257,7 @@ def test_a_checkpoint_written_before_the_state_layout_still_resumes_to_the_same_
     with RedisStore(redis_server.url, retry_seconds=5) as store:
         half_cfg, half = digits_run(HalfStep, rounds=2, **settings)
         list(half(strategy=make_strategy(half_cfg), store=store, run_id="new").run())
-        old = written_before_the_layout(store.latest("new")[0])
+        old = written_before_the_layout(store.latest("new")[0], store)
         store.save(old, keep=1)
         ckpt = store.load("new", 2)
     assert "state_layout" not in ckpt.extra and ckpt.strategy_state()[2] is None
@@ -426,12 +437,14 @@ def test_every_strategy_resumes_bit_exactly_from_its_checkpoint_in_a_real_redis(
             straight.fingerprint = cfg.fingerprint({})
             expected = list(straight.run())[-1]["weights"]
             ckpt = store.load("s", stop)
-        resumed = resumed_config(ckpt, {}, "s")
-        assert resumed.strategy == strategy and resumed.experiment() == cfg.experiment()
-        _, rest = in_process_run(args, rounds, config=resumed, start_round=ckpt.round, weights=ckpt.weights.copy(),
-                                 history=ckpt.history, strategy_state=ckpt.strategy_state(),
-                                 clock=ckpt.extra.get("clock"))
-        weights = list(rest.run())[-1]["weights"]
+            resumed = resumed_config(ckpt, {}, "s")
+            assert resumed.strategy == strategy and resumed.experiment() == cfg.experiment()
+            _, rest = in_process_run(args, rounds, config=resumed, start_round=ckpt.round, weights=ckpt.weights.copy(),
+                                     history=ckpt.history, strategy_state=ckpt.strategy_state(),
+                                     clock=ckpt.extra.get("clock"), store=store, run_id="s",
+                                     clients=ckpt.extra.get("clients"))
+            rest.fingerprint = straight.fingerprint  # as --resume continues the run it stored
+            weights = list(rest.run())[-1]["weights"]
     finally:
         torch.set_num_threads(threads)
     assert weights.tobytes() == expected.tobytes()
@@ -681,20 +694,31 @@ def test_a_resume_may_not_change_the_dp_seed():
         resumed_config(ckpt, {"dp_seed": 2}, "r")
 
 
-def test_scaffolds_memory_check_counts_the_copies_at_the_checkpoint_peak():
-    """Per client one float32 copy of the weights: in the coordinator twice while a checkpoint is encoded, in each
-    of the --keep checkpoints and in the one being written: (3 + keep) copies, not (1 + keep)."""
-    import os
-
+def test_scaffolds_memory_check_counts_what_the_store_holds(redis_server):
+    """Per client one float32 copy of the weights, in the store (issue 36): every client's, and the older copies
+    the --keep checkpoints still name (the clients of --keep x --checkpoint-every rounds at most); refused when
+    that is more than the store has left under its maxmemory, as the store itself reports it."""
     from fedactors.runtime.experiment import check_client_state
+    from fedactors.store.checkpoint import RedisStore
 
-    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
-    config = RunConfig(strategy="scaffold", clients=100, keep=2)
-    weights = int(half / 4 / 100 / 4)  # one copy for all clients is a quarter of half the memory
-    with pytest.raises(ConfigError, match=r"--strategy scaffold keeps a control variate per client: 100 x .* at the peak"):
-        check_client_state(config, weights)  # 5 quarters: too much (3 quarters, as counted before, were let through)
-    check_client_state(config, weights // 2)  # 5 eighths of half: fits
-    check_client_state(RunConfig(strategy="fedavg", clients=100), weights * 10)  # nothing kept per client
+    config = RunConfig(strategy="scaffold", clients=100, frac=0.1, keep=2)  # m = 10: 100 + 2 x 10 copies
+    weights = 1_000_000
+    need = 4 * weights * 120
+    with RedisStore(redis_server.url, retry_seconds=5) as store:
+        store._redis.config_set("maxmemory", need * 2)
+        try:
+            limit, used, where = store.memory()
+            assert limit == need * 2 and 0 < used < 10 << 20 and "(maxmemory)" in where
+            check_client_state(config, weights, (limit, used, where))  # fits
+            with pytest.raises(ConfigError, match=r"^--strategy scaffold keeps a control variate per client: 100 x "
+                                                  r"1,000,000 floats = 0\.4 GiB, 0\.4 GiB in the store .* --keep 2 "
+                                                  r"checkpoints name; Redis at .* \(maxmemory\) has 0\.2 GiB for it"):
+                check_client_state(config, weights, (need // 2 + used, used, where))
+        finally:
+            store._redis.config_set("maxmemory", 0)
+        limit, _, where = store.memory()  # no maxmemory: half the machine's
+        assert "half its machine's memory" in where and limit > 0
+    check_client_state(RunConfig(strategy="fedavg", clients=100), weights * 1000, (1, 0, "x"))  # nothing kept
 
 
 def test_the_python_api_refuses_settings_the_rest_switches_off_as_the_cli_does(tmp_path):
@@ -778,12 +802,13 @@ def test_every_client_rate_default_is_a_committed_run_that_trains():
         assert any(t.status == "failed" and t.config["lr"] > lr for t in runs if t.config["strategy"] == name)
 
 
-def test_the_readmes_comparison_at_each_methods_best_is_what_its_committed_runs_say():
-    """Every row of README's "Each method at its best" table: its run's rounds to 97% and 99% as report reads them."""
+def test_the_docs_comparison_at_each_methods_best_is_what_its_committed_runs_say():
+    """Every row of the "Each method at its best" table (docs/results-algorithms.md): its run's rounds to 97% and 99%
+    as report reads them."""
     from conftest import REPO
     from fedactors.results.report import load_run
 
-    section = (REPO / "README.md").read_text().split("### Each method at its best", 1)[1]
+    section = (REPO / "docs" / "results-algorithms.md").read_text().split("## Each method at its best", 1)[1]
     table = next(block for block in section.split("\n\n") if block.startswith("| method |"))
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
     assert len(rows) == 7

@@ -6,7 +6,8 @@ refusals, the exact sum, evaluation, checkpoints):
     server   configure(client_id, round_idx, weights) -> {name: float32 array}     what that client is sent
                                                          besides the global weights (its own state, say)
     host     local_update(client: LocalClient) -> Reply | float                    trains; the model's weights
-                                                         afterwards are the client's result
+                                                         afterwards are the client's result; client.state
+                                                         is what its last Reply.keep kept
     server   aggregate(weights, combined, results, round_idx) -> new global weights  `combined` is the
                                                          aggregator's (--aggregator) model of the round,
                                                          `results` the accepted clients' Updates, each with
@@ -17,6 +18,10 @@ refusals, the exact sum, evaluation, checkpoints):
 method changes (a client optimizer: `local_update`; a server optimizer: `aggregate`). A server-only
 object with `step(weights, aggregate, updates, num_examples, round_idx)` (fedactors.strategy.Strategy,
 the protocol before this one) is an algorithm whose client half is the default one.
+
+Per-client state: a Reply's `keep` (named float32 arrays) is the client's `state` the next time it trains,
+whichever host trains it. It lives in the run's store, not in the coordinator, and a checkpoint writes only
+the clients whose state changed (fedactors.runtime.states), so it may be as large as a model per client.
 
 What the client half gets, `LocalClient`, trains with `client.train(grad_hook)`: the run's default
 local update (E epochs of minibatches reshuffled by the run's seeded generator, --client-optimizer,
@@ -55,6 +60,9 @@ class Reply:
     loss: float  # the last epoch's mean minibatch loss (reported as the round's train_loss)
     send: dict[str, np.ndarray] = field(default_factory=dict)  # float32 arrays for the server half (Update.sent)
     metrics: dict[str, float] = field(default_factory=dict)  # numbers for the server half (Update.metrics)
+    # The client's state from now on (float32 arrays it finds in LocalClient.state next time it trains); None keeps
+    # what it had. Kept only if the server accepts the update: a client whose update was not used keeps the old.
+    keep: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -73,6 +81,7 @@ class LocalClient:
     epochs: int
     batch_size: int | None
     seed: int  # the run's --seed
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # what this client's last accepted Reply kept ({} at first)
 
     @property
     def num_examples(self) -> int:
@@ -142,6 +151,13 @@ class Algorithm:
     def load_state(self, buffers: dict[str, np.ndarray], scalars: dict) -> None:
         """Become what `state` described (on resume)."""
 
+    def client_state_from(self, buffers: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                        dict[int, dict[str, np.ndarray]]]:
+        """(its own buffers, {client: the state its Reply would keep}) of a checkpoint's buffers: for a method whose
+        per-client buffers an older checkpoint holds among its own (SCAFFOLD's c<k> before issue 36). Called before
+        load_state on resume; the default moves nothing."""
+        return buffers, {}
+
     def settings(self) -> dict:
         """The hyper-parameters, JSON-able: part of the run's fingerprint."""
         return {}
@@ -167,13 +183,15 @@ def vector_problem(arrays: dict) -> tuple[object, str | None] | None:
     return None
 
 
-def send_problem(send: dict) -> str | None:
-    """What makes a Reply's `send` unfit to travel (1-D float32 arrays named by strings), or None."""
+def send_problem(send: dict, verb: str = "sends") -> str | None:
+    """What makes a Reply's `send` (or `keep`) unfit to travel (1-D float32 arrays named by strings), or None."""
+    if not isinstance(send, dict):
+        return f"{verb} a {type(send).__name__}, not a dict of named arrays"
     problem = vector_problem(send)
     if problem is None:
         return None
     name, got = problem
-    return f"names an array {name!r}" if got is None else f"sends {name!r} as {got}, not a 1-D float32 array"
+    return f"names an array {name!r}" if got is None else f"{verb} {name!r} as {got}, not a 1-D float32 array"
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,26 @@
 """SCAFFOLD, option II (Karimireddy et al., ICML 2020), global learning rate 1: both halves in one file.
 
-Server half: client i is sent the server's control variate c and its own c_i (`configure`); the model is the
-aggregate of the clients' models (--aggregator fedavg: the example-weighted average, the paper's uniform one when
-clients are equal in size), and c += (1/N) sum over the round's clients of (c_i+ - c_i) (`aggregate`).
-Client half: every local step uses the gradient g + c - c_i; after its K steps the client's new control variate
-is c_i+ = c_i - c + (x - y_i) / (K lr) (the steps' rates summed under a schedule), sent back with its update.
+Server half: every client is sent the server's control variate c (`configure`); the model is the aggregate of
+the clients' models (--aggregator fedavg: the example-weighted average, the paper's uniform one when clients are
+equal in size), and c += (1/N) sum over the round's clients of (c_i+ - c_i) (`aggregate`).
+Client half: the client's own c_i is its state (zeros at first); every local step uses the gradient g + c - c_i;
+after its K steps its new control variate is c_i+ = c_i - c + (x - y_i) / (K lr) (the steps' rates summed under a
+schedule), which it keeps (Reply.keep) and sends back with c_i, so that the server adds c_i+ - c_i in float64 as
+it always has (a deployment sends the one difference; the bytes counted are that one copy).
 
 On the virtual clock (--client-speed, --deadline, --over-select, --client-trace) a client that does not finish in
 time is one that did not participate: its c_i stays as it was and c moves by the finishers' changes only, over N.
 
-The control variates live here, in the coordinator: whichever host trains a client, or retrains it after another
-died, is sent the same c and c_i; they are part of every checkpoint. Each client seen costs one float32 copy of
-the weights (6.65 MB for the CNN: 665 MB for K = 100, 6.65 GB for K = 1,000), held in the coordinator and written
-into each checkpoint.
+The clients' control variates are per-client state (fedactors.runtime.states): in the run's store, sent to
+whichever host trains a client, and written by a checkpoint only for the clients whose c_i changed. Each client
+seen costs one float32 copy of the weights (6.65 MB for the CNN: 6.65 GB for K = 1,000) in the store, not in the
+coordinator, which holds c and the round's clients' c_i.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,26 +51,17 @@ class Scaffold(Algorithm):
     name: str = "scaffold"
     num_clients: int = 0
     c: np.ndarray | None = None
-    client_c: dict[int, np.ndarray] = field(default_factory=dict)
-    _zero: np.ndarray | None = field(default=None, repr=False, compare=False)  # c_i of the clients not seen yet
-
-    def controls(self, client_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(c, c_i) for training client `client_id`: zeros for what has not been set yet."""
-        if self.c is None:
-            self.c = np.zeros(length, np.float32)
-        if client_id in self.client_c:
-            return self.c, self.client_c[client_id]
-        if self._zero is None or len(self._zero) != length:
-            self._zero = np.zeros(length, np.float32)  # one array for every client not seen yet, so it is put once a round
-            self._zero.flags.writeable = False
-        return self.c, self._zero
 
     def configure(self, client_id, round_idx, weights):
-        c, c_i = self.controls(client_id, len(weights))
-        return {"c": c, "c_i": c_i}
+        if self.c is None:
+            self.c = np.zeros(len(weights), np.float32)
+        return {"c": self.c}  # one array for the round's clients: it travels once
 
     def local_update(self, client: LocalClient) -> Reply:
-        c, c_i = client.received["c"], client.received["c_i"]
+        c = client.received["c"]
+        c_i = client.state.get("c_i")
+        if c_i is None:  # not trained before
+            c_i = np.zeros(client.model.size, np.float32)
         loss = client.train(scaffold_hook(client.model, c, c_i))
         # c_i+ = c_i - c + (x - y) / (K lr), over the parameters; a float buffer has no gradient. K lr is the sum of
         # the steps' learning rates under a schedule (the round's lr_t, a warm-up's ramp).
@@ -78,31 +71,33 @@ class Scaffold(Algorithm):
         control = np.zeros(client.model.size, np.float32)
         scale = np.float32(1.0 / client.lr_sum())
         control[:p] = (c_i[:p] - c[:p]) + (x[:p] - y) * scale
-        return Reply(loss, send={"control": control})
+        return Reply(loss, send={"control": control, "previous": c_i}, keep={"c_i": control})
 
     def aggregate(self, weights, combined, results, round_idx):
-        self.accept({u.client_id: u.sent["control"] for u in results})
+        self.accept({u.client_id: (u.sent["control"], u.sent["previous"]) for u in results})
         return combined
 
-    def accept(self, new_controls: dict[int, np.ndarray]) -> None:
-        """After the round: the accepted clients' c_i+, and c moved by (1/N) of their changes, clients in order."""
-        if not new_controls:
+    def accept(self, controls: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        """After the round: c moved by (1/N) of the accepted clients' changes (c_i+, c_i), clients in order."""
+        if not controls:
             return
         total = np.zeros_like(self.c, dtype=np.float64)
-        for cid in sorted(new_controls):
-            new, previous = new_controls[cid].astype(np.float64), self.client_c.get(cid)
-            total += new if previous is None else new - previous  # c_i was zero: new - 0 is new, no zeros made
-            self.client_c[cid] = new_controls[cid]
+        for cid in sorted(controls):
+            new, previous = controls[cid]
+            total += new.astype(np.float64) - previous  # exact: a difference of float32s in float64
         self.c = (self.c.astype(np.float64) + total / self.num_clients).astype(np.float32)
 
     def state(self):
-        buffers = {} if self.c is None else {"c": self.c}
-        buffers.update({f"c{cid}": c for cid, c in self.client_c.items()})
-        return buffers, {}
+        return ({} if self.c is None else {"c": self.c}), {}
 
     def load_state(self, buffers, scalars):
         self.c = np.array(buffers["c"]) if "c" in buffers else None
-        self.client_c = {int(name[1:]): np.array(b) for name, b in buffers.items() if name != "c"}
+
+    def client_state_from(self, buffers):
+        """A checkpoint written before per-client state held each client's c_i as the buffer c<k>."""
+        own = {name: b for name, b in buffers.items() if not (name[:1] == "c" and name[1:].isdigit())}
+        clients = {int(name[1:]): {"c_i": np.array(b)} for name, b in buffers.items() if name not in own}
+        return own, clients
 
 
 SPEC = Spec("scaffold", "clients correct each step by c - c_i, control variates (Karimireddy et al., ICML 2020); "

@@ -33,6 +33,7 @@ from fedactors.algorithms.local import LocalSettings, local_steps, local_update 
 from fedactors.messages import EvalPart, HostSum, Update
 from fedactors.data.partition import Parts
 from fedactors.seeding import torch_seed
+from fedactors.runtime.states import ALGORITHM, RESIDUAL
 from fedactors.task import Task
 
 if TYPE_CHECKING:
@@ -191,9 +192,10 @@ class ClientHost:
         return self._algorithm
 
     def _fit(self, global_weights: np.ndarray, client_id: int, round_idx: int,
-             received: dict[str, np.ndarray] | None = None) -> Reply:
+             received: dict[str, np.ndarray] | None = None, state: dict[str, np.ndarray] | None = None) -> Reply:
         """Train client `client_id` from `global_weights` by the algorithm's client half, leaving its weights in the
-        model; returns its Reply. `received`: what the server half's configure() sent this client."""
+        model; returns its Reply. `received`: what the server half's configure() sent this client; `state`: what
+        the algorithm kept for it (by the names it kept them under)."""
         import torch
 
         idx = self.client_indices[client_id]
@@ -203,12 +205,12 @@ class ClientHost:
         self.model.set_weights(global_weights)
         cfg = self.config
         client = LocalClient(self.model, images, labels, client_id, round_idx, global_weights, received or {},
-                             self.local, cfg.epochs, cfg.batch_size, cfg.seed)
+                             self.local, cfg.epochs, cfg.batch_size, cfg.seed, state or {})
         algorithm = self.algorithm
         update = getattr(algorithm, "local_update", None)  # a server-only strategy: the default local update
         name = getattr(algorithm, "name", type(algorithm).__name__)
         reply = as_reply(update(client) if update is not None else client.train(), name)
-        problem = send_problem(reply.send)
+        problem = send_problem(reply.send) or (send_problem(reply.keep, "keeps") if reply.keep is not None else None)
         if problem:
             raise TypeError(f"{name}.local_update's Reply {problem}")
         return reply
@@ -229,17 +231,33 @@ class ClientHost:
                        round_idx=round_idx, client_id=client_id), new_residual
 
     def train(self, global_weights: np.ndarray, client_id: int, round_idx: int,
-              residual: np.ndarray | None = None, names: Sequence[str] = (), *arrays: np.ndarray) -> Update:
+              names: Sequence[tuple[str, str]] = (), *arrays: np.ndarray) -> Update:
         """Client `client_id`'s update in round `round_idx`, starting from `global_weights`.
 
-        `names` and `arrays`: what the algorithm's configure() sent this client (SCAFFOLD's c and c_i), as
-        separate arguments so that Ray resolves each (an array many clients share travels once); the update
-        carries what its local update sent back (`sent`) and its metrics. With --compress topk or sign,
-        `residual` is the client's error-feedback residual and the update carries its new one."""
+        `names` and `arrays`: ("sent", name) for what the algorithm's configure() sent this client (SCAFFOLD's c),
+        ("state", name) for the client's own state (fedactors.runtime.states: "algorithm/<name>", and with
+        --compress topk or sign its error-feedback residual), as separate arguments so that Ray resolves each (an
+        array many clients share travels once). The update carries what its local update sent back (`sent`), its
+        metrics, and the state to keep (`kept`, the stages it replaces in `kept_stages`)."""
         start = time.perf_counter()
-        reply = self._fit(global_weights, client_id, round_idx, dict(zip(names, arrays, strict=True)))
+        given = {"sent": {}, "state": {}}
+        for (kind, name), array in zip(names, arrays, strict=True):
+            given[kind][name] = array
+        state = given["state"]
+        mine = {n[len(ALGORITHM):]: a for n, a in state.items() if n.startswith(ALGORITHM)}
+        reply = self._fit(global_weights, client_id, round_idx, given["sent"], mine)
         weights = self.model.get_weights()  # a copy: the model's buffer is reused next call
+        residual = state.get(RESIDUAL)
+        if residual is None and self.compressor is not None and self.compressor.feedback:
+            residual = np.zeros(len(global_weights), np.float32)  # a client's first: zeros, added as ever
         sent, new_residual = self._result(weights, global_weights, client_id, round_idx, residual)
+        kept, stages = {}, []
+        if reply.keep is not None:
+            kept.update({ALGORITHM + n: a for n, a in reply.keep.items()})
+            stages.append(ALGORITHM)
+        if new_residual is not None:
+            kept[RESIDUAL] = new_residual
+            stages.append(RESIDUAL)
         return Update(
             client_id=client_id,
             round=round_idx,
@@ -248,7 +266,8 @@ class ClientHost:
             train_loss=reply.loss,
             train_seconds=time.perf_counter() - start,
             host=self.host_id,
-            residual=new_residual,
+            kept=kept,
+            kept_stages=tuple(stages),
             sent=reply.send,
             metrics=reply.metrics,
         )

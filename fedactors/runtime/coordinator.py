@@ -18,6 +18,7 @@ from fedactors.attacks import byzantine_clients
 from fedactors.store.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
 from fedactors.runtime.collect import MAX_ATTEMPTS, Collection, Refused
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
+from fedactors.runtime.states import ALGORITHM, RESIDUAL, ClientStates, updated
 from fedactors.runtime.asynchronous import Schedule
 from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import RoundFailed
@@ -85,6 +86,7 @@ class Coordinator:
         traffic: Totals | None = None,
         trace: Trace | None = None,
         clock: dict | None = None,
+        clients: dict | None = None,
     ) -> None:
         """`strategy`: the algorithm object (else config.strategy's: fedactors.algorithms); `strategy_state`: a checkpoint's state to resume,
         (the strategy's buffers, its scalars, the framework's buffers) as Checkpoint.strategy_state gives it.
@@ -92,7 +94,9 @@ class Coordinator:
         `held_out` of the examples --eval-clients keeps out of training (None: no per-client evaluation).
         `traffic`: the bytes communicated before `start_round` (a resumed run's; fedactors.traffic).
         `trace`: --client-trace's rows (read where the file is); `clock`: a resumed run's virtual clock (its
-        checkpoint's extra["clock"]): the time, and for fedbuff or fedasync the schedule of clients in flight."""
+        checkpoint's extra["clock"]): the time, and for fedbuff or fedasync the schedule of clients in flight.
+        `clients`: a resumed run's manifest of its clients' state (its checkpoint's extra["clients"]), read from
+        `store` as the clients train (fedactors.runtime.states)."""
         if store is not None and run_id is None:
             raise ValueError("a checkpoint store needs a run id")
         # Unix time the run would have started at had it never stopped: checkpoints record its wall time.
@@ -118,8 +122,10 @@ class Coordinator:
         # Differentially private (DP-FedAvg, or a user's subclass of it): Poisson sampling, an epsilon to report.
         self.private = callable(getattr(self.strategy, "epsilon", None)) and callable(getattr(self.strategy, "sample", None))
         compressor = parse_compressor(config.compress)
-        # --compress topk or sign: the clients' error-feedback residuals, checkpointed beside the strategy's state.
-        self.feedback = ErrorFeedback() if compressor is not None and compressor.feedback else None
+        # --compress topk or sign: each client's error-feedback residual is its state "feedback/residual".
+        self.feedback = compressor is not None and compressor.feedback
+        # Each client's own state (the algorithm's Reply.keep, the residual), in the store (fedactors.runtime.states).
+        self.states = ClientStates.of_checkpoint({"clients": clients} if clients else {})
         self.versions: dict[int, np.ndarray] = {}  # fedbuff, fedasync: older weights that clients in flight train from
         if strategy_state is not None:
             # (buffers, scalars[, the framework's buffers]): Checkpoint.strategy_state. Without the third (a
@@ -127,9 +133,17 @@ class Coordinator:
             buffers, scalars, own = (*strategy_state, None)[:3]
             if own is None:
                 own, buffers = self._framework_buffers_by_old_names(buffers)
-            residuals, own = ErrorFeedback.split(own)  # writable copies: the checkpoint's arrays are read-only views
-            if self.feedback is not None:
-                self.feedback = residuals
+            # A checkpoint written before per-client state holds residuals ("residual<k>") and an algorithm's
+            # per-client buffers (SCAFFOLD's "c<k>") among its own: they become the clients' state, written out
+            # whole by the next checkpoint. Copies: the checkpoint's arrays are read-only views.
+            residuals, own = ErrorFeedback.split(own)
+            move = getattr(self.strategy, "client_state_from", None)
+            buffers, theirs = move(dict(buffers)) if move is not None else (buffers, {})
+            for cid, kept in theirs.items():
+                self.states.put(cid, {ALGORITHM + n: np.array(b) for n, b in kept.items()})
+            if self.feedback:
+                for cid, residual in residuals.residuals.items():
+                    self.states.put(cid, {**self.states.changed.get(cid, {}), RESIDUAL: residual})
             self.versions = {int(name[len("version"):]): np.array(b) for name, b in own.items()
                              if name.startswith("version")}
             self.strategy.load_state({name: np.array(b) for name, b in buffers.items()}, dict(scalars))
@@ -148,6 +162,7 @@ class Coordinator:
         A {"type": "warning", "message": ...} may come before a round's event (the store lost data).
         """
         cfg = self.config
+        self.states.bind(self.store, self.run_id)
         if self.systems is not None and cfg.deadline is not None:
             self._check_deadline()
         if self.asynchronous and self.schedule is None:
@@ -185,7 +200,7 @@ class Coordinator:
         written, residual<k> with error feedback and version<v> for fedbuff or fedasync; any other name (a user's
         "residual_norm", or "version3" where there are no versions) is the strategy's."""
         def own(name: str) -> bool:
-            for prefix, used in (("residual", self.feedback is not None),
+            for prefix, used in (("residual", self.feedback),
                                  ("version", self.asynchronous)):
                 if used and name.startswith(prefix) and name[len(prefix):].isdigit():
                     return True
@@ -212,9 +227,9 @@ class Coordinator:
         buffers, scalars = self.strategy.state()
         buffers = {
             **{f"algorithm/{name}": b for name, b in buffers.items()},
-            **{f"feedback/{name}": b for name, b in (self.feedback.state() if self.feedback is not None else {}).items()},
             **{f"async/version{v}": w for v, w in self.versions.items()},
         }
+        clients, manifest = self.states.checkpoint(self.round)
         clock = {}
         if self.systems is not None:
             clock = {"clock": self.schedule.state() if self.schedule is not None else {"now": self.now}}
@@ -226,10 +241,13 @@ class Coordinator:
             config=cfg.to_dict(),
             history=self.history,
             extra={"wall_seconds": round(time.time() - self.run_started_at, 3), "identity": self.identity,
-                   "strategy": scalars, "bytes": self.traffic.to_dict(), "state_layout": STATE_LAYOUT, **clock},
+                   "strategy": scalars, "bytes": self.traffic.to_dict(), "state_layout": STATE_LAYOUT, **clock,
+                   **({"clients": manifest} if manifest else {})},
             state=buffers,
         )
-        return self.store.save(ckpt, keep=cfg.keep)
+        warning = self.store.save(ckpt, keep=cfg.keep, **({"clients": clients} if clients else {}))
+        self.states.saved(self.round)
+        return warning
 
     def run_round(self, round_idx: int, *, last: bool = False) -> RoundStats:
         """One round: every sampled client's update (retrying failures), aggregated, then evaluated.
@@ -250,7 +268,8 @@ class Coordinator:
                  if cfg.aggregator == "fedavg" and needs_aggregate and todo else None)
         on_hosts = exact is not None and uses_host_sums(cfg)
         configure = getattr(self.strategy, "configure", None)  # the algorithm's server half: what each client is sent
-        extras = self._extras(round_idx, configure) if configure is not None or self.feedback is not None else None
+        before = self.states.get(todo) if not on_hosts else {}  # the clients' own state, read once for the round
+        extras = self._extras(round_idx, configure, before) if configure is not None or any(before.values()) else None
 
         def dispatch(todo: list[int]) -> Iterator[tuple[int, object]]:
             """Each client's outcome: its Update, or under host sums (host, examples, loss, seconds) once its host's
@@ -310,8 +329,9 @@ class Coordinator:
         clip_used = dp.clip if dp is not None and dp.adaptive else None  # this round's, before the step moves it
         if kept or self.systems is None:  # on the virtual clock, a round nobody finished in time leaves the model
             self.weights = server_step(self.strategy, self.weights, combined, ordered, round_idx)
-        if self.feedback is not None:
-            self.feedback.accept({u.client_id: u.residual for u in ordered if u.residual is not None})
+        for u in ordered:  # the accepted clients' state from now on (the others keep theirs)
+            if u.kept_stages:
+                self.states.put(u.client_id, updated(before.get(u.client_id, {}), u.kept, u.kept_stages))
         aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
         per_host: dict[int, float] = {}
         for host, _, _, seconds in done.values():
@@ -396,16 +416,18 @@ class Coordinator:
         by_key = {(a.client, a.batch): a for a in arrivals}  # (client, start batch): a fast client may arrive twice
         taus = {key: schedule.staleness(a) for key, a in by_key.items()}  # before this update moves the version
 
-        length = len(self.weights)
-        residuals: dict[int, np.ndarray] = {}  # --compress topk/sign: each client's residual as its next job starts
+        before = self.states.get(sorted({a.client for a in arrivals}))  # the arrivals' own state, read once
+        latest: dict[int, dict[str, np.ndarray]] = {}  # a client's state as its next job in this buffer starts
 
         def dispatch(todo: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], object]]:
-            """The jobs in waves: a client's second job in this buffer started after its first arrived, so with error
-            feedback it trains from the residual the first left (without, one wave holds every job)."""
+            """The jobs in waves: a client's second job in this buffer started after its first arrived, so it trains
+            from the state the first left (its error-feedback residual, its algorithm's state); without state, one
+            wave holds every job."""
             waves: list[list[tuple[int, int]]] = []
             seen: dict[int, int] = {}
+            chained = self.feedback
             for key in sorted(todo, key=lambda k: (k[0], k[1])):  # a client's jobs in the order they started
-                wave = seen.get(key[0], 0) if self.feedback is not None else 0
+                wave = seen.get(key[0], 0) if chained else 0
                 seen[key[0]] = wave + 1
                 waves.extend([] for _ in range(wave + 1 - len(waves)))
                 waves[wave].append(key)
@@ -418,13 +440,14 @@ class Coordinator:
                                                        "retried first (error feedback chains them)", round=key[1])
                 jobs = [(self._weights_at(by_key[key].version), key[1], key[0]) for key in ready]
                 extras = None
-                if self.feedback is not None:
-                    extras = [(residuals.get(c, self.feedback.residual(c, length)),) for _, _, c in jobs]
+                if any(latest.get(c, before[c]) for _, _, c in jobs):
+                    extras = [state_arguments(latest.get(c, before[c])) for _, _, c in jobs]
                 for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout, extras=extras):
                     if isinstance(result, Failure):
                         blocked.add(result.client_id)
-                    elif result.residual is not None and aggregate.all_finite(result.weights):
-                        residuals[result.client_id] = result.residual  # a client's next job starts from it
+                    elif result.kept_stages and aggregate.all_finite(result.weights):
+                        c = result.client_id  # its next job starts from the state it left
+                        latest[c] = updated(latest.get(c, before[c]), result.kept, result.kept_stages)
                     yield (result.client_id, result.round), result
 
         collection = Collection(draw.jobs, required, client=lambda key: key[0]).collect(dispatch)
@@ -450,8 +473,12 @@ class Coordinator:
             new = old
         if not aggregate.all_finite(new):
             raise RoundFailed(f"round {round_idx}: the server update holds NaN or infinity")
-        if self.feedback is not None:  # the kept updates' residuals, a client's last in arrival order winning
-            self.feedback.accept({key[0]: u.residual for key, u in zip(kept, got) if u.residual is not None})
+        kept_state: dict[int, dict[str, np.ndarray]] = {}  # the kept updates' state, a client's last in arrival order
+        for key, u in zip(kept, got):
+            if u.kept_stages:
+                kept_state[key[0]] = updated(kept_state.get(key[0], before[key[0]]), u.kept, u.kept_stages)
+        for c, state in kept_state.items():
+            self.states.put(c, state)
         self.versions[schedule.version] = old
         self.weights = new
         schedule.applied(freed)
@@ -517,17 +544,20 @@ class Coordinator:
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
 
-    def _extras(self, round_idx: int, configure) -> callable:
-        """client -> what ClientHost.train takes besides the weights: (its error-feedback residual or None, then the
-        names and arrays the algorithm's configure() sends it)."""
-        length = len(self.weights)
-
+    def _extras(self, round_idx: int, configure, states: dict[int, dict[str, np.ndarray]]) -> callable:
+        """client -> what ClientHost.train takes besides the weights: the names, then the arrays, of what the
+        algorithm's configure() sends it and of its own state (`states`, read for the round)."""
         def extras(client_id: int) -> tuple:
-            residual = self.feedback.residual(client_id, length) if self.feedback is not None else None
             sent = configure(client_id, round_idx, self.weights) if configure is not None else {}
-            return (residual, tuple(sent), *sent.values())
+            return state_arguments(states.get(client_id, {}), sent)
 
         return extras
+
+
+def state_arguments(state: dict[str, np.ndarray], sent: dict[str, np.ndarray] | None = None) -> tuple:
+    """ClientHost.train's arguments after (weights, client, round): ((kind, name), ...), then the arrays."""
+    named = [(("sent", n), a) for n, a in (sent or {}).items()] + [(("state", n), a) for n, a in state.items()]
+    return (tuple(k for k, _ in named), *(a for _, a in named))
 
 
 class CoordinatorActor:
@@ -558,13 +588,14 @@ class CoordinatorActor:
         traffic: Totals | None = None,
         trace: Trace | None = None,
         clock: dict | None = None,
+        clients: dict | None = None,
     ) -> None:
         self.store_retry_seconds = store_retry_seconds
         self.coordinator = Coordinator(
             config, RayPool(host_actors, data), num_test=num_test, start_round=start_round,
             weights=weights, history=history, run_id=run_id, run_started_at=run_started_at,
             strategy=strategy, strategy_state=strategy_state, eval_owners=eval_owners, held_out=held_out,
-            classes=classes, traffic=traffic, trace=trace, clock=clock,
+            classes=classes, traffic=traffic, trace=trace, clock=clock, clients=clients,
         )
 
     def run(self, store_url: str | None = None, fingerprint: str = "", identity: dict | None = None) -> Iterator[dict]:

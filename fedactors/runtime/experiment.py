@@ -146,6 +146,7 @@ def run(
                 classes=task.labels == "classes",
                 traffic=Totals.from_checkpoint(resume.extra, resume.round) if resume else None,
                 trace=trace, clock=resume.extra.get("clock") if resume else None,
+                clients=resume.extra.get("clients") if resume else None,
             )
         )
         try:
@@ -163,7 +164,7 @@ def run(
             identity["trace"] = trace.digest
         if "frozen" in described[0]:  # only then: the identity (fingerprint) of every other model stays as it was
             identity["frozen"] = frozen_identity(described)
-        check_client_state(config, described[0]["weights"])
+        check_client_state(config, described[0]["weights"], store_memory(store_url))
         fingerprint = config.fingerprint(identity)
         if resume is not None and fingerprint != resume.fingerprint:
             raise CheckpointError(_identity_change(run_id, resume, identity))
@@ -229,12 +230,14 @@ def eval_owners(data: Arrays, holdout: Parts | None) -> np.ndarray | None:
     return data.client_test
 
 
-def check_client_state(config: RunConfig, weights: int) -> None:
-    """SCAFFOLD's control variates and top-k's or sign's error-feedback residuals must fit: one copy of the
-    weights per client each, in the coordinator (twice while a checkpoint is encoded) and in the store
-    (each of the --keep checkpoints, and the one being written until the oldest is dropped); refused with
-    one line when that is more than half this machine's memory (the embedded store runs here; a --redis
-    elsewhere is counted as if it did)."""
+def check_client_state(config: RunConfig, weights: int, store: tuple[int, int, str] | None = None) -> None:
+    """The clients' own state must fit where it lives (fedactors.runtime.states). SCAFFOLD's control variates and
+    top-k's or sign's error-feedback residuals are one copy of the weights per client each. The store holds every
+    client's, plus the older copies its --keep checkpoints still name (at most the clients of --keep x
+    --checkpoint-every rounds); the coordinator only those changed since the last checkpoint, twice while it is
+    written. Refused with one line, before round 1, where that is more than the store can hold: `store` is (its
+    limit, what it uses now, its name), the limit being a Redis's maxmemory, else half its machine's memory (the
+    store shares it). The embedded store runs here; a store that cannot say is counted as if it were here too."""
     feedback = config.compress is not None and config.compress.partition(":")[0] in ("topk", "sign")
     spec = builtin(config.strategy)
     own = spec.state_per_client if spec is not None else 0  # SCAFFOLD's control variates
@@ -251,17 +254,32 @@ def check_client_state(config: RunConfig, weights: int) -> None:
                 "--concurrency, a smaller model or --keep 1")
     if not copies:
         return
-    need = copies * config.clients * weights * 4 * (3 + config.keep)
-    if total and need > total / 2:
+    limit, used, where = store if store is not None else (total // 2, 0, "this machine's store")
+    per_client = copies * weights * 4
+    moving = min(config.clients, config.clients_per_round * config.checkpoint_every)  # changed between checkpoints
+    need = per_client * (config.clients + moving * config.keep)
+    if limit and need > limit - used:
         gib = 2**30
         kept = [w for w, on in ((f"--strategy {config.strategy} keeps {spec.client_state if spec else ''}", own),
                                  (f"--compress {config.compress} keeps an error-feedback residual", feedback)) if on]
         raise ConfigError(
             f"{' and '.join(kept)} per client: {config.clients} x {weights:,} floats = "
-            f"{config.clients * weights * 4 / gib:.1f} GiB{' each' if copies > 1 else ''}, twice in the coordinator while a checkpoint is encoded and "
-            f"again in each of the --keep {config.keep} checkpoints and the one being written, {need / gib:.1f} GiB at "
-            f"the peak, more than half of this machine's {total / gib:.1f} GiB; "
-            "use fewer clients, a smaller model or --keep 1")
+            f"{config.clients * per_client / gib:.1f} GiB, {need / gib:.1f} GiB in the store with the older copies "
+            f"its --keep {config.keep} checkpoints name; {where} has {max(limit - used, 0) / gib:.1f} GiB for it; "
+            "use fewer clients, a smaller model, --keep 1, or a Redis with more memory (--redis)")
+
+
+def store_memory(store_url: str | None) -> tuple[int, int, str] | None:
+    """(what the store may hold, what it holds now, its name) for check_client_state; None if it cannot say."""
+    if not store_url:
+        return None
+    from fedactors.store.checkpoint import RedisStore
+
+    try:
+        with RedisStore(store_url, retry_seconds=5) as store:
+            return store.memory()
+    except FedActorsError:
+        return None
 
 
 def frozen_identity(described: list[dict]) -> dict:

@@ -9,7 +9,10 @@ fingerprint, config, history, extra); the payload is the raw float32 weights. A 
 state buffers (server moments, control variates; the framework's own, such as error-feedback
 residuals), each under the stage it belongs to (STAGES), are blobs of the same format, one per
 buffer (its name in the header's extra), and the checkpoint's header lists each one's sha256: a
-round verifies only if all of them do. The version
+round verifies only if all of them do. Each client's own state (fedactors.runtime.states: SCAFFOLD's control
+variate, an error-feedback residual, a user algorithm's buffers) is a blob of the same format per client and per
+round it was written in; a checkpoint writes only the clients whose state changed since the one before, and its
+header's extra["clients"] says, for every client with state, the round whose blob is its own. The version
 sits in a fixed field before the header so that any future format, whatever its header,
 is recognised and refused by name. No pickle anywhere: a store may be shared, and
 unpickling what is in it runs code.
@@ -201,8 +204,9 @@ class RedisStore:
     Keys: {prefix}runs (set of run ids); {prefix}run:{id}:meta (hash: fingerprint, config,
     created, updated, latest_round, status); {prefix}run:{id}:rounds (sorted set, score =
     round); {prefix}run:{id}:ckpt:{round} (the blob); {prefix}run:{id}:state:{round} (hash:
-    state buffer name -> its blob; a value each, as a Redis value holds at most 512 MB). Every
-    call goes through one retry helper.
+    state buffer name -> its blob; a value each, as a Redis value holds at most 512 MB);
+    {prefix}run:{id}:clients (hash: "{client}@{round}" -> that client's state as written after
+    that round). Every call goes through one retry helper.
     """
 
     def __init__(self, url: str, *, retry_seconds: float = 30.0, prefix: str = "fedactors:",
@@ -283,12 +287,45 @@ class RedisStore:
     def _state_prefix(self, run_id: str) -> str:
         return f"{self.prefix}run:{check_run_id(run_id)}:state:"
 
+    def _clients_key(self, run_id: str) -> str:
+        return f"{self.prefix}run:{check_run_id(run_id)}:clients"
+
+    def _manifest_of(self, p, blob_key: str) -> dict[int, int]:
+        """The client manifest of the checkpoint at `blob_key` (client -> round of its state blob), read from the
+        header alone ({} if the checkpoint is gone or unreadable: then there is nothing of it to collect)."""
+        prefix = p.getrange(blob_key, 0, _PREFIX.size - 1)
+        if len(prefix) != _PREFIX.size or not prefix.startswith(MAGIC):
+            return {}
+        _, _, header_len, _ = _PREFIX.unpack(prefix)
+        try:
+            header = json.loads(p.getrange(blob_key, _PREFIX.size, _PREFIX.size + header_len - 1))
+            return manifest_from(header["extra"])
+        except (ValueError, KeyError, TypeError):
+            return {}
+
+    def client_states(self, run_id: str, wanted: dict[int, int]) -> dict[int, dict[str, np.ndarray]]:
+        """The state blobs `wanted` (client -> round written, as a checkpoint's manifest says), decoded and verified;
+        CheckpointError naming the client if one is missing or not the one written."""
+        if not wanted:
+            return {}
+        clients = sorted(wanted)
+        fields = [f"{c}@{wanted[c]}" for c in clients]
+        key = self._clients_key(run_id)
+        blobs = self._retrying(f"reading {len(fields)} clients' state of run {run_id}",
+                               lambda: self._redis.hmget(key, fields), run_id)
+        return {c: decode_client_state(blob, run_id, c, wanted[c]) for c, blob in zip(clients, blobs)}
+
     def _keys(self, run_id: str) -> tuple[str, str, str]:
         base = f"{self.prefix}run:{check_run_id(run_id)}:"
         return base + "ckpt:", base + "rounds", base + "meta"
 
-    def save(self, ckpt: Checkpoint, keep: int) -> str | None:
+    def save(self, ckpt: Checkpoint, keep: int,
+             clients: dict[int, dict[str, np.ndarray]] | None = None) -> str | None:
         """Store `ckpt` in one MULTI/EXEC with its metadata, keeping the newest `keep` rounds.
+
+        `clients`: the state of the clients whose state changed since the last checkpoint, written in the same
+        transaction as their blobs of this round; ckpt.extra["clients"] is the manifest naming every client's.
+        A client's older blob goes once no kept checkpoint names it.
 
         Rounds newer than ckpt.round are dropped too: they belong to a future this run
         abandoned. Refuses (CheckpointError) a run id stored with another fingerprint. Re-running
@@ -310,6 +347,10 @@ class RedisStore:
         blob = encode(ckpt)
         blob_prefix, rounds_key, meta_key = self._keys(ckpt.run_id)
         state_prefix = self._state_prefix(ckpt.run_id)
+        clients_key = self._clients_key(ckpt.run_id)
+        client_blobs = {f"{c}@{ckpt.round}": encode_client_state(ckpt, c, arrays)
+                        for c, arrays in sorted((clients or {}).items())}
+        manifest = manifest_from(ckpt.extra)
         fingerprint = ckpt.fingerprint
         known = self._known_round.get(ckpt.run_id)
 
@@ -324,12 +365,30 @@ class RedisStore:
                 existing = sorted(int(r) for r in p.zrange(rounds_key, 0, -1))
                 older = [r for r in existing if r < ckpt.round]
                 prune = [r for r in existing if r > ckpt.round] + older[:max(0, len(older) - (keep - 1))]
+                # Client state blobs no kept checkpoint names any more: those named by a pruned one, or by the one
+                # this overwrites (a resumed round), and by none of those kept nor this one. Read from their headers.
+                # (A run without client state has none to collect: a client's state is never dropped, so no
+                # manifest is empty once one was not.)
+                garbage: set[str] = set()
+                if manifest:
+                    named = {f"{c}@{r}" for c, r in manifest.items()}
+                    for r in older:
+                        if r not in prune:
+                            named.update(f"{c}@{w}" for c, w in self._manifest_of(p, blob_prefix + str(r)).items())
+                    for gone in prune + ([ckpt.round] if ckpt.round in existing else []):
+                        garbage.update(f"{c}@{w}" for c, w in self._manifest_of(p, blob_prefix + str(gone)).items())
+                    garbage -= named
+                garbage = sorted(garbage - set(client_blobs))
                 now = repr(time.time())
                 p.multi()
                 p.set(blob_prefix + str(ckpt.round), blob)
                 p.delete(state_prefix + str(ckpt.round))
                 for chunk in _chunks(state_blobs):
                     p.hset(state_prefix + str(ckpt.round), mapping=chunk)
+                for chunk in _chunks(client_blobs):
+                    p.hset(clients_key, mapping=chunk)
+                if garbage:
+                    p.hdel(clients_key, *garbage)
                 p.zadd(rounds_key, {str(ckpt.round): ckpt.round})
                 if prune:
                     p.delete(*[blob_prefix + str(r) for r in prune], *[state_prefix + str(r) for r in prune])
@@ -349,6 +408,20 @@ class RedisStore:
                     f"restarted without persistence, or something deleted the keys; round {ckpt.round} is stored "
                     "again, and the run goes on from it. A Redis without appendonly or save points loses "
                     "checkpoints whenever it restarts")
+        return None
+
+    def memory(self) -> tuple[int, int, str] | None:
+        """(the bytes it may hold: its maxmemory, else half its machine's memory; the bytes it holds; its name), or
+        None when the server does not say (INFO disabled)."""
+        try:
+            info = self._redis.info("memory")
+        except (RedisError, OSError):
+            return None
+        used, cap, machine = (int(info.get(k, 0) or 0) for k in ("used_memory", "maxmemory", "total_system_memory"))
+        if cap:
+            return cap, used, f"Redis at {self.where} (maxmemory)"
+        if machine:
+            return machine // 2, used, f"Redis at {self.where} (half its machine's memory)"
         return None
 
     def persistence_warning(self) -> str | None:
@@ -377,6 +450,14 @@ class RedisStore:
         ckpt = decode(blob, source)
         if (ckpt.run_id, ckpt.round) != (run_id, round_):
             raise CheckpointError(f"{source} is foreign: it holds run {ckpt.run_id} round {ckpt.round}")
+        manifest = manifest_from(ckpt.extra)
+        if manifest:  # every client's state blob it names is there (each is verified when it is read)
+            present = self._retrying(f"listing the clients' state of run {run_id}",
+                                     lambda: self._redis.hkeys(self._clients_key(run_id)), run_id)
+            missing = {f"{c}@{r}" for c, r in manifest.items()} - {f.decode() for f in present}
+            if missing:
+                raise CheckpointError(f"{source} is missing the state of {len(missing)} client(s): "
+                                      f"{', '.join(sorted(missing)[:3])}")
         digests = ckpt.extra.get("state_sha256") or {}
         if not digests:
             return ckpt
@@ -476,6 +557,49 @@ class RedisStore:
             return bool(keys) or bool(removed[-1])
 
         return self._retrying(f"deleting run {run_id}", drop)
+
+
+def manifest_from(extra: dict) -> dict[int, int]:
+    """A checkpoint's client manifest, client -> the round whose state blob is that client's ({} without one).
+
+    Stored as {round: [clients]} (extra["clients"]): a client's number once, beside the rounds, which are few."""
+    manifest: dict[int, int] = {}
+    for written, clients in (extra.get("clients") or {}).items():
+        for c in clients:
+            manifest[int(c)] = int(written)
+    return manifest
+
+
+def manifest_extra(manifest: dict[int, int]) -> dict[str, list[int]]:
+    """The manifest as a checkpoint's header holds it (manifest_from reads it back)."""
+    by_round: dict[str, list[int]] = {}
+    for c in sorted(manifest):
+        by_round.setdefault(str(manifest[c]), []).append(c)
+    return by_round
+
+
+def encode_client_state(ckpt: Checkpoint, client: int, arrays: dict[str, np.ndarray]) -> bytes:
+    """One client's state after `ckpt.round`: its buffers end to end, their names and lengths in the header."""
+    names = sorted(arrays)
+    payload = (np.concatenate([np.ravel(arrays[n]) for n in names]).astype(np.float32, copy=False) if names
+               else np.zeros(0, np.float32))
+    return encode(Checkpoint(ckpt.run_id, ckpt.round, payload, ckpt.fingerprint, {}, [],
+                             {"client": client, "names": names, "sizes": [int(arrays[n].size) for n in names]}))
+
+
+def decode_client_state(blob: bytes | None, run_id: str, client: int, round_: int) -> dict[str, np.ndarray]:
+    """What encode_client_state wrote, verified to be client `client`'s of round `round_` of `run_id`."""
+    source = f"the state of client {client} written after round {round_} of run {run_id}"
+    if blob is None:
+        raise CheckpointError(f"{source} is missing from the store")
+    ckpt = decode(blob, source)
+    names, sizes = ckpt.extra.get("names"), ckpt.extra.get("sizes")
+    if ((ckpt.run_id, ckpt.round, ckpt.extra.get("client")) != (run_id, round_, client)
+            or not isinstance(names, list) or not isinstance(sizes, list) or len(names) != len(sizes)
+            or sum(sizes) != ckpt.weights.size):
+        raise CheckpointError(f"{source} is not the one written")
+    ends = np.cumsum([0, *sizes])
+    return {n: ckpt.weights[a:b] for n, a, b in zip(names, ends[:-1], ends[1:])}
 
 
 def _text(value: object) -> str:
