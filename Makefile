@@ -1,4 +1,4 @@
-# Two entry points (see README): `make demo` and `make test`. Both build the venv first.
+# Entry points (see README): `make demo`, `make test` and `make docs`. Each builds the venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ export FEDACTORS_DATA := $(SHARED_MNIST)
 endif
 endif
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The documentation site, as tests/test_docs.py builds it: a broken link, anchor or reference fails (--strict).
+# Its tools are the docs extra, which `make setup` installs (the test extra holds it: the suite builds the site too).
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, printed on every build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "the site is in build/site: open build/site/index.html"
 
 bench: setup
 	$(BIN)/python bench/aggregate.py
