@@ -202,7 +202,7 @@ def _same(name: str, value: object, default: object) -> bool:
               help="What happens around the aggregate: fedavg; server optimizers fedavgm, fedadagrad, fedadam, fedyogi; "
               "client-side fedprox (--mu) or scaffold; dp-fedavg (--clip, --noise-multiplier, optionally "
               "--server-optimizer); or module:attr / "
-              "file.py:attr (see README, Strategies).")
+              "file.py:attr (see docs/algorithms.md).")
 @click.option("--server-lr", "server_lr", type=float, default=None,
               help="Server optimizers' learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR.items()) + ".")
 @click.option("--server-momentum", "server_momentum", type=float, default=D.server_momentum, show_default=True,

@@ -135,7 +135,7 @@ class Preflight:
 
     def warning(self) -> str | None:
         """One line when the noise's norm exceeds the clip, naming what would help; None when it does not. (The noise is
-        spread over every direction and the signal is not, so a few times the clip may still train: the 2NN of the README
+        spread over every direction and the signal is not, so a few times the clip may still train: the 2NN of docs/privacy.md
         does at 4.5x; the default CNN's 129x does not.)"""
         if self.noise_to_clip <= 1:
             return None

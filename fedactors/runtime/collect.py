@@ -10,7 +10,7 @@ batch) (FedBuff, where a fast client may arrive twice in one buffer). An outcome
 - anything else, the job's result: `admit(key, result)` says whether it is usable (by default, whether its weights
   are finite) or refused.
 
-The retry rule (README "When things fail"): failed jobs are retried, each on the next try with the round's others
+The retry rule (docs/clusters.md "When things fail"): failed jobs are retried, each on the next try with the round's others
 that failed, until `required` usable results are in or MAX_ATTEMPTS tries are spent: with --min-fit-fraction F < 1,
 once ceil(F x jobs) returned the failed ones are dropped instead of retrained; at F = 1 each is retried up to
 MAX_ATTEMPTS tries. A refused update is never retried: the same seeds would give it again. A loop that learns of a
