@@ -48,13 +48,14 @@ EXPERIMENT_FIELDS = (
 
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
-OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "dp", "dp_seed", "eval_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
+OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "dp", "dp_seed", "eval_clients",
+                              "client_test_fraction", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
 # before they existed computed with the default): the default local update's settings (fedactors.algorithms.local).
 DEFAULTED_EXPERIMENT_FIELDS = {"client_optimizer": "sgd", "client_momentum": 0.9, "weight_decay": 0.0,
-                               "lr_schedule": "constant", "lr_warmup_steps": 0}
+                               "lr_schedule": "constant", "lr_warmup_steps": 0, "finetune_steps": 0}
 # The settings that put clients on a virtual clock (fedactors.runtime.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
 # The algorithms that do not run on the virtual clock, and why: refused by name here, and a user's algorithm of
@@ -139,6 +140,13 @@ class RunConfig:
     # every evaluated round (fedactors.data.partition.hold_out). None: only clients with test data of their own
     # (a natural partition's client_test) are evaluated one by one.
     eval_clients: float | None = None
+    # Every client keeps this seeded fraction of its examples out of training as its own test split (the same draw
+    # as --eval-clients, for all clients): each evaluation judges the global model, and each client's personalized
+    # one (an algorithm's personalize(), --finetune-steps), on every client's split.
+    client_test_fraction: float | None = None
+    # Before a client's personalized model is judged: this many plain SGD steps on its own training examples (after
+    # the algorithm's personalize(), if it has one): FedAvg + fine-tuning. 0: none.
+    finetune_steps: int = 0
     # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
     compress: str | None = None
     # Uneven clients in virtual time (fedactors.runtime.systems): lognormal:SIGMA speeds, a CSV trace of speeds and online
@@ -246,6 +254,14 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_clients is not None and not (_is_real(self.eval_clients) and 0 < self.eval_clients <= 1):
             raise ConfigError(f"--eval-clients must be a fraction in (0, 1], got {self.eval_clients!r}")
+        if self.client_test_fraction is not None:
+            if not (_is_real(self.client_test_fraction) and 0 < self.client_test_fraction < 1):
+                raise ConfigError(f"--client-test-fraction must be a fraction in (0, 1), got {self.client_test_fraction!r}")
+            if self.eval_clients is not None:
+                raise ConfigError("--client-test-fraction and --eval-clients both hold examples out for per-client "
+                                  "evaluation: give one (--client-test-fraction holds out of every client)")
+        if isinstance(self.finetune_steps, bool) or not isinstance(self.finetune_steps, int) or self.finetune_steps < 0:
+            raise ConfigError(f"--finetune-steps must be an integer >= 0, got {self.finetune_steps!r}")
         if self.compress is not None:
             from fedactors.compress import parse
 

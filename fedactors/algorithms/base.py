@@ -116,6 +116,28 @@ class LocalClient:
         """A copy of the model's flat weights (trained parameters, then float buffers)."""
         return self.model.get_weights()
 
+    def finetune(self, steps: int, lr: float | None = None, grad_hook: Callable[[], None] | None = None) -> float:
+        """`steps` plain SGD steps (at `lr`, else the run's --lr; --batch-size minibatches, reshuffled each pass) on
+        the client's own examples from the model's weights, its draws keyed apart from training's (Purpose.FINETUNE):
+        --finetune-steps, or a personalize() of your own. Returns the steps' mean loss (0.0 for no step)."""
+        import torch
+
+        if steps <= 0:
+            return 0.0
+        rng = generator(Purpose.FINETUNE, self.seed, self.round_idx, self.client_id)
+        torch.default_generator.manual_seed(int(rng.integers(2**63)))
+        n = self.num_examples
+        size = n if self.batch_size is None else min(self.batch_size, n)
+        rate = self.local.round_lr(self.round_idx) if lr is None else lr  # the round's rate (no warm-up)
+        losses, order, at = [], rng.permutation(n), 0
+        for _ in range(steps):
+            if at + size > n:
+                order, at = rng.permutation(n), 0
+            pick = torch.from_numpy(order[at:at + size])
+            at += size
+            losses.append(self.model.sgd_step(self.images[pick], self.labels[pick], rate, grad_hook))
+        return float(np.mean(losses))
+
 
 class Algorithm:
     """FedAvg in the protocol's shape: subclass it and override the halves your method changes."""
@@ -150,6 +172,12 @@ class Algorithm:
 
     def load_state(self, buffers: dict[str, np.ndarray], scalars: dict) -> None:
         """Become what `state` described (on resume)."""
+
+    # personalize(client: LocalClient) -> None, if an algorithm has it: on the host, before client `client`'s own
+    # model is judged on its own test split (--client-test-fraction, or its owner's test examples), with
+    # client.model holding the global weights and client.state its kept state; it leaves the client's personalized
+    # model in client.model (a local head put back, a personal model loaded, a few steps of client.finetune). It must
+    # be a function of what it is given. Without it (and without --finetune-steps) the global model is the client's.
 
     def client_state_from(self, buffers: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
                                                                         dict[int, dict[str, np.ndarray]]]:

@@ -295,6 +295,15 @@ def _same(name: str, value: object, default: object) -> bool:
               help="Evaluate clients one by one as well: this seeded fraction of them keeps 20% of its examples out of "
                    "training and is evaluated on them (mean, 10th percentile, worst, share at --target); data with "
                    "owners' test sets (client_test, LEAF) evaluates every client on its own without it.")
+@click.option("--client-test-fraction", "client_test_fraction", type=float, default=None,
+              help="Every client keeps this seeded fraction of its examples out of training as its own test split; "
+                   "each evaluation judges the global model and each client's personalized one on every client's "
+                   "split (weighted and unweighted mean, p10, p50, worst, share of clients personalization hurt) and "
+                   "writes each client's accuracy to clients.jsonl.")
+@click.option("--finetune-steps", "finetune_steps", type=int, default=D.finetune_steps, show_default=True,
+              help="Personalize by fine-tuning: before a client's model is judged on its own split, this many SGD "
+                   "steps (--lr, --batch-size) on its training examples from the global model (FedAvg-FT), after the "
+                   "algorithm's own personalization if it has one.")
 @click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy (or --target-metric's value) whose first crossing is reported as rounds-to-target.")
 @click.option("--target-metric", "target_metric", default=D.target_metric, show_default=True,
               help="What --target is a value of: accuracy, loss (reached at or below it), or a metric of the task's own "

@@ -171,10 +171,11 @@ def unbalanced(num_examples: int, num_clients: int, seed: int, sigma: float) -> 
 HOLDOUT_FRACTION = 0.2  # --eval-clients: the share of a chosen client's examples kept for its own evaluation
 
 
-def hold_out(parts: Parts, fraction: float, seed: int) -> tuple[Parts, Parts]:
+def hold_out(parts: Parts, fraction: float, seed: int, *, examples: float | None = None) -> tuple[Parts, Parts]:
     """(training parts, evaluation parts): a seeded `fraction` of the clients (at least one) each keep
-    HOLDOUT_FRACTION of their examples (rounded, at least one, never all) out of training, to be
-    evaluated on; the other clients train on everything and are not evaluated on their own.
+    `examples` of their examples (HOLDOUT_FRACTION, 20%, unless given: --client-test-fraction; rounded, at
+    least one, never all) out of training, to be evaluated on; the other clients train on everything and
+    are not evaluated on their own.
 
     Vectorised over the examples (a random key each, ranked within its client), so it costs the
     same for a million clients as one sort of the examples."""
@@ -183,7 +184,8 @@ def hold_out(parts: Parts, fraction: float, seed: int) -> tuple[Parts, Parts]:
     chosen = np.zeros(k, dtype=bool)
     chosen[rng.choice(k, size=max(1, math.ceil(fraction * k - 1e-9)), replace=False)] = True
     sizes = parts.sizes
-    held = np.where(chosen & (sizes >= 2), np.clip(np.round(HOLDOUT_FRACTION * sizes), 1, sizes - 1), 0).astype(np.int64)
+    share = HOLDOUT_FRACTION if examples is None else examples
+    held = np.where(chosen & (sizes >= 2), np.clip(np.round(share * sizes), 1, sizes - 1), 0).astype(np.int64)
     owner = np.repeat(np.arange(k), sizes)
     order = np.lexsort((rng.random(len(owner)), owner))  # within each client, its examples in a random order
     rank = np.empty(len(owner), dtype=np.int64)

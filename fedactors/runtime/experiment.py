@@ -219,6 +219,12 @@ def _load_data(config: RunConfig, task: Task, data_dir: Path) -> tuple[Arrays, P
                               "and every client is evaluated on them; drop --eval-clients")
         parts, holdout = hold_out(parts, config.eval_clients, config.seed)
         split["held_out"] = {"clients": int((holdout.sizes > 0).sum()), "examples": int(holdout.sizes.sum())}
+    if config.client_test_fraction is not None:
+        if data.client_test is not None:
+            raise ConfigError("--client-test-fraction: the data gives its owners test examples of their own "
+                              "(client_test), and every client is judged on them; drop --client-test-fraction")
+        parts, holdout = hold_out(parts, 1.0, config.seed, examples=config.client_test_fraction)
+        split["held_out"] = {"clients": int((holdout.sizes > 0).sum()), "examples": int(holdout.sizes.sum())}
     return data, parts, digest(data), split, holdout
 
 
