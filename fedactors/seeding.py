@@ -30,6 +30,7 @@ class Purpose(IntEnum):
     SPEED = 22  # --client-speed lognormal: every client's speed (fedactors.runtime.systems)
     ASYNC_START = 23  # fedbuff, fedasync: the client a freed slot starts (fedactors.runtime.asynchronous)
     FINETUNE = 24  # --finetune-steps, LocalClient.finetune: a client's minibatches and torch draws before it is judged
+    SECAGG_GRAPH = 25  # secure aggregation: a round's SecAgg+ neighbour graph (fedactors.secagg.graph)
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedactors.errors import ConfigError
+from fedactors.seeding import Purpose
 
-# The graph's stream, apart from fedactors.seeding.Purpose's (which stop at 23); to move there as
-# Purpose.SECAGG_GRAPH when secure aggregation joins the round loop.
-GRAPH_PURPOSE = 24
+# The graph's stream, apart from every other draw's.
+GRAPH_PURPOSE = int(Purpose.SECAGG_GRAPH)
 
 
 def check_params(cohort: int, neighbours: int, threshold: int) -> None:
