@@ -392,6 +392,7 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
         out.warning(store_warning)
 
     lower = config.target_metric == "loss"  # the task's say on its own metrics comes with the identity event
+    owners: list | None = None
 
     def stop_if_output_closed() -> None:
         # `| head` has what it wanted: stop as a signal would, resumable, rather than fail on the next write.
@@ -399,10 +400,11 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             interrupts.stop(signal.SIGPIPE)
 
     def on_event(event: dict) -> None:
-        nonlocal config, lower
+        nonlocal config, lower, owners
         interrupts.check()
         stop_if_output_closed()
         if event["type"] == "identity":
+            owners = event.get("owners")  # a natural partition's owner ids, for clients.jsonl
             info.update(fingerprint=event["fingerprint"], identity=event["identity"], partition=event["partition"])
             lower = event.get("target_lower", lower)
             if config.clients is None:  # --partition natural: run.json records the clients the data gave
@@ -437,6 +439,8 @@ def _drive(config: RunConfig, run_id: str, run_dir: RunDirectory, store_url: str
             if event["loss"] is not None:  # evaluated
                 history.append(metrics_fields(event))  # as metrics.jsonl and the checkpoints hold it
                 run_dir.append_metrics(event)
+                if event.get("clients_table") and not event.get("private"):  # DP keeps its clients' results in
+                    run_dir.append_clients(event["clients_table"], owners)
             out.round(event)
         run_dir.write_run(config, info)
         if event["type"] == "round":  # written down first: a callback that raises leaves the run as it stands

@@ -19,6 +19,14 @@ from fedactors.errors import ConfigError
 from fedactors.messages import metrics_fields
 
 
+def _round_of(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("round") if isinstance(row, dict) else None
+
+
 class RunDirectory:
     """Owns one run's output directory; refuses to write over another run's results."""
 
@@ -28,6 +36,7 @@ class RunDirectory:
         self.run_path = path / "run.json"
         self.weights_path = path / "weights.npy"
         self.error_path = path / "error.log"
+        self.clients_path = path / "clients.jsonl"  # each evaluated client's accuracy, by evaluated round
         self._lock_fd: int | None = None  # the directory, held (flock) while this process writes the run
 
     def check_fresh(self) -> None:
@@ -146,7 +155,8 @@ class RunDirectory:
 
     def snapshot(self) -> dict[Path, str]:
         """run.json's, metrics.jsonl's and error.log's text as they are (those that exist), for restore."""
-        return {p: p.read_text() for p in (self.run_path, self.metrics_path, self.error_path) if p.is_file()}
+        return {p: p.read_text() for p in (self.run_path, self.metrics_path, self.error_path, self.clients_path)
+                if p.is_file()}
 
     def restore(self, snapshot: dict[Path, str]) -> None:
         """Put back what snapshot() saw: a resume that never got to run leaves the directory as it found it,
@@ -165,7 +175,26 @@ class RunDirectory:
             raise ConfigError(f"--out {self.path} cannot be written: {exc.strerror}") from None
         rows = (metrics_fields(row) for row in history)
         _atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+        if self.clients_path.is_file():  # the rounds the checkpoint evaluated, not those run after it
+            kept = {row.get("round") for row in history}
+            lines = [line for line in self.clients_path.read_text().splitlines(keepends=True)
+                     if _round_of(line) in kept]
+            _atomic_write_text(self.clients_path, "".join(lines))
         self.clear_error()
+
+    def append_clients(self, table: dict, owners: list | None = None) -> None:
+        """One evaluated round's per-client accuracies as a line of clients.jsonl: {"round", "clients": {owner:
+        {"examples", "global"[, "personal"]}}}, keyed by the owner's id (client numbers without owners)."""
+        names = [str(owners[c]) if owners is not None else str(c) for c in table["clients"]]
+        clients = {}
+        for i, name in enumerate(names):
+            row = {"examples": table["examples"][i], "global": table["global"][i]}
+            if "personal" in table:
+                row["personal"] = table["personal"][i]
+            clients[name] = row
+        with self.clients_path.open("a") as f:
+            f.write(json.dumps({"round": table["round"], "clients": clients}) + "\n")
+            f.flush()
 
     def append_metrics(self, event: dict) -> None:
         """Append one evaluated round (messages.metrics_fields of `event`)."""

@@ -330,4 +330,8 @@ def evaluated_text(ev: dict) -> str:
     spread = ev.get("client_accuracy")
     if spread:
         text += f"  clients mean {spread['mean']:.4f} p10 {spread['p10']:.4f} worst {spread['worst']:.4f}"
+    mine = ev.get("personal_accuracy")
+    if mine:
+        text += (f"  personalized mean {mine['mean']:.4f} p10 {mine['p10']:.4f} worst {mine['worst']:.4f} "
+                 f"hurt {mine['hurt']:.0%}")
     return text

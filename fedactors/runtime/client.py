@@ -304,6 +304,42 @@ class ClientHost:
         return HostSum(host=self.host_id, round=round_idx, acc=total.acc, rejected=rejected,
                        out_of_range=out_of_range, failures=failures, **done)
 
+    def evaluate_personal(self, global_weights: np.ndarray, round_idx: int, clients: Sequence[int],
+                          positions: Sequence[np.ndarray], held_out: bool, names: Sequence[tuple[int, str]] = (),
+                          *arrays: np.ndarray) -> list[tuple[int, int, int, float]]:
+        """Each of `clients`' personalized model judged on its own split: [(client, correct, count, loss sum)].
+
+        A client's split is `positions` (its examples' positions among the held-out training examples with
+        `held_out`, else among the test examples: its owner's). Its personalized model starts from `global_weights`:
+        the algorithm's personalize(client), given the client's state (`names`: (client, name) of `arrays`), then
+        --finetune-steps plain SGD steps on its training examples."""
+        import torch
+
+        states: dict[int, dict[str, np.ndarray]] = {}
+        for (cid, name), array in zip(names, arrays, strict=True):
+            if name.startswith(ALGORITHM):
+                states.setdefault(cid, {})[name[len(ALGORITHM):]] = array
+        algorithm = self.algorithm
+        personalize = getattr(algorithm, "personalize", None)
+        cfg = self.config
+        out = []
+        for cid, pos in zip(clients, positions, strict=True):
+            idx = self.client_indices[cid]
+            images = torch.from_numpy(self.train_images[idx]).to(self.device)
+            labels = torch.from_numpy(self.train_labels[idx]).to(self.device)
+            self.model.set_weights(global_weights)
+            client = LocalClient(self.model, images, labels, cid, round_idx, global_weights, {}, self.local,
+                                 cfg.epochs, cfg.batch_size, cfg.seed, states.get(cid, {}))
+            if personalize is not None:
+                personalize(client)
+            client.finetune(cfg.finetune_steps)
+            rows = self.held_out[pos] if held_out else pos
+            x = torch.from_numpy(self.train_images[rows] if held_out else np.array(self.test_images[rows]))
+            y = torch.from_numpy(self.train_labels[rows] if held_out else np.array(self.test_labels[rows]))
+            result = self.model.evaluate_all(x.to(self.device), y.to(self.device))
+            out.append((int(cid), int(result.correct), len(rows), float(result.loss_sum)))
+        return out
+
     def evaluate(self, weights: np.ndarray, start: int, stop: int, *, hits: bool = False,
                  held_out: bool = False) -> EvalPart:
         """Loss sum, correct count and the task's metrics of `weights` on test examples [start, stop); with `hits`

@@ -21,7 +21,7 @@ from fedactors.compress import ErrorFeedback, parse as parse_compressor
 from fedactors.runtime.states import ALGORITHM, RESIDUAL, ClientStates, updated
 from fedactors.runtime.asynchronous import Schedule
 from fedactors.config import RunConfig, host_sums_apply
-from fedactors.errors import RoundFailed
+from fedactors.errors import ConfigError, RoundFailed
 from fedactors.messages import Failure, RoundStats, Update
 from fedactors.runtime.pool import HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
@@ -54,6 +54,19 @@ def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:
     p10, p50, p90 = np.percentile(accuracy, [10, 50, 90])
     return {"clients": len(accuracy), "mean": float(accuracy.mean()), "p10": float(p10), "p50": float(p50),
             "p90": float(p90), "worst": float(accuracy.min()), "at_target": float((accuracy >= target).mean())}
+
+
+def personal_spread(global_right: np.ndarray, personal_right: np.ndarray, counts: np.ndarray) -> dict:
+    """Each client's personalized model against the global one on its own split (per-client right and example
+    counts): the example-weighted and the plain mean, p10, p50 and worst of the personalized accuracies, the
+    global model's weighted and plain mean beside them, and the share of clients personalization hurt (below the
+    global model on their own split: Wu et al. 2022's Motley)."""
+    personal, global_ = personal_right / counts, global_right / counts
+    p10, p50 = np.percentile(personal, [10, 50])
+    return {"clients": len(counts), "weighted": float(personal_right.sum() / counts.sum()),
+            "mean": float(personal.mean()), "p10": float(p10), "p50": float(p50), "worst": float(personal.min()),
+            "global_weighted": float(global_right.sum() / counts.sum()), "global_mean": float(global_.mean()),
+            "hurt": float((personal < global_).mean())}
 
 
 class Coordinator:
@@ -155,6 +168,14 @@ class Coordinator:
         self.schedule: Schedule | None = None  # fedbuff, fedasync: made by run(), once the hosts hold their data
         self._work: np.ndarray | None = None  # on the clock: each client's examples processed in a round (work())
         self._sampler: Uniform | Poisson | Clock | Buffered | None = None  # sampler(): made once the loop is known
+        # Personalized evaluation (--finetune-steps, an algorithm's personalize()): each client's own model judged on
+        # its own split beside the global one; it needs per-client splits (--client-test-fraction, owners' tests).
+        self.personalizes = callable(getattr(self.strategy, "personalize", None)) or config.finetune_steps > 0
+        if self.personalizes and eval_owners is None:
+            why = (f"--finetune-steps {config.finetune_steps}" if config.finetune_steps
+                   else f"--strategy {config.strategy} personalizes its clients' models")
+            raise ConfigError(f"{why}, but no client has a test split of its own to judge them on: add "
+                              "--client-test-fraction F (or use data with owners' test sets)")
 
     def run(self) -> Iterator[dict]:
         """Yields {"type": "round", **RoundStats} per round, then {"type": "done", "weights": ...}.
@@ -538,11 +559,32 @@ class Coordinator:
             if self.eval_owners is not None:
                 own = (self.pool.evaluate(self.weights, len(self.eval_owners), hits=True, held_out=True)
                        if self.held_out else parts)
-                stats.client_accuracy = client_spread(np.concatenate([p.hits for p in own]), self.eval_owners,
-                                                      cfg.target)
+                hits = np.concatenate([p.hits for p in own])
+                stats.client_accuracy = client_spread(hits, self.eval_owners, cfg.target)
+                self._per_client(stats, round_idx, hits)
             stats.eval_seconds = time.perf_counter() - t2
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
+
+    def _per_client(self, stats: RoundStats, round_idx: int, hits: np.ndarray) -> None:
+        """Each evaluated client's accuracy on its own split (stats.clients_table, for clients.jsonl), and with
+        personalization its personalized model's beside the global one (stats.personal_accuracy)."""
+        owners = self.eval_owners
+        counts = np.bincount(owners)
+        clients = np.flatnonzero(counts)
+        right = np.bincount(owners, weights=hits.astype(np.float64), minlength=len(counts))[clients]
+        table = {"round": round_idx, "clients": clients.tolist(), "examples": counts[clients].tolist(),
+                 "global": (right / counts[clients]).tolist()}
+        if self.personalizes:
+            order = np.argsort(owners, kind="stable")
+            positions = np.split(order, np.cumsum(counts)[:-1])
+            states = self.states.get(clients.tolist())
+            rows = self.pool.evaluate_personal(self.weights, round_idx, clients.tolist(),
+                                               [positions[c] for c in clients], self.held_out, states)
+            mine = np.array([r[1] for r in rows], dtype=np.float64)
+            stats.personal_accuracy = personal_spread(right, mine, counts[clients].astype(np.float64))
+            table["personal"] = (mine / counts[clients]).tolist()
+        stats.clients_table = table
 
     def _extras(self, round_idx: int, configure, states: dict[int, dict[str, np.ndarray]]) -> callable:
         """client -> what ClientHost.train takes besides the weights: the names, then the arrays, of what the

@@ -126,6 +126,7 @@ def run(
         ]
         num_test = len(data.y_test)
         owners = eval_owners(data, holdout)
+        owner_ids = data.owners  # a natural partition's: client k is owner_ids[k] (clients.jsonl names them)
         del data  # the object store holds the only copy from here on
         loads = [h.load.remote(*data_refs) for h in hosts]
         # Its process starts while the hosts still import torch; it waits for them on its own.
@@ -169,7 +170,8 @@ def run(
         if resume is not None and fingerprint != resume.fingerprint:
             raise CheckpointError(_identity_change(run_id, resume, identity))
         on_event({"type": "identity", "fingerprint": fingerprint, "identity": identity, "partition": split,
-                  "clients": config.clients, "target_lower": target_lower})
+                  "clients": config.clients, "target_lower": target_lower,
+                  **({"owners": [str(o) for o in owner_ids]} if owner_ids is not None else {})})
         on_event({"type": "start", "hosts": described, "clients_per_round": config.clients_per_round})
         done: dict = {}
         # The store URL (it may hold a password) goes in a method call: Ray keeps an actor's

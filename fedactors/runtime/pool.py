@@ -58,9 +58,22 @@ class HostPool(Protocol):
         """The test set's [0, num_test) in slices, one a host (ClientHost.evaluate's `hits` and `held_out`)."""
         ...
 
+    def evaluate_personal(self, weights: np.ndarray, round_idx: int, clients: Sequence[int],
+                          positions: Sequence[np.ndarray], held_out: bool,
+                          states: dict[int, dict[str, np.ndarray]]) -> list[tuple[int, int, int, float]]:
+        """Each client's personalized model on its own split, spread over the hosts (ClientHost.evaluate_personal):
+        [(client, correct, count, loss sum)] in `clients`' order. `states`: the clients' own state."""
+        ...
+
     def newly_lost(self) -> dict[int, str]:
         """Hosts gone for good since the last call (host -> why), for the round to report."""
         ...
+
+
+def personal_arguments(clients: Sequence[int], states: dict[int, dict[str, np.ndarray]]) -> tuple:
+    """ClientHost.evaluate_personal's arguments after `held_out`: ((client, name), ...), then the arrays."""
+    named = [((c, n), a) for c in clients for n, a in states.get(c, {}).items()]
+    return (tuple(k for k, _ in named), *(a for _, a in named))
 
 
 def balance(client_ids: Sequence[int], num_examples: Sequence[int], hosts: Sequence[int]) -> dict[int, list[int]]:
@@ -134,6 +147,12 @@ class LocalPool:
                  held_out: bool = False) -> list[EvalPart]:
         slices = eval_slices(num_test, len(self.hosts))
         return [self.hosts[i].evaluate(weights, a, b, hits=hits, held_out=held_out) for i, (a, b) in enumerate(slices)]
+
+    def evaluate_personal(self, weights: np.ndarray, round_idx: int, clients: Sequence[int],
+                          positions: Sequence[np.ndarray], held_out: bool,
+                          states: dict[int, dict[str, np.ndarray]]) -> list[tuple[int, int, int, float]]:
+        return self.hosts[0].evaluate_personal(weights, round_idx, list(clients), list(positions), held_out,
+                                               *personal_arguments(clients, states))
 
     def newly_lost(self) -> dict[int, str]:
         return {}  # in-process hosts cannot die apart from the process
@@ -344,6 +363,37 @@ class RayPool:
                     except ray.exceptions.RayActorError:
                         self._lost(h)
         raise RoundFailed(f"evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
+
+    def evaluate_personal(self, weights: np.ndarray, round_idx: int, clients: Sequence[int],
+                          positions: Sequence[np.ndarray], held_out: bool,
+                          states: dict[int, dict[str, np.ndarray]]) -> list[tuple[int, int, int, float]]:
+        ray = self._ray
+        weights_ref = self._weights_ref(weights)
+        where = {c: i for i, c in enumerate(clients)}
+        for _ in range(MAX_ATTEMPTS):
+            self._revive()
+            if not self.alive:
+                self._revive(wait_seconds=self.REVIVE_WAIT_SECONDS)
+            if not self.alive:
+                raise RoundFailed(f"personalized evaluation: {self._none_left()}")
+            sizes = [0] * (max(clients) + 1)
+            for c in clients:
+                sizes[c] = len(positions[where[c]])
+            plan = balance(clients, sizes, self.alive)
+            refs = {self.actors[h].evaluate_personal.remote(
+                        weights_ref, round_idx, cids, [positions[where[c]] for c in cids], held_out,
+                        *personal_arguments(cids, states)): h
+                    for h, cids in plan.items() if cids}
+            try:
+                found = {row[0]: row for part in ray.get(list(refs)) for row in part}
+                return [found[c] for c in clients]
+            except ray.exceptions.RayActorError:
+                for ref, h in refs.items():  # find who died, then evaluate again on the rest
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        self._lost(h)
+        raise RoundFailed(f"personalized evaluation failed {MAX_ATTEMPTS} times: client hosts keep dying")
 
 
 def _first_line(exc: BaseException) -> str:
