@@ -130,3 +130,40 @@ def test_through_ray_clients_jsonl_names_each_owner_and_the_progress_line_says_w
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # Every role with test lines of its own (16 of the 17), as the global model's per-client spread counts them.
     assert metrics[-1]["personal_accuracy"]["clients"] == metrics[-1]["client_accuracy"]["clients"] == len(names) >= 16
+    # report --clients names the worst roles as clients.jsonl has them; plot --clients draws their distributions.
+    worst = sorted(rows[-1]["clients"].items(), key=lambda item: (item[1]["personal"], item[0]))[:3]
+    report = fedactors("report", str(out), "--clients", "3")
+    assert report.returncode == 0, report.stderr
+    assert all(line.startswith(name + " ") for line, (name, _) in zip(report.stdout.splitlines()[-3:], worst, strict=True))
+    plotted = fedactors("plot", str(out), "--clients", "-o", str(tmp_path / "acc.png"))
+    assert plotted.returncode == 0, plotted.stderr
+    assert plotted.stdout.split() == [str(tmp_path / "acc.png"), str(tmp_path / "acc-clients.png")]
+    from PIL import Image
+
+    with Image.open(tmp_path / "acc-clients.png") as image:
+        assert image.size[0] > 800 and image.size[1] >= 500
+
+
+def test_report_names_the_k_worst_clients_by_their_own_model(tmp_path):
+    """`report --clients K`: the K clients whose personalized model did worst on their own split at the last
+    evaluated round, global beside, marked where personalization hurt; by the global model where none was made."""
+    from fedactors.errors import DataError
+    from fedactors.results.outputs import RunDirectory
+    from fedactors.results.report import format_worst_clients
+
+    run = RunDirectory(tmp_path)
+    run.append_clients({"round": 2, "clients": [0, 1, 2], "examples": [5, 6, 7], "global": [0.0, 0.0, 0.0],
+                        "personal": [0.0, 0.0, 0.0]}, ["x", "y", "z"])
+    run.append_clients({"round": 4, "clients": [0, 1, 2, 3], "examples": [5, 6, 7, 8], "global": [0.5, 0.9, 0.2, 0.7],
+                        "personal": [0.6, 0.8, 0.9, 0.4]}, ["amy", "bob", "cy", "di"])
+    text = format_worst_clients(tmp_path, 2, label="mine")
+    lines = text.splitlines()
+    assert lines[0] == ("mine: the 2 worst of 4 clients at round 4, by their personalized model's accuracy on their "
+                        "own split")
+    assert [line.split()[:4] for line in lines[3:]] == [["di", "8", "0.7000", "0.4000"], ["amy", "5", "0.5000", "0.6000"]]
+    assert lines[3].endswith("yes") and not lines[4].endswith("yes")  # di's fell below the global model
+    (tmp_path / "g").mkdir()
+    RunDirectory(tmp_path / "g").append_clients({"round": 1, "clients": [0, 1], "examples": [3, 3], "global": [0.9, 0.1]})
+    assert format_worst_clients(tmp_path / "g", 5).splitlines()[3].split() == ["1", "3", "0.1000"]
+    with pytest.raises(DataError, match="no clients.jsonl: the run judged no client on its own split"):
+        format_worst_clients(tmp_path / "none", 3)

@@ -27,7 +27,9 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
               "legend entry says how many of its points fall off the axis.")
 @click.option("--clients", is_flag=True, help="Shade the band from the 10th to the 90th percentile of the clients' own "
               "accuracies around each run's curve (runs evaluated client by client: natural data with client_test, "
-              "or --eval-clients).")
+              "--eval-clients or --client-test-fraction); runs with clients.jsonl also get a second figure, "
+              "OUTPUT-clients.png: each run's distribution of its clients' accuracies at its last evaluated round, "
+              "global model and personalized one.")
 @click.option("--x", "x", type=click.Choice(["rounds", "uplink", "virtual"]), default="rounds", show_default=True,
               help="The x axis: communication rounds, uplink (the MB the clients sent, cumulative), or virtual (the "
                    "simulated clock's seconds, for runs with --client-speed, --client-trace, --deadline, --over-select "
@@ -35,10 +37,14 @@ run_dirs_argument = click.argument("run_dirs", nargs=-1, required=True, type=cli
 def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: str | None, paper: bool,
          y_min: float | None, clients: bool, x: str) -> None:
     """Test accuracy against communication rounds (or uplink MB) for one or more run directories."""
-    from fedactors.results.plot import plot_runs
+    from fedactors.results.plot import clients_png, plot_client_distributions, plot_runs
 
     click.echo(str(plot_runs(list(run_dirs), output, target=target, title=title, paper=paper, y_min=y_min,
                              clients=clients, x=x)))
+    if clients:
+        distributions = plot_client_distributions(list(run_dirs), clients_png(output), title=title)
+        if distributions is not None:
+            click.echo(str(distributions))
 
 
 @cli.command()
@@ -52,10 +58,15 @@ def plot(run_dirs: tuple[Path, ...], output: Path, target: float | None, title: 
               help="Only each method's best run (runs differing only in learning rates, server settings, mu, clip, "
                    "noise or seed are one method's cells): the fewest rounds to --target on METRIC (accuracy, loss "
                    "or a task metric), ties by the better final value; failed runs rank after those that reached it.")
+@click.option("--clients", "worst", type=click.IntRange(min=1), default=None, metavar="K",
+              help="After the table, each run's K worst clients at its last evaluated round (clients.jsonl: runs with "
+                   "--client-test-fraction or owners' test sets), by their personalized model's accuracy on their own "
+                   "split where the run personalized, else the global model's, with the global model's beside.")
 def report(run_dirs: tuple[Path, ...], markdown: bool, targets: tuple[float, ...], table2: bool,
-           best: str | None) -> None:
+           best: str | None, worst: int | None) -> None:
     """A table of runs: configuration, best accuracy, rounds to target (first and interpolated), time."""
-    from fedactors.results.report import best_by_method, format_table, format_table2, load_run
+    from fedactors.results.report import (best_by_method, format_table, format_table2, format_worst_clients,
+                                          load_run, run_labels)
 
     if len(targets) > 1 and best not in (None, "accuracy"):
         raise ConfigError(f"--best {best} takes one --target (a value of {best}); more than one is for accuracy")
@@ -67,6 +78,10 @@ def report(run_dirs: tuple[Path, ...], markdown: bool, targets: tuple[float, ...
     if table2:
         click.echo()
         click.echo(format_table2(summaries, markdown=markdown))
+    if worst is not None:
+        for summary, label in zip(summaries, run_labels(summaries)):
+            click.echo()
+            click.echo(format_worst_clients(summary.path, worst, markdown=markdown, label=label.strip()), nl=False)
 
 
 def _csv(kind: type, name: str):

@@ -14,6 +14,7 @@ from fedactors.results.report import (
     PAPER_TABLE2_TARGET,
     RunSummary,
     load_run,
+    last_clients,
     paper_rounds,
     run_labels,
 )
@@ -75,13 +76,67 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path, *, target: float 
         raise DataError("--clients: none of these runs evaluated its clients one by one (natural data with "
                         "client_test, or --eval-clients)")
     fig = draw(runs, target=target, title=title, paper=paper, y_min=y_min, clients=clients, x=x)
+    _write(fig, out_png)
+    return out_png
+
+
+def plot_client_distributions(run_dirs: list[str | Path], out_png: str | Path, *, title: str | None = None) -> Path | None:
+    """The runs' per-client accuracies at their last evaluated round (draw_clients) to `out_png`, or None (nothing
+    written) when none of them has clients.jsonl."""
+    runs = [load_run(d) for d in run_dirs]
+    tables = [(s, label) for s, label in zip(runs, legend_labels(runs)) if (s.path / "clients.jsonl").is_file()]
+    if not tables:
+        return None
+    _write(draw_clients(tables, title=title), Path(out_png))
+    return Path(out_png)
+
+
+def clients_png(out_png: Path) -> Path:
+    """Where `plot --clients` draws the runs' per-client distributions, beside the accuracy figure."""
+    return out_png.with_name(out_png.stem + "-clients.png")
+
+
+def _write(fig: Figure, out_png: Path) -> None:
     # print_png renders at the figure's own size and dpi; savefig would honour a user's
     # matplotlibrc (savefig.bbox = tight, savefig.dpi) and change the pixel size.
     try:
         fig.canvas.print_png(str(out_png))
     except OSError as exc:  # a read-only or full file system: a bad path, one line
         raise ConfigError(f"-o {out_png} cannot be written: {exc.strerror}") from None
-    return out_png
+
+
+def draw_clients(tables: list[tuple[RunSummary, str]], *, title: str | None = None) -> Figure:
+    """Each run's clients at its last evaluated round, as the share of clients at or below each accuracy on their
+    own split (an empirical CDF: the further right, the better the clients fare): the global model dashed, the
+    personalized one solid, in the run's colour."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for s, label in tables:
+        round_idx, clients = last_clients(s.path)
+        share = np.arange(0, len(clients) + 1) / len(clients)  # from 0, below the worst client
+        kinds = [("global", "--", "global model")] + ([("personal", "-", "personalized")]
+                                                      if any("personal" in c for c in clients.values()) else [])
+        colour = None
+        for key, style, name in kinds:
+            values = np.sort([c[key] for c in clients.values()])
+            values = np.concatenate([values[:1], values])
+            (line,) = ax.step(values, share, where="post", linestyle=style, color=colour, linewidth=1.5,
+                              label=f"{label}: {name}, round {round_idx} ({len(clients)} clients)")
+            colour = line.get_color()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("A client's accuracy on its own test split")
+    ax.set_ylabel("Share of clients at or below it")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.4)
+    legend_beside(fig, ax)
+    return fig
 
 
 def draw(runs: list[RunSummary], *, target: float | None = None, title: str | None = None,

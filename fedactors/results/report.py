@@ -194,6 +194,8 @@ def config_label(config: dict, data: str | None = None) -> str:
             label += f" {name}={_num(config[key]) if key != 'client_speed' else config[key]}"
     if config.get("client_trace"):
         label += f" trace={Path(config['client_trace']).name}"
+    if config.get("finetune_steps"):  # personalized by fine-tuning (FedAvg-FT)
+        label += f" ft={config['finetune_steps']}"
     if config.get("data"):
         label += f" data={data or data_name(config['data'])}"
     return label
@@ -590,3 +592,43 @@ def _render(headers: list[str], rows: list[list[str]], align: str, markdown: boo
 def _num(value: object) -> str:
     """A float without trailing noise: 0.1 -> "0.1", 1.0 -> "1"."""
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def last_clients(path: str | Path) -> tuple[int, dict[str, dict]]:
+    """(round, {owner: {"examples", "global"[, "personal"]}}) of a run's last evaluated round in clients.jsonl (each
+    client judged on its own split); DataError naming the run if it has none or the line is not such an object."""
+    file = Path(path) / "clients.jsonl"
+    if not file.is_file():
+        raise DataError(f"{path}: no clients.jsonl: the run judged no client on its own split (run it with "
+                        "--client-test-fraction F, or on data with owners' test sets)")
+    lines = [line for line in file.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{file}: no evaluated round yet")
+    try:
+        row = json.loads(lines[-1])
+        clients = row["clients"]
+        if not isinstance(row["round"], int) or not all(
+                isinstance(c, dict) and _is_number(c.get("global")) and isinstance(c.get("examples"), int)
+                for c in clients.values()):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DataError(f"{file}: its last line is not a round of per-client accuracies") from None
+    return row["round"], clients
+
+
+def format_worst_clients(path: str | Path, k: int, *, markdown: bool = False, label: str | None = None) -> str:
+    """The `k` clients of a run whose own model did worst on their own split at its last evaluated round (the
+    personalized model where the run personalized, else the global one), with the global model's accuracy beside."""
+    round_idx, clients = last_clients(path)
+    key = "personal" if any("personal" in c for c in clients.values()) else "global"
+    worst = sorted(clients.items(), key=lambda item: (item[1][key], item[0]))[:k]
+    headers = ["client", "examples", "global"] + (["personalized", "hurt"] if key == "personal" else [])
+    rows = []
+    for owner, c in worst:
+        row = [owner, str(c["examples"]), f"{c['global']:.4f}"]
+        if key == "personal":
+            row += [f"{c['personal']:.4f}", "yes" if c["personal"] < c["global"] else ""]
+        rows.append(row)
+    title = (f"{label or path}: the {len(worst)} worst of {len(clients)} clients at round {round_idx}, by their "
+             f"{'personalized' if key == 'personal' else 'global'} model's accuracy on their own split")
+    return title + "\n" + _render(headers, rows, "lrrrl" if key == "personal" else "lrr", markdown)
