@@ -49,13 +49,14 @@ EXPERIMENT_FIELDS = (
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
 OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "dp", "dp_seed", "eval_clients",
-                              "client_test_fraction", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
+                              "client_test_fraction", "holdout_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
 # before they existed computed with the default): the default local update's settings (fedactors.algorithms.local).
 DEFAULTED_EXPERIMENT_FIELDS = {"client_optimizer": "sgd", "client_momentum": 0.9, "weight_decay": 0.0,
-                               "lr_schedule": "constant", "lr_warmup_steps": 0, "finetune_steps": 0}
+                               "lr_schedule": "constant", "lr_warmup_steps": 0, "finetune_steps": 0,
+                               "ditto_lambda": 0.1, "head_epochs": 10}
 # The settings that put clients on a virtual clock (fedactors.runtime.systems): any of them, or an asynchronous strategy.
 SYSTEMS_SETTINGS = ("client_speed", "client_trace", "deadline", "over_select")
 # The algorithms that do not run on the virtual clock, and why: refused by name here, and a user's algorithm of
@@ -111,6 +112,8 @@ class RunConfig:
     beta2: float = 0.99  # fedadam, fedyogi: second-moment decay (Reddi et al.)
     tau: float = 1e-3  # adaptivity (the denominator's epsilon); Reddi et al. tune it in 1e-5..1e-1
     mu: float = 0.01  # fedprox: the proximal term's weight
+    ditto_lambda: float = 0.1  # ditto: the pull (lambda/2)||v - w||^2 of each client's personal model toward the global
+    head_epochs: int = 10  # fedrep: epochs of a client's own head (the body frozen) before --epochs of the body (the paper's)
     clip: float | str = 1.0  # dp-fedavg: each client update's L2 norm is clipped to this (S), or "adaptive"
     noise_multiplier: float = 1.0  # dp-fedavg: the noise on the sum has standard deviation noise_multiplier * clip (z)
     delta: float = 1e-5  # dp-fedavg: epsilon is reported at this delta
@@ -147,6 +150,9 @@ class RunConfig:
     # Before a client's personalized model is judged: this many plain SGD steps on its own training examples (after
     # the algorithm's personalize(), if it has one): FedAvg + fine-tuning. 0: none.
     finetune_steps: int = 0
+    # A seeded fraction of the clients never trains: judged on their own splits after --finetune-steps from the
+    # global model, beside the clients that trained (the participation gap: Yuan et al., ICLR 2022).
+    holdout_clients: float | None = None
     # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
     compress: str | None = None
     # Uneven clients in virtual time (fedactors.runtime.systems): lognormal:SIGMA speeds, a CSV trace of speeds and online
@@ -260,6 +266,24 @@ class RunConfig:
             if self.eval_clients is not None:
                 raise ConfigError("--client-test-fraction and --eval-clients both hold examples out for per-client "
                                   "evaluation: give one (--client-test-fraction holds out of every client)")
+        if self.holdout_clients is not None:
+            if not (_is_real(self.holdout_clients) and 0 < self.holdout_clients < 1):
+                raise ConfigError(f"--holdout-clients must be a fraction in (0, 1), got {self.holdout_clients!r}")
+            if self.eval_clients is not None:
+                raise ConfigError("--holdout-clients judges clients on their own splits: give --client-test-fraction F "
+                                  "(every client's split), not --eval-clients")
+            sampler = ("--strategy " + self.strategy + " samples by Poisson" if self.private else
+                       "the virtual clock samples the clients online" if self.simulates_systems or self.asynchronous
+                       else None)
+            if sampler:
+                raise ConfigError(f"--holdout-clients keeps clients out of the paper's uniform sampling; {sampler}")
+            if self.clients is not None:
+                from fedactors.seeding import holdout_clients
+
+                left = self.clients - len(holdout_clients(self.seed, self.clients, self.holdout_clients))
+                if left < self.clients_per_round:
+                    raise ConfigError(f"--holdout-clients {self.holdout_clients:g} leaves {left} of {self.clients} "
+                                      f"clients to train, fewer than a round's {self.clients_per_round}")
         if isinstance(self.finetune_steps, bool) or not isinstance(self.finetune_steps, int) or self.finetune_steps < 0:
             raise ConfigError(f"--finetune-steps must be an integer >= 0, got {self.finetune_steps!r}")
         if self.compress is not None:
@@ -292,6 +316,9 @@ class RunConfig:
             raise ConfigError(f"--tau must be a positive number, got {self.tau!r}")
         if not (_is_real(self.mu) and self.mu >= 0):
             raise ConfigError(f"--mu must be a number >= 0, got {self.mu!r}")
+        if not (_is_real(self.ditto_lambda) and self.ditto_lambda >= 0):
+            raise ConfigError(f"--ditto-lambda must be a number >= 0, got {self.ditto_lambda!r}")
+        _positive_int("--head-epochs", self.head_epochs)
         if isinstance(self.krum_f, bool) or not isinstance(self.krum_f, int) or self.krum_f < 0:
             raise ConfigError(f"--krum-f must be an integer >= 0, got {self.krum_f!r}")
         m = self.clients_per_round if self.clients is not None else None

@@ -6,6 +6,7 @@ host trains which client, in whatever order results arrive, and whether or not t
 stopped and resumed: resuming needs no saved RNG state, only the round number.
 """
 
+import math
 from enum import IntEnum
 
 import numpy as np
@@ -31,6 +32,7 @@ class Purpose(IntEnum):
     ASYNC_START = 23  # fedbuff, fedasync: the client a freed slot starts (fedactors.runtime.asynchronous)
     FINETUNE = 24  # --finetune-steps, LocalClient.finetune: a client's minibatches and torch draws before it is judged
     SECAGG_GRAPH = 25  # secure aggregation: a round's SecAgg+ neighbour graph (fedactors.secagg.graph)
+    HOLDOUT_CLIENTS = 26  # --holdout-clients: which clients never train (judged after fine-tuning only)
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:
@@ -44,6 +46,12 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, num_sampled: int
     """Round `round_idx`'s clients: `num_sampled` of `num_clients`, uniform without replacement, sorted."""
     rng = generator(Purpose.SAMPLE, seed, round_idx)
     return np.sort(rng.choice(num_clients, size=num_sampled, replace=False))
+
+
+def holdout_clients(seed: int, num_clients: int, fraction: float) -> np.ndarray:
+    """--holdout-clients: a seeded `fraction` of the clients (at least one, never all), sorted, that never train."""
+    size = min(max(1, math.ceil(fraction * num_clients - 1e-9)), num_clients - 1)
+    return np.sort(generator(Purpose.HOLDOUT_CLIENTS, seed).choice(num_clients, size=size, replace=False))
 
 
 def sample_clients_poisson(seed: int, round_idx: int, num_clients: int, rate: float) -> np.ndarray:

@@ -167,3 +167,35 @@ def test_report_names_the_k_worst_clients_by_their_own_model(tmp_path):
     assert format_worst_clients(tmp_path / "g", 5).splitlines()[3].split() == ["1", "3", "0.1000"]
     with pytest.raises(DataError, match="no clients.jsonl: the run judged no client on its own split"):
         format_worst_clients(tmp_path / "none", 3)
+
+
+def test_held_out_clients_never_train_and_are_judged_beside_those_that_did(tmp_path):
+    """--holdout-clients: a seeded share of the clients is never sampled; each evaluation judges them on their own
+    splits after fine-tuning from the global model, reported apart (personal_accuracy["unseen"]) so the
+    participation gap can be read; clients.jsonl marks them."""
+    from fedactors.seeding import holdout_clients
+
+    events, _, _ = _run(tmp_path, finetune_steps=20, holdout_clients=0.2, rounds=4)
+    unseen = holdout_clients(0, 10, 0.2).tolist()
+    assert len(unseen) == 2
+    assert all(not set(e["clients"]) & set(unseen) for e in events)
+    assert set().union(*(e["clients"] for e in events)) <= set(range(10)) - set(unseen)
+    for e in events:
+        table, stats = e["clients_table"], e["personal_accuracy"]
+        assert table["unseen"] == unseen
+        where = [table["clients"].index(c) for c in unseen]
+        assert stats["unseen"]["clients"] == 2 and stats["clients"] == 8
+        assert stats["unseen"]["mean"] == pytest.approx(np.mean([table["personal"][i] for i in where]))
+        assert stats["unseen"]["global_mean"] == pytest.approx(np.mean([table["global"][i] for i in where]))
+    with pytest.raises(ConfigError, match=r"^--holdout-clients keeps clients out of the paper's uniform sampling; "
+                                          r"the virtual clock"):
+        RunConfig(holdout_clients=0.2, client_speed="lognormal:1")
+    with pytest.raises(ConfigError, match=r"^--holdout-clients keeps clients out of the paper's uniform sampling; "
+                                          r"--strategy dp-fedavg samples by Poisson"):
+        RunConfig(holdout_clients=0.2, strategy="dp-fedavg", dp_seed=1)
+    with pytest.raises(ConfigError, match=r"^--holdout-clients 0.95 leaves 5 of 100 clients to train, fewer than a "
+                                          r"round's 10"):
+        RunConfig(holdout_clients=0.95)
+    with pytest.raises(ConfigError, match=r"--holdout-clients 0.2 keeps clients out of training to judge them on "
+                                          r"their own splits, and no client has one: add --client-test-fraction F"):
+        _run(tmp_path, holdout_clients=0.2, client_test_fraction=None)

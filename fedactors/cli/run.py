@@ -201,7 +201,8 @@ def _same(name: str, value: object, default: object) -> bool:
 @click.option("--strategy", default=D.strategy, show_default=True,
               help="What happens around the aggregate: fedavg; server optimizers fedavgm, fedadagrad, fedadam, fedyogi; "
               "client-side fedprox (--mu) or scaffold; dp-fedavg (--clip, --noise-multiplier, optionally "
-              "--server-optimizer); or module:attr / "
+              "--server-optimizer); personalized fedper, fedrep (--head-epochs), fedbn, ditto (--ditto-lambda: "
+              "docs/personalization.md); or module:attr / "
               "file.py:attr (see docs/algorithms.md).")
 @click.option("--server-lr", "server_lr", type=float, default=None,
               help="Server optimizers' learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR.items()) + ".")
@@ -211,6 +212,12 @@ def _same(name: str, value: object, default: object) -> bool:
 @click.option("--beta2", type=float, default=D.beta2, show_default=True, help="fedadam, fedyogi: second-moment decay.")
 @click.option("--tau", type=float, default=D.tau, show_default=True, help="fedadagrad, fedadam, fedyogi: the adaptivity (epsilon).")
 @click.option("--mu", type=float, default=D.mu, show_default=True, help="fedprox: the weight of the proximal term (mu/2)||w - w_global||^2.")
+@click.option("--ditto-lambda", "ditto_lambda", type=float, default=D.ditto_lambda, show_default=True,
+              help="ditto: the pull (lambda/2)||v - w||^2 of each client's personal model v toward the global w; 0 is "
+                   "local training alone.")
+@click.option("--head-epochs", "head_epochs", type=int, default=D.head_epochs, show_default=True,
+              help="fedrep: epochs a client trains its own head, the body frozen, before --epochs of the body (head "
+                   "frozen); 10 is the paper's.")
 @click.option("--concurrency", type=int, default=None,
               help="fedbuff, fedasync: clients training at once. Default: m, the clients a synchronous round samples.")
 @click.option("--buffer", type=int, default=None,
@@ -304,6 +311,10 @@ def _same(name: str, value: object, default: object) -> bool:
               help="Personalize by fine-tuning: before a client's model is judged on its own split, this many SGD "
                    "steps (--lr, --batch-size) on its training examples from the global model (FedAvg-FT), after the "
                    "algorithm's own personalization if it has one.")
+@click.option("--holdout-clients", "holdout_clients", type=float, default=None,
+              help="A seeded fraction of the clients never trains: each evaluation judges them on their own splits "
+                   "(--client-test-fraction) after --finetune-steps from the global model, beside the clients that "
+                   "trained (the participation gap). The paper's uniform sampling only.")
 @click.option("--target", type=float, default=D.target, show_default=True, help="Test accuracy (or --target-metric's value) whose first crossing is reported as rounds-to-target.")
 @click.option("--target-metric", "target_metric", default=D.target_metric, show_default=True,
               help="What --target is a value of: accuracy, loss (reached at or below it), or a metric of the task's own "

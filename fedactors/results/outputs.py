@@ -186,11 +186,14 @@ class RunDirectory:
         """One evaluated round's per-client accuracies as a line of clients.jsonl: {"round", "clients": {owner:
         {"examples", "global"[, "personal"]}}}, keyed by the owner's id (client numbers without owners)."""
         names = [str(owners[c]) if owners is not None else str(c) for c in table["clients"]]
+        unseen = set(table.get("unseen", ()))
         clients = {}
         for i, name in enumerate(names):
             row = {"examples": table["examples"][i], "global": table["global"][i]}
             if "personal" in table:
                 row["personal"] = table["personal"][i]
+            if table["clients"][i] in unseen:
+                row["unseen"] = True  # --holdout-clients: it never trained
             clients[name] = row
         with self.clients_path.open("a") as f:
             f.write(json.dumps({"round": table["round"], "clients": clients}) + "\n")

@@ -334,4 +334,6 @@ def evaluated_text(ev: dict) -> str:
     if mine:
         text += (f"  personalized mean {mine['mean']:.4f} p10 {mine['p10']:.4f} worst {mine['worst']:.4f} "
                  f"hurt {mine['hurt']:.0%}")
+        if mine.get("unseen"):  # --holdout-clients: the clients that never trained
+            text += f"  unseen mean {mine['unseen']['mean']:.4f} (global {mine['unseen']['global_mean']:.4f})"
     return text

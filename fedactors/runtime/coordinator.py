@@ -27,6 +27,7 @@ from fedactors.runtime.pool import HostPool, LocalPool, RayPool, balance, eval_s
 from fedactors.privacy import divergence_hint
 from fedactors.runtime.samplers import Buffered, Clock, Poisson, Uniform
 from fedactors.runtime.systems import Systems, Trace, parse_speed
+from fedactors.seeding import holdout_clients
 from fedactors.algorithms import builtin, make_algorithm, server_step
 from fedactors.traffic import Totals, per_client
 
@@ -171,6 +172,12 @@ class Coordinator:
         # Personalized evaluation (--finetune-steps, an algorithm's personalize()): each client's own model judged on
         # its own split beside the global one; it needs per-client splits (--client-test-fraction, owners' tests).
         self.personalizes = callable(getattr(self.strategy, "personalize", None)) or config.finetune_steps > 0
+        # --holdout-clients: the clients that never train, judged beside the others (the participation gap).
+        self.unseen = (holdout_clients(config.seed, config.clients, config.holdout_clients)
+                       if config.holdout_clients is not None else None)
+        if self.unseen is not None and eval_owners is None:
+            raise ConfigError(f"--holdout-clients {config.holdout_clients:g} keeps clients out of training to judge "
+                              "them on their own splits, and no client has one: add --client-test-fraction F")
         if self.personalizes and eval_owners is None:
             why = (f"--finetune-steps {config.finetune_steps}" if config.finetune_steps
                    else f"--strategy {config.strategy} personalizes its clients' models")
@@ -401,7 +408,9 @@ class Coordinator:
                 self._sampler = Clock(self.systems, cfg.seed, cfg.clients_per_round, cfg.over_select or 0.0,
                                       cfg.deadline, self.work(), down, up, cfg.min_fit_fraction)
             else:
-                self._sampler = Uniform(cfg.seed, cfg.clients, cfg.clients_per_round, cfg.min_updates)
+                pool = (None if self.unseen is None
+                        else np.setdiff1d(np.arange(cfg.clients), self.unseen))  # --holdout-clients never train
+                self._sampler = Uniform(cfg.seed, cfg.clients, cfg.clients_per_round, cfg.min_updates, pool)
         return self._sampler
 
     def _check_deadline(self) -> None:
@@ -575,15 +584,26 @@ class Coordinator:
         right = np.bincount(owners, weights=hits.astype(np.float64), minlength=len(counts))[clients]
         table = {"round": round_idx, "clients": clients.tolist(), "examples": counts[clients].tolist(),
                  "global": (right / counts[clients]).tolist()}
+        seen = np.ones(len(clients), dtype=bool)
+        if self.unseen is not None:
+            seen = ~np.isin(clients, self.unseen)
+            table["unseen"] = clients[~seen].tolist()
         if self.personalizes:
             order = np.argsort(owners, kind="stable")
             positions = np.split(order, np.cumsum(counts)[:-1])
-            states = self.states.get(clients.tolist())
+            states = self.states.get(clients[seen].tolist())  # a client that never trained has none
             rows = self.pool.evaluate_personal(self.weights, round_idx, clients.tolist(),
                                                [positions[c] for c in clients], self.held_out, states)
             mine = np.array([r[1] for r in rows], dtype=np.float64)
-            stats.personal_accuracy = personal_spread(right, mine, counts[clients].astype(np.float64))
             table["personal"] = (mine / counts[clients]).tolist()
+        else:
+            mine = right
+        n = counts[clients].astype(np.float64)
+        if seen.any() and (self.personalizes or self.unseen is not None):
+            stats.personal_accuracy = personal_spread(right[seen], mine[seen], n[seen])
+        if self.unseen is not None and (~seen).any():  # the participation gap, global and personalized
+            unseen = personal_spread(right[~seen], mine[~seen], n[~seen])
+            stats.personal_accuracy = {**(stats.personal_accuracy or {}), "unseen": unseen}
         stats.clients_table = table
 
     def _extras(self, round_idx: int, configure, states: dict[int, dict[str, np.ndarray]]) -> callable:

@@ -17,6 +17,8 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fedactors.errors import RoundFailed
 from fedactors.seeding import sample_clients
 from fedactors.runtime.systems import RoundPlan, Systems, plan_round
@@ -47,9 +49,13 @@ class Uniform:
     num_clients: int
     per_round: int
     required: int
+    pool: np.ndarray | None = None  # --holdout-clients: the clients that may train (sorted); None: all of them
 
     def draw(self, round_idx: int, now: float = 0.0) -> Draw:
-        sampled = sample_clients(self.seed, round_idx, self.num_clients, self.per_round).tolist()
+        if self.pool is None:
+            sampled = sample_clients(self.seed, round_idx, self.num_clients, self.per_round).tolist()
+        else:
+            sampled = self.pool[sample_clients(self.seed, round_idx, len(self.pool), self.per_round)].tolist()
         return Draw(sampled, sampled, self.required)
 
 
