@@ -33,6 +33,14 @@ is not float32 is refused with one line: averaging could not be right for them.
 Frozen parameters (requires_grad=False) are not in the flat buffer: each host's factory makes
 them (seeded as above, so alike everywhere), and they are never sent, averaged or checkpointed.
 A model whose every parameter is frozen is refused with one line.
+
+Personal parameters (`personal`): which of the model's trained parameters and float buffers stay with each
+client under the methods that keep a part of the model local (fedper, fedrep, fedbn: fedactors.algorithms),
+named as frozen ones are by the model, by patterns (fnmatch) over the names `named_parameters()` and
+`named_buffers()` give them, e.g. ("fc2.*",) or ("*.running_*", "bn*"). None leaves it to the method (the
+last layer; every BatchNorm). Every model the task's factory builds carries them (PERSONAL_ATTRIBUTE), so the
+host that trains a client reads them off the model it trains. A pattern that matches nothing, or patterns
+that leave nothing trained to share, are refused with one line.
 """
 
 from __future__ import annotations
@@ -60,6 +68,9 @@ NPZ_OWNER_KEYS = ("client_train", "client_test")  # optional: who owns each exam
 LABELS = ("classes", "values")
 # Names every evaluated round already carries (metrics.jsonl): a task's own metrics may not shadow them.
 RESERVED_METRICS = frozenset({*METRIC_KEYS, "metrics", "private", "type"})
+
+# The module attribute a model built by a task with `personal` patterns carries them under (Task.personal).
+PERSONAL_ATTRIBUTE = "fedactors_personal"
 
 # The registry's names, kept at this address for users (`from fedactors.task import load_task`) and imported only
 # when asked for: the registry imports the built-in tasks, which import this module (tests/test_layout.py).
@@ -99,6 +110,9 @@ class Task:
     # What the examples must be as `load` or --data gives them (shape, type, range), in words: `fedactors tasks`
     # shows it. A built-in's `prepare` refuses, in one line, examples clearly outside it.
     inputs: str = ""
+    # Which trained parameters and float buffers stay with each client under fedper, fedrep and fedbn: fnmatch
+    # patterns over their names (see the module docstring). None: each method's own default.
+    personal: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -124,9 +138,40 @@ class Task:
         for what in ("load", "prepare", "loss", "local", "prepare_labels"):
             if getattr(self, what) is not None and not callable(getattr(self, what)):
                 raise ConfigError(f"task {self.name}: {what} must be callable, got {type(getattr(self, what)).__name__}")
+        if self.personal is not None:
+            self._check_personal()
+        elif isinstance(self.model, PersonalModel):  # dataclasses.replace(task, personal=None)
+            object.__setattr__(self, "model", self.model.factory)
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
                                              or self.num_classes < 1):
             raise ConfigError(f"task {self.name}: num_classes must be a positive integer or None, got {self.num_classes!r}")
+
+    def _check_personal(self) -> None:
+        """`personal` as a tuple of non-empty strings (a list is taken as one), and `model` a factory whose modules
+        carry it (PersonalModel), so that whoever builds the model knows which parts of it stay with each client."""
+        patterns = self.personal
+        if isinstance(patterns, list):
+            patterns = tuple(patterns)
+        if not (isinstance(patterns, tuple) and patterns and all(isinstance(p, str) and p for p in patterns)):
+            raise ConfigError(f"task {self.name}: personal must be a tuple of name patterns such as (\"fc2.*\",), "
+                              f"got {self.personal!r}")
+        object.__setattr__(self, "personal", patterns)
+        factory = self.model.factory if isinstance(self.model, PersonalModel) else self.model
+        object.__setattr__(self, "model", PersonalModel(factory, patterns))
+
+
+@dataclass(frozen=True)
+class PersonalModel:
+    """A task's model factory whose every module carries the task's personal patterns (PERSONAL_ATTRIBUTE)."""
+
+    factory: Callable[[], nn.Module]
+    patterns: tuple[str, ...]
+
+    def __call__(self) -> nn.Module:
+        module = self.factory()
+        if hasattr(module, "__dict__"):  # not a module at all: fedactors.model refuses it in one line
+            object.__setattr__(module, PERSONAL_ATTRIBUTE, self.patterns)  # past nn.Module's __setattr__: a plain value
+        return module
 
 
 def with_absolute_paths(settings: dict) -> dict:

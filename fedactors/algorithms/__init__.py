@@ -10,6 +10,13 @@
     dp-fedavg   client-level differential privacy (McMahan et al., ICLR 2018)                    dpfedavg.py
     fedbuff     asynchronous, an update every --buffer arrivals (Nguyen et al., AISTATS 2022)    fedbuff.py
     fedasync    asynchronous, each arrival mixed in at once (Xie et al. 2019)                    fedbuff.py
+    fedper      clients keep their last layer (personal head); the rest FedAvg (Arivazhagan 2019) fedper.py
+    fedrep      clients train their head (body frozen), then the body (Collins et al., ICML 2021) fedrep.py
+    fedbn       clients keep their BatchNorm layers (Li et al., ICLR 2021)                      fedbn.py
+    ditto       clients keep a personal model pulled toward the global one (Li et al., ICML 2021) ditto.py
+
+The personalized ones (fedper, fedrep, fedbn: personal.py's parts of the model; ditto) keep their clients' own state
+in the store (Reply.keep) and say how a client's own model is made before it is judged (personalize).
 
 How `--aggregator` and the algorithm compose: the aggregator (fedavg, median, trimmed-mean, krum,
 multi-krum) turns a round's client updates into one model, `combined`; the algorithm's server half
@@ -29,26 +36,32 @@ import json
 
 import numpy as np
 
-from fedactors.algorithms import dpfedavg, fedavg, fedbuff, fedopt, fedprox, scaffold
+from fedactors.algorithms import ditto, dpfedavg, fedavg, fedbn, fedbuff, fedopt, fedper, fedprox, fedrep, scaffold
 from fedactors.algorithms.base import Algorithm, LocalClient, Reply, Spec, as_reply, send_problem, vector_problem
+from fedactors.algorithms.ditto import Ditto
 from fedactors.algorithms.dpfedavg import DPFedAvg
 from fedactors.algorithms.fedavg import FedAvg
+from fedactors.algorithms.fedbn import FedBN
 from fedactors.algorithms.fedbuff import Asynchronous
 from fedactors.algorithms.fedopt import ServerOptimizer
+from fedactors.algorithms.fedper import FedPer
 from fedactors.algorithms.fedprox import FedProx
+from fedactors.algorithms.fedrep import FedRep
 from fedactors.algorithms.scaffold import Scaffold
 from fedactors.errors import ConfigError, RoundFailed
 
-__all__ = ["DEFAULT_ALGORITHM", "DP_STAGE", "Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "FedAvg", "FedProx", "LocalClient", "Reply", "as_reply",
+__all__ = ["DEFAULT_ALGORITHM", "DP_STAGE", "Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "Ditto", "FedAvg", "FedBN",
+           "FedPer", "FedProx", "FedRep", "LocalClient", "Reply", "as_reply",
            "Scaffold", "ServerOptimizer", "Spec", "builtin", "make_algorithm", "send_problem", "server_step"]
 
 # The built-ins by name, in the order `fedactors strategies` lists them; each module declares its own.
 BUILTINS: dict[str, Spec] = {spec.name: spec for spec in (
-    fedavg.SPEC, *fedopt.SPECS, fedprox.SPEC, scaffold.SPEC, dpfedavg.SPEC, *fedbuff.SPECS)}
+    fedavg.SPEC, *fedopt.SPECS, fedprox.SPEC, scaffold.SPEC, dpfedavg.SPEC, *fedbuff.SPECS, fedper.SPEC, fedrep.SPEC,
+    fedbn.SPEC, ditto.SPEC)}
 DP_STAGE = dpfedavg.SPEC  # --dp gaussian: DP-FedAvg's mechanism around another method (its label, its settings)
 DEFAULT_ALGORITHM = fedavg.SPEC.name  # RunConfig's: a run told apart from the paper's FedAvg compares with it
 # The built-ins' classes: run by name (make_algorithm), trusted not to write the framework's arrays.
-BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg, Asynchronous)
+BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg, Asynchronous, FedPer, FedRep, FedBN, Ditto)
 OBJECT_PREFIX = "python:"  # config.strategy of a run given an algorithm object (fedactors.run(strategy=...))
 NEEDED = ("name", "state", "load_state", "settings")  # besides a server step: aggregate() or step()
 

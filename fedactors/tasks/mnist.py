@@ -1,4 +1,5 @@
-"""The paper's MNIST models (McMahan et al. 2017): the CNN (the default task) and the 2NN.
+"""The paper's MNIST models (McMahan et al. 2017): the CNN (the default task) and the 2NN; and the CNN with batch
+normalization after each convolution, for FedBN (fedactors.tasks.cnn_bn).
 
 Data: MNIST from `data_dir` (torchvision's layout, downloaded when absent), prepared once:
 scaled to [0, 1] and normalised with MNIST's mean and standard deviation (0.1307, 0.3081).
@@ -20,6 +21,7 @@ from fedactors.errors import DataError
 from fedactors.task import Task
 
 CNN_PARAMETERS = 1_663_370  # McMahan et al.'s CNN with 'same' padding
+CNN_BN_PARAMETERS = 1_663_562  # the same with BatchNorm after each convolution: 2 x (32 + 64) more
 MLP_PARAMETERS = 199_210  # the 2NN: 784-200-200-10
 INPUTS = "28x28 images (N, 28, 28), (N, 1, 28, 28) or rows (N, 784): uint8 pixels 0..255, or floats in [0, 1]"
 
@@ -29,6 +31,13 @@ def cnn():
     from fedactors.model import CNN
 
     return CNN()
+
+
+def cnn_bn():
+    """The CNN with BatchNorm2d after each convolution (before its ReLU)."""
+    from fedactors.tasks.cnn_bn import CNNBatchNorm
+
+    return CNNBatchNorm()
 
 
 def mlp_2nn():
@@ -88,6 +97,11 @@ def prepare(images: np.ndarray) -> np.ndarray:
 MNIST_CNN = Task(
     name="mnist-cnn", model=cnn, load=load, prepare=prepare, num_classes=10, builtin=True, local=local,
     description="the paper's CNN on MNIST (1,663,370 parameters): the default, and the reference", inputs=INPUTS,
+)
+MNIST_CNN_BN = Task(
+    name="mnist-cnn-bn", model=cnn_bn, load=load, prepare=prepare, num_classes=10, builtin=True, local=local,
+    description="the paper's CNN with BatchNorm after each convolution (1,663,562 parameters, 192 running "
+                "statistics): for --strategy fedbn", inputs=INPUTS,
 )
 MNIST_2NN = Task(
     name="mnist-2nn", model=mlp_2nn, load=load, prepare=prepare, num_classes=10, builtin=True, local=local,
