@@ -50,8 +50,6 @@ def import_spec(where: str, spec: str, flag: str = "--task") -> Any:
         raise ConfigError(f"{flag} {spec}: cannot import {where}: {exc}") from None
     except (Exception, SystemExit) as exc:
         raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
-    except Exception as exc:
-        raise ConfigError(f"{flag} {spec}: importing {where} failed: {type(exc).__name__}: {exc}") from None
 
 
 def _put_on_path(directory: Path) -> None:
