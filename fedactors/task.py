@@ -71,6 +71,7 @@ RESERVED_METRICS = frozenset({*METRIC_KEYS, "metrics", "private", "type"})
 
 # The module attribute a model built by a task with `personal` patterns carries them under (Task.personal).
 PERSONAL_ATTRIBUTE = "fedactors_personal"
+SHOWN_NAMES = 6  # a refusal of personal patterns lists this many of the model's names
 
 # The registry's names, kept at this address for users (`from fedactors.task import load_task`) and imported only
 # when asked for: the registry imports the built-in tasks, which import this module (tests/test_layout.py).
@@ -157,21 +158,63 @@ class Task:
                               f"got {self.personal!r}")
         object.__setattr__(self, "personal", patterns)
         factory = self.model.factory if isinstance(self.model, PersonalModel) else self.model
-        object.__setattr__(self, "model", PersonalModel(factory, patterns))
+        object.__setattr__(self, "model", PersonalModel(factory, patterns, self.name))
 
 
 @dataclass(frozen=True)
 class PersonalModel:
-    """A task's model factory whose every module carries the task's personal patterns (PERSONAL_ATTRIBUTE)."""
+    """A task's model factory whose every module carries the task's personal patterns (PERSONAL_ATTRIBUTE), checked
+    against it as it is built: a pattern that matches nothing, or patterns that take in every trained parameter, are a
+    ConfigError wherever the model is first built (the command's own check of a user's model, before any host)."""
 
     factory: Callable[[], nn.Module]
     patterns: tuple[str, ...]
+    task: str = ""  # the task's name, for a refusal
 
     def __call__(self) -> nn.Module:
+        from torch import nn
+
         module = self.factory()
-        if hasattr(module, "__dict__"):  # not a module at all: fedactors.model refuses it in one line
+        if isinstance(module, nn.Module):  # anything else: fedactors.model refuses it in one line
+            personal_names(module, self.patterns, f"task {self.task}: personal pattern")
             object.__setattr__(module, PERSONAL_ATTRIBUTE, self.patterns)  # past nn.Module's __setattr__: a plain value
         return module
+
+
+def flat_layout(module: nn.Module) -> list[tuple[str, int, int]]:
+    """(name, start, stop) of each trained parameter, then each float32 buffer, in the flat weights, as
+    fedactors.model.FlatModel lays them out (frozen parameters and integer buffers are not in them)."""
+    import torch
+
+    out, at = [], 0
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            out.append((name, at, at + p.numel()))
+            at += p.numel()
+    for name, b in module.named_buffers():
+        if b.dtype == torch.float32:
+            out.append((name, at, at + b.numel()))
+            at += b.numel()
+    return out
+
+
+def personal_names(module: nn.Module, patterns: tuple[str, ...], where: str) -> list[str]:
+    """The names in `module`'s flat weights (flat_layout's order) that `patterns` match (fnmatch); ConfigError naming
+    `where` for a pattern that matches none, or patterns that take in every trained parameter (nothing trained would be
+    shared)."""
+    import fnmatch
+
+    names = [name for name, _, _ in flat_layout(module)]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            shown = ", ".join(names[:SHOWN_NAMES]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN_NAMES else "")
+            raise ConfigError(f"{where} {pattern!r} matches none of the model's trained parameters and float buffers "
+                              f"({shown})")
+    chosen = [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if {name for name, p in module.named_parameters() if p.requires_grad} <= set(chosen):
+        raise ConfigError(f"{where} {', '.join(repr(p) for p in patterns)} takes in every parameter the model trains: "
+                          "its clients would share nothing they train")
+    return chosen
 
 
 def with_absolute_paths(settings: dict) -> dict:

@@ -46,8 +46,8 @@ class FedRep(LocalParts):
 
     def check(self, parts: Parts, where: str) -> None:
         if not parts.trained:
-            raise ConfigError(f"{where}, and it holds no trained parameter (only {', '.join(parts.names)}): "
-                              "there is no head to train")
+            raise ConfigError(f"{where} {', '.join(parts.names)} holds no parameter the model trains: there is no "
+                              "head to train")
 
     def local_update(self, client: LocalClient) -> Reply:
         parts = self.restore(client)

@@ -18,7 +18,6 @@ ever trains from it again once it has its own.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from fedactors.algorithms.base import Algorithm, LocalClient, Reply
 from fedactors.errors import ConfigError
-from fedactors.task import PERSONAL_ATTRIBUTE
+from fedactors.task import PERSONAL_ATTRIBUTE, flat_layout, personal_names
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,24 +36,6 @@ KEPT = "local"  # the name of a client's personal part in its state
 # Why the personal methods refuse the DP stage (Spec.refuses_dp): the stage is the algorithm the runtime sees.
 DP_REFUSAL = ("the DP stage trains its clients through its own object, which does not pass on this method's "
               "personalize(): every client would be judged by the global model")
-SHOWN = 6  # names listed in a refusal
-
-
-def flat_layout(module: nn.Module) -> list[tuple[str, int, int]]:
-    """(name, start, stop) of each trained parameter, then each float32 buffer, in the flat weights, as
-    fedactors.model.FlatModel lays them out (frozen parameters and integer buffers are not in them)."""
-    import torch
-
-    out, at = [], 0
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            out.append((name, at, at + p.numel()))
-            at += p.numel()
-    for name, b in module.named_buffers():
-        if b.dtype == torch.float32:
-            out.append((name, at, at + b.numel()))
-            at += b.numel()
-    return out
 
 
 def last_layer(module: nn.Module) -> tuple[str, ...]:
@@ -113,29 +94,21 @@ class Parts:
 
 
 def resolve(module: nn.Module, patterns: tuple[str, ...], where: str) -> Parts:
-    """The part of `module`'s flat weights its names matching `patterns` make; ConfigError (naming `where`: whose
-    patterns they are) for a pattern that matches nothing or a part that holds every trained parameter."""
-    layout = flat_layout(module)
-    names = [name for name, _, _ in layout]
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            shown = ", ".join(names[:SHOWN]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN else "")
-            raise ConfigError(f"{where}: {pattern!r} matches none of the model's trained parameters and float "
-                              f"buffers ({shown})")
-    chosen = [(name, start, stop) for name, start, stop in layout
-              if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    """The part of `module`'s flat weights its names matching `patterns` make (fedactors.task.personal_names refuses,
+    naming `where`, a pattern that matches nothing and a part holding every trained parameter)."""
+    chosen = set(personal_names(module, patterns, where))
     trained = {name for name, p in module.named_parameters() if p.requires_grad}
-    if trained <= {name for name, _, _ in chosen}:
-        raise ConfigError(f"{where}: {', '.join(repr(p) for p in patterns)} take in every parameter the model "
-                          "trains: its clients would share nothing they train")
     ranges: list[list[int]] = []
-    for _, start, stop in chosen:
+    names = []
+    for name, start, stop in flat_layout(module):
+        if name not in chosen:
+            continue
+        names.append(name)
         if ranges and ranges[-1][1] == start:
             ranges[-1][1] = stop
         else:
             ranges.append([start, stop])
-    return Parts(tuple(name for name, _, _ in chosen), tuple((a, b) for a, b in ranges),
-                 tuple(name for name, _, _ in chosen if name in trained))
+    return Parts(tuple(names), tuple((a, b) for a, b in ranges), tuple(n for n in names if n in trained))
 
 
 @dataclass
@@ -155,22 +128,27 @@ class LocalParts(Algorithm):
         """A method's own refusal of a part it cannot work with (ConfigError naming `where`)."""
 
     def parts(self, model: FlatModel) -> Parts:
-        """The model's personal part: the task's patterns, else the method's default; resolved once per model."""
+        """The model's personal part (the task's patterns, else the method's default), resolved once per model."""
         if self._parts is None or self._parts[0] is not model:
-            module = model.module
-            patterns = getattr(module, PERSONAL_ATTRIBUTE, None)
-            if patterns is not None:
-                where = f"--strategy {self.name}: the task's personal pattern"
-            else:
-                patterns = self.default(module)
-                where = f"--strategy {self.name} keeps {self.default_part} with each client"
-                if not patterns:
-                    raise ConfigError(f"{where}, and the task's model has none: use a model that has one, or name "
-                                      "the personal parameters in the task (Task.personal)")
-            parts = resolve(module, patterns, where)
-            self.check(parts, where)
-            self._parts = (model, parts)
+            self._parts = (model, self.resolve(model.module))
         return self._parts[1]
+
+    def resolve(self, module: nn.Module) -> Parts:
+        """`module`'s personal part: the task's patterns (PERSONAL_ATTRIBUTE), else the method's default; ConfigError
+        for one the method cannot work with. Before round 1, for a command to refuse the run in one line."""
+        patterns = getattr(module, PERSONAL_ATTRIBUTE, None)
+        if patterns is not None:
+            where = f"--strategy {self.name}: the task's personal pattern"
+        else:
+            patterns = self.default(module)
+            where = f"--strategy {self.name} keeps {self.default_part} with each client:"
+            if not patterns:
+                raise ConfigError(f"--strategy {self.name} keeps {self.default_part} with each client, and the task's "
+                                  "model has none: use a model that has, or name the personal parameters in the task "
+                                  "(Task.personal)")
+        parts = resolve(module, patterns, where)
+        self.check(parts, where)
+        return parts
 
     def restore(self, client: LocalClient) -> Parts:
         """The client's own part put back into its model (none yet: the global model's stays); returns the part."""
