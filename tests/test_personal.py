@@ -147,8 +147,8 @@ def test_bad_patterns_and_parts_a_method_cannot_use_are_one_line(tmp_path, monke
     status, _, err = run_main(monkeypatch, capsys, "run", "--task", f"{tmp_path}/mine.py:task", "--strategy", "fedper",
                               "--clients", "10", "--partition", "iid", "--client-test-fraction", "0.2", "--dry-run")
     assert status == 2 and err.strip().splitlines() == [
-        "fedactors: error: task mine: personal pattern 'fc9.*' matches none of the model's trained parameters and "
-        "float buffers (0.weight, 0.bias, 2.weight, 2.bias)"]
+        ("fedactors: error: task mine: personal pattern 'fc9.*' matches none of the model's trained parameters and "
+         "float buffers (0.weight, 0.bias, 2.weight, 2.bias)")]
 
 
 def test_the_settings_are_refused_where_they_do_nothing_and_the_dp_stage_is_refused(monkeypatch, capsys):
@@ -159,8 +159,8 @@ def test_the_settings_are_refused_where_they_do_nothing_and_the_dp_stage_is_refu
             (["--strategy", "fedper", "--head-epochs", "3"], "--head-epochs applies to --strategy fedrep only, not fedper"),
             (["--strategy", "ditto", "--ditto-lambda", "-1"], "--ditto-lambda must be a number >= 0, got -1.0"),
             (["--strategy", "fedrep", "--head-epochs", "0"], "--head-epochs must be a positive integer, got 0"),
-            (["--strategy", "fedbn", "--dp", "gaussian"], "--dp gaussian does not go with --strategy fedbn: the DP stage "
-                                                          "trains its clients through its own object"),
+            (["--strategy", "fedbn", "--dp", "gaussian"], ("--dp gaussian does not go with --strategy fedbn: the DP "
+                                                           "stage trains its clients through its own object")),
             (["--strategy", "ditto", "--host-sums"], "--host-sums applies to --aggregator fedavg with --strategy")):
         status, _, err = run_main(monkeypatch, capsys, "run", "--task", "digits-mlp", "--client-test-fraction", "0.2",
                                   *args, "--dry-run")
@@ -186,7 +186,7 @@ def test_fedper_keeps_each_clients_head_and_the_servers_average_does_not_overwri
     assert all(not np.array_equal(h, global_head) for h in heads.values())
     assert rounds[-1]["personal_accuracy"]["mean"] > rounds[-1]["client_accuracy"]["mean"] + 0.3
 
-    cid = sorted(heads)[0]
+    cid = min(heads)
     host, algorithm = hosts[0], hosts[0].algorithm
     client = _client(host, cid, weights, {KEPT: heads[cid]})
     algorithm.personalize(client)
@@ -251,7 +251,7 @@ def test_fedbn_keeps_each_clients_batch_norm_and_judges_it_with_them(tmp_path):
     assert parts.names == ("1.weight", "1.bias", "1.running_mean", "1.running_var") and len(kept) > 2
     assert len({k.tobytes() for k in kept.values()}) == len(kept)
     assert all(not np.array_equal(k, parts.take(weights)) for k in kept.values())
-    cid = sorted(kept)[0]
+    cid = min(kept)
     client = _client(hosts[1], cid, weights, {KEPT: kept[cid]})
     hosts[1].algorithm.personalize(client)
     module = hosts[1].model.module
@@ -269,7 +269,7 @@ def test_ditto_trains_the_global_model_as_fedavg_and_pulls_each_personal_model_t
     personal = {c: s["algorithm/personal"] for c, s in coordinator.states.everything().items()}
     assert len(personal) > 2 and all(len(v) == len(weights) for v in personal.values())
     host = hosts[0]
-    cid = sorted(personal)[0]
+    cid = min(personal)
     Ditto().personalize(_client(host, cid, weights, {"personal": personal[cid]}))
     assert np.array_equal(host.model.get_weights(), personal[cid])
     Ditto().personalize(_client(host, cid, weights, {}))  # never trained: the global model
