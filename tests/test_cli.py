@@ -42,7 +42,7 @@ def _fedactors(*args, env=None, cwd=None):
         (["--clients", "0"], "--clients must be a positive integer, got 0"),
         (["--partition", "dirichlet", "--alpha", "0"], "--alpha must be a positive number, got 0.0"),
         (["--alpha", "0.3"], "--alpha applies to --partition dirichlet only, not noniid"),
-        (["--task", "no-such-task"], "--task no-such-task: not a built-in task (mnist-cnn, mnist-2nn, femnist-cnn, digits-mlp, shakespeare-lstm, char-lm-tiny)"),
+        (["--task", "no-such-task"], "--task no-such-task: not a built-in task (mnist-cnn, mnist-2nn, femnist-cnn, digits-mlp, shakespeare-lstm, char-lm-tiny, mnist-cnn-bn)"),
         (["--task", "fedactors.nothing:task"], "--task fedactors.nothing:task: cannot import fedactors.nothing"),
         (["--task", "fedactors.config:PARTITIONS"], "PARTITIONS is a tuple, not a fedactors.task.Task"),
         (["--data", "csv:x.csv"], "--data must be npz:PATH, leaf:DIR or hf:DIR, got 'csv:x.csv'"),

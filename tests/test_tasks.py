@@ -75,7 +75,7 @@ def test_tasks_command_lists_the_builtins(tmp_path):
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines[::2]] == ["mnist-cnn", "mnist-2nn", "femnist-cnn", "digits-mlp",
-                                                        "shakespeare-lstm", "char-lm-tiny"]
+                                                        "shakespeare-lstm", "char-lm-tiny", "mnist-cnn-bn"]
     inputs = dict(zip([line.split()[0] for line in lines[::2]], [line.strip() for line in lines[1::2]]))
     assert inputs["digits-mlp"] == "inputs: rows of 64 pixels (or 8x8 images): numbers 0..16, as scikit-learn's digits are"
     assert "uint8 pixels 0..255, or floats in [0, 1]" in inputs["mnist-cnn"] and "(N, 784)" in inputs["mnist-2nn"]
