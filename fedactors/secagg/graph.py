@@ -76,12 +76,11 @@ def secagg_plus_params(cohort: int, adversarial_rate: float, dropout_rate: float
     connected except with probability 2^-(security_bits + 1); (2) no client has t colluding neighbours
     except with probability 2^-(security_bits + 1) / n; (3) every client keeps t surviving neighbours
     except with probability 2^-correctness_bits / n. None if no k < n - 1 meets them (use SecAgg's
-    complete graph). Used by bench/secagg.py for SecAgg+'s column.
+    complete graph). Used by bench/secagg.py for SecAgg+'s column and by --secure-aggregation's defaults.
     """
     n = cohort
     adversarial = math.floor(adversarial_rate * n + 1e-9)
     dropped = math.floor(dropout_rate * n + 1e-9)
-    surviving = n - dropped
     security = 2 ** (security_bits + 1)
     for k in range(2, n - 1, 2):
         bad = adversarial + dropped
@@ -89,18 +88,32 @@ def secagg_plus_params(cohort: int, adversarial_rate: float, dropout_rate: float
         # union bound over n (n - k - 1) / 2 pairs of gaps, each all-bad with probability C(bad, k) / C(n, k).
         if k <= bad and n * (n - k - 1) * math.comb(bad, k) * security >= 2 * math.comb(n, k):
             continue
-        whole = math.comb(n, k)
-        colluding = _hypergeometric_terms(n, adversarial, k)
-        # (2) t_low: the fewest t - 1 with P(colluding neighbours > t - 1) <= 2^-(s+1) / n
-        t_low = next(x for x in range(k + 1) if _tail_above(colluding, x) * n * security <= whole) + 1
-        alive = _hypergeometric_terms(n, surviving, k)
-        # (3) t_high: the most t with P(surviving neighbours < t) <= 2^-c / n
-        below, t_high = 0, 0
-        for x in range(k + 1):
-            below += alive[x]  # P(X <= x) * whole
-            if below * n * 2**correctness_bits > whole:
-                break
-            t_high = x + 1
-        if t_low <= t_high:
-            return k, max(t_low, 2)
+        t = _threshold(n, k, adversarial, dropped, security, correctness_bits)
+        if t is not None:
+            return k, t
     return None
+
+
+def secagg_plus_threshold(cohort: int, neighbours: int, adversarial_rate: float, dropout_rate: float, *,
+                          security_bits: int = 40, correctness_bits: int = 20) -> int | None:
+    """The smallest t meeting secagg_plus_params' conditions (2) and (3) for a given k; None if none does."""
+    adversarial = math.floor(adversarial_rate * cohort + 1e-9)
+    dropped = math.floor(dropout_rate * cohort + 1e-9)
+    return _threshold(cohort, neighbours, adversarial, dropped, 2 ** (security_bits + 1), correctness_bits)
+
+
+def _threshold(n: int, k: int, adversarial: int, dropped: int, security: int, correctness_bits: int) -> int | None:
+    """Conditions (2) and (3) of secagg_plus_params for k neighbours: the smallest t (at least 2), or None."""
+    whole = math.comb(n, k)
+    colluding = _hypergeometric_terms(n, adversarial, k)
+    # (2) t_low: the fewest t - 1 with P(colluding neighbours > t - 1) <= 2^-(s+1) / n
+    t_low = next(x for x in range(k + 1) if _tail_above(colluding, x) * n * security <= whole) + 1
+    alive = _hypergeometric_terms(n, n - dropped, k)
+    # (3) t_high: the most t with P(surviving neighbours < t) <= 2^-c / n
+    below, t_high = 0, 0
+    for x in range(k + 1):
+        below += alive[x]  # P(X <= x) * whole
+        if below * n * 2**correctness_bits > whole:
+            break
+        t_high = x + 1
+    return max(t_low, 2) if t_low <= t_high else None
