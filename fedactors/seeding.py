@@ -33,6 +33,7 @@ class Purpose(IntEnum):
     FINETUNE = 24  # --finetune-steps, LocalClient.finetune: a client's minibatches and torch draws before it is judged
     SECAGG_GRAPH = 25  # secure aggregation: a round's SecAgg+ neighbour graph (fedactors.secagg.graph)
     HOLDOUT_CLIENTS = 26  # --holdout-clients: which clients never train (judged after fine-tuning only)
+    QUANTIZE_DOWN = 27  # --compress-down: the rounding draws of the model a client is sent in a round
 
 
 def generator(purpose: Purpose, seed: int, round_idx: int = 0, client_id: int = 0) -> np.random.Generator:

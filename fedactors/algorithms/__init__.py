@@ -52,7 +52,7 @@ from fedactors.errors import ConfigError, RoundFailed
 
 __all__ = ["DEFAULT_ALGORITHM", "DP_STAGE", "Algorithm", "Asynchronous", "BUILTINS", "DPFedAvg", "Ditto", "FedAvg", "FedBN",
            "FedPer", "FedProx", "FedRep", "LocalClient", "Reply", "as_reply",
-           "Scaffold", "ServerOptimizer", "Spec", "builtin", "make_algorithm", "send_problem", "server_step"]
+           "Scaffold", "ServerOptimizer", "Spec", "bind", "builtin", "make_algorithm", "send_problem", "server_step"]
 
 # The built-ins by name, in the order `fedactors strategies` lists them; each module declares its own.
 BUILTINS: dict[str, Spec] = {spec.name: spec for spec in (
@@ -64,6 +64,21 @@ DEFAULT_ALGORITHM = fedavg.SPEC.name  # RunConfig's: a run told apart from the p
 BUILTIN_CLASSES = (FedAvg, ServerOptimizer, FedProx, Scaffold, DPFedAvg, Asynchronous, FedPer, FedRep, FedBN, Ditto)
 OBJECT_PREFIX = "python:"  # config.strategy of a run given an algorithm object (fedactors.run(strategy=...))
 NEEDED = ("name", "state", "load_state", "settings")  # besides a server step: aggregate() or step()
+
+
+def bind(algorithm: object, config) -> None:
+    """Hand `algorithm` the run's settings if it asks for them (Algorithm.bind): the coordinator's copy and each
+    host's, before either uses it; a ConfigError it raises is the run's, anything else one line naming it."""
+    method = getattr(algorithm, "bind", None)
+    if not callable(method):
+        return
+    try:
+        method(config)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        name = getattr(algorithm, "name", type(algorithm).__name__)
+        raise ConfigError(f"{name}.bind(config) failed: {type(exc).__name__}: {exc}") from None
 
 
 def builtin(name: object) -> Spec | None:

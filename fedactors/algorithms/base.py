@@ -190,6 +190,11 @@ class Algorithm:
         """The hyper-parameters, JSON-able: part of the run's fingerprint."""
         return {}
 
+    def bind(self, config) -> None:
+        """The run's settings (fedactors.config.RunConfig: clients, lr, epochs, seed, ...), handed to the coordinator's
+        copy and to each host's before either uses it, possibly more than once (keep it idempotent). What the
+        method reads here is in the run's fingerprint already. The default reads nothing."""
+
 
 def as_reply(value: Any, where: str) -> Reply:
     """A local update's return value as a Reply (a bare loss is one); TypeError naming `where` otherwise."""

@@ -108,8 +108,10 @@ class Compressor:
         blocks = -(-self.encoded_length(n) // BLOCK)
         return blocks * (BLOCK * self.bits // 8) + 8 * blocks
 
-    def encode(self, update: np.ndarray, seed: int, round_idx: int, client_id: int, threads: int = 0) -> Encoded:
-        """Client `client_id`'s update (float32) in round `round_idx`, encoded (OpenMP `threads`; 0: its default)."""
+    def encode(self, update: np.ndarray, seed: int, round_idx: int, client_id: int, threads: int = 0,
+               purpose: Purpose = Purpose.QUANTIZE) -> Encoded:
+        """Client `client_id`'s update (float32) in round `round_idx`, encoded (OpenMP `threads`; 0: its default).
+        `purpose` keys the rounding draws: the uplink's, or QUANTIZE_DOWN for what the server sends it."""
         from fedactors import _kernels
 
         values = _finite(update)
@@ -118,7 +120,7 @@ class Compressor:
             values[: len(update)] = update
             _kernels.hadamard(values, chunk=CHUNK, key=_key(Purpose.ROTATION, seed, round_idx), threads=threads)
         codes, lo, step = _kernels.quantize(values, bits=self.bits, block=BLOCK,
-                                            key=_key(Purpose.QUANTIZE, seed, round_idx, client_id), threads=threads)
+                                            key=_key(purpose, seed, round_idx, client_id), threads=threads)
         return Encoded(codes, lo, step, len(values))
 
     def decode(self, encoded: Encoded, length: int, seed: int, round_idx: int, threads: int = 0) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A client's state is named float32 buffers, each under the stage that keeps it: "algorithm/<name>" for what an
 algorithm's local update keeps (`Reply.keep`: SCAFFOLD's control variate, a personal model, a user method's
-buffers) and "feedback/residual" for top-k's or sign's error-feedback residual. A host is sent the client's
+buffers), "feedback/residual" for top-k's or sign's error-feedback residual, and "downlink/received" for the
+model --compress-down last sent it (kept by the server, never sent to a host). A host is sent the client's
 state with the client's job and returns the state to keep with its update; the loop keeps it only for an update
 it accepts (a client whose update was not used keeps what it had).
 
@@ -23,6 +24,10 @@ from fedactors.store.checkpoint import manifest_extra, manifest_from
 
 ALGORITHM = "algorithm/"
 RESIDUAL = "feedback/residual"
+# --compress-down: the model the client last received, which the server's next message to it is a delta from. The
+# server's own record of the client: never sent to its host (HOST_STAGES are).
+DOWNLINK = "downlink/received"
+HOST_STAGES = (ALGORITHM, "feedback/")
 
 
 class ClientStates:
