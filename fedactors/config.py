@@ -37,6 +37,7 @@ ACCOUNTANTS = ("pld", "rdp")  # fedactors.privacy.dp_epsilon's
 HOST_SUM_STRATEGIES = tuple(name for name, spec in BUILTINS.items() if spec.host_sums)
 ATTACKS = ("sign-flip", "gaussian", "nan")  # fedactors.attacks implements them
 PRECISIONS = ("fp32", "bf16")
+SECURE_AGGREGATIONS = ("secagg", "secagg+")  # fedactors.secagg.stage: the complete graph, k neighbours
 
 # Fields that change what a run computes. Two runs agreeing on these produce the same weights
 # round for round; the others (how many rounds, where, with how many hosts) do not.
@@ -51,7 +52,7 @@ EXPERIMENT_FIELDS = (
 OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "dp", "dp_seed", "eval_clients",
                               "client_test_fraction", "holdout_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
-                              "server_optimizer")
+                              "server_optimizer", "secure_aggregation", "secagg_neighbours", "secagg_threshold")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
 # before they existed computed with the default): the default local update's settings (fedactors.algorithms.local).
 DEFAULTED_EXPERIMENT_FIELDS = {"client_optimizer": "sgd", "client_momentum": 0.9, "weight_decay": 0.0,
@@ -155,6 +156,12 @@ class RunConfig:
     holdout_clients: float | None = None
     # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
     compress: str | None = None
+    # Secure aggregation (fedactors.secagg.stage): each client's update masked so that the server learns only the
+    # round's sum, FedAvg's bytes all the same: secagg (the complete graph) or secagg+ (k neighbours), and its k and
+    # Shamir threshold t (None: the defaults for the round's clients). None: updates travel as they are.
+    secure_aggregation: str | None = None
+    secagg_neighbours: int | None = None
+    secagg_threshold: int | None = None
     # Uneven clients in virtual time (fedactors.runtime.systems): lognormal:SIGMA speeds, a CSV trace of speeds and online
     # windows (its path; its digest is in the run's identity), a round's deadline in virtual seconds, and the
     # fraction sampled beyond m (the first m to finish are kept). None: every client alike, no clock.
@@ -294,6 +301,7 @@ class RunConfig:
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         self._check_strategy()
+        self._check_secure_aggregation()
         from fedactors.algorithms.local import check
 
         spec = builtin(self.strategy)
@@ -364,6 +372,21 @@ class RunConfig:
                               f"--strategy {self.server_optimizer} --dp {self.dp}")
         if self.aggregator != "fedavg":
             raise ConfigError(f"--dp {self.dp} {NEEDS_FEDAVG}: it needs --aggregator fedavg, not {self.aggregator}")
+
+    def _check_secure_aggregation(self) -> None:
+        for flag, value in (("--secagg-neighbours", self.secagg_neighbours), ("--secagg-threshold", self.secagg_threshold)):
+            if value is not None:
+                _positive_int(flag, value)
+                if self.secure_aggregation is None:
+                    raise ConfigError(f"{flag} needs --secure-aggregation secagg+ (or secagg)")
+        if self.secure_aggregation is None:
+            return
+        if self.secure_aggregation not in SECURE_AGGREGATIONS:
+            raise ConfigError(f"--secure-aggregation must be one of {', '.join(SECURE_AGGREGATIONS)}, "
+                              f"got {self.secure_aggregation!r}")
+        from fedactors.secagg.stage import check
+
+        check(self)
 
     @property
     def private(self) -> bool:
@@ -575,6 +598,9 @@ def refuse_idle_settings(given: set[str], values: dict) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --partition {scheme} only, not {values['partition']}")
     if values.get("dp") and "host_sums" in given and values.get("host_sums"):
         raise ConfigError(f"--host-sums does not go with --dp {values['dp']}: each client's update is clipped on its own")
+    if values.get("secure_aggregation") and "host_sums" in given and values.get("host_sums"):
+        raise ConfigError(f"--host-sums does not go with --secure-aggregation {values['secure_aggregation']}: each "
+                          "client masks its own update, and the server sums the masked ones")
     if values.get("host_sums") and "host_sums" in given and not host_sums_apply(values["aggregator"], values["strategy"],
                                                                                  values.get("compress")):
         if host_sums_apply(values["aggregator"], values["strategy"]):  # only the compressor stands in the way

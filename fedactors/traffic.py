@@ -7,6 +7,8 @@ encoded (float32, 4 bytes a value, or --compress's encoding) and any state its m
 control variate). Counted per client even where hosts sum their clients before anything
 reaches the coordinator (--host-sums): a deployment has no hosts, every client uploads.
 A client that failed sent nothing; one whose update was refused (NaN, too large) did send it.
+Under secure aggregation a client's masked vector (8 bytes a value), keys and shares go up in place
+of its update, and its neighbours' keys and shares come down besides the model (`secure_per_client`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ def per_client(strategy: str, num_weights: int, compress: str | None = None) -> 
     if spec is None:
         return model, update
     return model * (1 + spec.copies_down), update + model * spec.copies_up
+
+
+def secure_per_client(down: int, up: int, num_weights: int, neighbours: int | None) -> tuple[int, int]:
+    """per_client's (down, up) under secure aggregation with `neighbours` (k) each, no dropouts (None: as they are):
+    fedactors.secagg.costs.client_bytes' up in place of the update (secure aggregation is refused where more than
+    the update goes up), its down besides the model."""
+    if neighbours is None:
+        return down, up
+    from fedactors.secagg.costs import client_bytes
+
+    counted = client_bytes(neighbours, num_weights)
+    return down + counted.down, counted.up
 
 
 @dataclass

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from fedactors.cli import cli, exit_on_interrupt
 from fedactors.config import (ACCOUNTANTS, AGGREGATORS, ATTACKS, CLIENT_LR, DEFAULT_LR, PARTITIONS, PRECISIONS,
-                              SERVER_LR, RunConfig,
+                              SECURE_AGGREGATIONS, SERVER_LR, RunConfig,
                               natural_clients, parse_batch_size, parse_clip, read_toml, refuse_idle_settings)
 from fedactors.errors import ConfigError
 from fedactors.algorithms.local import OPTIMIZERS
@@ -298,6 +298,19 @@ def _same(name: str, value: object, default: object) -> bool:
               help="Send each client's update (weights - global) quantized stochastically to 8, 4 or 2 bits a value, "
                    "in blocks of 512 with their min and step (:rotate: a random Hadamard rotation first); or its "
                    "largest fraction F of coordinates, or its signs, both with error feedback.")
+@click.option("--secure-aggregation", "secure_aggregation", type=click.Choice(SECURE_AGGREGATIONS), default=None,
+              help="Mask each client's update so that the server learns only the round's sum, which is plain FedAvg's "
+                   "to the byte (docs/secure-aggregation.md): secagg masks each client with all the round's others "
+                   "(Bonawitz et al. 2017), secagg+ with k neighbours on a random graph (Bell et al. 2020). With "
+                   "fedavg, fedprox or a server optimizer and --aggregator fedavg; not with --dp or --compress.")
+@click.option("--secagg-neighbours", "secagg_neighbours", type=int, default=None, metavar="K",
+              help="--secure-aggregation secagg+: each client's neighbours k, even and below the round's clients. "
+                   "Default: the smallest k Google's fcp would choose for the round's clients, up to 5% of them "
+                   "colluding with the server and a third dropping out (every other client where none is smaller).")
+@click.option("--secagg-threshold", "secagg_threshold", type=int, default=None, metavar="T",
+              help="--secure-aggregation: the neighbours' shares (t <= k) that recover a client's secrets when it "
+                   "drops out; t - 1 colluding clients learn nothing. Default: fcp's t for k (secagg+), n/2 + 1 of the "
+                   "round's n clients (secagg).")
 @click.option("--eval-clients", "eval_clients", type=float, default=None,
               help="Evaluate clients one by one as well: this seeded fraction of them keeps 20% of its examples out of "
                    "training and is evaluated on them (mean, 10th percentile, worst, share at --target); data with "
@@ -406,8 +419,22 @@ def _refuse_idle_flags(flags: dict) -> None:
     refuse_idle_settings(set(_given(flags, (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP))), flags)
 
 
+def with_secure_preview(plan: dict) -> dict:
+    """`plan` (api.plan's) with what the run's secure aggregation costs a round, if it has it
+    (fedactors.runtime.preview.secure_preview: its model built here for its length)."""
+    config = RunConfig.from_dict(plan["config"])
+    if config.secure_aggregation is None:
+        return plan
+    from fedactors.data.registry import load_task
+    from fedactors.runtime.experiment import model_weights
+    from fedactors.runtime.preview import secure_preview
+
+    return {**plan, "secure_aggregation": secure_preview(config, model_weights(load_task(config.task)))}
+
+
 def show_plan(plan: dict, mode: str) -> None:
     """--dry-run's output: one JSON object (--json), or the configuration and a few lines of plan."""
+    plan = with_secure_preview(plan)
     if mode == "json":
         click.echo(json.dumps({"event": "dry_run", **plan}))
         return
@@ -431,6 +458,11 @@ def show_plan(plan: dict, mode: str) -> None:
         from fedactors.runtime.preview import preview_lines
 
         for line in preview_lines(plan["clock"], config["strategy"] in ASYNC_STRATEGIES):
+            click.echo(line)
+    if plan.get("secure_aggregation") is not None:
+        from fedactors.runtime.preview import secure_lines
+
+        for line in secure_lines(plan["secure_aggregation"]):
             click.echo(line)
     p = plan["partition"]
     if p is None:

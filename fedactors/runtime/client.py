@@ -238,9 +238,10 @@ class ClientHost:
         ("state", name) for the client's own state (fedactors.runtime.states: "algorithm/<name>", and with
         --compress topk or sign its error-feedback residual), as separate arguments so that Ray resolves each (an
         array many clients share travels once). The update carries what its local update sent back (`sent`), its
-        metrics, and the state to keep (`kept`, the stages it replaces in `kept_stages`)."""
+        metrics, and the state to keep (`kept`, the stages it replaces in `kept_stages`). Under secure aggregation
+        ("secagg", "job": a fedactors.secagg.stage.MaskJob) its weights are the masked update (uint64) instead."""
         start = time.perf_counter()
-        given = {"sent": {}, "state": {}}
+        given = {"sent": {}, "state": {}, "secagg": {}}
         for (kind, name), array in zip(names, arrays, strict=True):
             given[kind][name] = array
         state = given["state"]
@@ -251,6 +252,9 @@ class ClientHost:
         if residual is None and self.compressor is not None and self.compressor.feedback:
             residual = np.zeros(len(global_weights), np.float32)  # a client's first: zeros, added as ever
         sent, new_residual = self._result(weights, global_weights, client_id, round_idx, residual)
+        job = given["secagg"].get("job")
+        if job is not None:  # only the masked update leaves the client: the server can read nothing but the sum
+            sent = job.mask(client_id, sent, len(self.client_indices[client_id]), self.config.seed)
         kept, stages = {}, []
         if reply.keep is not None:
             kept.update({ALGORITHM + n: a for n, a in reply.keep.items()})

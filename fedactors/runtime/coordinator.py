@@ -26,10 +26,11 @@ from fedactors.messages import Failure, RoundStats, Update
 from fedactors.runtime.pool import HostPool, LocalPool, RayPool, balance, eval_slices
 from fedactors.privacy import divergence_hint
 from fedactors.runtime.samplers import Buffered, Clock, Poisson, Uniform
+from fedactors.secagg.stage import SecureRound, planned_neighbours
 from fedactors.runtime.systems import Systems, Trace, parse_speed
 from fedactors.seeding import holdout_clients
 from fedactors.algorithms import builtin, make_algorithm, server_step
-from fedactors.traffic import Totals, per_client
+from fedactors.traffic import Totals, per_client, secure_per_client
 
 # The pool's names stay importable from here, where they lived before fedactors.runtime.pool.
 __all__ = ["Coordinator", "CoordinatorActor", "HostPool", "LocalPool", "MAX_ATTEMPTS", "RayPool", "balance",
@@ -168,6 +169,7 @@ class Coordinator:
         self.clock = clock
         self.schedule: Schedule | None = None  # fedbuff, fedasync: made by run(), once the hosts hold their data
         self._work: np.ndarray | None = None  # on the clock: each client's examples processed in a round (work())
+        self.secure: SecureRound | None = None  # the last round's secure aggregation: who dropped, when, its seconds
         self._sampler: Uniform | Poisson | Clock | Buffered | None = None  # sampler(): made once the loop is known
         # Personalized evaluation (--finetune-steps, an algorithm's personalize()): each client's own model judged on
         # its own split beside the global one; it needs per-client splits (--client-test-fraction, owners' tests).
@@ -294,10 +296,16 @@ class Coordinator:
         needs_aggregate = getattr(self.strategy, "needs_aggregate", True)
         exact = (aggregate.ExactSum(len(self.weights), sum(num_examples[c] for c in todo))
                  if cfg.aggregator == "fedavg" and needs_aggregate and todo else None)
-        on_hosts = exact is not None and uses_host_sums(cfg)
+        # Secure aggregation (fedactors.secagg.stage): the sampled clients' key exchange, before any trains; their
+        # hosts then send masked updates, of which the server can unmask only the round's sum.
+        secure = (SecureRound.start(cfg, round_idx, sampled, len(self.weights), exact.total)
+                  if exact is not None and cfg.secure_aggregation else None)
+        on_hosts = exact is not None and uses_host_sums(cfg) and secure is None
         configure = getattr(self.strategy, "configure", None)  # the algorithm's server half: what each client is sent
         before = self.states.get(todo) if not on_hosts else {}  # the clients' own state, read once for the round
         extras = self._extras(round_idx, configure, before) if configure is not None or any(before.values()) else None
+        if secure is not None:  # each client's host gets its MaskJob besides the rest
+            extras = secure.arguments(extras)
 
         def dispatch(todo: list[int]) -> Iterator[tuple[int, object]]:
             """Each client's outcome: its Update, or under host sums (host, examples, loss, seconds) once its host's
@@ -325,7 +333,8 @@ class Coordinator:
             """Into the exact sum as it arrives (which refuses NaN and inf too: tell the two apart only then)."""
             if on_hosts:
                 return None  # the host summed it, or said why not
-            summed = (exact.add(result.weights, num_examples[cid]) if exact is not None
+            summed = (secure.add(cid, result.weights, num_examples[cid]) if secure is not None
+                      else exact.add(result.weights, num_examples[cid]) if exact is not None
                       else aggregate.all_finite(result.weights))
             return None if summed else Refused(result.host, aggregate.all_finite(result.weights))
 
@@ -341,7 +350,13 @@ class Coordinator:
         done = {c: (u.host, u.num_examples, u.train_loss, u.train_seconds) if isinstance(u, Update) else u
                 for c, u in collection.results.items()}  # client -> (host, examples, loss, train seconds)
         kept = collection.usable  # sampled order: same bytes whatever arrived first
-        ordered = [updates[c] for c in kept if c in updates]
+        ordered = [updates[c] for c in kept if c in updates] if secure is None else []  # masked: only the sum is read
+        if secure is not None and kept:
+            # Unmasked from the shares of the clients that still answer: on the clock, those online when the round
+            # closes (one whose window closed after it sent its masked update is dropped after masking).
+            exact = secure.finish((lambda c: self.systems.online_until(c, self.now) > self.now + plan.seconds)
+                                  if plan is not None else None)
+        self.secure = secure
         if exact is not None and kept:
             combined = exact.result()
         elif not needs_aggregate or not ordered:
@@ -368,7 +383,8 @@ class Coordinator:
         stats = RoundStats(
             round=round_idx,
             clients=sampled,
-            **self._count_bytes(down * len(sampled), up * collection.uploads),
+            **self._count_bytes(*(secure.traffic(down * len(sampled)) if secure is not None
+                                  else (down * len(sampled), up * collection.uploads))),
             num_updates=len(kept),
             round_seconds=0.0,
             train_seconds=max(per_host.values(), default=0.0),
@@ -405,6 +421,7 @@ class Coordinator:
                 self._sampler = Poisson(self.strategy.sample, cfg.min_fit_fraction)
             elif self.systems is not None:
                 down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+                down, up = secure_per_client(down, up, len(self.weights), planned_neighbours(cfg))
                 self._sampler = Clock(self.systems, cfg.seed, cfg.clients_per_round, cfg.over_select or 0.0,
                                       cfg.deadline, self.work(), down, up, cfg.min_fit_fraction)
             else:
@@ -417,6 +434,7 @@ class Coordinator:
         """A --deadline no client can meet is a failure of the run's first round, not rounds that never train."""
         cfg = self.config
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        down, up = secure_per_client(down, up, len(self.weights), planned_neighbours(cfg))
         fastest = float(self.systems.durations(self.work(), down, up).min())
         if fastest > cfg.deadline:
             raise RoundFailed(f"round {self.round + 1}: --deadline {cfg.deadline:g} virtual s is shorter than any "

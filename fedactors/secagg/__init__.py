@@ -2,7 +2,9 @@
 
 shamir: t-of-k secret sharing over GF(2^31 - 1). graph: the neighbour graph and its (k, t)
 checks. protocol: a client's side and the server's (keys, shares, masks, unmasking). simulate:
-a round of them in one process. costs: bytes per client and compute seconds. No Ray here.
+a round of them in one process. costs: bytes per client and compute seconds. stage: the round
+loop's side (--secure-aggregation: what it composes with, a round's k and t, the coordinator's
+SecureRound and the MaskJob a host masks by). No Ray here.
 """
 
 from fedactors.secagg.costs import (
