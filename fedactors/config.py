@@ -50,7 +50,7 @@ EXPERIMENT_FIELDS = (
 # Fields that change what a run computes when set, counted in its fingerprint only then (so the runs
 # made before they existed keep theirs).
 OPTIONAL_EXPERIMENT_FIELDS = ("partition_by", "input_column", "label_column", "dp", "dp_seed", "eval_clients",
-                              "client_test_fraction", "holdout_clients", "compress", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
+                              "client_test_fraction", "holdout_clients", "compress", "compress_down", *ADAPTIVE_CLIP_SETTINGS, "client_speed",
                               "client_trace", "deadline", "over_select", "concurrency", "buffer", "staleness", "mixing",
                               "server_optimizer", "secure_aggregation", "secagg_neighbours", "secagg_threshold")
 # Fields that change what a run computes, counted in its fingerprint only when not at these defaults (the runs made
@@ -156,6 +156,10 @@ class RunConfig:
     holdout_clients: float | None = None
     # What a client's update is sent as (fedactors.compress): q8, q4 or q2, optionally :rotate. None: float32.
     compress: str | None = None
+    # What the server sends each client (issue 37 item 5): the global model as a delta from the model that client
+    # last received, quantized (q8, q4 or q2, optionally :rotate); a client never sent one has the round-0 model.
+    # None: the float32 weights.
+    compress_down: str | None = None
     # Secure aggregation (fedactors.secagg.stage): each client's update masked so that the server learns only the
     # round's sum, FedAvg's bytes all the same: secagg (the complete graph) or secagg+ (k neighbours), and its k and
     # Shamir threshold t (None: the defaults for the round's clients). None: updates travel as they are.
@@ -297,6 +301,17 @@ class RunConfig:
             from fedactors.compress import parse
 
             parse(self.compress)
+        if self.compress_down is not None:
+            from fedactors.compress import parse
+
+            down = parse(self.compress_down)
+            if down.feedback:
+                raise ConfigError(f"--compress-down {self.compress_down}: the model a client is sent is quantized "
+                                  "(q8, q4 or q2, optionally :rotate); top-k and sign need error feedback, which a "
+                                  "broadcast has no place for")
+            if self.asynchronous:
+                raise ConfigError(f"--compress-down does not go with --strategy {self.strategy}: its clients start "
+                                  "from older versions of the model, not the one a round sends")
         self._check_systems()
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")

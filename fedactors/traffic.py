@@ -18,19 +18,22 @@ from dataclasses import dataclass
 FLOAT_BYTES = 4
 
 
-def per_client(strategy: str, num_weights: int, compress: str | None = None) -> tuple[int, int]:
-    """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy) and `compress`
-    (a --compress spec: the update goes up in the encoded buffers' bytes, fedactors.compress)."""
+def per_client(strategy: str, num_weights: int, compress: str | None = None,
+               compress_down: str | None = None) -> tuple[int, int]:
+    """(bytes down, bytes up) for one client of a round, for `strategy` (a RunConfig.strategy), `compress` (a
+    --compress spec: the update goes up in the encoded buffers' bytes, fedactors.compress) and `compress_down` (the
+    model goes down encoded)."""
     from fedactors.algorithms import builtin
     from fedactors.compress import parse
 
     model = FLOAT_BYTES * num_weights
-    compressor = parse(compress)
+    compressor, down = parse(compress), parse(compress_down)
     update = model if compressor is None else compressor.encoded_bytes(num_weights)
+    sent = model if down is None else down.encoded_bytes(num_weights)
     spec = builtin(strategy)  # what else its method sends (SCAFFOLD: c down, the new control variate up)
     if spec is None:
-        return model, update
-    return model * (1 + spec.copies_down), update + model * spec.copies_up
+        return sent, update
+    return sent + model * spec.copies_down, update + model * spec.copies_up
 
 
 def secure_per_client(down: int, up: int, num_weights: int, neighbours: int | None) -> tuple[int, int]:

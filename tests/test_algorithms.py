@@ -356,3 +356,40 @@ def test_a_server_half_returning_what_cannot_be_the_model_names_the_algorithm_an
     with pytest.raises(RoundFailed, match=r"^round 1: strategy short returned float32 \(\d+,\), expected float32 "
                                           r"\(\d+,\), from its aggregate\(\)$"):
         _run(f"{tmp_path}/bad.py:Short", tmp_path)
+
+
+BOUND = '''
+import numpy as np
+
+from fedactors.algorithms import Algorithm, Reply
+
+
+class Bound(Algorithm):
+    """Reads the run's settings in bind(): its clients scale each step by 1 / K, its server half counts the epochs."""
+
+    name = "bound"
+    config = None
+
+    def bind(self, config):
+        if config.epochs > 3:
+            raise ValueError("at most 3 epochs")
+        self.config = config
+
+    def local_update(self, client):
+        return Reply(client.train(), metrics={"clients": float(self.config.clients)})
+
+    def aggregate(self, weights, combined, results, round_idx):
+        assert all(u.metrics["clients"] == self.config.clients for u in results)
+        self.seen = self.config.epochs
+        return combined
+'''
+
+
+def test_an_algorithm_reads_the_runs_settings_in_bind(tmp_path):
+    """Algorithm.bind(config): the coordinator's copy and each host's get the run's settings before use (here each
+    host's made from the file), and a bind that fails is one line naming the algorithm."""
+    (tmp_path / "bound.py").write_text(BOUND)
+    rounds, _, algorithm, _ = _run(f"{tmp_path}/bound.py:Bound", tmp_path, epochs=2)
+    assert algorithm.config.clients == 12 and algorithm.seen == 2 and len(rounds) == 2
+    with pytest.raises(ConfigError, match=r"^bound\.bind\(config\) failed: ValueError: at most 3 epochs$"):
+        _run(f"{tmp_path}/bound.py:Bound", tmp_path, epochs=4)

@@ -149,6 +149,12 @@ def test_bad_patterns_and_parts_a_method_cannot_use_are_one_line(tmp_path, monke
     assert status == 2 and err.strip().splitlines() == [
         ("fedactors: error: task mine: personal pattern 'fc9.*' matches none of the model's trained parameters and "
          "float buffers (0.weight, 0.bias, 2.weight, 2.bias)")]
+    # A built-in task without the part a method keeps: refused before Ray starts (experiment.run resolves it).
+    status, _, err = run_main(monkeypatch, capsys, "run", "--task", "digits-mlp", "--strategy", "fedbn", "--clients",
+                              "10", "--rounds", "1", "--out", str(tmp_path / "bn"))
+    assert status == 2 and err.strip().splitlines()[-1].startswith(
+        "fedactors: error: --strategy fedbn keeps every BatchNorm layer (its weight, bias and running statistics) "
+        "with each client, and the task's model has none")
 
 
 def test_the_settings_are_refused_where_they_do_nothing_and_the_dp_stage_is_refused(monkeypatch, capsys):

@@ -298,6 +298,10 @@ def _same(name: str, value: object, default: object) -> bool:
               help="Send each client's update (weights - global) quantized stochastically to 8, 4 or 2 bits a value, "
                    "in blocks of 512 with their min and step (:rotate: a random Hadamard rotation first); or its "
                    "largest fraction F of coordinates, or its signs, both with error feedback.")
+@click.option("--compress-down", "compress_down", default=None, metavar="q8|q4|q2[:rotate]",
+              help="Send each client the global model as a quantized delta from the model it last received (the "
+                   "round-0 model if none): 8, 4 or 2 bits a value in blocks of 512, :rotate first; it trains from what "
+                   "it decodes. bytes_down counts the encoding.")
 @click.option("--secure-aggregation", "secure_aggregation", type=click.Choice(SECURE_AGGREGATIONS), default=None,
               help="Mask each client's update so that the server learns only the round's sum, which is plain FedAvg's "
                    "to the byte (docs/secure-aggregation.md): secagg masks each client with all the round's others "

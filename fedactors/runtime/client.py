@@ -26,7 +26,8 @@ from fedactors.attacks import byzantine_clients, corrupt
 from fedactors.compress import parse as parse_compressor, send
 from fedactors.config import RunConfig
 from fedactors.data.registry import load_task
-from fedactors.algorithms import OBJECT_PREFIX, Algorithm, LocalClient, Reply, as_reply, make_algorithm, send_problem
+from fedactors.algorithms import (OBJECT_PREFIX, Algorithm, LocalClient, Reply, as_reply, bind, make_algorithm,
+                                  send_problem)
 from fedactors.algorithms.fedprox import prox_hook  # noqa: F401 - importable from here, where they were
 from fedactors.algorithms.scaffold import scaffold_hook  # noqa: F401
 from fedactors.algorithms.local import LocalSettings, local_steps, local_update  # noqa: F401 - local_update: as above
@@ -125,6 +126,7 @@ class ClientHost:
         self.compressor = parse_compressor(config.compress)
         self.local = LocalSettings.of(config)
         self._algorithm = algorithm
+        self._bound = False
         self.loaded = False
         if train_images is not None:
             self.load(train_images, train_labels, client_indices, test_images, test_labels)
@@ -189,6 +191,9 @@ class ClientHost:
         if self._algorithm is None:
             spec = self.config.strategy
             self._algorithm = Algorithm() if spec.startswith(OBJECT_PREFIX) else make_algorithm(self.config)
+        if not self._bound:  # the run's settings, once, as the coordinator's copy gets them
+            bind(self._algorithm, self.config)
+            self._bound = True
         return self._algorithm
 
     def _fit(self, global_weights: np.ndarray, client_id: int, round_idx: int,

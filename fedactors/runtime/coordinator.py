@@ -18,7 +18,7 @@ from fedactors.attacks import byzantine_clients
 from fedactors.store.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
 from fedactors.runtime.collect import MAX_ATTEMPTS, Collection, Refused
 from fedactors.compress import ErrorFeedback, parse as parse_compressor
-from fedactors.runtime.states import ALGORITHM, RESIDUAL, ClientStates, updated
+from fedactors.runtime.states import ALGORITHM, DOWNLINK, HOST_STAGES, RESIDUAL, ClientStates, updated
 from fedactors.runtime.asynchronous import Schedule
 from fedactors.config import RunConfig, host_sums_apply
 from fedactors.errors import ConfigError, RoundFailed
@@ -28,8 +28,8 @@ from fedactors.privacy import divergence_hint
 from fedactors.runtime.samplers import Buffered, Clock, Poisson, Uniform
 from fedactors.secagg.stage import SecureRound, planned_neighbours
 from fedactors.runtime.systems import Systems, Trace, parse_speed
-from fedactors.seeding import holdout_clients
-from fedactors.algorithms import builtin, make_algorithm, server_step
+from fedactors.seeding import Purpose, holdout_clients
+from fedactors.algorithms import bind, builtin, make_algorithm, server_step
 from fedactors.traffic import Totals, per_client, secure_per_client
 
 # The pool's names stay importable from here, where they lived before fedactors.runtime.pool.
@@ -44,7 +44,8 @@ def uses_host_sums(config: RunConfig) -> bool:
     server optimizers), unless --no-host-sums. Robust aggregators, SCAFFOLD (each client's control
     variate), DP-FedAvg (each update clipped) and strategies of your own (handed every update) get
     each client's weights. Either way FedAvg's bytes are the same: the sum is exact."""
-    return config.host_sums and host_sums_apply(config.aggregator, config.strategy, config.compress, config.dp)
+    return (config.host_sums and host_sums_apply(config.aggregator, config.strategy, config.compress, config.dp)
+            and config.compress_down is None)  # each client starts from the model it decoded, not one for all
 
 
 def client_spread(hits: np.ndarray, owners: np.ndarray, target: float) -> dict:
@@ -132,6 +133,7 @@ class Coordinator:
         self.classes = classes  # False for a task of float targets ("values"): no accuracy, the loss and metrics
         self.traffic = traffic if traffic is not None else Totals(since_round=start_round)
         self.strategy = strategy if strategy is not None else make_algorithm(config)
+        bind(self.strategy, config)  # the run's settings, for an algorithm that reads them (Algorithm.bind)
         spec = builtin(config.strategy)
         self.asynchronous = spec is not None and spec.asynchronous  # fedbuff, fedasync: run_async, no rounds
         # Differentially private (DP-FedAvg, or a user's subclass of it): Poisson sampling, an epsilon to report.
@@ -171,6 +173,7 @@ class Coordinator:
         self._work: np.ndarray | None = None  # on the clock: each client's examples processed in a round (work())
         self.secure: SecureRound | None = None  # the last round's secure aggregation: who dropped, when, its seconds
         self._sampler: Uniform | Poisson | Clock | Buffered | None = None  # sampler(): made once the loop is known
+        self._round0: np.ndarray | None = None  # --compress-down: the model a client never sent one has
         # Personalized evaluation (--finetune-steps, an algorithm's personalize()): each client's own model judged on
         # its own split beside the global one; it needs per-client splits (--client-test-fraction, owners' tests).
         self.personalizes = callable(getattr(self.strategy, "personalize", None)) or config.finetune_steps > 0
@@ -196,7 +199,7 @@ class Coordinator:
         if self.systems is not None and cfg.deadline is not None:
             self._check_deadline()
         if self.asynchronous and self.schedule is None:
-            down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+            down, up = per_client(cfg.strategy, len(self.weights), cfg.compress, cfg.compress_down)
             self.schedule = Schedule(seed=cfg.seed, concurrency=cfg.concurrency_value, buffer=cfg.buffer_value,
                                      systems=self.systems, work=self.work(), bytes_down=down, bytes_up=up,
                                      state=self.clock if self.clock and "flights" in self.clock else None)
@@ -302,14 +305,24 @@ class Coordinator:
                   if exact is not None and cfg.secure_aggregation else None)
         on_hosts = exact is not None and uses_host_sums(cfg) and secure is None
         configure = getattr(self.strategy, "configure", None)  # the algorithm's server half: what each client is sent
-        before = self.states.get(todo) if not on_hosts else {}  # the clients' own state, read once for the round
-        extras = self._extras(round_idx, configure, before) if configure is not None or any(before.values()) else None
+        # The clients' own state, read once for the round (with --compress-down every sampled client's: each was
+        # sent the model, the late ones too).
+        before = self.states.get(sampled if cfg.compress_down else todo) if not on_hosts else {}
+        extras = (self._extras(round_idx, configure, before)
+                  if configure is not None or any(n.startswith(HOST_STAGES) for s in before.values() for n in s) else None)
+        starts = self._downlink(round_idx, sampled, before) if cfg.compress_down else None
         if secure is not None:  # each client's host gets its MaskJob besides the rest
             extras = secure.arguments(extras)
 
         def dispatch(todo: list[int]) -> Iterator[tuple[int, object]]:
             """Each client's outcome: its Update, or under host sums (host, examples, loss, seconds) once its host's
             partial sum is merged; a Failure; a Refused the host decided."""
+            if starts is not None:  # --compress-down: each client trains from the model it decoded
+                jobs = [(starts[c], round_idx, c) for c in todo]
+                more = [extras(c) for c in todo] if extras is not None else None
+                for result in self.pool.train_jobs(jobs, timeout=cfg.round_timeout, extras=more):
+                    yield result.client_id, result
+                return
             if not on_hosts:
                 for result in self.pool.train(self.weights, round_idx, todo, timeout=cfg.round_timeout, extras=extras):
                     yield result.client_id, result
@@ -372,14 +385,19 @@ class Coordinator:
         clip_used = dp.clip if dp is not None and dp.adaptive else None  # this round's, before the step moves it
         if kept or self.systems is None:  # on the virtual clock, a round nobody finished in time leaves the model
             self.weights = server_step(self.strategy, self.weights, combined, ordered, round_idx)
+        after: dict[int, dict[str, np.ndarray]] = {}
         for u in ordered:  # the accepted clients' state from now on (the others keep theirs)
             if u.kept_stages:
-                self.states.put(u.client_id, updated(before.get(u.client_id, {}), u.kept, u.kept_stages))
+                after[u.client_id] = updated(before.get(u.client_id, {}), u.kept, u.kept_stages)
+        for c in starts or ():  # every sampled client holds the model it was sent, whatever became of its update
+            after[c] = updated(after.get(c, before.get(c, {})), {DOWNLINK: starts[c]}, (DOWNLINK,))
+        for c, state in after.items():
+            self.states.put(c, state)
         aggregate_seconds = time.perf_counter() - last_arrival  # what averaging adds once the last update is in
         per_host: dict[int, float] = {}
         for host, _, _, seconds in done.values():
             per_host[host] = per_host.get(host, 0.0) + seconds
-        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress, cfg.compress_down)
         stats = RoundStats(
             round=round_idx,
             clients=sampled,
@@ -420,7 +438,7 @@ class Coordinator:
             elif self.private:  # keyed by the algorithm's secret
                 self._sampler = Poisson(self.strategy.sample, cfg.min_fit_fraction)
             elif self.systems is not None:
-                down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+                down, up = per_client(cfg.strategy, len(self.weights), cfg.compress, cfg.compress_down)
                 down, up = secure_per_client(down, up, len(self.weights), planned_neighbours(cfg))
                 self._sampler = Clock(self.systems, cfg.seed, cfg.clients_per_round, cfg.over_select or 0.0,
                                       cfg.deadline, self.work(), down, up, cfg.min_fit_fraction)
@@ -433,7 +451,7 @@ class Coordinator:
     def _check_deadline(self) -> None:
         """A --deadline no client can meet is a failure of the run's first round, not rounds that never train."""
         cfg = self.config
-        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress, cfg.compress_down)
         down, up = secure_per_client(down, up, len(self.weights), planned_neighbours(cfg))
         fastest = float(self.systems.durations(self.work(), down, up).min())
         if fastest > cfg.deadline:
@@ -537,7 +555,7 @@ class Coordinator:
         for u in got:
             per_host[u.host] = per_host.get(u.host, 0.0) + u.train_seconds
         kept_taus = [taus[key] for key in kept]
-        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress)
+        down, up = per_client(cfg.strategy, len(self.weights), cfg.compress, cfg.compress_down)
         stats = RoundStats(
             round=round_idx,
             clients=[a.client for a in arrivals],
@@ -593,6 +611,24 @@ class Coordinator:
         stats.lost_hosts = self.pool.newly_lost()
         stats.failures += [f"host {h} is lost for good: {why}" for h, why in sorted(stats.lost_hosts.items())]
 
+    def _downlink(self, round_idx: int, clients: list[int], states: dict) -> dict[int, np.ndarray]:
+        """--compress-down: the model each of `clients` decodes this round, the global weights sent as a quantized
+        delta from the model it last received (its state DOWNLINK; the round-0 model, which every party can make
+        from the seed, for a client sent none yet). Its rounding draws are keyed by (seed, round, client)."""
+        cfg = self.config
+        down = parse_compressor(cfg.compress_down)
+        made = {}
+        for c in clients:
+            reference = states.get(c, {}).get(DOWNLINK)
+            if reference is None:
+                if self._round0 is None:
+                    self._round0 = self.pool.initial_weights()
+                reference = self._round0
+            delta = np.subtract(self.weights, reference, dtype=np.float32)
+            encoded = down.encode(delta, cfg.seed, round_idx, c, purpose=Purpose.QUANTIZE_DOWN)
+            made[c] = np.add(reference, down.decode(encoded, len(delta), cfg.seed, round_idx), dtype=np.float32)
+        return made
+
     def _per_client(self, stats: RoundStats, round_idx: int, hits: np.ndarray) -> None:
         """Each evaluated client's accuracy on its own split (stats.clients_table, for clients.jsonl), and with
         personalization its personalized model's beside the global one (stats.personal_accuracy)."""
@@ -635,8 +671,10 @@ class Coordinator:
 
 
 def state_arguments(state: dict[str, np.ndarray], sent: dict[str, np.ndarray] | None = None) -> tuple:
-    """ClientHost.train's arguments after (weights, client, round): ((kind, name), ...), then the arrays."""
-    named = [(("sent", n), a) for n, a in (sent or {}).items()] + [(("state", n), a) for n, a in state.items()]
+    """ClientHost.train's arguments after (weights, client, round): ((kind, name), ...), then the arrays. Only the
+    stages a host uses travel (HOST_STAGES: not the server's record of what it sent the client)."""
+    named = [(("sent", n), a) for n, a in (sent or {}).items()] + [(("state", n), a) for n, a in state.items()
+                                                                   if n.startswith(HOST_STAGES)]
     return (tuple(k for k, _ in named), *(a for _, a in named))
 
 

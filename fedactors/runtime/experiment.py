@@ -89,6 +89,11 @@ def run(
     if config.clients is None:  # --partition natural: the data says how many clients there are
         config = dataclasses.replace(config, clients=loading.result()[3]["clients"])
     strategy = strategy if strategy is not None else make_strategy(config)  # a user's is imported (and checked) here
+    resolve = getattr(strategy, "resolve", None)
+    if callable(resolve):  # a method keeping a part of the model with each client: the part exists, before Ray starts
+        from fedactors.model import build
+
+        resolve(build(task.model))
     # --client-trace is read here, where its path is (a cluster's coordinator may run on another node); its errors
     # come before a cluster start-up.
     trace = read_trace(config.client_trace, config.clients) if config.client_trace else None
@@ -249,7 +254,8 @@ def check_client_state(config: RunConfig, weights: int, store: tuple[int, int, s
     feedback = config.compress is not None and config.compress.partition(":")[0] in ("topk", "sign")
     spec = builtin(config.strategy)
     own = spec.state_per_client if spec is not None else 0  # SCAFFOLD's control variates
-    copies = own + feedback  # and error-feedback residuals
+    down = config.compress_down is not None  # the model each client was last sent, the server's record of it
+    copies = own + feedback + down  # and error-feedback residuals
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if config.asynchronous:
         # The weights of every version a client in flight started from: at most one per client training at once.
@@ -269,7 +275,8 @@ def check_client_state(config: RunConfig, weights: int, store: tuple[int, int, s
     if limit and need > limit - used:
         gib = 2**30
         kept = [w for w, on in ((f"--strategy {config.strategy} keeps {spec.client_state if spec else ''}", own),
-                                 (f"--compress {config.compress} keeps an error-feedback residual", feedback)) if on]
+                                 (f"--compress {config.compress} keeps an error-feedback residual", feedback),
+                                 (f"--compress-down {config.compress_down} keeps the model it last sent", down)) if on]
         raise ConfigError(
             f"{' and '.join(kept)} per client: {config.clients} x {weights:,} floats = "
             f"{config.clients * per_client / gib:.1f} GiB, {need / gib:.1f} GiB in the store with the older copies "

@@ -25,7 +25,7 @@ def preview(config, sizes: np.ndarray, num_weights: int, trace: Trace | None = N
     fedbuff, fedasync), or the run's rounds if fewer, the median virtual seconds a round and the clients dropped (or
     the mean staleness); `rounds` says how many were previewed (fewer still if the trace's windows all close)."""
     systems = Systems(config.clients, config.seed, parse_speed(config.client_speed), trace)
-    down, up = per_client(config.strategy, num_weights, config.compress)
+    down, up = per_client(config.strategy, num_weights, config.compress, config.compress_down)
     from fedactors.secagg.stage import planned_neighbours
 
     down, up = secure_per_client(down, up, num_weights, planned_neighbours(config))
