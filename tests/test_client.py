@@ -189,7 +189,8 @@ def test_a_host_trains_round_t_at_its_scheduled_rate():
         scheduled = _linear_hosts(strategy=strategy, lr=0.1, lr_schedule="exp:0.5")[0]
         w0 = scheduled.initial_weights()
         c = np.zeros_like(w0)
-        sent = (None, ("c", "c_i"), c, c) if strategy == "scaffold" else ()  # configure()'s arrays: SCAFFOLD's c, c_i
+        # configure()'s arrays (SCAFFOLD's c) and the client's state (its c_i: none yet, zeros), as the loop hands them
+        sent = (((("sent", "c"), ("state", "algorithm/c_i")), c, c) if strategy == "scaffold" else ())
         for round_idx, lr in ((1, 0.1), (3, 0.025)):
             constant = _linear_hosts(strategy=strategy, lr=lr)[0]
             a, b = scheduled.train(w0, 1, round_idx, *sent), constant.train(w0, 1, round_idx, *sent)
