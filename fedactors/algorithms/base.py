@@ -143,6 +143,9 @@ class Algorithm:
     """FedAvg in the protocol's shape: subclass it and override the halves your method changes."""
 
     name = "algorithm"
+    # False for a method that works from the accepted updates alone (`results`): the round skips --aggregator's
+    # combination (and FedAvg's exact sum), and aggregate() is handed the current weights as `combined`.
+    needs_aggregate = True
 
     def configure(self, client_id: int, round_idx: int, weights: np.ndarray) -> dict[str, np.ndarray]:
         """What client `client_id` is sent in round `round_idx` besides the global weights: named float32 arrays
