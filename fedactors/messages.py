@@ -16,12 +16,12 @@ METRIC_KEYS = (
     "round", "accuracy", "loss", "train_loss", "round_seconds", "train_seconds", "wait_seconds",
     "aggregate_seconds", "eval_seconds", "num_updates", "clients", "retried", "dropped", "rejected", "byzantine",
     "failures", "epsilon", "clip", "bytes_down", "bytes_up", "bytes_down_total", "bytes_up_total", "client_accuracy",
-    "virtual_seconds", "available", "late", "offline", "staleness", "personal_accuracy",
+    "virtual_seconds", "available", "late", "offline", "staleness", "personal_accuracy", "secure",
 )
 # Keys a row carries only where they have a value: the clients' spread, adaptive clipping's clip, and the virtual
 # clock's (fedactors.runtime.systems): every other run's rows stay as they were.
 SOMETIMES_KEYS = ("client_accuracy", "clip", "virtual_seconds", "available", "late", "offline", "staleness",
-                  "personal_accuracy")
+                  "personal_accuracy", "secure")
 # What a DP-FedAvg run leaves out of its metrics: who was sampled (its privacy rests on that being
 # secret), how many, and what their data gave (the training loss); what is released is the model
 # and its accuracy on the test set.
@@ -139,6 +139,9 @@ class RoundStats:
     personal_accuracy: dict | None = None  # personalized models on the clients' own splits: coordinator.personal_spread
     # Each evaluated client's accuracy (global, and personalized), for the run directory's clients.jsonl; not a metric
     clients_table: dict | None = None
+    # Secure aggregation (fedactors.secagg.stage.SecureRound.report): k, t, survivors, who dropped before and after
+    # masking, the clients' and the server's seconds.
+    secure: dict | None = None
     # On the virtual clock (fedactors.runtime.systems): its time at the end of the round (the server update), how many
     # clients were online when the round sampled, who missed the deadline or the first m (late), who went offline
     # before finishing, and (fedbuff, fedasync) the staleness of the update's arrivals: mean, max, count by value.

@@ -129,6 +129,12 @@ def test_dropouts_before_and_after_masking_leave_fedavgs_bytes_on_one_host(tmp_p
     assert first.dropped == {who["offline"], *who["late"]}  # shared keys, sent no masked vector
     assert first.silent == {who["silent"]} and who["silent"] in first.survivors  # sent one, then went offline
     assert all(r.dropped == set(r.spec.clients) - r.survivors and not r.silent for r in seen[1:])
+    # The round's metrics say as much: k, t, who dropped before and after masking, the seconds spent.
+    report = secure[0]["secure"]
+    assert (report["neighbours"], report["threshold"]) == (first.spec.neighbours, first.spec.threshold)
+    assert report["dropped_before_masking"] == sorted(first.dropped) and report["dropped_after_masking"] == [who["silent"]]
+    assert report["survivors"] == len(first.survivors) and report["server_seconds"] > 0 < report["client_seconds"]
+    assert all(e["secure"] is None for e in plain)
     for event, plain_event, r in zip(secure, plain, seen, strict=True):
         down, up = 0, 0
         for c in r.spec.clients:

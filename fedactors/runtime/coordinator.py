@@ -400,6 +400,7 @@ class Coordinator:
         down, up = per_client(cfg.strategy, len(self.weights), cfg.compress, cfg.compress_down)
         stats = RoundStats(
             round=round_idx,
+            secure=secure.report() if secure is not None and kept else None,
             clients=sampled,
             **self._count_bytes(*(secure.traffic(down * len(sampled)) if secure is not None
                                   else (down * len(sampled), up * collection.uploads))),

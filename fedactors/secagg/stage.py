@@ -226,6 +226,15 @@ class SecureRound:
         self.server_seconds = dict(self.server.seconds.by_phase)
         return exact
 
+    def report(self) -> dict:
+        """What the round's metrics say of it: k and t, who sent a masked vector, who shared keys and sent none
+        (dropped before masking), who sent one and did not answer the unmasking (after), and the seconds of the
+        clients' steps (made here on their behalf) and of the server's."""
+        return {"neighbours": self.spec.neighbours, "threshold": self.spec.threshold,
+                "survivors": len(self.survivors), "dropped_before_masking": sorted(self.dropped),
+                "dropped_after_masking": sorted(self.silent), "client_seconds": round(self.key_exchange_seconds, 6),
+                "server_seconds": round(sum(self.server_seconds.values()), 6)}
+
     def traffic(self, model_down: int) -> tuple[int, int]:
         """The round's (bytes down, bytes up): `model_down` (the model to every sampled client) and the neighbours'
         keys and shares down; the keys, shares, masked vectors (in place of the updates) and unmasking answers up
