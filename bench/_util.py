@@ -179,3 +179,19 @@ def _label(proc: psutil.Process) -> str:
         script = next((a for a in cmd[1:] if not a.startswith("-")), "")
         return f"python {os.path.basename(script)}" if script else "python"
     return name
+
+
+def cpu_name(flags: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_tile")) -> str:
+    """E.g. "Intel(R) Xeon(R) Processor (family 6 model 143, avx2, avx512f, amx_tile)", from /proc/cpuinfo: the model,
+    family and model numbers, and which of `flags` it has (enough to tell this project's machines apart)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or "unknown"
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    present = set(info.get("flags", "").split())
+    isa = ", ".join(f for f in flags if f in present)
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"

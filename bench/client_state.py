@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import shutil
 import statistics
 import sys
@@ -42,6 +41,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from _util import cpu_name
 import redis
 
 from fedactors.errors import FedActorsError
@@ -81,19 +82,6 @@ def parse_args() -> argparse.Namespace:
     if min(counts) < 1 or args.per_round > min(args.clients, args.clients_small):
         parser.error("every count must be >= 1, and --per-round at most --clients-small and --clients")
     return args
-
-
-def cpu_name() -> str:
-    """E.g. "Intel(R) Xeon(R) Processor (family 6 model 143, avx512f, amx_tile)", from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        return platform.processor() or "unknown"
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    flags = set(info.get("flags", "").split())
-    isa = ", ".join(f for f in ("avx512f", "amx_tile") if f in flags)
-    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"
 
 
 def proc_kib(path: str, *fields: str) -> list[int]:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
+
+from _util import cpu_name
 import torch
 
 from fedactors.data import load_mnist, resolve_data_dir
@@ -53,19 +54,6 @@ def trained_model(images: torch.Tensor, labels: torch.Tensor, precision: str) ->
     for start in range(0, 2000, 50):
         model.sgd_step(images[start:start + 50], labels[start:start + 50], 0.1)
     return model
-
-
-def cpu_name() -> str:
-    """E.g. "AMD EPYC (family 25 model 17, avx512_bf16)": enough to tell this project's two VMs apart."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        return platform.processor() or "unknown"
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    flags = info.get("flags", "").split()
-    isa = "avx512_bf16" if "avx512_bf16" in flags else "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
-    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"
 
 
 def main() -> None:

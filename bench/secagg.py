@@ -35,12 +35,15 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _util import cpu_name
+
+SECAGG_FLAGS = ("avx512f", "aes", "vaes", "amx_tile")  # what the masks' AES-CTR and the kernels run on
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # One thread for the exact-sum kernel too (OpenMP reads this when it starts): the protocol's AES and
@@ -81,18 +84,6 @@ def parse_args() -> argparse.Namespace:
     if min(args.cohorts) < 4 or not all(0 <= d < 0.5 for d in args.dropouts) or args.budget_seconds < 0:
         parser.error("cohorts must be >= 4, dropouts in [0, 0.5), --budget-seconds >= 0")
     return args
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        return platform.processor() or "unknown"
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    flags = set(info.get("flags", "").split())
-    isa = ", ".join(f for f in ("avx512f", "aes", "vaes", "amx_tile") if f in flags)
-    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"
 
 
 def set_up(spec: RoundSpec, secret: bytes) -> tuple[dict[int, SecAggClient], dict, dict]:
@@ -185,7 +176,7 @@ def main() -> None:
     args = parse_args()
     secret = secret_from_seed(args.seed)
     rows = []
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"CPU: {cpu_name(SECAGG_FLAGS)} ({os.cpu_count()} cores); load average {os.getloadavg()[0]:.1f}", flush=True)
     header = (f"{'task':4} {'n':>5} {'protocol':8} {'k':>4} {'t':>4} {'drop':>5} {'client s':>9} {'x plain':>8} "
               f"{'server s':>12} {'x plain':>8} {'plain s':>8} {'up MB':>7} {'x f32':>5} {'down+ KB':>9}")
     print(header, flush=True)
@@ -212,7 +203,7 @@ def main() -> None:
                           f"{row['client_ratio']:8.1f} {server:>12} {row['server_ratio']:8.1f} "
                           f"{row['plain_sum_seconds']:8.3f} {row['bytes_up'] / 1e6:7.2f} {row['bytes_up_ratio']:5.2f} "
                           f"{row['bytes_down_extra'] / 1e3:9.1f}", flush=True)
-    print(json.dumps({"benchmark": "secagg", "cpu": cpu_name(), "cores": os.cpu_count(),
+    print(json.dumps({"benchmark": "secagg", "cpu": cpu_name(SECAGG_FLAGS), "cores": os.cpu_count(),
                       "budget_seconds": args.budget_seconds, "rows": rows}))
 
 
