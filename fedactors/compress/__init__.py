@@ -7,9 +7,10 @@
 
 Top-k and sign are biased; error feedback (Stich et al. 2018; Karimireddy et al. 2019) makes up for
 it: a client compresses its update plus the residual it kept from last time, and keeps what the
-compression dropped as its new residual. Residuals are per-client state: the coordinator holds
-them (ErrorFeedback), hands each to whichever host trains the client, and checkpoints them, so a
-resume continues them exactly; each client seen costs a float32 copy of the weights.
+compression dropped as its new residual. Residuals are per-client state (fedactors.runtime.states:
+"feedback/residual", in the run's store), handed to whichever host trains the client and written by
+the checkpoints of the rounds it changed in, so a resume continues them exactly; each client seen
+costs a float32 copy of the weights.
 
 A block's values become levels between its min and max (2^bits of them), each rounded down or up
 at random so that the decoded value is the original in expectation (unbiased); the block's min
@@ -31,7 +32,7 @@ The bytes counted up are the encoded buffers' (fedactors.traffic).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -234,36 +235,14 @@ def send(compressor: Compressor | TopK | Sign, weights: np.ndarray, global_weigh
     return np.add(global_weights, decoded, dtype=np.float32), new_residual
 
 
-@dataclass
-class ErrorFeedback:
-    """The clients' residuals for top-k and sign, held by the coordinator and checkpointed (buffers "residual<k>")."""
+RESIDUAL_PREFIX = "residual"  # a residual's buffer name in a checkpoint written before per-client state
 
-    residuals: dict[int, np.ndarray] = field(default_factory=dict)
-    _zero: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    PREFIX = "residual"
-
-    def residual(self, client_id: int, length: int) -> np.ndarray:
-        """Client `client_id`'s residual: zeros until it has trained once (one read-only array for all of those)."""
-        if client_id in self.residuals:
-            return self.residuals[client_id]
-        if self._zero is None or len(self._zero) != length:
-            self._zero = np.zeros(length, np.float32)
-            self._zero.flags.writeable = False
-        return self._zero
-
-    def accept(self, residuals: dict[int, np.ndarray]) -> None:
-        """The round's accepted clients' new residuals (a client whose update was not used keeps its old one)."""
-        self.residuals.update(residuals)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {f"{self.PREFIX}{cid}": r for cid, r in sorted(self.residuals.items())}
-
-    @classmethod
-    def split(cls, buffers: dict[str, np.ndarray]) -> tuple[ErrorFeedback, dict[str, np.ndarray]]:
-        """(the residuals among a checkpoint's buffers, the rest: the strategy's)."""
-        mine = {int(k[len(cls.PREFIX):]): np.array(v) for k, v in buffers.items() if k.startswith(cls.PREFIX)}
-        return cls(mine), {k: v for k, v in buffers.items() if not k.startswith(cls.PREFIX)}
+def old_residuals(buffers: dict[str, np.ndarray]) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
+    """({client: its residual} among a checkpoint's buffers as fedactors wrote them before per-client state,
+    "residual<k>"; the rest, the strategy's). Copies: a checkpoint's arrays are read-only views."""
+    mine = {int(k[len(RESIDUAL_PREFIX):]): np.array(v) for k, v in buffers.items() if k.startswith(RESIDUAL_PREFIX)}
+    return mine, {k: v for k, v in buffers.items() if not k.startswith(RESIDUAL_PREFIX)}
 
 
 def first_nonfinite(update: np.ndarray) -> int | None:

@@ -17,7 +17,7 @@ from fedactors import aggregate
 from fedactors.attacks import byzantine_clients
 from fedactors.store.checkpoint import STATE_LAYOUT, Checkpoint, RedisStore
 from fedactors.runtime.collect import MAX_ATTEMPTS, Collection, Refused
-from fedactors.compress import ErrorFeedback, parse as parse_compressor
+from fedactors.compress import old_residuals, parse as parse_compressor
 from fedactors.runtime.states import ALGORITHM, DOWNLINK, HOST_STAGES, RESIDUAL, ClientStates, updated
 from fedactors.runtime.asynchronous import Schedule
 from fedactors.config import RunConfig, host_sums_apply
@@ -153,13 +153,13 @@ class Coordinator:
             # A checkpoint written before per-client state holds residuals ("residual<k>") and an algorithm's
             # per-client buffers (SCAFFOLD's "c<k>") among its own: they become the clients' state, written out
             # whole by the next checkpoint. Copies: the checkpoint's arrays are read-only views.
-            residuals, own = ErrorFeedback.split(own)
+            residuals, own = old_residuals(own)
             move = getattr(self.strategy, "client_state_from", None)
             buffers, theirs = move(dict(buffers)) if move is not None else (buffers, {})
             for cid, kept in theirs.items():
                 self.states.put(cid, {ALGORITHM + n: np.array(b) for n, b in kept.items()})
             if self.feedback:
-                for cid, residual in residuals.residuals.items():
+                for cid, residual in residuals.items():
                     self.states.put(cid, {**self.states.changed.get(cid, {}), RESIDUAL: residual})
             self.versions = {int(name[len("version"):]): np.array(b) for name, b in own.items()
                              if name.startswith("version")}
