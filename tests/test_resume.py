@@ -41,6 +41,17 @@ def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUN
     # rounds a second, and a fixed pause let one finish before it was killed).
     per_round = (time.monotonic() - first[0]) / max(1, done - first[1]) if first else 1.0
     time.sleep(min(1.0, per_round / 2))
+    killed = kill_tree(proc)
+    log.close()
+    assert rounds_done(out) < rounds, "the run finished before it was killed; the test proves nothing"
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert not (out / "weights.npy").exists()
+    return killed
+
+
+def kill_tree(proc: subprocess.Popen) -> int:
+    """SIGKILL `proc` and every process below it at once (a power cut, an OOM kill of the group), wait until none is
+    left (failing if one survives); returns how many there were."""
     tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
     for p in tree:
         try:
@@ -48,12 +59,8 @@ def start_and_kill_mid_round(out, *extra, after_rounds=2, args=ARGS, rounds=ROUN
         except ProcessLookupError:
             pass
     proc.wait()
-    log.close()
-    gone, alive = psutil.wait_procs([p for p in tree[1:] if isinstance(p, psutil.Process)], timeout=10)
+    _, alive = psutil.wait_procs([p for p in tree[1:] if isinstance(p, psutil.Process)], timeout=10)
     assert not alive, f"processes survived SIGKILL: {alive}"
-    assert rounds_done(out) < rounds, "the run finished before it was killed; the test proves nothing"
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
-    assert not (out / "weights.npy").exists()
     return len(tree)
 
 

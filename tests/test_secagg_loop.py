@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from conftest import EXE, fedactors, run_main
+from test_resume import kill_tree
 from fedactors.config import RunConfig
 from fedactors.errors import RoundFailed
 from fedactors.secagg.costs import client_bytes
@@ -287,15 +286,7 @@ def test_three_hosts_sigkilled_between_masking_and_unmasking_resume_to_fedavgs_b
         while not mark.exists():
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
             time.sleep(0.05)
-        tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
-        for p in tree:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-    _, alive = psutil.wait_procs([p for p in tree[1:] if isinstance(p, psutil.Process)], timeout=10)
-    assert not alive, f"processes survived SIGKILL: {alive}"
+        kill_tree(proc)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "running" and run["rounds_completed"] == 2
     resumed = fedactors("run", "--resume", "sa", "--out", str(out))
